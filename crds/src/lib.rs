@@ -1,0 +1,1 @@
+//! The FusedModel custom resource (`fused.dev/v1alpha1`).

@@ -1,0 +1,1 @@
+//! FusedModel serving daemon library.

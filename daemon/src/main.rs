@@ -1,0 +1,3 @@
+//! `fused-daemon` command line entry point.
+
+fn main() {}

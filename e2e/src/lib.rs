@@ -1,0 +1,1 @@
+//! End-to-end harnesses: a real kube-apiserver on loopback and the real daemon.

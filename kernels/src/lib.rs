@@ -1,0 +1,1 @@
+//! Compute kernels: CPU reference ops (and, behind `cuda`, their CUDA twins).
