@@ -1,0 +1,1 @@
+//! The base tokenizer: from tokenizer.json or GGUF metadata, chat template, special ids.

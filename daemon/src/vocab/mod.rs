@@ -1,0 +1,1 @@
+//! AdaptiVocab: domain patch tokenizers — building them and applying them when serving.
