@@ -1,1 +1,6 @@
-//! Compute kernels: CPU reference ops (and, behind `cuda`, their CUDA twins).
+//! Compute kernels of the forward pass.
+//!
+//! [`cpu`] holds the reference implementations, written for clarity first and speed second;
+//! they are what the daemon runs on CPU and what every CUDA twin is tested against.
+
+pub mod cpu;
