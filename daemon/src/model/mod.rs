@@ -1,3 +1,124 @@
-//! The model layer: weights (GGUF, safetensors, dummy), the batched varlen forward pass, sampling.
+//! The model layer: weights (GGUF, HF safetensors, dummy), the batched varlen forward pass over
+//! the KV region, and sampling. CPU ops come from `fused-kernels`.
+//!
+//! Must not: schedule, own KV memory, or know about HTTP.
 
+pub mod config;
+pub mod dense_kv;
+pub mod dummy;
+pub mod forward;
+pub mod gguf;
 pub mod kv_access;
+pub mod safetensors;
+pub mod sampling;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use fused_kernels::cpu::RopeTable;
+
+pub use config::{Arch, ModelConfig};
+pub use forward::{Logits, LogitsWanted, SeqChunk};
+use weights::{TensorSource, Weights};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad model config: {0}")]
+    Config(String),
+    #[error("bad checkpoint: {0}")]
+    Format(String),
+    #[error("{0}")]
+    Input(String),
+    #[error("not enough memory: {0}")]
+    Memory(String),
+}
+
+impl ModelError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// A loaded model: its shape, its weights and its position tables.
+pub struct Model {
+    pub config: ModelConfig,
+    pub weights: Weights,
+    rope: Option<RopeTable>,
+}
+
+impl Model {
+    pub fn new(config: ModelConfig, weights: Weights) -> Self {
+        let rope = match config.arch {
+            Arch::Llama => Some(RopeTable::new(
+                config.head_dim,
+                config.rope_theta,
+                config.rope_scaling,
+                config.max_positions,
+            )),
+            Arch::Gpt2 => None,
+        };
+        Self {
+            config,
+            weights,
+            rope,
+        }
+    }
+
+    /// Loads weights from `src` after checking they fit in memory.
+    pub fn load(config: ModelConfig, src: &mut dyn TensorSource) -> Result<Self, ModelError> {
+        check_fits_in_memory(&config)?;
+        let weights = Weights::load(&config, src)?;
+        Ok(Self::new(config, weights))
+    }
+
+    /// Loads an HF directory (`config.json` + safetensors).
+    pub fn load_hf_dir(dir: &Path) -> Result<Self, ModelError> {
+        let config = ModelConfig::from_hf_json(&dir.join("config.json"))?;
+        let mut src = safetensors::SafetensorsSource::open(dir)?;
+        Self::load(config, &mut src)
+    }
+
+    /// Loads a GGUF file that is already open (its metadata may also feed the tokenizer).
+    pub fn load_gguf(file: gguf::GgufFile) -> Result<Self, ModelError> {
+        let config = file.config()?;
+        let mut src = gguf::GgufSource::new(file, &config);
+        Self::load(config, &mut src)
+    }
+
+    /// Seeded random weights of the given shape.
+    pub fn dummy(config: ModelConfig, seed: u64) -> Result<Self, ModelError> {
+        Self::load(config, &mut dummy::DummySource::new(seed))
+    }
+}
+
+/// Refuses a model whose `f32` weights cannot fit in the memory available now, instead of
+/// letting the allocator abort the process.
+fn check_fits_in_memory(cfg: &ModelConfig) -> Result<(), ModelError> {
+    let needed = cfg.parameter_count() as u64 * 4;
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+    });
+    match available {
+        Some(avail) if needed > avail => Err(ModelError::Memory(format!(
+            "{} parameters need {:.1} GiB as f32 on CPU, {:.1} GiB available",
+            cfg.parameter_count(),
+            needed as f64 / (1u64 << 30) as f64,
+            avail as f64 / (1u64 << 30) as f64
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,322 @@
+//! The shape of a model: read from HF `config.json`, GGUF metadata, or a named preset.
+
+use std::path::Path;
+
+use fused_kernels::cpu::RopeScaling;
+use serde::Deserialize;
+
+use super::ModelError;
+
+/// The decoder families this daemon runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// Llama-2/3, Mistral, SmolLM2: RMSNorm, RoPE, SwiGLU, GQA.
+    Llama,
+    /// GPT-2: LayerNorm, learned positions, GELU, biases everywhere.
+    Gpt2,
+}
+
+/// Everything the forward pass needs to know about a model's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub vocab_size: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+    pub norm_eps: f32,
+    pub rope_theta: f32,
+    pub rope_scaling: Option<RopeScaling>,
+    pub max_positions: usize,
+    pub tie_embeddings: bool,
+}
+
+impl ModelConfig {
+    pub fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    /// Parameters, counting a tied embedding once.
+    pub fn parameter_count(&self) -> usize {
+        let attn = self.hidden * (self.q_dim() + 2 * self.kv_dim()) + self.q_dim() * self.hidden;
+        let mlp = match self.arch {
+            Arch::Llama => 3 * self.hidden * self.ffn,
+            Arch::Gpt2 => 2 * self.hidden * self.ffn,
+        };
+        let embed = self.vocab_size * self.hidden * if self.tie_embeddings { 1 } else { 2 };
+        self.layers * (attn + mlp) + embed
+    }
+
+    /// Reads an HF `config.json` (Llama/Mistral/SmolLM2 or GPT-2 field names).
+    pub fn from_hf_json(path: &Path) -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        Self::from_hf_str(&text).map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))
+    }
+
+    pub fn from_hf_str(text: &str) -> Result<Self, String> {
+        let raw: HfConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        raw.into_config()
+    }
+
+    /// A named shape for `--load-format dummy`.
+    pub fn preset(name: &str) -> Option<Self> {
+        let llama = |vocab, hidden, layers, heads, kv_heads, ffn, theta, max, tie| ModelConfig {
+            arch: Arch::Llama,
+            vocab_size: vocab,
+            hidden,
+            layers,
+            heads,
+            kv_heads,
+            head_dim: hidden / heads,
+            ffn,
+            norm_eps: 1e-5,
+            rope_theta: theta,
+            rope_scaling: None,
+            max_positions: max,
+            tie_embeddings: tie,
+        };
+        Some(match name {
+            "smollm2-135m" => llama(49152, 576, 30, 9, 3, 1536, 100_000.0, 8192, true),
+            "llama-2-7b" => llama(32000, 4096, 32, 32, 32, 11008, 10_000.0, 4096, false),
+            "llama-3-8b" => llama(128_256, 4096, 32, 32, 8, 14336, 500_000.0, 8192, false),
+            "tiny-llama" => llama(512, 64, 2, 4, 2, 128, 10_000.0, 256, false),
+            "gpt2" => ModelConfig {
+                arch: Arch::Gpt2,
+                vocab_size: 50257,
+                hidden: 768,
+                layers: 12,
+                heads: 12,
+                kv_heads: 12,
+                head_dim: 64,
+                ffn: 3072,
+                norm_eps: 1e-5,
+                rope_theta: 0.0,
+                rope_scaling: None,
+                max_positions: 1024,
+                tie_embeddings: true,
+            },
+            _ => return None,
+        })
+    }
+
+    pub const PRESETS: &'static [&'static str] = &[
+        "smollm2-135m",
+        "llama-2-7b",
+        "llama-3-8b",
+        "gpt2",
+        "tiny-llama",
+    ];
+
+    /// The HF `config.json` a reference implementation needs to rebuild this shape.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        match self.arch {
+            Arch::Llama => {
+                let mut json = serde_json::json!({
+                    "architectures": ["LlamaForCausalLM"],
+                    "model_type": "llama",
+                    "vocab_size": self.vocab_size,
+                    "hidden_size": self.hidden,
+                    "intermediate_size": self.ffn,
+                    "num_hidden_layers": self.layers,
+                    "num_attention_heads": self.heads,
+                    "num_key_value_heads": self.kv_heads,
+                    "head_dim": self.head_dim,
+                    "rms_norm_eps": self.norm_eps,
+                    "rope_theta": self.rope_theta,
+                    "max_position_embeddings": self.max_positions,
+                    "tie_word_embeddings": self.tie_embeddings,
+                    "hidden_act": "silu",
+                    "torch_dtype": "float32",
+                });
+                if let Some(s) = self.rope_scaling {
+                    json["rope_scaling"] = serde_json::json!({
+                        "rope_type": "llama3",
+                        "factor": s.factor,
+                        "low_freq_factor": s.low_freq_factor,
+                        "high_freq_factor": s.high_freq_factor,
+                        "original_max_position_embeddings": s.original_max_position,
+                    });
+                }
+                json
+            }
+            Arch::Gpt2 => serde_json::json!({
+                "architectures": ["GPT2LMHeadModel"],
+                "model_type": "gpt2",
+                "vocab_size": self.vocab_size,
+                "n_embd": self.hidden,
+                "n_layer": self.layers,
+                "n_head": self.heads,
+                "n_inner": self.ffn,
+                "n_positions": self.max_positions,
+                "layer_norm_epsilon": self.norm_eps,
+                "activation_function": "gelu_new",
+                "tie_word_embeddings": true,
+                "torch_dtype": "float32",
+            }),
+        }
+    }
+}
+
+/// The union of the HF config fields we read, for both families.
+#[derive(Debug, Deserialize)]
+struct HfConfig {
+    model_type: Option<String>,
+    vocab_size: usize,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: Option<f32>,
+    rope_theta: Option<f32>,
+    rope_scaling: Option<HfRopeScaling>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    // GPT-2 spellings
+    n_embd: Option<usize>,
+    n_layer: Option<usize>,
+    n_head: Option<usize>,
+    n_inner: Option<usize>,
+    n_positions: Option<usize>,
+    layer_norm_epsilon: Option<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct HfRopeScaling {
+    rope_type: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    factor: Option<f32>,
+    low_freq_factor: Option<f32>,
+    high_freq_factor: Option<f32>,
+    original_max_position_embeddings: Option<usize>,
+}
+
+impl HfConfig {
+    fn into_config(self) -> Result<ModelConfig, String> {
+        let missing = |field: &str| format!("config.json has no `{field}`");
+        match self.model_type.as_deref() {
+            Some("gpt2") => {
+                let hidden = self.n_embd.ok_or_else(|| missing("n_embd"))?;
+                let heads = self.n_head.ok_or_else(|| missing("n_head"))?;
+                check_heads(hidden, heads)?;
+                Ok(ModelConfig {
+                    arch: Arch::Gpt2,
+                    vocab_size: self.vocab_size,
+                    hidden,
+                    layers: self.n_layer.ok_or_else(|| missing("n_layer"))?,
+                    heads,
+                    kv_heads: heads,
+                    head_dim: hidden / heads,
+                    ffn: self.n_inner.unwrap_or(4 * hidden),
+                    norm_eps: self.layer_norm_epsilon.unwrap_or(1e-5),
+                    rope_theta: 0.0,
+                    rope_scaling: None,
+                    max_positions: self.n_positions.unwrap_or(1024),
+                    tie_embeddings: true,
+                })
+            }
+            Some("llama" | "mistral") | None => {
+                let hidden = self.hidden_size.ok_or_else(|| missing("hidden_size"))?;
+                let heads = self
+                    .num_attention_heads
+                    .ok_or_else(|| missing("num_attention_heads"))?;
+                check_heads(hidden, heads)?;
+                let kv_heads = self.num_key_value_heads.unwrap_or(heads);
+                if kv_heads == 0 || heads % kv_heads != 0 {
+                    return Err(format!(
+                        "{heads} attention heads do not group over {kv_heads} KV heads"
+                    ));
+                }
+                let rope_scaling = match self.rope_scaling {
+                    None => None,
+                    Some(s) if s.rope_type.as_deref().or(s.kind.as_deref()) == Some("llama3") => {
+                        Some(RopeScaling {
+                            factor: s.factor.unwrap_or(8.0),
+                            low_freq_factor: s.low_freq_factor.unwrap_or(1.0),
+                            high_freq_factor: s.high_freq_factor.unwrap_or(4.0),
+                            original_max_position: s
+                                .original_max_position_embeddings
+                                .unwrap_or(8192),
+                        })
+                    }
+                    Some(s) => {
+                        let kind = s.rope_type.or(s.kind).unwrap_or_default();
+                        return Err(format!(
+                            "rope_scaling type `{kind}` is not supported (only llama3)"
+                        ));
+                    }
+                };
+                Ok(ModelConfig {
+                    arch: Arch::Llama,
+                    vocab_size: self.vocab_size,
+                    hidden,
+                    layers: self
+                        .num_hidden_layers
+                        .ok_or_else(|| missing("num_hidden_layers"))?,
+                    heads,
+                    kv_heads,
+                    head_dim: self.head_dim.unwrap_or(hidden / heads),
+                    ffn: self
+                        .intermediate_size
+                        .ok_or_else(|| missing("intermediate_size"))?,
+                    norm_eps: self.rms_norm_eps.unwrap_or(1e-5),
+                    rope_theta: self.rope_theta.unwrap_or(10_000.0),
+                    rope_scaling,
+                    max_positions: self.max_position_embeddings.unwrap_or(4096),
+                    tie_embeddings: self.tie_word_embeddings.unwrap_or(false),
+                })
+            }
+            Some(other) => Err(format!(
+                "model_type `{other}` is not supported (llama, mistral, gpt2)"
+            )),
+        }
+    }
+}
+
+fn check_heads(hidden: usize, heads: usize) -> Result<(), String> {
+    if heads == 0 || hidden % heads != 0 {
+        return Err(format!(
+            "hidden size {hidden} does not split over {heads} heads"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hf_round_trip_of_every_preset() {
+        for name in ModelConfig::PRESETS {
+            let preset = ModelConfig::preset(name).unwrap();
+            let back = ModelConfig::from_hf_str(&preset.to_hf_json().to_string()).unwrap();
+            assert_eq!(back, preset, "{name}");
+        }
+    }
+
+    #[test]
+    fn smollm2_has_135m_parameters() {
+        let params = ModelConfig::preset("smollm2-135m")
+            .unwrap()
+            .parameter_count();
+        assert!((134_000_000..136_000_000).contains(&params), "{params}");
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        let err = ModelConfig::from_hf_str(r#"{"model_type":"bert","vocab_size":3}"#).unwrap_err();
+        assert!(err.contains("bert"), "{err}");
+        let err = ModelConfig::from_hf_str(r#"{"model_type":"llama","vocab_size":3}"#).unwrap_err();
+        assert!(err.contains("hidden_size"), "{err}");
+    }
+}

@@ -1,0 +1,86 @@
+//! Dummy weights (`--load-format dummy`): seeded random values of the right shapes, so a 7B-shape
+//! benchmark needs no download. Each tensor's values depend only on (seed, name), not on load
+//! order. [`save_safetensors`] writes a dummy model as an HF checkpoint for reference tools.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+
+use super::ModelError;
+use super::config::ModelConfig;
+use super::weights::TensorSource;
+
+pub struct DummySource {
+    seed: u64,
+    /// Tensors handed out, kept when saving a checkpoint.
+    record: Option<HashMap<String, (Vec<f32>, Vec<usize>)>>,
+}
+
+impl DummySource {
+    pub fn new(seed: u64) -> Self {
+        Self { seed, record: None }
+    }
+
+    fn recording(seed: u64) -> Self {
+        Self {
+            seed,
+            record: Some(HashMap::new()),
+        }
+    }
+}
+
+impl TensorSource for DummySource {
+    fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let digest = Sha256::new()
+            .chain_update(self.seed.to_le_bytes())
+            .chain_update(name)
+            .finalize();
+        let mut seed = [0u8; 32];
+        seed.copy_from_slice(&digest);
+        let mut rng = StdRng::from_seed(seed);
+        let len: usize = shape.iter().product();
+        let is_norm = name.contains("norm") || name.contains(".ln_") || name.starts_with("ln_");
+        let values: Vec<f32> = if is_norm && name.ends_with("weight") {
+            (0..len).map(|_| rng.random_range(0.8..1.2)).collect()
+        } else if name.ends_with("bias") {
+            (0..len).map(|_| rng.random_range(-0.02..0.02)).collect()
+        } else {
+            // Uniform with the variance of N(0, 0.02²)... scaled up a little so logits spread.
+            let bound = 0.02 * 3f32.sqrt() * 2.0;
+            (0..len).map(|_| rng.random_range(-bound..bound)).collect()
+        };
+        if let Some(record) = &mut self.record {
+            record.insert(name.to_owned(), (values.clone(), shape.to_vec()));
+        }
+        Ok(values)
+    }
+
+    fn contains(&self, _name: &str) -> bool {
+        false
+    }
+}
+
+/// Writes `config.json` and `model.safetensors` (f32) of the dummy model `(cfg, seed)` into `dir`.
+pub fn save_safetensors(cfg: &ModelConfig, seed: u64, dir: &Path) -> Result<(), ModelError> {
+    let mut src = DummySource::recording(seed);
+    super::weights::Weights::load(cfg, &mut src)?;
+    let record = src.record.unwrap_or_default();
+    let mut tensors = HashMap::new();
+    for (name, (values, shape)) in record {
+        let t = Tensor::from_vec(values, shape, &Device::Cpu)
+            .map_err(|e| ModelError::Format(e.to_string()))?;
+        tensors.insert(name, t);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let st = dir.join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &st)
+        .map_err(|e| ModelError::Format(format!("{}: {e}", st.display())))?;
+    let config = dir.join("config.json");
+    let json = serde_json::to_string_pretty(&cfg.to_hf_json())
+        .map_err(|e| ModelError::Format(e.to_string()))?;
+    std::fs::write(&config, json).map_err(|e| ModelError::io(&config, e))
+}

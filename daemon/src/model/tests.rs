@@ -1,0 +1,134 @@
+//! Forward-pass tests that need no checkpoint: consistency of varlen batching, chunking and
+//! decoding on dummy weights (agreement with HF transformers is tested in `e2e/`).
+
+use super::dense_kv::DenseKv;
+use super::*;
+
+fn tiny(arch: &str) -> Model {
+    let cfg = match arch {
+        "gpt2" => ModelConfig {
+            vocab_size: 300,
+            hidden: 64,
+            layers: 2,
+            heads: 4,
+            kv_heads: 4,
+            head_dim: 16,
+            ffn: 128,
+            max_positions: 64,
+            ..ModelConfig::preset("gpt2").unwrap()
+        },
+        _ => ModelConfig::preset("tiny-llama").unwrap(),
+    };
+    Model::dummy(cfg, 3).unwrap()
+}
+
+fn prefill_all(model: &Model, kv: &DenseKv, slot: u32, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let chunk = SeqChunk {
+        slot,
+        start_pos: 0,
+        tokens,
+        logits: LogitsWanted::All,
+    };
+    let logits = model.forward(&[chunk], kv).unwrap();
+    logits.rows(0).map(|r| r.to_vec()).collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn chunked_prefill_and_decode_match_one_shot_prefill() {
+    for arch in ["llama", "gpt2"] {
+        let model = tiny(arch);
+        let tokens: Vec<u32> = (0..20).map(|i| (i * 37 % 250) as u32).collect();
+        let kv = DenseKv::new(&model.config, 2, 32);
+        let full = prefill_all(&model, &kv, 0, &tokens);
+        // Same tokens in three pieces: a chunk of 7, a chunk of 12, then one decode step.
+        let mut rows = Vec::new();
+        for (start, end) in [(0, 7), (7, 19), (19, 20)] {
+            let chunk = SeqChunk {
+                slot: 1,
+                start_pos: start,
+                tokens: &tokens[start..end],
+                logits: LogitsWanted::All,
+            };
+            rows.extend(
+                model
+                    .forward(&[chunk], &kv)
+                    .unwrap()
+                    .rows(0)
+                    .map(|r| r.to_vec()),
+            );
+        }
+        for (i, (a, b)) in full.iter().zip(&rows).enumerate() {
+            assert!(
+                max_diff(a, b) < 1e-4,
+                "{arch}: position {i} differs by {}",
+                max_diff(a, b)
+            );
+        }
+    }
+}
+
+#[test]
+fn varlen_batch_matches_sequences_run_alone() {
+    let model = tiny("llama");
+    let a: Vec<u32> = (0..9).map(|i| i * 11 % 500).collect();
+    let b: Vec<u32> = (0..5).map(|i| i * 29 % 500 + 3).collect();
+    let kv = DenseKv::new(&model.config, 4, 32);
+    let alone_a = prefill_all(&model, &kv, 0, &a);
+    let alone_b = prefill_all(&model, &kv, 1, &b[..4]);
+    // Batch: b decodes its 5th token while a is prefilled from scratch in another slot.
+    prefill_all(&model, &kv, 3, &b[..4]);
+    let batch = [
+        SeqChunk {
+            slot: 2,
+            start_pos: 0,
+            tokens: &a,
+            logits: LogitsWanted::Last,
+        },
+        SeqChunk {
+            slot: 3,
+            start_pos: 4,
+            tokens: &b[4..],
+            logits: LogitsWanted::Last,
+        },
+    ];
+    let out = model.forward(&batch, &kv).unwrap();
+    let batch_a = out.rows(0).next().unwrap();
+    let batch_b = out.rows(1).next().unwrap();
+    assert!(max_diff(batch_a, alone_a.last().unwrap()) < 1e-4);
+    let alone_b5 = prefill_all(&model, &kv, 1, &b);
+    assert!(max_diff(batch_b, alone_b5.last().unwrap()) < 1e-4);
+    assert_eq!(alone_b.len(), 4);
+}
+
+#[test]
+fn bad_tokens_and_positions_are_errors_not_panics() {
+    let model = tiny("llama");
+    let kv = DenseKv::new(&model.config, 1, 8);
+    let bad = [SeqChunk {
+        slot: 0,
+        start_pos: 0,
+        tokens: &[100_000],
+        logits: LogitsWanted::Last,
+    }];
+    assert!(matches!(
+        model.forward(&bad, &kv),
+        Err(ModelError::Input(_))
+    ));
+    let far = [SeqChunk {
+        slot: 0,
+        start_pos: 10_000,
+        tokens: &[1],
+        logits: LogitsWanted::Last,
+    }];
+    assert!(matches!(
+        model.forward(&far, &kv),
+        Err(ModelError::Input(_))
+    ));
+}
