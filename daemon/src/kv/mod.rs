@@ -1,7 +1,32 @@
 //! vAttention KV memory: one virtual reservation per model, each sequence's K/V virtually
 //! contiguous, physical pages (`blockSize` bytes) mapped on demand ahead of need.
 //!
+//! - [`config`]: the region's shape and budget; [`geometry`]: where every byte lives;
+//! - [`accounting`](KvBudget): slots and pages, pure bookkeeping;
+//! - [`backend`]: the physical side (CPU memfd pool, CUDA VMM behind feature `cuda`);
+//! - the mapper thread maps what the next iteration needs while this one computes;
+//! - [`KvManager`] ties them together for the scheduler ([`KvBudget`]) and the forward pass
+//!   ([`KvAccess`](crate::model::kv_access::KvAccess)).
+//!
 //! Must not: know about requests, tokens' contents or the model's maths.
+
+mod accounting;
+pub mod backend;
+pub mod config;
+pub mod geometry;
+mod manager;
+mod mapper;
+mod page_table;
+mod ready;
+pub mod stats;
+#[cfg(test)]
+mod tests;
+
+pub use config::{DEFAULT_PAGE_BYTES, KvConfig, KvLayout, PAGE_GRANULE_BYTES};
+pub use geometry::Geometry;
+pub use manager::KvManager;
+pub use mapper::LatencySamples;
+pub use stats::KvStats;
 
 use crate::model::kv_access::SlotId;
 
@@ -18,6 +43,31 @@ pub enum KvError {
     UnknownSlot(SlotId),
     #[error("KV backend: {0}")]
     Backend(String),
+    #[error("invalid KV configuration: {0}")]
+    InvalidConfig(String),
+    #[error("KV slot {slot} asked for {tokens} tokens but reserved only {reserved}")]
+    NotReserved {
+        slot: SlotId,
+        tokens: usize,
+        reserved: usize,
+    },
+    #[error("{call} failed: {source}")]
+    Os {
+        call: &'static str,
+        source: std::io::Error,
+    },
+    #[error("CUDA {call} failed with {name} ({code})")]
+    Driver {
+        call: &'static str,
+        code: u32,
+        name: String,
+    },
+    #[error("no usable CUDA device: {0}")]
+    NoCuda(String),
+    #[error("KV mapper: {0}")]
+    Mapper(String),
+    #[error("KV page table invariant broken: {0}")]
+    Invariant(String),
 }
 
 /// What the scheduler needs from KV memory: page accounting only, never physical work.
