@@ -1,0 +1,294 @@
+//! `fused-daemon serve`: load the model and tokenizer, reserve the KV region, start the engine
+//! thread and the HTTP server; drain on SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+
+use crate::engine::{self, EngineParts};
+use crate::kv::{KvConfig, KvLayout, KvManager};
+use crate::metrics::Metrics;
+use crate::model::gguf::GgufFile;
+use crate::model::{Model, ModelConfig};
+use crate::sched::{Policy, Scheduler, SchedulerConfig, TokenBudget};
+use crate::server::{self, AppState};
+use crate::tokenizer::Codec;
+
+/// The default model's file name in the model cache (fetched by `scripts/fetch-model.sh`).
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LoadFormat {
+    /// GGUF file or HF directory, by what `--model` points at.
+    Auto,
+    /// Seeded random weights; `--model` is a shape preset or a config.json.
+    Dummy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// A GGUF file or an HF directory (config.json + safetensors). With `--load-format dummy`: a
+    /// shape preset (smollm2-135m, llama-2-7b, llama-3-8b, gpt2, tiny-llama) or a config.json.
+    /// Default: SmolLM2-135M-Instruct in the model cache.
+    #[arg(long, env = "FUSED_MODEL")]
+    pub model: Option<String>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub load_format: LoadFormat,
+    /// Seed of dummy weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Tokenizer (tokenizer.json, HF directory or GGUF); default: the model's own.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// AdaptiVocab patch directory (built by `fused-daemon vocab build`).
+    #[arg(long, env = "FUSED_PATCH_TOKENIZER")]
+    pub patch_tokenizer: Option<PathBuf>,
+    /// KV page size in bytes (a multiple of 2 MiB).
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    pub kv_block_size: usize,
+    /// KV layout: interleaved (every layer of a token on one page) or perLayer.
+    #[arg(long, default_value = "interleaved")]
+    pub kv_layout: String,
+    /// Physical KV memory on CPU, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub kv_memory_mib: usize,
+    /// Allocate each sequence's KV for the whole context at admission (ablation: the world
+    /// before vAttention) instead of page by page on demand.
+    #[arg(long)]
+    pub eager_kv: bool,
+    /// Sequences that hold KV at once (KV slots; also the scheduler's max running).
+    #[arg(long, default_value_t = 16)]
+    pub max_seqs: usize,
+    /// Context length per sequence (prompt + output), at most the model's.
+    #[arg(long, default_value_t = 2048)]
+    pub max_context: usize,
+    /// Tokens per iteration: a number, or `auto` (largest budget under --tbt-target-ms).
+    #[arg(long, default_value = "512")]
+    pub token_budget: String,
+    /// Inter-token latency target of `--token-budget auto`.
+    #[arg(long, default_value_t = 100)]
+    pub tbt_target_ms: u64,
+    /// Requests waiting for admission at most; beyond it the server answers 503.
+    #[arg(long, default_value_t = 256)]
+    pub max_queue: usize,
+    /// Batch composition: sarathi (chunked prefills, stall-free), prefill-first (vLLM v0),
+    /// decode-first (Orca-like).
+    #[arg(long, default_value = "sarathi")]
+    pub scheduler: String,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Name clients use in `model`; default: the model file's stem.
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Require `Authorization: Bearer <key>` on the API routes.
+    #[arg(long, env = "FUSED_API_KEY")]
+    pub api_key: Option<String>,
+    /// Seconds in-flight requests may take to finish after SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout_s: u64,
+}
+
+/// Where the default model lives: `$FUSED_MODEL_CACHE` or `~/.cache/fusedmodel/models`.
+pub fn model_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FUSED_MODEL_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("fusedmodel").join("models")
+}
+
+/// The model, its tokenizer and a display name.
+fn load(args: &ServeArgs) -> anyhow::Result<(Model, Codec, String)> {
+    let started = Instant::now();
+    let (model, codec, name) = match args.load_format {
+        LoadFormat::Dummy => {
+            let shape = args.model.as_deref().context("--load-format dummy needs --model <preset|config.json>")?;
+            let config = match ModelConfig::preset(shape) {
+                Some(c) => c,
+                None if Path::new(shape).is_file() => ModelConfig::from_hf_json(Path::new(shape))?,
+                None => bail!("unknown shape `{shape}`: use a preset ({}) or a config.json", ModelConfig::PRESETS.join(", ")),
+            };
+            let tokenizer = args.tokenizer.as_deref().context("dummy weights have no tokenizer: pass --tokenizer")?;
+            tracing::info!(shape, params = config.parameter_count(), "generating dummy weights");
+            let codec = Codec::from_path(tokenizer).with_context(|| format!("loading tokenizer {}", tokenizer.display()))?;
+            (Model::dummy(config, args.seed)?, codec, format!("dummy-{shape}"))
+        }
+        LoadFormat::Auto => {
+            let path = match &args.model {
+                Some(p) => PathBuf::from(p),
+                None => {
+                    let p = model_cache_dir().join(DEFAULT_MODEL_FILE);
+                    if !p.exists() {
+                        bail!(
+                            "the default model is not in the cache ({}). Fetch it with `scripts/fetch-model.sh` \
+                             (or pass --model <file.gguf | hf-dir>)",
+                            p.display()
+                        );
+                    }
+                    p
+                }
+            };
+            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+            tracing::info!(model = %path.display(), "loading weights");
+            if path.is_dir() {
+                let codec = Codec::from_path(args.tokenizer.as_deref().unwrap_or(&path))?;
+                (Model::load_hf_dir(&path)?, codec, name)
+            } else {
+                let file = GgufFile::open(&path)?;
+                let codec = match &args.tokenizer {
+                    Some(t) => Codec::from_path(t)?,
+                    None => Codec::from_gguf(&file.content).context("reading the tokenizer from GGUF metadata")?,
+                };
+                (Model::load_gguf(file)?, codec, name)
+            }
+        }
+    };
+    if let Some(dir) = &args.patch_tokenizer {
+        bail!("--patch-tokenizer {}: patched serving is not wired in yet", dir.display());
+    }
+    if codec.vocab_size() > model.config.vocab_size {
+        bail!("the tokenizer has {} ids but the model only {} embedding rows", codec.vocab_size(), model.config.vocab_size);
+    }
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), params = model.config.parameter_count(), "model loaded");
+    Ok((model, codec, name))
+}
+
+fn token_budget(args: &ServeArgs) -> anyhow::Result<TokenBudget> {
+    if args.token_budget == "auto" {
+        return Ok(TokenBudget::Auto {
+            tbt_target: Duration::from_millis(args.tbt_target_ms),
+            min: args.max_seqs.max(64),
+            max: 4096,
+        });
+    }
+    let tokens: usize = args.token_budget.parse().context("--token-budget must be a number or `auto`")?;
+    Ok(TokenBudget::Fixed(tokens))
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if args.device == Device::Cuda {
+        bail!("--device cuda: the CUDA forward pass is not in this build yet; use --device cpu");
+    }
+    let (model, codec, default_name) = load(&args)?;
+    let max_context = args.max_context.min(model.config.max_positions);
+    let layout: KvLayout = args.kv_layout.parse()?;
+    let kv_config = KvConfig {
+        max_seqs: args.max_seqs,
+        max_context_len: max_context,
+        page_bytes: args.kv_block_size,
+        layout,
+        pool_bytes: args.kv_memory_mib << 20,
+        eager: args.eager_kv,
+        ..KvConfig::for_model(model.config.layers, model.config.kv_heads, model.config.head_dim, 4)
+    };
+    let kv = KvManager::cpu(&kv_config).context("reserving the KV region")?;
+    let kv_stats = kv.stats();
+    tracing::info!(
+        backend = kv_stats.backend,
+        pages = kv_stats.pages_total,
+        page_bytes = kv_stats.page_bytes,
+        tokens_per_page = kv_stats.tokens_per_page,
+        capacity_tokens = kv_stats.capacity_tokens,
+        "KV region reserved"
+    );
+    let policy: Policy = args.scheduler.parse()?;
+    let scheduler = Scheduler::new(SchedulerConfig {
+        token_budget: token_budget(&args)?,
+        max_num_seqs: args.max_seqs,
+        max_queue: args.max_queue,
+        policy,
+        ..SchedulerConfig::sarathi_default()
+    })?;
+    let served_model_name = args.served_model_name.clone().unwrap_or(default_name);
+    let metrics = Arc::new(Metrics::new(&served_model_name, kv_stats.page_bytes, kv_stats.pages_total)?);
+    let codec = Arc::new(codec);
+    let (engine, engine_thread) = engine::spawn(EngineParts {
+        model,
+        kv,
+        scheduler,
+        metrics: metrics.clone(),
+        eos_ids: codec.eos_ids().to_vec(),
+        capacity: args.max_seqs + args.max_queue,
+    })?;
+    let state = Arc::new(AppState {
+        engine: engine.clone(),
+        codec,
+        metrics,
+        served_model_name,
+        max_context,
+        api_key: args.api_key.clone(),
+        ready: Default::default(),
+        started: std::time::SystemTime::now(),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(serve_http(&args, state))?;
+    engine.shutdown();
+    if engine_thread.join().is_err() {
+        bail!("the engine thread panicked");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve_http(args: &ServeArgs, state: Arc<AppState>) -> anyhow::Result<()> {
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse().context("--host/--port")?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(%addr, model = %state.served_model_name, "serving the OpenAI API");
+    let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
+    let drain_state = state.clone();
+    let shutdown = async move {
+        wait_for_signal().await;
+        tracing::info!(in_flight = drain_state.engine.in_flight(), "draining: not ready, no new requests");
+        drain_state.ready.store(false, Ordering::Release);
+        drain_state.engine.start_draining();
+        let _ = signalled_tx.send(true);
+    };
+    let mut server = tokio::spawn(axum::serve(listener, server::router(state.clone())).with_graceful_shutdown(shutdown).into_future());
+    let drain = Duration::from_secs(args.drain_timeout_s);
+    tokio::select! {
+        result = &mut server => result??,
+        _ = async {
+            let _ = signalled.wait_for(|s| *s).await;
+            tokio::time::sleep(drain).await;
+        } => tracing::warn!(in_flight = state.engine.in_flight(), "drain timeout: stopping with requests in flight"),
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
