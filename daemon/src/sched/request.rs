@@ -1,0 +1,117 @@
+//! A request as the scheduler sees it: lengths only, never token contents.
+//!
+//! Must not: touch KV memory; [`Seq`] only records which slot it holds.
+
+use crate::model::kv_access::SlotId;
+
+/// Identifies one request for its whole life (queued, running, preempted, finished).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "request {}", self.0)
+    }
+}
+
+/// What the engine hands the scheduler for a new request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRequest {
+    pub id: RequestId,
+    /// Prompt length in tokens (after the patch tokenizer).
+    pub prompt_len: usize,
+    /// The request finishes at the latest when it has generated this many tokens, even if the
+    /// engine does not say so (the engine may finish it earlier: EOS, stop strings).
+    pub max_new_tokens: usize,
+}
+
+/// Where a running sequence is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Waiting for admission (new, or preempted and waiting for recompute).
+    Queued,
+    /// Holds a slot; its known tokens are not all in KV yet (a prompt, or a recompute).
+    Prefilling,
+    /// Holds a slot; every known token but the last sampled one is in KV.
+    Decoding,
+}
+
+/// One request's scheduling state.
+///
+/// The sequence's known tokens are the prompt followed by the tokens generated so far:
+/// `known_len() = prompt_len + generated`. `computed` of them have K/V in the slot. A batch item
+/// processes positions `computed..computed + n`; when it reaches `known_len()` it samples the
+/// next token. After a preemption `computed` drops to 0 and all known tokens are recomputed.
+#[derive(Debug, Clone)]
+pub(crate) struct Seq {
+    pub(crate) request: SeqRequest,
+    pub(crate) generated: usize,
+    pub(crate) computed: usize,
+    pub(crate) slot: Option<SlotId>,
+    pub(crate) phase: Phase,
+    /// Cancelled by the engine; leaves (and returns its pages) at the next `schedule`.
+    pub(crate) cancelled: bool,
+}
+
+impl Seq {
+    pub(crate) fn new(request: SeqRequest) -> Self {
+        Seq {
+            request,
+            generated: 0,
+            computed: 0,
+            slot: None,
+            phase: Phase::Queued,
+            cancelled: false,
+        }
+    }
+
+    pub(crate) fn id(&self) -> RequestId {
+        self.request.id
+    }
+
+    /// Prompt plus generated tokens: what a recompute must prefill.
+    pub(crate) fn known_len(&self) -> usize {
+        self.request.prompt_len + self.generated
+    }
+
+    /// Tokens still to process before the next sample.
+    pub(crate) fn remaining(&self) -> usize {
+        self.known_len().saturating_sub(self.computed)
+    }
+
+    /// Back to the queue for recompute: the slot is gone, nothing is in KV.
+    pub(crate) fn reset_for_recompute(&mut self) {
+        self.slot = None;
+        self.computed = 0;
+        self.phase = Phase::Queued;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recompute_covers_prompt_and_generated_tokens() {
+        let mut seq = Seq::new(SeqRequest {
+            id: RequestId(7),
+            prompt_len: 100,
+            max_new_tokens: 50,
+        });
+        assert_eq!(seq.remaining(), 100);
+        seq.computed = 100;
+        seq.generated = 5;
+        seq.slot = Some(3);
+        seq.phase = Phase::Decoding;
+        assert_eq!(seq.remaining(), 5);
+        seq.computed = 104;
+        assert_eq!(seq.remaining(), 1);
+        seq.reset_for_recompute();
+        assert_eq!(
+            (seq.slot, seq.computed, seq.phase),
+            (None, 0, Phase::Queued)
+        );
+        assert_eq!(seq.remaining(), 105);
+        assert_eq!(RequestId(7).to_string(), "request 7");
+    }
+}
