@@ -8,8 +8,12 @@
 //! - [`model`]: weights and the batched forward pass;
 //! - [`tokenizer`] and [`vocab`]: text ↔ ids, with the AdaptiVocab domain patch.
 
+pub mod engine;
 pub mod kv;
+pub mod metrics;
 pub mod model;
 pub mod sched;
+pub mod serve;
+pub mod server;
 pub mod tokenizer;
 pub mod vocab;

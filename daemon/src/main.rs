@@ -5,7 +5,11 @@ use fused_daemon::model::{ModelConfig, dummy};
 use fused_daemon::serve::{self, ServeArgs};
 
 #[derive(Debug, Parser)]
-#[command(name = "fused-daemon", version, about = "Serve a domain-tuned LLM with an OpenAI-compatible API")]
+#[command(
+    name = "fused-daemon",
+    version,
+    about = "Serve a domain-tuned LLM with an OpenAI-compatible API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,8 +40,12 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve::run(*args),
         Command::ExportDummy { shape, seed, out } => {
-            let config = ModelConfig::preset(&shape)
-                .ok_or_else(|| anyhow::anyhow!("unknown shape `{shape}` ({})", ModelConfig::PRESETS.join(", ")))?;
+            let config = ModelConfig::preset(&shape).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown shape `{shape}` ({})",
+                    ModelConfig::PRESETS.join(", ")
+                )
+            })?;
             dummy::save_safetensors(&config, seed, &out)?;
             println!("{}", out.display());
             Ok(())

@@ -5,24 +5,29 @@
 //! Must not: compute anything; callers observe values, `/metrics` renders them.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// vLLM's buckets for time to first token.
 const TTFT_BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0,
-    640.0, 2560.0,
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
 ];
 /// vLLM's buckets for inter-token latency.
-const ITL_BUCKETS: &[f64] =
-    &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0];
+const ITL_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+];
 /// vLLM's buckets for request-level latencies (end to end, queue time).
 const REQUEST_BUCKETS: &[f64] = &[
-    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0,
-    7680.0,
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+    480.0, 960.0, 1920.0, 7680.0,
 ];
 /// Page map latency: tens of microseconds (GPU) to milliseconds (a stalled CPU commit).
-const MAP_BUCKETS: &[f64] = &[1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2];
+const MAP_BUCKETS: &[f64] = &[
+    1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2,
+];
 const RATIO_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0];
 
 /// Every series the daemon exports, already labelled with the served model name.
@@ -53,16 +58,23 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(model_name: &str, block_size: usize, num_blocks: usize) -> Result<Self, prometheus::Error> {
+    pub fn new(
+        model_name: &str,
+        block_size: usize,
+        num_blocks: usize,
+    ) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let label = |opts: Opts| opts.const_label("model_name", model_name);
-        let hist = |name: &str, help: &str, buckets: &[f64]| -> Result<Histogram, prometheus::Error> {
-            let h = Histogram::with_opts(
-                HistogramOpts::new(name, help).const_label("model_name", model_name).buckets(buckets.to_vec()),
-            )?;
-            registry.register(Box::new(h.clone()))?;
-            Ok(h)
-        };
+        let hist =
+            |name: &str, help: &str, buckets: &[f64]| -> Result<Histogram, prometheus::Error> {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(name, help)
+                        .const_label("model_name", model_name)
+                        .buckets(buckets.to_vec()),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
         let int_gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
             let g = IntGauge::with_opts(label(Opts::new(name, help)))?;
             registry.register(Box::new(g.clone()))?;
@@ -79,45 +91,103 @@ impl Metrics {
         )))?;
         registry.register(Box::new(kv_usage.clone()))?;
         let cache_info = GaugeVec::new(
-            label(Opts::new("vllm:cache_config_info", "Information of the KV cache configuration.")),
+            label(Opts::new(
+                "vllm:cache_config_info",
+                "Information of the KV cache configuration.",
+            )),
             &["block_size", "num_gpu_blocks"],
         )?;
         registry.register(Box::new(cache_info.clone()))?;
-        cache_info.with_label_values(&[&block_size.to_string(), &num_blocks.to_string()]).set(1.0);
+        cache_info
+            .with_label_values(&[&block_size.to_string(), &num_blocks.to_string()])
+            .set(1.0);
         let request_success = IntCounterVec::new(
-            label(Opts::new("vllm:request_success_total", "Finished requests by finish reason.")),
+            label(Opts::new(
+                "vllm:request_success_total",
+                "Finished requests by finish reason.",
+            )),
             &["finished_reason"],
         )?;
         registry.register(Box::new(request_success.clone()))?;
         let requests_rejected = IntCounterVec::new(
-            label(Opts::new("fused_requests_rejected_total", "Requests refused before running, by reason.")),
+            label(Opts::new(
+                "fused_requests_rejected_total",
+                "Requests refused before running, by reason.",
+            )),
             &["reason"],
         )?;
         registry.register(Box::new(requests_rejected.clone()))?;
         Ok(Self {
-            requests_running: int_gauge("vllm:num_requests_running", "Requests in model execution batches.")?,
-            requests_waiting: int_gauge("vllm:num_requests_waiting", "Requests waiting to be processed.")?,
+            requests_running: int_gauge(
+                "vllm:num_requests_running",
+                "Requests in model execution batches.",
+            )?,
+            requests_waiting: int_gauge(
+                "vllm:num_requests_waiting",
+                "Requests waiting to be processed.",
+            )?,
             kv_usage,
-            ttft: hist("vllm:time_to_first_token_seconds", "Time to first token in seconds.", TTFT_BUCKETS)?,
-            inter_token: hist("vllm:inter_token_latency_seconds", "Inter-token latency in seconds.", ITL_BUCKETS)?,
-            e2e: hist("vllm:e2e_request_latency_seconds", "End-to-end request latency in seconds.", REQUEST_BUCKETS)?,
-            queue_time: hist("vllm:request_queue_time_seconds", "Time spent waiting in the queue.", REQUEST_BUCKETS)?,
+            ttft: hist(
+                "vllm:time_to_first_token_seconds",
+                "Time to first token in seconds.",
+                TTFT_BUCKETS,
+            )?,
+            inter_token: hist(
+                "vllm:inter_token_latency_seconds",
+                "Inter-token latency in seconds.",
+                ITL_BUCKETS,
+            )?,
+            e2e: hist(
+                "vllm:e2e_request_latency_seconds",
+                "End-to-end request latency in seconds.",
+                REQUEST_BUCKETS,
+            )?,
+            queue_time: hist(
+                "vllm:request_queue_time_seconds",
+                "Time spent waiting in the queue.",
+                REQUEST_BUCKETS,
+            )?,
             prompt_tokens: counter("vllm:prompt_tokens_total", "Prefill tokens processed.")?,
-            generation_tokens: counter("vllm:generation_tokens_total", "Generation tokens processed.")?,
-            preemptions: counter("vllm:num_preemptions_total", "Cumulative number of preemptions.")?,
+            generation_tokens: counter(
+                "vllm:generation_tokens_total",
+                "Generation tokens processed.",
+            )?,
+            preemptions: counter(
+                "vllm:num_preemptions_total",
+                "Cumulative number of preemptions.",
+            )?,
             request_success,
-            kv_pages_mapped: int_gauge("fused_kv_pages_mapped", "Physical KV pages mapped into the region.")?,
-            kv_pages_free: int_gauge("fused_kv_pages_free", "Physical KV pages no sequence holds.")?,
+            kv_pages_mapped: int_gauge(
+                "fused_kv_pages_mapped",
+                "Physical KV pages mapped into the region.",
+            )?,
+            kv_pages_free: int_gauge(
+                "fused_kv_pages_free",
+                "Physical KV pages no sequence holds.",
+            )?,
             kv_pages_total: int_gauge("fused_kv_pages_total", "Physical KV pages in the pool.")?,
-            kv_map_seconds: hist("fused_kv_page_map_seconds", "Latency of mapping one run of KV pages.", MAP_BUCKETS)?,
-            kv_map_stalls: counter("fused_kv_map_stalls_total", "Iterations that waited for a KV page to be mapped.")?,
-            kv_wasted_bytes: int_gauge("fused_kv_wasted_bytes", "Bytes mapped for KV that hold no live token.")?,
+            kv_map_seconds: hist(
+                "fused_kv_page_map_seconds",
+                "Latency of mapping one KV page (per page of a batched mapping).",
+                MAP_BUCKETS,
+            )?,
+            kv_map_stalls: counter(
+                "fused_kv_map_stalls_total",
+                "Iterations that waited for a KV page to be mapped.",
+            )?,
+            kv_wasted_bytes: int_gauge(
+                "fused_kv_wasted_bytes",
+                "Bytes mapped for KV that hold no live token.",
+            )?,
             budget_used: hist(
                 "fused_sched_budget_used_ratio",
                 "Share of the iteration token budget used by each batch.",
                 RATIO_BUCKETS,
             )?,
-            token_budget: int_gauge("fused_sched_token_budget", "Token budget of the last iteration.")?,
+            token_budget: int_gauge(
+                "fused_sched_token_budget",
+                "Token budget of the last iteration.",
+            )?,
             vocab_base_tokens: counter(
                 "fused_vocab_base_tokens_total",
                 "Prompt tokens the base tokenizer would have produced.",

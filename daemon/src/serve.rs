@@ -120,16 +120,34 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Model, Codec, String)> {
     let started = Instant::now();
     let (model, codec, name) = match args.load_format {
         LoadFormat::Dummy => {
-            let shape = args.model.as_deref().context("--load-format dummy needs --model <preset|config.json>")?;
+            let shape = args
+                .model
+                .as_deref()
+                .context("--load-format dummy needs --model <preset|config.json>")?;
             let config = match ModelConfig::preset(shape) {
                 Some(c) => c,
                 None if Path::new(shape).is_file() => ModelConfig::from_hf_json(Path::new(shape))?,
-                None => bail!("unknown shape `{shape}`: use a preset ({}) or a config.json", ModelConfig::PRESETS.join(", ")),
+                None => bail!(
+                    "unknown shape `{shape}`: use a preset ({}) or a config.json",
+                    ModelConfig::PRESETS.join(", ")
+                ),
             };
-            let tokenizer = args.tokenizer.as_deref().context("dummy weights have no tokenizer: pass --tokenizer")?;
-            tracing::info!(shape, params = config.parameter_count(), "generating dummy weights");
-            let codec = Codec::from_path(tokenizer).with_context(|| format!("loading tokenizer {}", tokenizer.display()))?;
-            (Model::dummy(config, args.seed)?, codec, format!("dummy-{shape}"))
+            let tokenizer = args
+                .tokenizer
+                .as_deref()
+                .context("dummy weights have no tokenizer: pass --tokenizer")?;
+            tracing::info!(
+                shape,
+                params = config.parameter_count(),
+                "generating dummy weights"
+            );
+            let codec = Codec::from_path(tokenizer)
+                .with_context(|| format!("loading tokenizer {}", tokenizer.display()))?;
+            (
+                Model::dummy(config, args.seed)?,
+                codec,
+                format!("dummy-{shape}"),
+            )
         }
         LoadFormat::Auto => {
             let path = match &args.model {
@@ -146,7 +164,10 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Model, Codec, String)> {
                     p
                 }
             };
-            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into());
             tracing::info!(model = %path.display(), "loading weights");
             if path.is_dir() {
                 let codec = Codec::from_path(args.tokenizer.as_deref().unwrap_or(&path))?;
@@ -155,19 +176,31 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Model, Codec, String)> {
                 let file = GgufFile::open(&path)?;
                 let codec = match &args.tokenizer {
                     Some(t) => Codec::from_path(t)?,
-                    None => Codec::from_gguf(&file.content).context("reading the tokenizer from GGUF metadata")?,
+                    None => Codec::from_gguf(&file.content)
+                        .context("reading the tokenizer from GGUF metadata")?,
                 };
                 (Model::load_gguf(file)?, codec, name)
             }
         }
     };
     if let Some(dir) = &args.patch_tokenizer {
-        bail!("--patch-tokenizer {}: patched serving is not wired in yet", dir.display());
+        bail!(
+            "--patch-tokenizer {}: patched serving is not wired in yet",
+            dir.display()
+        );
     }
     if codec.vocab_size() > model.config.vocab_size {
-        bail!("the tokenizer has {} ids but the model only {} embedding rows", codec.vocab_size(), model.config.vocab_size);
+        bail!(
+            "the tokenizer has {} ids but the model only {} embedding rows",
+            codec.vocab_size(),
+            model.config.vocab_size
+        );
     }
-    tracing::info!(seconds = started.elapsed().as_secs_f64(), params = model.config.parameter_count(), "model loaded");
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        params = model.config.parameter_count(),
+        "model loaded"
+    );
     Ok((model, codec, name))
 }
 
@@ -179,7 +212,10 @@ fn token_budget(args: &ServeArgs) -> anyhow::Result<TokenBudget> {
             max: 4096,
         });
     }
-    let tokens: usize = args.token_budget.parse().context("--token-budget must be a number or `auto`")?;
+    let tokens: usize = args
+        .token_budget
+        .parse()
+        .context("--token-budget must be a number or `auto`")?;
     Ok(TokenBudget::Fixed(tokens))
 }
 
@@ -197,7 +233,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         layout,
         pool_bytes: args.kv_memory_mib << 20,
         eager: args.eager_kv,
-        ..KvConfig::for_model(model.config.layers, model.config.kv_heads, model.config.head_dim, 4)
+        ..KvConfig::for_model(
+            model.config.layers,
+            model.config.kv_heads,
+            model.config.head_dim,
+            4,
+        )
     };
     let kv = KvManager::cpu(&kv_config).context("reserving the KV region")?;
     let kv_stats = kv.stats();
@@ -218,7 +259,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         ..SchedulerConfig::sarathi_default()
     })?;
     let served_model_name = args.served_model_name.clone().unwrap_or(default_name);
-    let metrics = Arc::new(Metrics::new(&served_model_name, kv_stats.page_bytes, kv_stats.pages_total)?);
+    let metrics = Arc::new(Metrics::new(
+        &served_model_name,
+        kv_stats.page_bytes,
+        kv_stats.pages_total,
+    )?);
     let codec = Arc::new(codec);
     let (engine, engine_thread) = engine::spawn(EngineParts {
         model,
@@ -238,7 +283,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         ready: Default::default(),
         started: std::time::SystemTime::now(),
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(serve_http(&args, state))?;
     engine.shutdown();
     if engine_thread.join().is_err() {
@@ -249,20 +297,31 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve_http(args: &ServeArgs, state: Arc<AppState>) -> anyhow::Result<()> {
-    let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse().context("--host/--port")?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .context("--host/--port")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     state.ready.store(true, Ordering::Release);
     tracing::info!(%addr, model = %state.served_model_name, "serving the OpenAI API");
     let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
     let drain_state = state.clone();
     let shutdown = async move {
         wait_for_signal().await;
-        tracing::info!(in_flight = drain_state.engine.in_flight(), "draining: not ready, no new requests");
+        tracing::info!(
+            in_flight = drain_state.engine.in_flight(),
+            "draining: not ready, no new requests"
+        );
         drain_state.ready.store(false, Ordering::Release);
         drain_state.engine.start_draining();
         let _ = signalled_tx.send(true);
     };
-    let mut server = tokio::spawn(axum::serve(listener, server::router(state.clone())).with_graceful_shutdown(shutdown).into_future());
+    let mut server = tokio::spawn(
+        axum::serve(listener, server::router(state.clone()))
+            .with_graceful_shutdown(shutdown)
+            .into_future(),
+    );
     let drain = Duration::from_secs(args.drain_timeout_s);
     tokio::select! {
         result = &mut server => result??,

@@ -59,8 +59,18 @@ impl EngineHandle {
             if current + count > self.capacity {
                 return Err(AdmissionError::Full(current));
             }
-            match self.in_flight.compare_exchange(current, current + count, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Ok(Permit { in_flight: self.in_flight.clone(), count }),
+            match self.in_flight.compare_exchange(
+                current,
+                current + count,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return Ok(Permit {
+                        in_flight: self.in_flight.clone(),
+                        count,
+                    });
+                }
                 Err(now) => current = now,
             }
         }
@@ -70,11 +80,21 @@ impl EngineHandle {
     pub fn submit(&self, permit: Permit, request: GenerateRequest) -> RequestStream {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-        let sent = self.commands.send(Command::Submit { id, request, events: events_tx });
+        let sent = self.commands.send(Command::Submit {
+            id,
+            request,
+            events: events_tx,
+        });
         if sent.is_err() {
             self.alive.store(false, Ordering::Release);
         }
-        RequestStream { id, events, commands: self.commands.clone(), done: false, _permit: permit }
+        RequestStream {
+            id,
+            events,
+            commands: self.commands.clone(),
+            done: false,
+            _permit: permit,
+        }
     }
 
     /// Requests admitted and not finished.
@@ -101,7 +121,12 @@ impl Permit {
     /// Splits one permit of `count` places into `count` permits of one.
     pub fn split(mut self) -> Vec<Permit> {
         let count = std::mem::take(&mut self.count);
-        (0..count).map(|_| Permit { in_flight: self.in_flight.clone(), count: 1 }).collect()
+        (0..count)
+            .map(|_| Permit {
+                in_flight: self.in_flight.clone(),
+                count: 1,
+            })
+            .collect()
     }
 }
 

@@ -54,10 +54,6 @@ impl LiveRequest {
         self.tokens.len() - self.prompt_len
     }
 
-    pub fn max_new_tokens(&self) -> usize {
-        self.max_new_tokens
-    }
-
     /// Samples from `logits`, sends the token, and says whether the request is done.
     pub fn deliver(&mut self, logits: &[f32]) -> (Sampled, Delivery) {
         let sampled = self.sampler.sample(logits);

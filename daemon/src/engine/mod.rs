@@ -53,5 +53,8 @@ pub enum Event {
     /// The last event of a successful generation (after its last token).
     Finished(FinishReason),
     /// The engine gave up on the request; the message is safe to show the client.
-    Failed { message: String, overloaded: bool },
+    Failed {
+        message: String,
+        overloaded: bool,
+    },
 }

@@ -19,7 +19,11 @@ use crate::model::{LogitsWanted, Model, SeqChunk};
 use crate::sched::{AddError, Batch, RequestId, Scheduler, SeqRequest, StepOutcome};
 
 pub(super) enum Command {
-    Submit { id: u64, request: GenerateRequest, events: UnboundedSender<Event> },
+    Submit {
+        id: u64,
+        request: GenerateRequest,
+        events: UnboundedSender<Event>,
+    },
     Cancel(u64),
     Shutdown,
 }
@@ -48,15 +52,22 @@ pub fn spawn(parts: EngineParts) -> std::io::Result<(EngineHandle, JoinHandle<()
         draining: Arc::new(AtomicBool::new(false)),
         alive: alive.clone(),
     };
-    let thread = std::thread::Builder::new().name("fused-engine".into()).spawn(move || {
-        let mut worker = Worker { parts, live: HashMap::new(), inbox, stalls_seen: 0 };
-        worker.run();
-        alive.store(false, Ordering::Release);
-        let Worker { parts, .. } = worker;
-        if let Err(e) = parts.kv.shutdown() {
-            tracing::error!(error = %e, "KV shutdown failed");
-        }
-    })?;
+    let thread = std::thread::Builder::new()
+        .name("fused-engine".into())
+        .spawn(move || {
+            let mut worker = Worker {
+                parts,
+                live: HashMap::new(),
+                inbox,
+                stalls_seen: 0,
+            };
+            worker.run();
+            alive.store(false, Ordering::Release);
+            let Worker { parts, .. } = worker;
+            if let Err(e) = parts.kv.shutdown() {
+                tracing::error!(error = %e, "KV shutdown failed");
+            }
+        })?;
     Ok((handle, thread))
 }
 
@@ -84,9 +95,14 @@ impl Worker {
             } else {
                 None
             };
-            for command in first.into_iter().chain(std::iter::from_fn(|| self.inbox.try_recv().ok())) {
+            let commands: Vec<Command> = first.into_iter().chain(self.inbox.try_iter()).collect();
+            for command in commands {
                 match command {
-                    Command::Submit { id, request, events } => self.submit(id, request, events),
+                    Command::Submit {
+                        id,
+                        request,
+                        events,
+                    } => self.submit(id, request, events),
                     Command::Cancel(id) => self.cancel(id),
                     Command::Shutdown => return,
                 }
@@ -96,7 +112,11 @@ impl Worker {
     }
 
     fn submit(&mut self, id: u64, request: GenerateRequest, events: UnboundedSender<Event>) {
-        let seq = SeqRequest { id: RequestId(id), prompt_len: request.prompt.len(), max_new_tokens: request.max_new_tokens };
+        let seq = SeqRequest {
+            id: RequestId(id),
+            prompt_len: request.prompt.len(),
+            max_new_tokens: request.max_new_tokens,
+        };
         let live = LiveRequest::new(request, &self.parts.eos_ids, events);
         match self.parts.scheduler.add(seq) {
             Ok(()) => {
@@ -104,8 +124,13 @@ impl Worker {
             }
             Err(e) => {
                 let overloaded = matches!(e, AddError::QueueFull { .. });
-                self.parts.metrics.rejected(if overloaded { "queue_full" } else { "invalid" });
-                live.send(Event::Failed { message: e.to_string(), overloaded });
+                self.parts
+                    .metrics
+                    .rejected(if overloaded { "queue_full" } else { "invalid" });
+                live.send(Event::Failed {
+                    message: e.to_string(),
+                    overloaded,
+                });
             }
         }
     }
@@ -138,7 +163,10 @@ impl Worker {
                 tracing::error!(%message, "batch failed; failing its requests");
                 for item in &batch.items {
                     if let Some(live) = self.live.remove(&item.id.0) {
-                        live.send(Event::Failed { message: message.clone(), overloaded: false });
+                        live.send(Event::Failed {
+                            message: message.clone(),
+                            overloaded: false,
+                        });
                         self.parts.metrics.finished("error");
                     }
                     self.parts.scheduler.cancel(item.id);
@@ -154,11 +182,16 @@ impl Worker {
             }
         }
         let seconds = started.elapsed().as_secs_f64();
-        self.parts.scheduler.observe_iteration(batch.prefill_tokens(), batch.decode_tokens(), seconds);
+        self.parts.scheduler.observe_iteration(
+            batch.prefill_tokens(),
+            batch.decode_tokens(),
+            seconds,
+        );
         let m = &self.parts.metrics;
         m.prompt_tokens.inc_by(batch.prefill_tokens() as u64);
         if batch.token_budget > 0 {
-            m.budget_used.observe(batch.total_tokens() as f64 / batch.token_budget as f64);
+            m.budget_used
+                .observe(batch.total_tokens() as f64 / batch.token_budget as f64);
         }
         m.token_budget.set(batch.token_budget as i64);
         self.update_gauges();
@@ -166,10 +199,16 @@ impl Worker {
 
     /// Preempted, cancelled and aborted requests of this batch.
     fn settle_departures(&mut self, batch: &Batch) {
-        self.parts.metrics.preemptions.inc_by(batch.preempted.len() as u64);
+        self.parts
+            .metrics
+            .preemptions
+            .inc_by(batch.preempted.len() as u64);
         for (id, reason) in &batch.aborted {
             if let Some(live) = self.live.remove(&id.0) {
-                live.send(Event::Failed { message: reason.to_string(), overloaded: false });
+                live.send(Event::Failed {
+                    message: reason.to_string(),
+                    overloaded: false,
+                });
                 self.parts.metrics.finished("error");
             }
         }
@@ -180,36 +219,77 @@ impl Worker {
     fn run_batch(&mut self, batch: &Batch) -> Result<Vec<StepOutcome>, String> {
         let now = Instant::now();
         for item in &batch.items {
-            self.parts.kv.wait_ready(item.slot, item.end_pos()).map_err(|e| format!("KV cache: {e}"))?;
+            self.parts
+                .kv
+                .wait_ready(item.slot, item.end_pos())
+                .map_err(|e| format!("KV cache: {e}"))?;
             if let Some(live) = self.live.get_mut(&item.id.0)
                 && live.first_scheduled.is_none()
             {
                 live.first_scheduled = Some(now);
-                self.parts.metrics.queue_time.observe((now - live.arrival).as_secs_f64());
+                self.parts
+                    .metrics
+                    .queue_time
+                    .observe((now - live.arrival).as_secs_f64());
             }
         }
         let mut chunks = Vec::with_capacity(batch.items.len());
         for item in &batch.items {
-            let live = self.live.get(&item.id.0).ok_or_else(|| format!("{} has no engine state", item.id))?;
+            let live = self
+                .live
+                .get(&item.id.0)
+                .ok_or_else(|| format!("{} has no engine state", item.id))?;
             let tokens = live
                 .tokens
                 .get(item.start_pos..item.end_pos())
-                .ok_or_else(|| format!("{} has no tokens at {}..{}", item.id, item.start_pos, item.end_pos()))?;
-            let logits = if item.samples { LogitsWanted::Last } else { LogitsWanted::None };
-            chunks.push(SeqChunk { slot: item.slot, start_pos: item.start_pos, tokens, logits });
+                .ok_or_else(|| {
+                    format!(
+                        "{} has no tokens at {}..{}",
+                        item.id,
+                        item.start_pos,
+                        item.end_pos()
+                    )
+                })?;
+            let logits = if item.samples {
+                LogitsWanted::Last
+            } else {
+                LogitsWanted::None
+            };
+            chunks.push(SeqChunk {
+                slot: item.slot,
+                start_pos: item.start_pos,
+                tokens,
+                logits,
+            });
         }
-        let logits = self.parts.model.forward(&chunks, &self.parts.kv).map_err(|e| e.to_string())?;
+        let logits = self
+            .parts
+            .model
+            .forward(&chunks, &self.parts.kv)
+            .map_err(|e| e.to_string())?;
         drop(chunks);
         let mut outcomes = Vec::new();
         let now = Instant::now();
         for (index, item) in batch.items.iter().enumerate() {
-            let Some(row) = logits.rows(index).next() else { continue };
-            let Some(live) = self.live.get_mut(&item.id.0) else { continue };
+            let Some(row) = logits.rows(index).next() else {
+                continue;
+            };
+            let Some(live) = self.live.get_mut(&item.id.0) else {
+                continue;
+            };
             let (_, delivery) = live.deliver(row);
             self.parts.metrics.generation_tokens.inc();
             match live.last_token_at {
-                None => self.parts.metrics.ttft.observe((now - live.arrival).as_secs_f64()),
-                Some(previous) => self.parts.metrics.inter_token.observe((now - previous).as_secs_f64()),
+                None => self
+                    .parts
+                    .metrics
+                    .ttft
+                    .observe((now - live.arrival).as_secs_f64()),
+                Some(previous) => self
+                    .parts
+                    .metrics
+                    .inter_token
+                    .observe((now - previous).as_secs_f64()),
             }
             live.last_token_at = Some(now);
             let finished = match delivery {
@@ -226,7 +306,10 @@ impl Worker {
                     true
                 }
             };
-            outcomes.push(StepOutcome { id: item.id, finished });
+            outcomes.push(StepOutcome {
+                id: item.id,
+                finished,
+            });
         }
         Ok(outcomes)
     }
@@ -249,10 +332,11 @@ impl Worker {
         m.kv_pages_free.set(kv.pages_free as i64);
         m.kv_pages_total.set(kv.pages_total as i64);
         m.kv_wasted_bytes.set(kv.wasted_bytes as i64);
-        m.kv_map_stalls.inc_by(kv.map_stalls.saturating_sub(self.stalls_seen));
+        m.kv_map_stalls
+            .inc_by(kv.map_stalls.saturating_sub(self.stalls_seen));
         self.stalls_seen = kv.map_stalls;
-        for seconds in self.parts.kv.drain_latencies().map_seconds() {
-            m.kv_map_seconds.observe(seconds);
+        for seconds in self.parts.kv.drain_latencies().map_per_page {
+            m.kv_map_seconds.observe(seconds.as_secs_f64());
         }
     }
 }

@@ -36,7 +36,10 @@ pub async fn version() -> Json<serde_json::Value> {
 }
 
 pub async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let created = state.started.duration_since(std::time::UNIX_EPOCH).map_or(unix_now(), |d| d.as_secs());
+    let created = state
+        .started
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(unix_now(), |d| d.as_secs());
     Json(json!({
         "object": "list",
         "data": [{
@@ -51,7 +54,14 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     match state.metrics.render() {
-        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
         Err(e) => ApiError::internal(format!("rendering metrics: {e}")).into_response(),
     }
 }
@@ -66,12 +76,24 @@ pub async fn tokenize(
         (Some(prompt), None) => (prompt, req.add_special_tokens),
         (None, Some(messages)) => {
             let messages = super::openai::chat_messages(messages)?;
-            (render_chat(&state, &messages, req.add_generation_prompt)?, false)
+            (
+                render_chat(&state, &messages, req.add_generation_prompt)?,
+                false,
+            )
         }
-        _ => return Err(ApiError::bad_request("give exactly one of `prompt` and `messages`")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of `prompt` and `messages`",
+            ));
+        }
     };
-    let tokens = state.codec.encode(&text, add_special).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(Json(json!({"count": tokens.len(), "max_model_len": state.max_context, "tokens": tokens})))
+    let tokens = state
+        .codec
+        .encode(&text, add_special)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Json(
+        json!({"count": tokens.len(), "max_model_len": state.max_context, "tokens": tokens}),
+    ))
 }
 
 pub async fn detokenize(
@@ -80,21 +102,40 @@ pub async fn detokenize(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(req) = body?;
     state.check_model(req.model.as_deref())?;
-    if let Some(bad) = req.tokens.iter().find(|&&t| t as usize >= state.codec.vocab_size()) {
-        return Err(ApiError::invalid_param("tokens", format!("token id {bad} is outside the vocabulary")));
+    if let Some(bad) = req
+        .tokens
+        .iter()
+        .find(|&&t| t as usize >= state.codec.vocab_size())
+    {
+        return Err(ApiError::invalid_param(
+            "tokens",
+            format!("token id {bad} is outside the vocabulary"),
+        ));
     }
-    let prompt = state.codec.decode(&req.tokens, false).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let prompt = state
+        .codec
+        .decode(&req.tokens, false)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(Json(json!({"prompt": prompt})))
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError { status: StatusCode::NOT_FOUND, ..ApiError::bad_request("no such route") }
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        ..ApiError::bad_request("no such route")
+    }
 }
 
 /// Renders the chat template, or explains why it cannot.
-pub fn render_chat(state: &AppState, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ApiError> {
+pub fn render_chat(
+    state: &AppState,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+) -> Result<String, ApiError> {
     if !state.codec.has_chat_template() {
-        return Err(ApiError::bad_request("this model has no chat template; use /v1/completions"));
+        return Err(ApiError::bad_request(
+            "this model has no chat template; use /v1/completions",
+        ));
     }
     state
         .codec

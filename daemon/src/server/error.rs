@@ -17,12 +17,22 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), kind, param: None, code: None, retry_after_s: None }
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+            retry_after_s: None,
+        }
     }
 
     /// A bad value of request field `param`.
     pub fn invalid_param(param: &str, message: impl Into<String>) -> Self {
-        Self { param: Some(param.to_owned()), ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message) }
+        Self {
+            param: Some(param.to_owned()),
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -41,14 +51,22 @@ impl ApiError {
         Self {
             code: Some("model_not_found"),
             param: Some("model".into()),
-            ..Self::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("The model `{model}` does not exist."))
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!("The model `{model}` does not exist."),
+            )
         }
     }
 
     pub fn unauthorized() -> Self {
         Self {
             code: Some("invalid_api_key"),
-            ..Self::new(StatusCode::UNAUTHORIZED, "authentication_error", "Invalid or missing API key.")
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "Invalid or missing API key.",
+            )
         }
     }
 
@@ -56,12 +74,19 @@ impl ApiError {
         Self {
             retry_after_s: Some(retry_after_s),
             code: Some("server_overloaded"),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "The server is at capacity; retry later.")
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "The server is at capacity; retry later.",
+            )
         }
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self { retry_after_s: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message) }
+        Self {
+            retry_after_s: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+        }
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
@@ -83,7 +108,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body())).into_response();
         if let Some(secs) = self.retry_after_s {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

@@ -18,11 +18,19 @@ use super::stop::StopMatcher;
 #[derive(Debug, Clone)]
 pub enum ChoiceEvent {
     /// New text, with the tokens that completed it (for logprobs).
-    Text { index: usize, text: String, tokens: Vec<Sampled> },
+    Text {
+        index: usize,
+        text: String,
+        tokens: Vec<Sampled>,
+    },
     /// The choice ended.
-    Done { index: usize, reason: &'static str, completion_tokens: usize },
+    Done {
+        index: usize,
+        reason: &'static str,
+        completion_tokens: usize,
+    },
     /// The engine failed the choice.
-    Error { index: usize, error: ApiError },
+    Error { error: ApiError },
 }
 
 /// Starts every choice of a request; events of all choices arrive on the returned channel in
@@ -53,7 +61,14 @@ pub fn start(
         let codec = state.codec.clone();
         let stops = StopMatcher::new(params.stop.clone());
         let skip_special = params.skip_special_tokens;
-        tokio::spawn(run_choice(index, stream, codec, stops, skip_special, tx.clone()));
+        tokio::spawn(run_choice(
+            index,
+            stream,
+            codec,
+            stops,
+            skip_special,
+            tx.clone(),
+        ));
     }
     rx
 }
@@ -81,7 +96,11 @@ async fn run_choice(
                 let delta = match decoder.step(sampled.token) {
                     Ok(delta) => delta.unwrap_or_default(),
                     Err(e) => {
-                        let _ = tx.send(ChoiceEvent::Error { index, error: ApiError::internal(e.to_string()) }).await;
+                        let _ = tx
+                            .send(ChoiceEvent::Error {
+                                error: ApiError::internal(e.to_string()),
+                            })
+                            .await;
                         return;
                     }
                 };
@@ -89,7 +108,15 @@ async fn run_choice(
                 let text = stops.push(&delta);
                 if !text.is_empty() || stops.stopped() {
                     let tokens = std::mem::take(&mut pending_tokens);
-                    if tx.send(ChoiceEvent::Text { index, text, tokens }).await.is_err() {
+                    if tx
+                        .send(ChoiceEvent::Text {
+                            index,
+                            text,
+                            tokens,
+                        })
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -98,28 +125,60 @@ async fn run_choice(
                 }
             }
             Some(Event::Finished(reason)) => {
-                let mut tail = decoder.finish().ok().flatten().map(|t| stops.push(&t)).unwrap_or_default();
+                let mut tail = decoder
+                    .finish()
+                    .ok()
+                    .flatten()
+                    .map(|t| stops.push(&t))
+                    .unwrap_or_default();
                 if !stops.stopped() {
                     tail.push_str(&stops.flush());
                 }
                 if !tail.is_empty() || !pending_tokens.is_empty() {
                     let tokens = std::mem::take(&mut pending_tokens);
-                    let _ = tx.send(ChoiceEvent::Text { index, text: tail, tokens }).await;
+                    let _ = tx
+                        .send(ChoiceEvent::Text {
+                            index,
+                            text: tail,
+                            tokens,
+                        })
+                        .await;
                 }
-                break if stops.stopped() { "stop" } else { reason.as_str() };
+                break if stops.stopped() {
+                    "stop"
+                } else {
+                    reason.as_str()
+                };
             }
-            Some(Event::Failed { message, overloaded }) => {
-                let error = if overloaded { ApiError::overloaded(1) } else { ApiError::internal(message) };
-                let _ = tx.send(ChoiceEvent::Error { index, error }).await;
+            Some(Event::Failed {
+                message,
+                overloaded,
+            }) => {
+                let error = if overloaded {
+                    ApiError::overloaded(1)
+                } else {
+                    ApiError::internal(message)
+                };
+                let _ = tx.send(ChoiceEvent::Error { error }).await;
                 return;
             }
             None => {
-                let _ = tx.send(ChoiceEvent::Error { index, error: ApiError::internal("the engine stopped") }).await;
+                let _ = tx
+                    .send(ChoiceEvent::Error {
+                        error: ApiError::internal("the engine stopped"),
+                    })
+                    .await;
                 return;
             }
         }
     };
-    let _ = tx.send(ChoiceEvent::Done { index, reason, completion_tokens: generated }).await;
+    let _ = tx
+        .send(ChoiceEvent::Done {
+            index,
+            reason,
+            completion_tokens: generated,
+        })
+        .await;
 }
 
 /// A whole choice, for non-streaming responses.
@@ -132,21 +191,32 @@ pub struct ChoiceOutput {
 }
 
 /// Runs every choice to the end and gathers them, in choice order.
-pub async fn collect(mut events: mpsc::Receiver<ChoiceEvent>, n: usize) -> Result<Vec<ChoiceOutput>, ApiError> {
+pub async fn collect(
+    mut events: mpsc::Receiver<ChoiceEvent>,
+    n: usize,
+) -> Result<Vec<ChoiceOutput>, ApiError> {
     let mut outputs = vec![ChoiceOutput::default(); n];
     let mut done = 0;
     while done < n {
         match events.recv().await {
-            Some(ChoiceEvent::Text { index, text, tokens }) => {
+            Some(ChoiceEvent::Text {
+                index,
+                text,
+                tokens,
+            }) => {
                 outputs[index].text.push_str(&text);
                 outputs[index].tokens.extend(tokens);
             }
-            Some(ChoiceEvent::Done { index, reason, completion_tokens }) => {
+            Some(ChoiceEvent::Done {
+                index,
+                reason,
+                completion_tokens,
+            }) => {
                 outputs[index].finish_reason = Some(reason);
                 outputs[index].completion_tokens = completion_tokens;
                 done += 1;
             }
-            Some(ChoiceEvent::Error { error, .. }) => return Err(error),
+            Some(ChoiceEvent::Error { error }) => return Err(error),
             None => return Err(ApiError::internal("generation ended without a result")),
         }
     }

@@ -63,7 +63,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(admin::models))
         .route("/tokenize", post(admin::tokenize))
         .route("/detokenize", post(admin::detokenize))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
     Router::new()
         .merge(api)
         .route("/health", get(admin::health))
@@ -74,7 +77,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Result<Response, ApiError> {
+async fn require_api_key(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     if let Some(key) = &state.api_key {
         let given = request
             .headers()
@@ -90,7 +97,9 @@ async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, n
 
 /// Seconds since the Unix epoch, for `created` fields.
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A fresh id with an OpenAI-like prefix.

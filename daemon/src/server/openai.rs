@@ -35,8 +35,15 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let Json(req) = body?;
     state.check_model(req.model.as_deref())?;
-    let params = generation_params(req.sampling, req.logprobs, Some(16), state.codec.vocab_size())?;
-    let prompt = req.prompt.ok_or_else(|| ApiError::invalid_param("prompt", "`prompt` is required"))?;
+    let params = generation_params(
+        req.sampling,
+        req.logprobs,
+        Some(16),
+        state.codec.vocab_size(),
+    )?;
+    let prompt = req
+        .prompt
+        .ok_or_else(|| ApiError::invalid_param("prompt", "`prompt` is required"))?;
     let permit = admit(&state, params.n)?;
     let prompt_ids = match prompt {
         Prompt::Text(text) => encode(&state, &text, true)?,
@@ -44,11 +51,20 @@ pub async fn completions(
         Prompt::Tokens(ids) => ids,
         Prompt::TokenLists(mut lists) if lists.len() == 1 => lists.remove(0),
         Prompt::Texts(_) | Prompt::TokenLists(_) => {
-            return Err(ApiError::invalid_param("prompt", "send one prompt per request (batched prompts are not supported)"));
+            return Err(ApiError::invalid_param(
+                "prompt",
+                "send one prompt per request (batched prompts are not supported)",
+            ));
         }
     };
-    if let Some(bad) = prompt_ids.iter().find(|&&t| t as usize >= state.codec.vocab_size()) {
-        return Err(ApiError::invalid_param("prompt", format!("token id {bad} is outside the vocabulary")));
+    if let Some(bad) = prompt_ids
+        .iter()
+        .find(|&&t| t as usize >= state.codec.vocab_size())
+    {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            format!("token id {bad} is outside the vocabulary"),
+        ));
     }
     respond(state, permit, prompt_ids, params, Shape::Completion).await
 }
@@ -62,7 +78,10 @@ pub async fn chat_completions(
     let logprobs = match (req.logprobs, req.top_logprobs) {
         (true, top) => Some(top.unwrap_or(0)),
         (false, Some(_)) => {
-            return Err(ApiError::invalid_param("top_logprobs", "`top_logprobs` needs `logprobs: true`"));
+            return Err(ApiError::invalid_param(
+                "top_logprobs",
+                "`top_logprobs` needs `logprobs: true`",
+            ));
         }
         (false, None) => None,
     };
@@ -77,20 +96,32 @@ pub async fn chat_completions(
 /// Checks the messages and flattens text parts; an empty list is a 400 naming `messages`.
 pub fn chat_messages(messages: Vec<ChatMessageIn>) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
-        return Err(ApiError::invalid_param("messages", "`messages` must not be empty"));
+        return Err(ApiError::invalid_param(
+            "messages",
+            "`messages` must not be empty",
+        ));
     }
     messages
         .into_iter()
         .map(|m| {
-            if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool" | "developer") {
-                return Err(ApiError::invalid_param("messages", format!("unknown role `{}`", m.role)));
+            if !matches!(
+                m.role.as_str(),
+                "system" | "user" | "assistant" | "tool" | "developer"
+            ) {
+                return Err(ApiError::invalid_param(
+                    "messages",
+                    format!("unknown role `{}`", m.role),
+                ));
             }
             let content = match m.content {
                 None => String::new(),
                 Some(MessageContent::Text(t)) => t,
                 Some(MessageContent::Parts(parts)) => {
                     if let Some(p) = parts.iter().find(|p| p.kind != "text") {
-                        return Err(ApiError::invalid_param("messages", format!("content part `{}` is not supported", p.kind)));
+                        return Err(ApiError::invalid_param(
+                            "messages",
+                            format!("content part `{}` is not supported", p.kind),
+                        ));
                     }
                     parts.into_iter().filter_map(|p| p.text).collect()
                 }
@@ -109,13 +140,18 @@ fn admit(state: &AppState, n: usize) -> Result<Permit, ApiError> {
         });
         match e {
             AdmissionError::Full(_) => ApiError::overloaded(1),
-            AdmissionError::Draining | AdmissionError::Stopped => ApiError::unavailable(e.to_string()),
+            AdmissionError::Draining | AdmissionError::Stopped => {
+                ApiError::unavailable(e.to_string())
+            }
         }
     })
 }
 
 fn encode(state: &AppState, text: &str, add_special: bool) -> Result<Vec<u32>, ApiError> {
-    let ids = state.codec.encode(text, add_special).map_err(|e| ApiError::invalid_param("prompt", e.to_string()))?;
+    let ids = state
+        .codec
+        .encode(text, add_special)
+        .map_err(|e| ApiError::invalid_param("prompt", e.to_string()))?;
     if state.codec.patch().is_some() {
         if let Ok(base) = state.codec.encode_base(text, add_special) {
             state.metrics.vocab_base_tokens.inc_by(base.len() as u64);
@@ -157,10 +193,26 @@ async fn respond(
     };
     let prompt_tokens = prompt.len();
     let events = generate::start(&state, permit.split(), prompt, &params, max_new_tokens);
-    let head = Head { id: new_id(if shape == Shape::Chat { "chatcmpl" } else { "cmpl" }), created: unix_now(), model: state.served_model_name.clone() };
+    let head = Head {
+        id: new_id(if shape == Shape::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        }),
+        created: unix_now(),
+        model: state.served_model_name.clone(),
+    };
     if params.stream {
         let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
-        tokio::spawn(stream_events(state, head, shape, params, prompt_tokens, events, tx));
+        tokio::spawn(stream_events(
+            state,
+            head,
+            shape,
+            params,
+            prompt_tokens,
+            events,
+            tx,
+        ));
         return Ok(Sse::new(ReceiverStream::new(rx)).into_response());
     }
     let outputs = generate::collect(events, params.n).await?;
@@ -177,7 +229,10 @@ async fn respond(
                 .enumerate()
                 .map(|(index, o)| CompletionChoice {
                     index,
-                    logprobs: params.sampling.logprobs.map(|_| completion_logprobs(&state, &o.tokens, 0)),
+                    logprobs: params
+                        .sampling
+                        .logprobs
+                        .map(|_| completion_logprobs(&state, &o.tokens, 0)),
                     text: o.text,
                     finish_reason: o.finish_reason,
                 })
@@ -195,8 +250,14 @@ async fn respond(
                 .enumerate()
                 .map(|(index, o): (usize, ChoiceOutput)| ChatChoice {
                     index,
-                    logprobs: params.sampling.logprobs.map(|_| chat_logprobs(&state, &o.tokens)),
-                    message: ChatMessageOut { role: "assistant", content: o.text },
+                    logprobs: params
+                        .sampling
+                        .logprobs
+                        .map(|_| chat_logprobs(&state, &o.tokens)),
+                    message: ChatMessageOut {
+                        role: "assistant",
+                        content: o.text,
+                    },
                     finish_reason: o.finish_reason,
                 })
                 .collect(),
@@ -224,10 +285,18 @@ async fn stream_events(
 ) {
     let send = |value: serde_json::Value| {
         let tx = tx.clone();
-        async move { tx.send(Ok(SseEvent::default().data(value.to_string()))).await.is_ok() }
+        async move {
+            tx.send(Ok(SseEvent::default().data(value.to_string())))
+                .await
+                .is_ok()
+        }
     };
     let chunk = |choices: serde_json::Value, usage: Option<Usage>| {
-        let object = if shape == Shape::Chat { "chat.completion.chunk" } else { "text_completion" };
+        let object = if shape == Shape::Chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
         let mut value = serde_json::json!({"id": head.id, "object": object, "created": head.created, "model": head.model, "choices": choices});
         if let Some(usage) = usage {
             value["usage"] = serde_json::json!(usage);
@@ -245,28 +314,48 @@ async fn stream_events(
     let mut offsets = vec![0usize; params.n];
     let (mut done, mut completion_tokens) = (0, 0);
     while done < params.n {
-        let Some(event) = events.recv().await else { break };
+        let Some(event) = events.recv().await else {
+            break;
+        };
         let choice = match event {
-            ChoiceEvent::Text { index, text, tokens } => {
+            ChoiceEvent::Text {
+                index,
+                text,
+                tokens,
+            } => {
                 let logprobs = params.sampling.logprobs.map(|_| match shape {
-                    Shape::Completion => serde_json::json!(completion_logprobs(&state, &tokens, offsets[index])),
+                    Shape::Completion => {
+                        serde_json::json!(completion_logprobs(&state, &tokens, offsets[index]))
+                    }
                     Shape::Chat => serde_json::json!(chat_logprobs(&state, &tokens)),
                 });
                 offsets[index] += text.len();
                 match shape {
-                    Shape::Completion => serde_json::json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": null}),
-                    Shape::Chat => serde_json::json!({"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": null}),
+                    Shape::Completion => {
+                        serde_json::json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": null})
+                    }
+                    Shape::Chat => {
+                        serde_json::json!({"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": null})
+                    }
                 }
             }
-            ChoiceEvent::Done { index, reason, completion_tokens: tokens } => {
+            ChoiceEvent::Done {
+                index,
+                reason,
+                completion_tokens: tokens,
+            } => {
                 done += 1;
                 completion_tokens += tokens;
                 match shape {
-                    Shape::Completion => serde_json::json!({"index": index, "text": "", "logprobs": null, "finish_reason": reason}),
-                    Shape::Chat => serde_json::json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}),
+                    Shape::Completion => {
+                        serde_json::json!({"index": index, "text": "", "logprobs": null, "finish_reason": reason})
+                    }
+                    Shape::Chat => {
+                        serde_json::json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": reason})
+                    }
                 }
             }
-            ChoiceEvent::Error { error, .. } => {
+            ChoiceEvent::Error { error } => {
                 let _ = send(error.body()).await;
                 break;
             }
@@ -288,7 +377,11 @@ fn token_text(state: &AppState, id: u32) -> String {
     state.codec.decode(&[id], false).unwrap_or_default()
 }
 
-fn completion_logprobs(state: &AppState, tokens: &[Sampled], start_offset: usize) -> CompletionLogprobs {
+fn completion_logprobs(
+    state: &AppState,
+    tokens: &[Sampled],
+    start_offset: usize,
+) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
     let mut offset = start_offset;
     for t in tokens {
@@ -297,7 +390,12 @@ fn completion_logprobs(state: &AppState, tokens: &[Sampled], start_offset: usize
         offset += text.len();
         out.tokens.push(text);
         out.token_logprobs.push(t.logprob.unwrap_or(0.0));
-        out.top_logprobs.push(t.top.iter().map(|&(id, lp)| (token_text(state, id), lp)).collect());
+        out.top_logprobs.push(
+            t.top
+                .iter()
+                .map(|&(id, lp)| (token_text(state, id), lp))
+                .collect(),
+        );
     }
     out
 }
@@ -316,7 +414,11 @@ fn chat_logprobs(state: &AppState, tokens: &[Sampled]) -> ChatLogprobs {
                     .iter()
                     .map(|&(id, logprob)| {
                         let token = token_text(state, id);
-                        TopLogprob { bytes: token.as_bytes().to_vec(), token, logprob }
+                        TopLogprob {
+                            bytes: token.as_bytes().to_vec(),
+                            token,
+                            logprob,
+                        }
                     })
                     .collect(),
             }

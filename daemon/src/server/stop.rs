@@ -10,7 +10,11 @@ pub struct StopMatcher {
 
 impl StopMatcher {
     pub fn new(stops: Vec<String>) -> Self {
-        Self { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), pending: String::new(), stopped: false }
+        Self {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            pending: String::new(),
+            stopped: false,
+        }
     }
 
     pub fn stopped(&self) -> bool {
@@ -24,7 +28,12 @@ impl StopMatcher {
             return String::new();
         }
         self.pending.push_str(delta);
-        if let Some(cut) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+        if let Some(cut) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
             self.stopped = true;
             let out = self.pending[..cut].to_owned();
             self.pending.clear();
@@ -48,7 +57,11 @@ impl StopMatcher {
         let mut best = 0;
         for stop in &self.stops {
             for (len, _) in stop.char_indices().skip(1) {
-                if len > best && len <= text.len() && text.is_char_boundary(text.len() - len) && text.ends_with(&stop[..len]) {
+                if len > best
+                    && len <= text.len()
+                    && text.is_char_boundary(text.len() - len)
+                    && text.ends_with(&stop[..len])
+                {
                     best = len;
                 }
             }
@@ -76,7 +89,10 @@ mod tests {
 
     #[test]
     fn stop_split_across_deltas_is_never_emitted() {
-        assert_eq!(run(&["END"], &["hello E", "N", "D tail"]), ("hello ".into(), true));
+        assert_eq!(
+            run(&["END"], &["hello E", "N", "D tail"]),
+            ("hello ".into(), true)
+        );
     }
 
     #[test]

@@ -27,13 +27,23 @@ pub struct GenerationParams {
 }
 
 fn finite(param: &str, v: f64) -> Result<f64, ApiError> {
-    if v.is_finite() { Ok(v) } else { Err(ApiError::invalid_param(param, format!("`{param}` must be a finite number"))) }
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(ApiError::invalid_param(
+            param,
+            format!("`{param}` must be a finite number"),
+        ))
+    }
 }
 
 fn in_range(param: &str, v: f64, lo: f64, hi: f64, what: &str) -> Result<f32, ApiError> {
     let v = finite(param, v)?;
     if v < lo || v > hi {
-        return Err(ApiError::invalid_param(param, format!("`{param}` must be {what}, got {v}")));
+        return Err(ApiError::invalid_param(
+            param,
+            format!("`{param}` must be {what}, got {v}"),
+        ));
     }
     Ok(v as f32)
 }
@@ -52,13 +62,19 @@ pub fn generation_params(
     if let Some(p) = f.top_p {
         let p = in_range("top_p", p, 0.0, 1.0, "in (0, 1]")?;
         if p <= 0.0 {
-            return Err(ApiError::invalid_param("top_p", "`top_p` must be in (0, 1], got 0"));
+            return Err(ApiError::invalid_param(
+                "top_p",
+                "`top_p` must be in (0, 1], got 0",
+            ));
         }
         sampling.top_p = p;
     }
     if let Some(k) = f.top_k {
         if k < -1 {
-            return Err(ApiError::invalid_param("top_k", format!("`top_k` must be -1 (off), 0 (off) or positive, got {k}")));
+            return Err(ApiError::invalid_param(
+                "top_k",
+                format!("`top_k` must be -1 (off), 0 (off) or positive, got {k}"),
+            ));
         }
         sampling.top_k = k.max(0) as usize;
     }
@@ -74,47 +90,77 @@ pub fn generation_params(
     if let Some(p) = f.repetition_penalty {
         let p = in_range("repetition_penalty", p, 0.0, 10.0, "in (0, 10]")?;
         if p <= 0.0 {
-            return Err(ApiError::invalid_param("repetition_penalty", "`repetition_penalty` must be positive"));
+            return Err(ApiError::invalid_param(
+                "repetition_penalty",
+                "`repetition_penalty` must be positive",
+            ));
         }
         sampling.repetition_penalty = p;
     }
     sampling.seed = f.seed.map(|s| s as u64);
     if let Some(k) = logprobs {
         if !(0..=MAX_LOGPROBS).contains(&k) {
-            return Err(ApiError::invalid_param("logprobs", format!("`logprobs` must be in [0, {MAX_LOGPROBS}], got {k}")));
+            return Err(ApiError::invalid_param(
+                "logprobs",
+                format!("`logprobs` must be in [0, {MAX_LOGPROBS}], got {k}"),
+            ));
         }
         sampling.logprobs = Some(k as usize);
     }
     let max_tokens = match f.max_completion_tokens.or(f.max_tokens) {
         Some(m) if m < 1 => {
-            let param = if f.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
-            return Err(ApiError::invalid_param(param, format!("`{param}` must be at least 1, got {m}")));
+            let param = if f.max_completion_tokens.is_some() {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            };
+            return Err(ApiError::invalid_param(
+                param,
+                format!("`{param}` must be at least 1, got {m}"),
+            ));
         }
         Some(m) => Some(m as usize),
         None => default_max_tokens,
     };
     let min_tokens = match f.min_tokens {
-        Some(m) if m < 0 => return Err(ApiError::invalid_param("min_tokens", "`min_tokens` must be non-negative")),
+        Some(m) if m < 0 => {
+            return Err(ApiError::invalid_param(
+                "min_tokens",
+                "`min_tokens` must be non-negative",
+            ));
+        }
         Some(m) if max_tokens.is_some_and(|max| m as usize > max) => {
-            return Err(ApiError::invalid_param("min_tokens", "`min_tokens` must not exceed `max_tokens`"));
+            return Err(ApiError::invalid_param(
+                "min_tokens",
+                "`min_tokens` must not exceed `max_tokens`",
+            ));
         }
         Some(m) => m as usize,
         None => 0,
     };
     let n = match f.n {
         Some(n) if !(1..=MAX_N).contains(&n) => {
-            return Err(ApiError::invalid_param("n", format!("`n` must be in [1, {MAX_N}], got {n}")));
+            return Err(ApiError::invalid_param(
+                "n",
+                format!("`n` must be in [1, {MAX_N}], got {n}"),
+            ));
         }
         Some(n) => n as usize,
         None => 1,
     };
     let stop_token_ids = f.stop_token_ids.unwrap_or_default();
     if let Some(bad) = stop_token_ids.iter().find(|&&t| t as usize >= vocab_size) {
-        return Err(ApiError::invalid_param("stop_token_ids", format!("token id {bad} is outside the vocabulary")));
+        return Err(ApiError::invalid_param(
+            "stop_token_ids",
+            format!("token id {bad} is outside the vocabulary"),
+        ));
     }
     let stop = f.stop.map(|s| s.into_vec()).unwrap_or_default();
     if stop.iter().any(String::is_empty) {
-        return Err(ApiError::invalid_param("stop", "stop strings must not be empty"));
+        return Err(ApiError::invalid_param(
+            "stop",
+            "stop strings must not be empty",
+        ));
     }
     Ok(GenerationParams {
         sampling,
@@ -165,7 +211,10 @@ mod tests {
     #[test]
     fn defaults_follow_vllm() {
         let p = check("{}").unwrap();
-        assert_eq!((p.max_tokens, p.n, p.sampling.temperature, p.sampling.top_k), (Some(16), 1, 1.0, 0));
+        assert_eq!(
+            (p.max_tokens, p.n, p.sampling.temperature, p.sampling.top_k),
+            (Some(16), 1, 1.0, 0)
+        );
         assert!(p.skip_special_tokens && !p.stream);
     }
 }
