@@ -147,12 +147,15 @@ impl Worker {
         let batch = match self.parts.scheduler.schedule(&mut self.parts.kv) {
             Ok(batch) => batch,
             Err(e) => {
+                // Only possible if a batch was left uncompleted; close it and go on.
                 tracing::error!(error = %e, "scheduler refused to compose a batch");
+                self.parts.scheduler.complete(&mut self.parts.kv, &[]);
                 return;
             }
         };
         self.settle_departures(&batch);
         if batch.is_empty() {
+            self.parts.scheduler.complete(&mut self.parts.kv, &[]);
             self.update_gauges();
             return;
         }
@@ -188,7 +191,6 @@ impl Worker {
             seconds,
         );
         let m = &self.parts.metrics;
-        m.prompt_tokens.inc_by(batch.prefill_tokens() as u64);
         if batch.token_budget > 0 {
             m.budget_used
                 .observe(batch.total_tokens() as f64 / batch.token_budget as f64);
@@ -280,11 +282,17 @@ impl Worker {
             let (_, delivery) = live.deliver(row);
             self.parts.metrics.generation_tokens.inc();
             match live.last_token_at {
-                None => self
-                    .parts
-                    .metrics
-                    .ttft
-                    .observe((now - live.arrival).as_secs_f64()),
+                None => {
+                    // Counted once per request, like `usage.prompt_tokens` (recomputes are not).
+                    self.parts
+                        .metrics
+                        .prompt_tokens
+                        .inc_by(live.prompt_len as u64);
+                    self.parts
+                        .metrics
+                        .ttft
+                        .observe((now - live.arrival).as_secs_f64());
+                }
                 Some(previous) => self
                     .parts
                     .metrics
