@@ -120,9 +120,10 @@ fn main() -> Result<()> {
     }
     if !args.sweep_loads.is_empty() {
         println!(
-            "\n| load | policy | TBT P50 ms | TBT P99 ms | P99/P50 | TTFT P50 s | TTFT P99 s |"
+            "\n| load | policy | TBT P50 ms | TBT P99 ms | P99/P50 | TTFT P50 s | TTFT P99 s \
+             | output tok/s |"
         );
-        println!("|---:|---|---:|---:|---:|---:|---:|");
+        println!("|---:|---|---:|---:|---:|---:|---:|---:|");
         for &load in &args.sweep_loads {
             let (_, reports) = run_all(&args, load, &setups)?;
             for report in &reports {

@@ -260,7 +260,10 @@ fn cancel_while_queued_leaves_at_once() {
     assert!(scheduler.cancel(RequestId(1)));
     assert!(!scheduler.cancel(RequestId(1)), "second cancel is a no-op");
     assert_eq!(scheduler.stats().waiting, 0);
-    assert!(!scheduler.is_idle(), "the cancellation is still to be reported");
+    assert!(
+        !scheduler.is_idle(),
+        "the cancellation is still to be reported"
+    );
     let batch = scheduler.schedule(&mut kv).expect("schedulable");
     assert_eq!(batch.cancelled, vec![RequestId(1)]);
     assert!(batch.items.is_empty());
