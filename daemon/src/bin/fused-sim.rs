@@ -38,6 +38,9 @@ struct Args {
     sweep_loads: Vec<f64>,
     #[arg(long, default_value_t = 128)]
     max_num_seqs: usize,
+    /// Tokens of KV reserved one step ahead for each sequence that decodes next (0 = off).
+    #[arg(long, default_value_t = 1)]
+    lookahead: usize,
     /// KV pool in GiB (default: 90 % of an H200's 141 GB minus 14.5 GB of weights).
     #[arg(long, default_value_t = 104.0)]
     kv_gib: f64,
@@ -71,15 +74,16 @@ fn setups(args: &Args) -> Result<Vec<SimSetup>> {
     Ok(args
         .runs
         .iter()
-        .map(|spec| SimSetup {
-            label: spec.label(target),
-            scheduler: spec.scheduler_config(
-                args.max_num_seqs,
-                target,
-                (args.auto_min, args.auto_max),
-            ),
-            kv,
-            cost: CostModel::mistral_7b_h200(),
+        .map(|spec| {
+            let mut scheduler =
+                spec.scheduler_config(args.max_num_seqs, target, (args.auto_min, args.auto_max));
+            scheduler.decode_lookahead = args.lookahead;
+            SimSetup {
+                label: spec.label(target),
+                scheduler,
+                kv,
+                cost: CostModel::mistral_7b_h200(),
+            }
         })
         .collect())
 }
@@ -116,9 +120,10 @@ fn main() -> Result<()> {
     }
     if !args.sweep_loads.is_empty() {
         println!(
-            "\n| load | policy | TBT P50 ms | TBT P99 ms | P99/P50 | TTFT P50 s | TTFT P99 s |"
+            "\n| load | policy | TBT P50 ms | TBT P99 ms | P99/P50 | TTFT P50 s | TTFT P99 s \
+             | output tok/s |"
         );
-        println!("|---:|---|---:|---:|---:|---:|---:|");
+        println!("|---:|---|---:|---:|---:|---:|---:|---:|");
         for &load in &args.sweep_loads {
             let (_, reports) = run_all(&args, load, &setups)?;
             for report in &reports {

@@ -254,6 +254,7 @@ impl Scheduler {
                 }
             };
             let Some(mut seq) = self.waiting.pop_front() else {
+                kv.release(slot);
                 return;
             };
             let num_tokens = tokens.min(room.left());

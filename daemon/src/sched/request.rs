@@ -99,12 +99,12 @@ mod tests {
             max_new_tokens: 50,
         });
         assert_eq!(seq.remaining(), 100);
-        seq.computed = 100;
+        // The prefill sampled token 1, then four decodes sampled tokens 2..=5: the last
+        // sampled token is the only one not in KV yet.
+        seq.computed = 104;
         seq.generated = 5;
         seq.slot = Some(3);
         seq.phase = Phase::Decoding;
-        assert_eq!(seq.remaining(), 5);
-        seq.computed = 104;
         assert_eq!(seq.remaining(), 1);
         seq.reset_for_recompute();
         assert_eq!(

@@ -15,6 +15,7 @@ pub use report::{SimReport, percentile};
 pub use trace::{RequestClass, TraceConfig, TraceError, TraceRequest};
 
 use crate::kv::{KvBudget, KvError};
+use crate::model::kv_access::SlotId;
 use crate::sched::{
     ConfigError, Policy, RequestId, SchedError, Scheduler, SchedulerConfig, SeqRequest, SimKv,
     StepOutcome, TokenBudget,
@@ -221,8 +222,26 @@ pub fn run(trace: &[TraceRequest], setup: &SimSetup) -> Result<SimReport, SimErr
                 None => break,
             }
         }
+        let held_before: Vec<usize> = (0..setup.scheduler.max_num_seqs)
+            .map(|slot| {
+                SlotId::try_from(slot)
+                    .ok()
+                    .and_then(|slot| kv.pages_held(slot))
+                    .unwrap_or(0)
+            })
+            .collect();
         let batch = scheduler.schedule(&mut kv)?;
         report.aborted += batch.aborted.len();
+        report.late_decode_pages += batch
+            .items
+            .iter()
+            .filter(|item| item.is_decode)
+            .map(|item| {
+                let needed = item.end_pos().div_ceil(setup.kv.tokens_per_page);
+                let before = held_before.get(item.slot as usize).copied().unwrap_or(0);
+                needed.saturating_sub(before) as u64
+            })
+            .sum::<u64>();
         let tokens = batch.total_tokens();
         if tokens > batch.token_budget {
             return Err(SimError::BudgetExceeded {

@@ -24,6 +24,9 @@ pub struct SimReport {
     pub makespan_s: f64,
     /// Mean token budget of the iterations (it moves in auto mode).
     pub mean_token_budget: f64,
+    /// Pages decodes needed that were not yet reserved when their iteration was scheduled:
+    /// mapping on the critical path. `decode_lookahead` ≥ 1 makes this 0.
+    pub late_decode_pages: u64,
 }
 
 /// Nearest-rank percentile (`p` in 0..=100) of unsorted samples; `None` when there are none.
@@ -63,8 +66,9 @@ impl SimReport {
     pub fn table_header() -> String {
         [
             "| policy | TBT P50 ms | TBT P99 ms | P99/P50 | TTFT P50 s | TTFT P99 s \
-             | output tok/s | total tok/s | mean budget | preempted | finished/aborted |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+             | output tok/s | total tok/s | mean budget | preempted | late decode pages \
+             | finished/aborted |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         .join("\n")
     }
@@ -73,7 +77,7 @@ impl SimReport {
         let ms = |value: Option<f64>| value.map_or("-".to_string(), |v| format!("{:.1}", v * 1e3));
         let secs = |value: Option<f64>| value.map_or("-".to_string(), |v| format!("{v:.2}"));
         format!(
-            "| {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {}/{} |",
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {}/{} |",
             self.label,
             ms(percentile(&self.tbt_s, 50.0)),
             ms(percentile(&self.tbt_s, 99.0)),
@@ -85,6 +89,7 @@ impl SimReport {
             self.total_tokens_per_s(),
             self.mean_token_budget,
             self.preemptions,
+            self.late_decode_pages,
             self.finished,
             self.aborted + self.rejected,
         )
