@@ -106,6 +106,7 @@ def test_disconnect_mid_stream_frees_kv(daemon):
             if got >= 5:
                 break
         busy = scrape(daemon)
+        print({k[0]: v for k, v in busy.items() if "num_requests" in k[0] or "kv_cache_usage" in k[0]})
         assert value(busy, "vllm:num_requests_running") == 1
         assert value(busy, "vllm:kv_cache_usage_perc") > 0
     # The connection is closed here, long before 1500 tokens.
