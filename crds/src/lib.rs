@@ -1,1 +1,17 @@
-//! The FusedModel custom resource (`fused.dev/v1alpha1`).
+//! The FusedModel custom resource (`fused.dev/v1alpha1`, short name `fm`): its spec and status
+//! types, the condition vocabulary, cross-field validation and the CRD YAML renderer.
+//!
+//! This crate only describes the API; it must not talk to a cluster.
+
+pub mod crd_yaml;
+pub mod spec;
+pub mod status;
+pub mod validate;
+
+pub use crd_yaml::{CRD_CHART_PATH, render_crd_yaml};
+pub use spec::{
+    AutoscalingSpec, BaseModel, FusedModel, FusedModelSpec, KV_PAGE_BYTES, KvCacheSpec, KvLayout,
+    PatchTokenizer, ResourcesSpec, SchedulerSpec, WeightsFormat,
+};
+pub use status::{FusedModelStatus, condition, condition_reason, condition_type};
+pub use validate::SpecError;

@@ -1,0 +1,308 @@
+//! The `FusedModel` desired state (`spec`): what a platform team writes in YAML.
+//!
+//! Every constraint a structural OpenAPI schema can express (required fields, enums, ranges,
+//! `multipleOf`, patterns, defaults) is declared here with schemars attributes, so the API server
+//! rejects bad objects itself. Cross-field rules live in [`crate::validate`]; this module must
+//! not hold behaviour beyond defaults.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::status::FusedModelStatus;
+
+/// Size of one physical KV page: the CUDA VMM granularity on stock drivers (2 MiB).
+pub const KV_PAGE_BYTES: i64 = 2 * 1024 * 1024;
+/// Largest accepted `kvCache.blockSize` (512 pages, 1 GiB).
+pub const MAX_BLOCK_BYTES: i64 = 512 * KV_PAGE_BYTES;
+/// Schema pattern for artifact URIs (`baseModel.uri`, `patchTokenizer.uri`): `hf`, `s3`, `gs`,
+/// `http`, `https`, `pvc`, `file` or `oci`, then `://` and a location without whitespace.
+pub const ARTIFACT_URI_PATTERN: &str = r"^(hf|s3|gs|https?|pvc|file|oci)://[^\s]+$";
+/// Schema pattern for a non-negative resource quantity (`resources.cpu`, `resources.memory`)
+/// as Kubernetes parses it: a decimal number with an optional binary (`Ki`..`Ei`), decimal or
+/// exponent suffix.
+pub const QUANTITY_PATTERN: &str = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
+/// Schema pattern for a SHA-256 digest: 64 lowercase hex digits.
+pub const SHA256_PATTERN: &str = "^[0-9a-f]{64}$";
+
+/// Desired state of a `FusedModel`: the model to serve (base weights, optional AdaptiVocab patch
+/// tokenizer), its vAttention KV cache and Sarathi-Serve scheduler, and how many replicas run where.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "fused.dev",
+    version = "v1alpha1",
+    kind = "FusedModel",
+    plural = "fusedmodels",
+    singular = "fusedmodel",
+    shortname = "fm",
+    namespaced,
+    status = "FusedModelStatus",
+    derive = "PartialEq",
+    doc = "A domain-tuned LLM served by FusedModel daemons behind one OpenAI-compatible endpoint.",
+    annotation("helm.sh/resource-policy", "keep"),
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#,
+        description = "Status of the Ready condition"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#,
+        description = "Reason of the Ready condition"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.replicas",
+        description = "Daemon replicas currently running"
+    ),
+    printcolumn(
+        name = "BlockSize",
+        type_ = "integer",
+        json_path = ".spec.kvCache.blockSize",
+        description = "KV cache page size in bytes"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FusedModelSpec {
+    /// The base model weights.
+    pub base_model: BaseModel,
+    /// The AdaptiVocab patch tokenizer; absent means the plain base tokenizer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_tokenizer: Option<PatchTokenizer>,
+    /// The vAttention KV cache of each replica.
+    #[serde(default)]
+    pub kv_cache: KvCacheSpec,
+    /// The Sarathi-Serve scheduler of each replica.
+    #[serde(default)]
+    pub scheduler: SchedulerSpec,
+    /// Desired daemon replicas (managed by the autoscaler when `autoscaling` is set).
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// Autoscaling on KV-cache utilisation and waiting requests; absent means fixed `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// Compute resources and placement of each replica.
+    #[serde(default)]
+    pub resources: ResourcesSpec,
+    /// Model name served on the OpenAI API; defaults to the object's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub served_model_name: Option<String>,
+    /// Daemon container image override; defaults to the operator's daemon image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+}
+
+/// Where the base weights come from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseModel {
+    /// Weights location: `hf://`, `s3://`, `gs://`, `http(s)://`, `pvc://`, `file://` or `oci://`.
+    #[schemars(pattern(ARTIFACT_URI_PATTERN))]
+    pub uri: String,
+    /// Weights file format.
+    pub format: WeightsFormat,
+    /// Expected SHA-256 of the weights (64 lowercase hex digits); checked after download.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(SHA256_PATTERN))]
+    pub sha256: Option<String>,
+}
+
+/// Weights file formats the daemon loads.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum WeightsFormat {
+    /// GGUF (llama.cpp), possibly quantised.
+    Gguf,
+    /// Hugging Face safetensors.
+    Safetensors,
+}
+
+/// An AdaptiVocab patch tokenizer artifact (JSON + embedding rows), pinned by digest.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PatchTokenizer {
+    /// Patch location, same schemes as `baseModel.uri`.
+    #[schemars(pattern(ARTIFACT_URI_PATTERN))]
+    pub uri: String,
+    /// SHA-256 of the patch artifact (64 lowercase hex digits).
+    #[schemars(pattern(SHA256_PATTERN))]
+    pub sha256: String,
+}
+
+/// The vAttention KV cache: virtually contiguous per request, 2 MiB pages mapped on demand.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KvCacheSpec {
+    /// Physical page size in bytes: a multiple of 2097152 (2 MiB), at most 1 GiB.
+    #[serde(default = "default_block_size")]
+    #[schemars(range(min = KV_PAGE_BYTES, max = MAX_BLOCK_BYTES), extend("multipleOf" = KV_PAGE_BYTES))]
+    pub block_size: i64,
+    /// Tensor layout: one region per layer, or all layers of a token interleaved on one page.
+    #[serde(default)]
+    pub layout: KvLayout,
+    /// Longest context (prompt + output tokens) per request; defaults to the model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_context_len: Option<i32>,
+    /// Request slots reserved in the KV region; defaults to `scheduler.maxNumSeqs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_seqs: Option<i32>,
+    /// Fraction of accelerator memory the daemon may use for weights and KV, in (0, 1].
+    #[serde(default = "default_gpu_memory_utilization")]
+    #[schemars(range(min = 0.0, max = 1.0), extend("exclusiveMinimum" = true))]
+    pub gpu_memory_utilization: f64,
+}
+
+impl Default for KvCacheSpec {
+    fn default() -> Self {
+        Self {
+            block_size: default_block_size(),
+            layout: KvLayout::default(),
+            max_context_len: None,
+            max_seqs: None,
+            gpu_memory_utilization: default_gpu_memory_utilization(),
+        }
+    }
+}
+
+/// KV tensor layout inside the virtual region.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum KvLayout {
+    /// `[slot, ctx, kv_heads, head_dim]` per layer (vAttention's layout).
+    #[default]
+    PerLayer,
+    /// `[slot, ctx, layer, kv_heads, head_dim]`: every layer of a token on one page.
+    Interleaved,
+}
+
+/// Sarathi-Serve stall-free batching limits.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SchedulerSpec {
+    /// Tokens per iteration: running decodes first, then prefill chunks fill the rest.
+    #[serde(default = "default_token_budget")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub token_budget: i32,
+    /// Most sequences running in one iteration.
+    #[serde(default = "default_max_num_seqs")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub max_num_seqs: i32,
+    /// Most requests waiting for admission; more are refused with 503.
+    #[serde(default = "default_max_queue")]
+    #[schemars(range(min = 0, max = 1048576))]
+    pub max_queue: i32,
+}
+
+impl Default for SchedulerSpec {
+    fn default() -> Self {
+        Self {
+            token_budget: default_token_budget(),
+            max_num_seqs: default_max_num_seqs(),
+            max_queue: default_max_queue(),
+        }
+    }
+}
+
+/// Horizontal autoscaling; `minReplicas: 0` scales to zero when idle.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// Fewest replicas; 0 allows scale to zero.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 0))]
+    pub min_replicas: i32,
+    /// Most replicas; at least `minReplicas` (checked by the operator).
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Target mean KV-cache utilisation per replica (`vllm:kv_cache_usage_perc`), in (0, 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0), extend("exclusiveMinimum" = true))]
+    pub target_kv_cache_utilization: Option<f64>,
+    /// Target mean waiting requests per replica (`vllm:num_requests_waiting`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_waiting_requests: Option<i32>,
+}
+
+/// Compute resources and placement of one replica.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourcesSpec {
+    /// GPUs per replica; 0 runs the CPU backend.
+    #[serde(default = "default_gpus")]
+    #[schemars(range(min = 0, max = 8))]
+    pub gpus: i32,
+    /// CPU request and limit per replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = QUANTITY_PATTERN, "minimum" = 0))]
+    pub cpu: Option<Quantity>,
+    /// Memory request and limit per replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = QUANTITY_PATTERN, "minimum" = 0))]
+    pub memory: Option<Quantity>,
+    /// Node labels a replica's node must carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Taints a replica tolerates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+}
+
+impl Default for ResourcesSpec {
+    fn default() -> Self {
+        Self {
+            gpus: default_gpus(),
+            cpu: None,
+            memory: None,
+            node_selector: None,
+            tolerations: None,
+        }
+    }
+}
+
+fn default_block_size() -> i64 {
+    KV_PAGE_BYTES
+}
+fn default_gpu_memory_utilization() -> f64 {
+    0.9
+}
+fn default_token_budget() -> i32 {
+    512
+}
+fn default_max_num_seqs() -> i32 {
+    128
+}
+fn default_max_queue() -> i32 {
+    1024
+}
+fn default_replicas() -> i32 {
+    1
+}
+fn default_min_replicas() -> i32 {
+    1
+}
+fn default_gpus() -> i32 {
+    1
+}
