@@ -231,7 +231,7 @@ impl HfConfig {
                     .ok_or_else(|| missing("num_attention_heads"))?;
                 check_heads(hidden, heads)?;
                 let kv_heads = self.num_key_value_heads.unwrap_or(heads);
-                if kv_heads == 0 || heads % kv_heads != 0 {
+                if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
                     return Err(format!(
                         "{heads} attention heads do not group over {kv_heads} KV heads"
                     ));
@@ -283,7 +283,7 @@ impl HfConfig {
 }
 
 fn check_heads(hidden: usize, heads: usize) -> Result<(), String> {
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(format!(
             "hidden size {hidden} does not split over {heads} heads"
         ));

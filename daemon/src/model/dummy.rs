@@ -14,10 +14,13 @@ use super::ModelError;
 use super::config::ModelConfig;
 use super::weights::TensorSource;
 
+/// Tensors handed out by name: values and shape.
+type Recorded = HashMap<String, (Vec<f32>, Vec<usize>)>;
+
 pub struct DummySource {
     seed: u64,
     /// Tensors handed out, kept when saving a checkpoint.
-    record: Option<HashMap<String, (Vec<f32>, Vec<usize>)>>,
+    record: Option<Recorded>,
 }
 
 impl DummySource {

@@ -152,11 +152,11 @@ fn encode(state: &AppState, text: &str, add_special: bool) -> Result<Vec<u32>, A
         .codec
         .encode(text, add_special)
         .map_err(|e| ApiError::invalid_param("prompt", e.to_string()))?;
-    if state.codec.patch().is_some() {
-        if let Ok(base) = state.codec.encode_base(text, add_special) {
-            state.metrics.vocab_base_tokens.inc_by(base.len() as u64);
-            state.metrics.vocab_patched_tokens.inc_by(ids.len() as u64);
-        }
+    if state.codec.patch().is_some()
+        && let Ok(base) = state.codec.encode_base(text, add_special)
+    {
+        state.metrics.vocab_base_tokens.inc_by(base.len() as u64);
+        state.metrics.vocab_patched_tokens.inc_by(ids.len() as u64);
     }
     Ok(ids)
 }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set up everything the tests need, then run them all:
+#  1. Rust unit, property and integration tests — the Kubernetes ones against a real etcd +
+#     kube-apiserver (+ controller manager) on loopback, built once from Debian's sources;
+#  2. end-to-end tests of the real daemon serving the real SmolLM2 weights, driven over HTTP by
+#     the official `openai` client, checked against HF transformers and prometheus_client.
+# Heavy downloads and builds are cached outside the clone (/opt/k8s, ~/.cache/fusedmodel).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "== setup" >&2
+scripts/setup-k8s.sh
+scripts/fetch-model.sh >/dev/null
+PY=$(scripts/setup-python.sh)
+echo "== build" >&2
+cargo build --release --workspace --bins
+echo "== Rust tests" >&2
+cargo test --release --workspace -- --nocapture
+echo "== end-to-end tests (real daemon, real weights, real clients)" >&2
+FUSED_DAEMON_BIN="$PWD/target/release/fused-daemon" "$PY" -m pytest e2e/python -q -rA -s
