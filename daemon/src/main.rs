@@ -1,7 +1,9 @@
 //! `fused-daemon`: the FusedModel serving daemon's command line.
 
 use clap::{Parser, Subcommand};
-use fused_daemon::model::{ModelConfig, dummy};
+use fused_daemon::eval;
+use fused_daemon::model::gguf::GgufFile;
+use fused_daemon::model::{Model, ModelConfig, dummy};
 use fused_daemon::serve::{self, ServeArgs};
 
 #[derive(Debug, Parser)]
@@ -19,6 +21,21 @@ struct Cli {
 enum Command {
     /// Serve the OpenAI-compatible API (the main job).
     Serve(Box<ServeArgs>),
+    /// Write the logits of two prompts (token ids) computed three ways, as safetensors, for
+    /// comparison with a reference implementation.
+    Logits {
+        /// A GGUF file or an HF directory.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// Comma-separated token ids of prompt A (at least 2).
+        #[arg(long, value_delimiter = ',')]
+        a: Vec<u32>,
+        /// Comma-separated token ids of prompt B.
+        #[arg(long, value_delimiter = ',')]
+        b: Vec<u32>,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Write a dummy-weight model as an HF checkpoint (config.json + model.safetensors).
     ExportDummy {
         /// Shape preset.
@@ -39,6 +56,14 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve::run(*args),
+        Command::Logits { model, a, b, out } => {
+            let model = if model.is_dir() {
+                Model::load_hf_dir(&model)?
+            } else {
+                Model::load_gguf(GgufFile::open(&model)?)?
+            };
+            eval::write_logits(&model, &a, &b, &out)
+        }
         Command::ExportDummy { shape, seed, out } => {
             let config = ModelConfig::preset(&shape).ok_or_else(|| {
                 anyhow::anyhow!(

@@ -87,6 +87,16 @@ impl ModelConfig {
             "llama-2-7b" => llama(32000, 4096, 32, 32, 32, 11008, 10_000.0, 4096, false),
             "llama-3-8b" => llama(128_256, 4096, 32, 32, 8, 14336, 500_000.0, 8192, false),
             "tiny-llama" => llama(512, 64, 2, 4, 2, 128, 10_000.0, 256, false),
+            // Llama-3 features at toy size: GQA, untied head, llama3 RoPE scaling.
+            "tiny-llama3" => ModelConfig {
+                rope_scaling: Some(RopeScaling {
+                    factor: 8.0,
+                    low_freq_factor: 1.0,
+                    high_freq_factor: 4.0,
+                    original_max_position: 64,
+                }),
+                ..llama(512, 128, 2, 4, 2, 256, 500_000.0, 256, false)
+            },
             "gpt2" => ModelConfig {
                 arch: Arch::Gpt2,
                 vocab_size: 50257,
