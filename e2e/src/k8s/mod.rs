@@ -370,6 +370,74 @@ async fn client_config(kubeconfig: &Path) -> Result<Config> {
 mod tests {
     use super::*;
 
+    /// The harness itself: with the controller manager, a Deployment gets its ReplicaSet; two
+    /// clusters run side by side; stopping kills the processes and dropping removes the files.
+    #[tokio::test]
+    async fn clusters_run_side_by_side_and_clean_up() {
+        use k8s_openapi::api::apps::v1::ReplicaSet;
+        let (with_kcm, plain) = tokio::join!(TestCluster::start(true), TestCluster::start(false));
+        let mut with_kcm = with_kcm.expect("cluster with controller manager starts");
+        let plain = plain.expect("second cluster starts");
+        assert_ne!(with_kcm.server_url(), plain.server_url());
+
+        let client = with_kcm.client().expect("client");
+        let deployment = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: example/web:1}]}
+"#;
+        apply_yaml(&client, deployment, "default")
+            .await
+            .expect("apply a Deployment");
+        let replica_sets: Api<ReplicaSet> = Api::namespaced(client, "default");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let list = replica_sets
+                .list(&Default::default())
+                .await
+                .expect("list ReplicaSets");
+            if list.items.iter().any(|rs| {
+                rs.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("web-"))
+            }) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kube-controller-manager made no ReplicaSet for web"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let namespaces = plain
+            .run_kubectl(&["get", "namespaces", "-o", "name"])
+            .expect("kubectl works");
+        assert!(namespaces.contains("namespace/default"), "{namespaces}");
+
+        let workdir = with_kcm.workdir().to_owned();
+        with_kcm.stop();
+        for process in &mut with_kcm.processes {
+            assert!(
+                process.exited().is_some(),
+                "{} still runs after stop()",
+                process.name()
+            );
+        }
+        drop(with_kcm);
+        assert!(
+            !workdir.exists(),
+            "dropping the cluster removes {}",
+            workdir.display()
+        );
+    }
+
     #[test]
     fn free_ports_are_distinct() {
         let [a, b, c] = free_ports().expect("loopback ports");
