@@ -20,14 +20,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use tempfile::TempDir;
 use tokio::sync::OnceCell;
 
 pub use apply::{
-    apply_yaml, create_object, install_crd_yaml, install_fused_crd, parse_manifests,
+    FIELD_MANAGER, apply_yaml, create_object, install_crd_yaml, install_fused_crd, parse_manifests,
     wait_crd_established,
 };
 pub use binaries::{DEFAULT_K8S_BIN_DIR, k8s_bin_dir, locate};
@@ -81,7 +81,7 @@ impl TestCluster {
                         workdir,
                     };
                     if let Some(kcm_bin) = &kcm_bin {
-                        cluster.start_kcm(kcm_bin, &pki)?;
+                        cluster.start_kcm(kcm_bin, &pki).await?;
                     }
                     return Ok(cluster);
                 }
@@ -129,10 +129,14 @@ impl TestCluster {
         self.workdir.path()
     }
 
-    /// A `kubectl` command pointed at this cluster.
+    /// A `kubectl` command pointed at this cluster (discovery cache kept in the work directory).
     pub fn kubectl(&self) -> Result<Command> {
         let mut command = Command::new(binaries::locate("kubectl")?);
-        command.arg("--kubeconfig").arg(&self.kubeconfig);
+        command
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.workdir.path().join("kubectl-cache"));
         Ok(command)
     }
 
@@ -168,7 +172,7 @@ impl TestCluster {
         }
     }
 
-    fn start_kcm(&mut self, kcm_bin: &Path, pki: &Pki) -> Result<()> {
+    async fn start_kcm(&mut self, kcm_bin: &Path, pki: &Pki) -> Result<()> {
         let args = [
             format!("--kubeconfig={}", self.kubeconfig.display()),
             "--leader-elect=false".into(),
@@ -187,11 +191,19 @@ impl TestCluster {
         ];
         let log = self.workdir.path().join("log/kube-controller-manager.log");
         let mut kcm = GuardedProcess::spawn("kube-controller-manager", kcm_bin, &args, &log)?;
-        // It has no health port here (--port=0 --secure-port=0): check that it stays up briefly.
-        std::thread::sleep(Duration::from_millis(300));
-        if let Some(status) = kcm.exited() {
-            return Err(kcm.not_ready(format!("exited with {status}")));
-        }
+        // It has no health port here (--port=0 --secure-port=0); its controllers are running once
+        // the service-account controller has created `default` in the `default` namespace.
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client()?, "default");
+        wait_until(&mut kcm, READY_TIMEOUT, |_| {
+            let accounts = accounts.clone();
+            async move {
+                accounts
+                    .get_opt("default")
+                    .await
+                    .is_ok_and(|sa| sa.is_some())
+            }
+        })
+        .await?;
         self.processes.push(kcm);
         Ok(())
     }
