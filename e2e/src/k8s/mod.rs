@@ -66,18 +66,18 @@ impl TestCluster {
         let workdir = workdir::create()?;
         let dir = workdir.path().to_owned();
         let pki = Pki::generate(&dir.join("pki"))?;
-        let logs = dir.join("log");
-        std::fs::create_dir_all(&logs).map_err(ClusterError::io("creating the log directory"))?;
+        std::fs::create_dir_all(dir.join("log"))
+            .map_err(ClusterError::io("creating the log directory"))?;
 
         let mut last_error = None;
         for attempt in 1..=START_ATTEMPTS {
             match start_control_plane(&dir, &pki, &etcd_bin, &apiserver_bin).await {
-                Ok((processes, kubeconfig, config, server_url)) => {
+                Ok(plane) => {
                     let mut cluster = Self {
-                        processes,
-                        config,
-                        kubeconfig,
-                        server_url,
+                        processes: plane.processes,
+                        config: plane.config,
+                        kubeconfig: plane.kubeconfig,
+                        server_url: plane.server_url,
                         workdir,
                     };
                     if let Some(kcm_bin) = &kcm_bin {
@@ -215,13 +215,21 @@ impl Drop for TestCluster {
     }
 }
 
+/// A ready etcd + kube-apiserver pair and how to reach it.
+struct ControlPlane {
+    processes: Vec<GuardedProcess>,
+    kubeconfig: PathBuf,
+    config: Config,
+    server_url: String,
+}
+
 /// One attempt at etcd + kube-apiserver on fresh ports.
 async fn start_control_plane(
     dir: &Path,
     pki: &Pki,
     etcd_bin: &Path,
     apiserver_bin: &Path,
-) -> Result<(Vec<GuardedProcess>, PathBuf, Config, String)> {
+) -> Result<ControlPlane> {
     let [etcd_port, etcd_peer_port, api_port] = free_ports()?;
     let etcd_data = dir.join("etcd");
     if etcd_data.exists() {
@@ -290,7 +298,12 @@ async fn start_control_plane(
         message: e.to_string(),
     })?;
     wait_until(&mut apiserver, READY_TIMEOUT, |_| is_ready(&client)).await?;
-    Ok((vec![etcd, apiserver], kubeconfig, config, server_url))
+    Ok(ControlPlane {
+        processes: vec![etcd, apiserver],
+        kubeconfig,
+        config,
+        server_url,
+    })
 }
 
 /// `/readyz` answers ok and the bootstrap controller has created the `default` namespace.
