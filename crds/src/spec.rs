@@ -31,6 +31,10 @@ pub const SHA256_PATTERN: &str = "^[0-9a-f]{64}$";
 
 /// Desired state of a `FusedModel`: the model to serve (base weights, optional AdaptiVocab patch
 /// tokenizer), its vAttention KV cache and Sarathi-Serve scheduler, and how many replicas run where.
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "printer columns legitimately share `type_` values inside #[kube(...)]"
+)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "fused.dev",

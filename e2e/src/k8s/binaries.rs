@@ -37,7 +37,10 @@ pub fn locate(name: &'static str) -> Result<PathBuf> {
 
 /// Finds `name` only in the k8s binary directory (the control-plane binaries built there).
 pub fn locate_in_k8s_dir(name: &'static str) -> Result<PathBuf> {
-    let dir = k8s_bin_dir();
+    locate_in(&k8s_bin_dir(), name)
+}
+
+fn locate_in(dir: &Path, name: &'static str) -> Result<PathBuf> {
     let candidate = dir.join(name);
     if is_executable(&candidate) {
         Ok(candidate)
@@ -52,4 +55,36 @@ pub fn locate_in_k8s_dir(name: &'static str) -> Result<PathBuf> {
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_names_the_setup_script() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let message = locate_in(dir.path(), "kube-apiserver")
+            .expect_err("empty dir")
+            .to_string();
+        assert!(message.contains("kube-apiserver not found"), "{message}");
+        assert!(message.contains("run scripts/setup-k8s.sh"), "{message}");
+    }
+
+    #[test]
+    fn a_non_executable_file_is_not_a_binary() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("etcd"), "#!/bin/sh\n").expect("write");
+        assert!(locate_in(dir.path(), "etcd").is_err());
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.path().join("etcd"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .expect("chmod");
+        assert_eq!(
+            locate_in(dir.path(), "etcd").expect("executable now"),
+            dir.path().join("etcd")
+        );
+    }
 }

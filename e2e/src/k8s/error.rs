@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 
-/// Why the harness could not start a cluster or apply an object.
-#[derive(Debug, thiserror::Error)]
+/// Why the harness could not start a cluster or apply an object. Every message includes its
+/// cause, and `Debug` prints the message, so a test's `expect` shows what to do (e.g. which
+/// script to run).
+#[derive(thiserror::Error)]
 pub enum ClusterError {
     /// A required executable is missing.
     #[error(
@@ -75,6 +77,12 @@ pub enum ClusterError {
         /// How long.
         seconds: u64,
     },
+}
+
+impl std::fmt::Debug for ClusterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
 }
 
 impl ClusterError {

@@ -20,14 +20,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use tempfile::TempDir;
 use tokio::sync::OnceCell;
 
 pub use apply::{
-    apply_yaml, create_object, install_crd_yaml, install_fused_crd, parse_manifests,
+    FIELD_MANAGER, apply_yaml, create_object, install_crd_yaml, install_fused_crd, parse_manifests,
     wait_crd_established,
 };
 pub use binaries::{DEFAULT_K8S_BIN_DIR, k8s_bin_dir, locate};
@@ -66,22 +66,22 @@ impl TestCluster {
         let workdir = workdir::create()?;
         let dir = workdir.path().to_owned();
         let pki = Pki::generate(&dir.join("pki"))?;
-        let logs = dir.join("log");
-        std::fs::create_dir_all(&logs).map_err(ClusterError::io("creating the log directory"))?;
+        std::fs::create_dir_all(dir.join("log"))
+            .map_err(ClusterError::io("creating the log directory"))?;
 
         let mut last_error = None;
         for attempt in 1..=START_ATTEMPTS {
             match start_control_plane(&dir, &pki, &etcd_bin, &apiserver_bin).await {
-                Ok((processes, kubeconfig, config, server_url)) => {
+                Ok(plane) => {
                     let mut cluster = Self {
-                        processes,
-                        config,
-                        kubeconfig,
-                        server_url,
+                        processes: plane.processes,
+                        config: plane.config,
+                        kubeconfig: plane.kubeconfig,
+                        server_url: plane.server_url,
                         workdir,
                     };
                     if let Some(kcm_bin) = &kcm_bin {
-                        cluster.start_kcm(kcm_bin, &pki)?;
+                        cluster.start_kcm(kcm_bin, &pki).await?;
                     }
                     return Ok(cluster);
                 }
@@ -129,10 +129,14 @@ impl TestCluster {
         self.workdir.path()
     }
 
-    /// A `kubectl` command pointed at this cluster.
+    /// A `kubectl` command pointed at this cluster (discovery cache kept in the work directory).
     pub fn kubectl(&self) -> Result<Command> {
         let mut command = Command::new(binaries::locate("kubectl")?);
-        command.arg("--kubeconfig").arg(&self.kubeconfig);
+        command
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.workdir.path().join("kubectl-cache"));
         Ok(command)
     }
 
@@ -168,7 +172,7 @@ impl TestCluster {
         }
     }
 
-    fn start_kcm(&mut self, kcm_bin: &Path, pki: &Pki) -> Result<()> {
+    async fn start_kcm(&mut self, kcm_bin: &Path, pki: &Pki) -> Result<()> {
         let args = [
             format!("--kubeconfig={}", self.kubeconfig.display()),
             "--leader-elect=false".into(),
@@ -187,11 +191,19 @@ impl TestCluster {
         ];
         let log = self.workdir.path().join("log/kube-controller-manager.log");
         let mut kcm = GuardedProcess::spawn("kube-controller-manager", kcm_bin, &args, &log)?;
-        // It has no health port here (--port=0 --secure-port=0): check that it stays up briefly.
-        std::thread::sleep(Duration::from_millis(300));
-        if let Some(status) = kcm.exited() {
-            return Err(kcm.not_ready(format!("exited with {status}")));
-        }
+        // It has no health port here (--port=0 --secure-port=0); its controllers are running once
+        // the service-account controller has created `default` in the `default` namespace.
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client()?, "default");
+        wait_until(&mut kcm, READY_TIMEOUT, |_| {
+            let accounts = accounts.clone();
+            async move {
+                accounts
+                    .get_opt("default")
+                    .await
+                    .is_ok_and(|sa| sa.is_some())
+            }
+        })
+        .await?;
         self.processes.push(kcm);
         Ok(())
     }
@@ -203,13 +215,21 @@ impl Drop for TestCluster {
     }
 }
 
+/// A ready etcd + kube-apiserver pair and how to reach it.
+struct ControlPlane {
+    processes: Vec<GuardedProcess>,
+    kubeconfig: PathBuf,
+    config: Config,
+    server_url: String,
+}
+
 /// One attempt at etcd + kube-apiserver on fresh ports.
 async fn start_control_plane(
     dir: &Path,
     pki: &Pki,
     etcd_bin: &Path,
     apiserver_bin: &Path,
-) -> Result<(Vec<GuardedProcess>, PathBuf, Config, String)> {
+) -> Result<ControlPlane> {
     let [etcd_port, etcd_peer_port, api_port] = free_ports()?;
     let etcd_data = dir.join("etcd");
     if etcd_data.exists() {
@@ -278,7 +298,12 @@ async fn start_control_plane(
         message: e.to_string(),
     })?;
     wait_until(&mut apiserver, READY_TIMEOUT, |_| is_ready(&client)).await?;
-    Ok((vec![etcd, apiserver], kubeconfig, config, server_url))
+    Ok(ControlPlane {
+        processes: vec![etcd, apiserver],
+        kubeconfig,
+        config,
+        server_url,
+    })
 }
 
 /// `/readyz` answers ok and the bootstrap controller has created the `default` namespace.
@@ -369,6 +394,74 @@ async fn client_config(kubeconfig: &Path) -> Result<Config> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The harness itself: with the controller manager, a Deployment gets its ReplicaSet; two
+    /// clusters run side by side; stopping kills the processes and dropping removes the files.
+    #[tokio::test]
+    async fn clusters_run_side_by_side_and_clean_up() {
+        use k8s_openapi::api::apps::v1::ReplicaSet;
+        let (with_kcm, plain) = tokio::join!(TestCluster::start(true), TestCluster::start(false));
+        let mut with_kcm = with_kcm.expect("cluster with controller manager starts");
+        let plain = plain.expect("second cluster starts");
+        assert_ne!(with_kcm.server_url(), plain.server_url());
+
+        let client = with_kcm.client().expect("client");
+        let deployment = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: example/web:1}]}
+"#;
+        apply_yaml(&client, deployment, "default")
+            .await
+            .expect("apply a Deployment");
+        let replica_sets: Api<ReplicaSet> = Api::namespaced(client, "default");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let list = replica_sets
+                .list(&Default::default())
+                .await
+                .expect("list ReplicaSets");
+            if list.items.iter().any(|rs| {
+                rs.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("web-"))
+            }) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kube-controller-manager made no ReplicaSet for web"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let namespaces = plain
+            .run_kubectl(&["get", "namespaces", "-o", "name"])
+            .expect("kubectl works");
+        assert!(namespaces.contains("namespace/default"), "{namespaces}");
+
+        let workdir = with_kcm.workdir().to_owned();
+        with_kcm.stop();
+        for process in &mut with_kcm.processes {
+            assert!(
+                process.exited().is_some(),
+                "{} still runs after stop()",
+                process.name()
+            );
+        }
+        drop(with_kcm);
+        assert!(
+            !workdir.exists(),
+            "dropping the cluster removes {}",
+            workdir.display()
+        );
+    }
 
     #[test]
     fn free_ports_are_distinct() {

@@ -48,10 +48,10 @@ fn sweep_stale(root: &Path) {
         else {
             continue;
         };
-        if !Path::new(&format!("/proc/{owner}")).exists() {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                eprintln!("fused-e2e: removing stale {}: {e}", dir.display());
-            }
+        if !Path::new(&format!("/proc/{owner}")).exists()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            eprintln!("fused-e2e: removing stale {}: {e}", dir.display());
         }
     }
 }
