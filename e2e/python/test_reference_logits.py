@@ -74,3 +74,23 @@ def test_dummy_safetensors_match_transformers(shape, tmp_path):
     subprocess.run([str(BINARY), "export-dummy", "--shape", shape, "--seed", "7", "--out", str(model_dir)], check=True)
     ref = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     check_all(f"dummy {shape}", model_dir, ref.eval(), ref.config.vocab_size, tmp_path)
+
+
+def test_gguf_of_every_quant_type_matches_transformers(tmp_path):
+    from gguf_fixture import write_tiny_gguf
+
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(str(path))
+    ref = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32)
+    check_all("gguf F32/F16/Q8_0/Q4_0/Q4_1", path, ref.eval(), ref.config.vocab_size, tmp_path)
+
+
+def test_sharded_safetensors_match_transformers(tmp_path):
+    single = tmp_path / "single"
+    subprocess.run([str(BINARY), "export-dummy", "--shape", "tiny-llama3", "--seed", "3", "--out", str(single)], check=True)
+    ref = AutoModelForCausalLM.from_pretrained(str(single), dtype=torch.float32)
+    sharded = tmp_path / "sharded"
+    ref.save_pretrained(str(sharded), max_shard_size="200KB")
+    shards = sorted(p.name for p in sharded.glob("*.safetensors"))
+    assert len(shards) > 1 and (sharded / "model.safetensors.index.json").exists(), shards
+    check_all(f"sharded safetensors ({len(shards)} files)", sharded, ref.eval(), ref.config.vocab_size, tmp_path)

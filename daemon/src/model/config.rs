@@ -188,6 +188,12 @@ struct HfConfig {
     rms_norm_eps: Option<f32>,
     rope_theta: Option<f32>,
     rope_scaling: Option<HfRopeScaling>,
+    /// transformers ≥ 5 spelling: `rope_scaling` fields plus `rope_theta`.
+    rope_parameters: Option<HfRopeScaling>,
+    #[serde(default)]
+    attention_bias: bool,
+    #[serde(default)]
+    mlp_bias: bool,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
     // GPT-2 spellings
@@ -201,6 +207,7 @@ struct HfConfig {
 
 #[derive(Debug, Deserialize)]
 struct HfRopeScaling {
+    rope_theta: Option<f32>,
     rope_type: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,
@@ -246,24 +253,33 @@ impl HfConfig {
                         "{heads} attention heads do not group over {kv_heads} KV heads"
                     ));
                 }
-                let rope_scaling = match self.rope_scaling {
+                if self.attention_bias || self.mlp_bias {
+                    return Err(
+                        "llama checkpoints with attention or MLP biases are not supported".into(),
+                    );
+                }
+                let rope_theta = self
+                    .rope_theta
+                    .or(self.rope_parameters.as_ref().and_then(|p| p.rope_theta))
+                    .unwrap_or(10_000.0);
+                let rope_scaling = match self.rope_scaling.or(self.rope_parameters) {
                     None => None,
-                    Some(s) if s.rope_type.as_deref().or(s.kind.as_deref()) == Some("llama3") => {
-                        Some(RopeScaling {
+                    Some(s) => match s.rope_type.as_deref().or(s.kind.as_deref()) {
+                        None | Some("default") => None,
+                        Some("llama3") => Some(RopeScaling {
                             factor: s.factor.unwrap_or(8.0),
                             low_freq_factor: s.low_freq_factor.unwrap_or(1.0),
                             high_freq_factor: s.high_freq_factor.unwrap_or(4.0),
                             original_max_position: s
                                 .original_max_position_embeddings
                                 .unwrap_or(8192),
-                        })
-                    }
-                    Some(s) => {
-                        let kind = s.rope_type.or(s.kind).unwrap_or_default();
-                        return Err(format!(
-                            "rope_scaling type `{kind}` is not supported (only llama3)"
-                        ));
-                    }
+                        }),
+                        Some(kind) => {
+                            return Err(format!(
+                                "rope type `{kind}` is not supported (default, llama3)"
+                            ));
+                        }
+                    },
                 };
                 Ok(ModelConfig {
                     arch: Arch::Llama,
@@ -279,7 +295,7 @@ impl HfConfig {
                         .intermediate_size
                         .ok_or_else(|| missing("intermediate_size"))?,
                     norm_eps: self.rms_norm_eps.unwrap_or(1e-5),
-                    rope_theta: self.rope_theta.unwrap_or(10_000.0),
+                    rope_theta,
                     rope_scaling,
                     max_positions: self.max_position_embeddings.unwrap_or(4096),
                     tie_embeddings: self.tie_word_embeddings.unwrap_or(false),
@@ -320,6 +336,18 @@ mod tests {
             .unwrap()
             .parameter_count();
         assert!((134_000_000..136_000_000).contains(&params), "{params}");
+    }
+
+    #[test]
+    fn transformers_5_rope_parameters_are_read() {
+        let json = r#"{"model_type":"llama","vocab_size":8,"hidden_size":8,"num_attention_heads":2,
+            "num_hidden_layers":1,"intermediate_size":16,"rope_parameters":{"rope_type":"llama3",
+            "rope_theta":500000.0,"factor":8.0,"original_max_position_embeddings":64}}"#;
+        let cfg = ModelConfig::from_hf_str(json).unwrap();
+        assert_eq!(cfg.rope_theta, 500_000.0);
+        assert_eq!(cfg.rope_scaling.map(|s| s.original_max_position), Some(64));
+        let plain = json.replace("llama3", "default");
+        assert_eq!(ModelConfig::from_hf_str(&plain).unwrap().rope_scaling, None);
     }
 
     #[test]
