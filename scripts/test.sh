@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== setup" >&2
 scripts/setup-k8s.sh
+PROMETHEUS=$(scripts/setup-prometheus.sh)
 scripts/fetch-model.sh >/dev/null
 PY=$(scripts/setup-python.sh)
 echo "== build" >&2
@@ -16,4 +17,4 @@ cargo build --release --workspace --bins
 echo "== Rust tests" >&2
 cargo test --release --workspace -- --nocapture
 echo "== end-to-end tests (real daemon, real weights, real clients)" >&2
-FUSED_DAEMON_BIN="$PWD/target/release/fused-daemon" "$PY" -m pytest e2e/python -q -rA -s
+FUSED_PROMETHEUS_BIN="$PROMETHEUS" FUSED_DAEMON_BIN="$PWD/target/release/fused-daemon" "$PY" -m pytest e2e/python -q -rA -s

@@ -30,6 +30,11 @@ const MAP_BUCKETS: &[f64] = &[
 ];
 const RATIO_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0];
 
+/// `finished_reason` values of `vllm:request_success_total`.
+pub const FINISH_REASONS: [&str; 4] = ["stop", "length", "abort", "error"];
+/// `reason` values of `fused_requests_rejected_total`.
+pub const REJECT_REASONS: [&str; 4] = ["queue_full", "draining", "stopped", "invalid"];
+
 /// Every series the daemon exports, already labelled with the served model name.
 pub struct Metrics {
     registry: Registry,
@@ -117,6 +122,13 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(requests_rejected.clone()))?;
+        // Every label value exists from the start, so `rate()` sees the first increment too.
+        for reason in FINISH_REASONS {
+            request_success.with_label_values(&[reason]);
+        }
+        for reason in REJECT_REASONS {
+            requests_rejected.with_label_values(&[reason]);
+        }
         Ok(Self {
             requests_running: int_gauge(
                 "vllm:num_requests_running",
