@@ -93,7 +93,7 @@ impl EngineHandle {
             events,
             commands: self.commands.clone(),
             done: false,
-            _permit: permit,
+            permit: Some(permit),
         }
     }
 
@@ -137,7 +137,8 @@ pub struct RequestStream {
     events: UnboundedReceiver<Event>,
     commands: mpsc::Sender<Command>,
     done: bool,
-    _permit: Permit,
+    /// Given back as soon as the request has ended, even if the stream lives on.
+    permit: Option<Permit>,
 }
 
 impl RequestStream {
@@ -145,7 +146,10 @@ impl RequestStream {
     pub async fn next(&mut self) -> Option<Event> {
         let event = self.events.recv().await;
         match &event {
-            Some(Event::Finished(_) | Event::Failed { .. }) | None => self.done = true,
+            Some(Event::Finished(_) | Event::Failed { .. }) | None => {
+                self.done = true;
+                self.permit = None;
+            }
             Some(Event::Token(_)) => {}
         }
         event
