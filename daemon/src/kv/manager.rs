@@ -218,6 +218,13 @@ impl KvManager {
     pub(crate) fn mapper(&self) -> &Mapper {
         &self.mapper
     }
+
+    /// Shuts down and reports what the page table and totals say afterwards.
+    #[cfg(test)]
+    pub(crate) fn shutdown_for_test(mut self) -> (usize, super::mapper::MapTotals) {
+        self.mapper.shutdown().expect("clean shutdown");
+        (self.mapper.pages_mapped(), self.mapper.totals())
+    }
 }
 
 impl KvBudget for KvManager {
