@@ -10,6 +10,9 @@
 //! - when the free list runs short, pages are trimmed from the top of other slots' *surplus*
 //!   (pages a slot holds beyond what its tokens need): idle slots first, longest idle first,
 //!   then look-ahead pages of live slots, largest surplus first;
+//! - look-ahead covers `lookahead_tokens` or the slot's last growth, whichever is more: a decode
+//!   step maps a few tokens ahead, a prefill chunk maps the next chunk ahead (the scheduler
+//!   announces one step, the look-ahead guesses a second one, so the mapper has two iterations);
 //! - look-ahead pages are only taken from the free list (as many as it has), never by trimming.
 //!
 //! Must not: call a backend, block, or know about threads.
@@ -61,6 +64,8 @@ pub(crate) struct Counts {
 struct Slot {
     live: bool,
     tokens: usize,
+    /// Tokens added by the last reservation (0 after admission).
+    last_growth: usize,
     /// Claimed physical pages, level-major: `pages[level * runs + run]`.
     pages: Vec<PageId>,
     idle_since: u64,
@@ -183,6 +188,7 @@ impl Accounting {
         let entry = &mut self.slots[slot];
         entry.live = true;
         entry.tokens = tokens;
+        entry.last_growth = 0;
         Ok((slot as SlotId, self.plan_growth(slot, levels)))
     }
 
@@ -194,7 +200,11 @@ impl Accounting {
         let tokens = tokens.max(self.slots[index].tokens);
         let levels = self.want_levels(tokens);
         self.ensure_pages(index, levels)?;
-        self.slots[index].tokens = tokens;
+        let entry = &mut self.slots[index];
+        if tokens > entry.tokens {
+            entry.last_growth = tokens - entry.tokens;
+        }
+        entry.tokens = tokens;
         Ok(self.plan_growth(index, levels))
     }
 
@@ -219,9 +229,10 @@ impl Accounting {
         self.reclaim(needed, slot, &mut plan.need);
         self.grow(slot, levels, &mut plan.need);
         plan.need_levels = self.levels(&self.slots[slot]);
-        let lookahead_tokens = self.slots[slot]
+        let entry = &self.slots[slot];
+        let lookahead_tokens = entry
             .tokens
-            .saturating_add(self.lookahead_tokens);
+            .saturating_add(self.lookahead_tokens.max(entry.last_growth));
         let lookahead_levels = self
             .want_levels(lookahead_tokens.min(self.geometry.max_context_len))
             .min(plan.need_levels + self.free.len() / self.geometry.runs);
@@ -315,6 +326,17 @@ impl Accounting {
         entry.tokens = 0;
         entry.idle_since = self.clock;
         Ok(())
+    }
+
+    /// Trims every idle slot to nothing: the pages go back to the free list. Returns the unmaps.
+    pub(crate) fn trim_idle(&mut self) -> Vec<PageOp> {
+        let mut ops = Vec::new();
+        for slot in 0..self.slots.len() {
+            if !self.slots[slot].live {
+                self.trim(slot, 0, &mut ops);
+            }
+        }
+        ops
     }
 
     /// Job `ticket` brings `slot` to `levels` pages per run; marks of jobs up to `done` are finished.
@@ -499,6 +521,35 @@ mod tests {
         let (other, plan) = acct.admit(100).expect("trims the look-ahead page");
         assert_ne!(other, slot);
         assert_eq!((plan.need_levels, plan.lookahead_levels), (1, 1));
+    }
+
+    #[test]
+    fn prefill_chunks_map_the_next_chunk_ahead() {
+        let mut acct = accounting(KvLayout::Interleaved, 12, 0);
+        let (slot, plan) = acct.admit(1024).expect("room");
+        assert_eq!(
+            (plan.need_levels, plan.lookahead_levels),
+            (1, 1),
+            "no growth seen yet"
+        );
+        let plan = acct.reserve(slot, 3 * 1024).expect("room");
+        assert_eq!(
+            (plan.need_levels, plan.lookahead_levels),
+            (3, 5),
+            "next chunk of 2048 mapped ahead"
+        );
+        let plan = acct.reserve(slot, 3 * 1024 + 1).expect("room");
+        assert!(
+            plan.need.is_empty() && plan.lookahead.is_empty(),
+            "decode step inside look-ahead"
+        );
+        acct.free(slot).expect("live");
+        let (again, _) = acct.admit(10).expect("room");
+        let plan = acct.reserve(again, 11).expect("room");
+        assert!(
+            plan.lookahead.is_empty(),
+            "a new sequence does not inherit the old growth"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use super::accounting::{Accounting, Plan};
+use super::accounting::{Accounting, PageOp, Plan};
 use super::backend::PageBackend;
 use super::backend::cpu::CpuBackend;
 use super::config::KvConfig;
@@ -132,6 +132,27 @@ impl KvManager {
     /// next sequence that fits them, until a shortage trims them.
     pub fn free(&mut self, slot: SlotId) -> Result<(), KvError> {
         self.accounting.free(slot)
+    }
+
+    /// Unmaps the pages idle slots keep for reuse (deferred reclamation), returning them to the
+    /// free pool; for an idle server, and to measure mapping from a cold pool. Returns the
+    /// number of pages queued for unmapping.
+    pub fn trim_idle(&mut self) -> Result<usize, KvError> {
+        let ops = self.accounting.trim_idle();
+        let pages = ops
+            .iter()
+            .map(|op| {
+                if let PageOp::Unmap { count, .. } = op {
+                    *count
+                } else {
+                    0
+                }
+            })
+            .sum();
+        if !ops.is_empty() {
+            self.mapper.submit(ops)?;
+        }
+        Ok(pages)
     }
 
     /// Tokens reserved by `slot`, if it is live.

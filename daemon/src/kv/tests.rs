@@ -667,6 +667,14 @@ mod cpu {
         manager.wait_ready(slot, 500).expect("mapped");
         assert_eq!(manager.stats().map_stalls, 0);
         assert!(manager.stats().pages_mapped_total >= 4);
+        manager.free(slot).expect("live");
+        assert_eq!(manager.trim_idle().expect("mapper healthy"), 4);
+        manager.sync().expect("unmapped");
+        let stats = manager.stats();
+        assert_eq!(
+            (stats.pages_mapped, stats.pages_free),
+            (0, stats.pages_total)
+        );
         let samples = manager.drain_latencies();
         assert!(!samples.map_per_page.is_empty(), "one sample per map call");
         assert!(manager.drain_latencies().map_per_page.is_empty(), "drained");
