@@ -4,21 +4,28 @@
 //!
 //! One iteration does what the engine does: `wait_ready` for this iteration's tokens, announce
 //! the next iteration's tokens with `reserve` (decode growth, or the next prefill chunk), then
-//! compute: write the new tokens' K/V and read every live K/V byte of every sequence (the memory
-//! traffic of decode attention). Rounds alternate steady / growth on fresh regions.
+//! compute. Rounds alternate steady / growth on fresh regions; iterations are pooled.
+//!
+//! Computes: "KV traffic only" writes the new tokens' K/V and reads every live K/V byte (decode
+//! attention's memory traffic, nothing else: the shortest iteration, the hardest case to hide
+//! mapping in). On the GPU, "Llama-3-8B roofline" adds what a real iteration of that model also
+//! costs: reading 16 GB of weights, and the batch's matmul FLOPs (2 × 8.03e9 × tokens) at
+//! 788 TFLOP/s, modelled by a timed kernel.
 //!
 //! `cargo bench -p fused-daemon --bench kv_iteration` (CPU, SmolLM2-135M shape, f32); built with
-//! `--features cuda` and run on a GPU (`e2e/gpu/kv_test.sh`) it adds the CUDA backend with a
-//! Llama-3-8B shape in bf16 and an NVRTC kernel as the compute. Prints a table last.
+//! `--features cuda` and run on a GPU (`e2e/gpu/kv_test.sh`, flag `--gpu-only`) it measures the
+//! CUDA backend with a Llama-3-8B shape in bf16. Prints a table last.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use fused_daemon::kv::{KvBudget, KvConfig, KvLayout, KvManager};
+use fused_daemon::kv::{Geometry, KvBudget, KvConfig, KvLayout, KvManager};
 use fused_daemon::model::kv_access::{KvAccess, SlotId};
 
 /// What one iteration computes over the batch, after the KV is ready.
 trait Compute {
+    /// A label for the table.
+    fn label(&self) -> &'static str;
     /// `lens[i]` tokens of `slots[i]` are live; the last `growth` of each are new this iteration.
     fn step(
         &mut self,
@@ -38,6 +45,7 @@ struct Scenario {
 }
 
 impl Scenario {
+    /// Tokens sequence `index` is reserved for by the end (one announced step past the last).
     fn final_len(&self, index: usize) -> usize {
         self.start[index] + self.growth * (self.iterations + 1)
     }
@@ -99,8 +107,9 @@ fn run(
 }
 
 struct Row {
-    backend: String,
+    backend: &'static str,
     layout: KvLayout,
+    compute: &'static str,
     scenario: &'static str,
     seqs: usize,
     iterations: usize,
@@ -116,7 +125,7 @@ fn mean_ms(times: &[Duration]) -> f64 {
 
 /// Alternates steady and growth runs `rounds` times and pools their iterations.
 fn compare(
-    backend: &str,
+    backend: &'static str,
     config: &KvConfig,
     make: &dyn Fn(&KvConfig) -> Result<KvManager>,
     compute: &mut dyn Compute,
@@ -136,8 +145,9 @@ fn compare(
         pages_mapped += result.pages_mapped;
     }
     let row = Row {
-        backend: backend.to_string(),
+        backend,
         layout: config.layout,
+        compute: compute.label(),
         scenario: scenario.name,
         seqs: scenario.start.len(),
         iterations: scenario.iterations * rounds,
@@ -147,9 +157,10 @@ fn compare(
         pages_mapped,
     };
     eprintln!(
-        "{} {:?} {}: steady {:.3} ms, growth {:.3} ms, {} stalls, {} pages mapped",
+        "{} {:?} {} / {}: steady {:.3} ms, growth {:.3} ms, {} stalls, {} pages mapped",
         row.backend,
         row.layout,
+        row.compute,
         row.scenario,
         row.steady_ms,
         row.growth_ms,
@@ -159,12 +170,30 @@ fn compare(
     Ok(row)
 }
 
+/// Sizes `config` for `scenario`: one slot per sequence, a context of the longest final length
+/// (rounded up to 1024), and a pool that holds every sequence at that length.
+fn fit_to(config: &mut KvConfig, scenario: &Scenario) -> Result<()> {
+    let longest = (0..scenario.start.len())
+        .map(|index| scenario.final_len(index))
+        .max()
+        .unwrap_or(1);
+    config.max_seqs = scenario.start.len();
+    config.max_context_len = longest.next_multiple_of(1024);
+    let pages = Geometry::new(config)?.pages_for(config.max_context_len);
+    config.pool_bytes = config.max_seqs * pages * config.page_bytes;
+    Ok(())
+}
+
 /// Host compute: one thread writes the new tokens and reads all live K/V.
 struct HostCompute {
     sink: u64,
 }
 
 impl Compute for HostCompute {
+    fn label(&self) -> &'static str {
+        "KV traffic only"
+    }
+
     fn step(
         &mut self,
         manager: &KvManager,
@@ -186,7 +215,7 @@ impl Compute for HostCompute {
                         };
                     }
                     for position in 0..len {
-                        // SAFETY: as above; rows are 8-byte aligned (f32 × multiple-of-2 widths).
+                        // SAFETY: as above; rows are 8-byte aligned (f32 × even widths).
                         let row = unsafe {
                             std::slice::from_raw_parts(
                                 base.add(position * kv.token_stride).cast::<u64>(),
@@ -205,28 +234,14 @@ impl Compute for HostCompute {
     }
 }
 
-/// SmolLM2-135M's KV shape in f32 (30 layers, 3 KV heads, head_dim 64).
-fn cpu_config(layout: KvLayout, scenario: &Scenario) -> KvConfig {
-    let mut config = KvConfig::for_model(30, 3, 64, 4);
-    config.layout = layout;
-    config.max_seqs = scenario.start.len();
-    config.max_context_len = 4096;
-    config.lookahead_tokens = 16;
-    let probe = fused_daemon::kv::Geometry::new(&config)
-        .map(|g| g.pages_for(config.max_context_len))
-        .unwrap_or(0);
-    config.pool_bytes = config.max_seqs * probe * config.page_bytes;
-    config
-}
-
 fn cpu_rows(rounds: usize) -> Result<Vec<Row>> {
-    // Per-layer pages hold 2730 tokens: start just below a boundary so every sequence crosses it;
-    // interleaved pages hold 45 tokens, so they cross every 45 steps anyway.
+    // SmolLM2-135M in f32: per-layer pages hold 2730 tokens, so the sequences start just below
+    // that boundary and all cross it; interleaved pages hold 45 tokens and cross every 45 steps.
     let decode = Scenario {
         name: "decode +1/iter",
-        start: (0..4).map(|i| 2700 - 40 * i).collect(),
+        start: vec![2700, 2660, 2620],
         growth: 1,
-        iterations: 120,
+        iterations: 80,
     };
     let prefill = Scenario {
         name: "prefill chunk 256/iter",
@@ -238,7 +253,9 @@ fn cpu_rows(rounds: usize) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for layout in [KvLayout::PerLayer, KvLayout::Interleaved] {
         for scenario in [&decode, &prefill] {
-            let config = cpu_config(layout, scenario);
+            let mut config = KvConfig::for_model(30, 3, 64, 4);
+            config.layout = layout;
+            fit_to(&mut config, scenario)?;
             rows.push(compare(
                 "cpu-memfd",
                 &config,
@@ -258,18 +275,18 @@ mod gpu {
 
     use anyhow::{Context, Result, anyhow, ensure};
     use cudarc::driver::{
-        CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+        CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg,
     };
     use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
     use fused_daemon::kv::backend::cuda::cuda_context;
     use fused_daemon::kv::{KvConfig, KvLayout, KvManager};
     use fused_daemon::model::kv_access::SlotId;
 
-    use super::{Compute, Row, Scenario, compare};
+    use super::{Compute, Row, Scenario, compare, fit_to};
 
-    /// Writes the new tokens' words, then reads every live word of each (sequence, run) row,
-    /// split over `splits` blocks per row.
-    const KERNEL: &str = r#"
+    const KERNELS: &str = r#"
+// Writes the new tokens' words, then reads every live word of each (sequence, run) row, the
+// row split over `splits` blocks.
 extern "C" __global__ void kv_step(unsigned long long base, const unsigned int* slots,
     const unsigned int* lens, unsigned int growth, unsigned long long run_stride,
     unsigned long long slot_stride, unsigned int run_token_bytes, unsigned int splits,
@@ -294,18 +311,53 @@ extern "C" __global__ void kv_step(unsigned long long base, const unsigned int* 
   }
   if (acc == 0xdeadbeefu) atomicAdd(sink, 1u);
 }
+
+// Reads `words` 16-byte words: the weights of one decode step.
+extern "C" __global__ void weights_read(const uint4* weights, unsigned long long words,
+    unsigned int* sink) {
+  unsigned int acc = 0;
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < words;
+       i += (unsigned long long)gridDim.x * blockDim.x) {
+    const uint4 v = weights[i];
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0xdeadbeefu) atomicAdd(sink, 1u);
+}
+
+// Occupies the stream for `ns` nanoseconds: the modelled matmul time.
+extern "C" __global__ void busy_ns(unsigned long long ns) {
+  unsigned long long start, now;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now)); } while (now - start < ns);
+}
 "#;
+
+    /// Llama-3-8B: parameters (for FLOPs) and bf16 weight bytes; the H200's bf16 GEMM rate.
+    const PARAMS: f64 = 8.03e9;
+    const WEIGHT_BYTES: usize = 16_060_000_000;
+    const FLOPS_PER_SECOND: f64 = 788e12;
+
+    fn driver(error: DriverError) -> anyhow::Error {
+        anyhow!("CUDA driver error {:?}", error.0)
+    }
+
+    struct Model {
+        weights: CudaSlice<u8>,
+        read: CudaFunction,
+        busy: CudaFunction,
+    }
 
     struct DeviceCompute {
         stream: Arc<CudaStream>,
-        function: CudaFunction,
+        kv_step: CudaFunction,
         slots: CudaSlice<u32>,
         lens: CudaSlice<u32>,
         sink: CudaSlice<u32>,
+        model: Option<Model>,
     }
 
     impl DeviceCompute {
-        fn new(context: &Arc<CudaContext>, seqs: usize) -> Result<Self> {
+        fn new(context: &Arc<CudaContext>, seqs: usize, with_model: bool) -> Result<Self> {
             // SAFETY: only probes for the library.
             ensure!(
                 unsafe { cudarc::nvrtc::sys::is_culib_present() },
@@ -316,35 +368,65 @@ extern "C" __global__ void kv_step(unsigned long long base, const unsigned int* 
                 ..Default::default()
             };
             let ptx =
-                compile_ptx_with_opts(KERNEL, options).map_err(|e| anyhow!("NVRTC: {e:?}"))?;
-            let module = context
-                .load_module(ptx)
-                .map_err(|e| anyhow!("load module: {:?}", e.0))?;
-            let function = module
-                .load_function("kv_step")
-                .map_err(|e| anyhow!("load function: {:?}", e.0))?;
+                compile_ptx_with_opts(KERNELS, options).map_err(|e| anyhow!("NVRTC: {e:?}"))?;
+            let module = context.load_module(ptx).map_err(driver)?;
             let stream = context.default_stream();
             let zeros = vec![0u32; seqs];
-            let slots = stream
-                .clone_htod(&zeros)
-                .map_err(|e| anyhow!("alloc: {:?}", e.0))?;
-            let lens = stream
-                .clone_htod(&zeros)
-                .map_err(|e| anyhow!("alloc: {:?}", e.0))?;
-            let sink = stream
-                .clone_htod(&[0u32])
-                .map_err(|e| anyhow!("alloc: {:?}", e.0))?;
+            let model = match with_model {
+                false => None,
+                true => Some(Model {
+                    weights: stream.alloc_zeros::<u8>(WEIGHT_BYTES).map_err(driver)?,
+                    read: module.load_function("weights_read").map_err(driver)?,
+                    busy: module.load_function("busy_ns").map_err(driver)?,
+                }),
+            };
             Ok(Self {
+                kv_step: module.load_function("kv_step").map_err(driver)?,
+                slots: stream.clone_htod(&zeros).map_err(driver)?,
+                lens: stream.clone_htod(&zeros).map_err(driver)?,
+                sink: stream.clone_htod(&[0u32]).map_err(driver)?,
                 stream,
-                function,
-                slots,
-                lens,
-                sink,
+                model,
             })
+        }
+
+        fn launch_model(&mut self, tokens: usize) -> Result<()> {
+            let Some(model) = &self.model else {
+                return Ok(());
+            };
+            let words = (WEIGHT_BYTES / 16) as u64;
+            let grid = LaunchConfig {
+                grid_dim: (132 * 8, 1, 1),
+                block_dim: (512, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut launch = self.stream.launch_builder(&model.read);
+            launch.arg(&model.weights).arg(&words).arg(&mut self.sink);
+            // SAFETY: arguments match `weights_read`; the buffer holds `words` 16-byte words.
+            unsafe { launch.launch(grid) }.map_err(driver)?;
+            let nanos = (2.0 * PARAMS * tokens as f64 / FLOPS_PER_SECOND * 1e9) as u64;
+            let grid = LaunchConfig {
+                grid_dim: (132, 1, 1),
+                block_dim: (32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut launch = self.stream.launch_builder(&model.busy);
+            launch.arg(&nanos);
+            // SAFETY: arguments match `busy_ns`, which touches no memory.
+            unsafe { launch.launch(grid) }.map_err(driver)?;
+            Ok(())
         }
     }
 
     impl Compute for DeviceCompute {
+        fn label(&self) -> &'static str {
+            if self.model.is_some() {
+                "Llama-3-8B roofline"
+            } else {
+                "KV traffic only"
+            }
+        }
+
         fn step(
             &mut self,
             manager: &KvManager,
@@ -358,52 +440,41 @@ extern "C" __global__ void kv_step(unsigned long long base, const unsigned int* 
                 "token rows must be 16-byte multiples"
             );
             let lens: Vec<u32> = lens.iter().map(|&len| len as u32).collect();
-            let err = |e: cudarc::driver::DriverError| anyhow!("{:?}", e.0);
             self.stream
                 .memcpy_htod(slots, &mut self.slots)
-                .map_err(err)?;
+                .map_err(driver)?;
             self.stream
                 .memcpy_htod(&lens, &mut self.lens)
-                .map_err(err)?;
+                .map_err(driver)?;
             let splits = (256 / geometry.runs).max(1) as u32;
             let base = manager.base_address() as u64;
             let run_stride = (geometry.max_seqs * geometry.slot_stride) as u64;
             let slot_stride = geometry.slot_stride as u64;
             let run_token_bytes = geometry.run_token_bytes as u32;
-            let growth = growth as u32;
-            let config = LaunchConfig {
+            let growth_u32 = growth as u32;
+            let grid = LaunchConfig {
                 grid_dim: (geometry.runs as u32 * splits, slots.len() as u32, 1),
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let mut launch = self.stream.launch_builder(&self.function);
+            let mut launch = self.stream.launch_builder(&self.kv_step);
             launch
                 .arg(&base)
                 .arg(&self.slots)
                 .arg(&self.lens)
-                .arg(&growth)
+                .arg(&growth_u32)
                 .arg(&run_stride);
             launch
                 .arg(&slot_stride)
                 .arg(&run_token_bytes)
                 .arg(&splits)
                 .arg(&mut self.sink);
-            // SAFETY: the arguments match the kernel's signature; every address it touches is
-            // below `lens`, which wait_ready made ready.
-            unsafe { launch.launch(config) }.map_err(err)?;
-            self.stream.synchronize().map_err(err)
+            // SAFETY: arguments match `kv_step`; every address it touches is below `lens`,
+            // which wait_ready made ready.
+            unsafe { launch.launch(grid) }.map_err(driver)?;
+            self.launch_model(slots.len() * growth)?;
+            self.stream.synchronize().map_err(driver)
         }
-    }
-
-    /// Llama-3-8B's KV shape in bf16 (32 layers, 8 KV heads, head_dim 128).
-    fn config(layout: KvLayout, seqs: usize) -> KvConfig {
-        let mut config = KvConfig::for_model(32, 8, 128, 2);
-        config.layout = layout;
-        config.max_seqs = seqs;
-        config.max_context_len = 8192;
-        config.lookahead_tokens = 16;
-        config.pool_bytes = seqs * 8192 * 32 * 2 * 8 * 128 * 2 + (256 << 20);
-        config
     }
 
     pub(super) fn rows(rounds: usize) -> Result<Vec<Row>> {
@@ -414,35 +485,41 @@ extern "C" __global__ void kv_step(unsigned long long base, const unsigned int* 
                 return Ok(Vec::new());
             }
         };
-        // Per-layer pages hold 1024 tokens: starts just below 1024, 2048 and 3072 so every
-        // sequence crosses one; interleaved pages hold 16 tokens and cross every 16 steps.
+        // Llama-3-8B in bf16: per-layer pages hold 1024 tokens, so the decode sequences start
+        // just below 1024, 2048 or 3072 and all cross; interleaved pages hold 16 tokens.
         let decode = Scenario {
             name: "decode +1/iter",
             start: (0..32).map(|i| 1024 * (1 + i % 3) - 24 - 3 * i).collect(),
             growth: 1,
             iterations: 256,
         };
+        // Four prompts, one 512-token chunk each per iteration: a 2048-token budget.
         let prefill = Scenario {
             name: "prefill chunk 512/iter",
-            start: (0..16).map(|i| 1 + 37 * i).collect(),
+            start: (0..4).map(|i| 1 + 37 * i).collect(),
             growth: 512,
-            iterations: 13,
+            iterations: 14,
         };
         let make =
             |config: &KvConfig| KvManager::cuda(config, context.clone()).context("CUDA KV manager");
         let mut rows = Vec::new();
-        for layout in [KvLayout::PerLayer, KvLayout::Interleaved] {
-            for scenario in [&decode, &prefill] {
-                let mut compute = DeviceCompute::new(&context, scenario.start.len())?;
-                let config = config(layout, scenario.start.len());
-                rows.push(compare(
-                    "cuda-vmm",
-                    &config,
-                    &make,
-                    &mut compute,
-                    scenario,
-                    rounds,
-                )?);
+        for with_model in [false, true] {
+            for layout in [KvLayout::PerLayer, KvLayout::Interleaved] {
+                for scenario in [&decode, &prefill] {
+                    let mut compute =
+                        DeviceCompute::new(&context, scenario.start.len(), with_model)?;
+                    let mut config = KvConfig::for_model(32, 8, 128, 2);
+                    config.layout = layout;
+                    fit_to(&mut config, scenario)?;
+                    rows.push(compare(
+                        "cuda-vmm",
+                        &config,
+                        &make,
+                        &mut compute,
+                        scenario,
+                        rounds,
+                    )?);
+                }
             }
         }
         Ok(rows)
@@ -450,11 +527,10 @@ extern "C" __global__ void kv_step(unsigned long long base, const unsigned int* 
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let only_gpu = args.iter().any(|arg| arg == "--gpu-only");
+    let gpu_only = std::env::args().any(|arg| arg == "--gpu-only");
     let rounds = 3;
     let mut rows = Vec::new();
-    if !only_gpu {
+    if !gpu_only {
         rows.extend(cpu_rows(rounds)?);
     }
     #[cfg(feature = "cuda")]
@@ -462,14 +538,15 @@ fn main() -> Result<()> {
     #[cfg(not(feature = "cuda"))]
     eprintln!("SKIPPED kv_iteration on CUDA: built without feature `cuda`");
     println!(
-        "\n| backend | layout | scenario | seqs | iterations | steady ms/iter | growth ms/iter | growth vs steady | stalls | pages mapped while timed |"
+        "\n| backend | layout | compute | scenario | seqs | iterations | steady ms/iter | growth ms/iter | growth vs steady | stalls | pages mapped while timed |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for row in &rows {
         println!(
-            "| {} | {:?} | {} | {} | {} | {:.3} | {:.3} | {:+.2} % | {} | {} |",
+            "| {} | {:?} | {} | {} | {} | {} | {:.3} | {:.3} | {:+.2} % | {} | {} |",
             row.backend,
             row.layout,
+            row.compute,
             row.scenario,
             row.seqs,
             row.iterations,
