@@ -35,14 +35,38 @@ pub(crate) enum PageOp {
     Unmap { first: usize, count: usize },
 }
 
-/// What one admission or reservation asks of the mapper, in two jobs: the pages the tokens need
-/// (with any trims that free pages for them, in order) and the look-ahead pages.
+/// Levels per run a growth job covers at most once a slot has `runs` runs: about 64 pages, so
+/// that the first chunk of a long prompt is ready long before its last page is mapped, but never
+/// fewer than 16 levels, so that the per-layer layout does not pay its per-run access call
+/// (`cuMemSetAccess`) once per level.
+fn levels_per_job(runs: usize) -> usize {
+    (64 / runs).max(16)
+}
+
+/// One mapper job of a plan: its operations, and the levels per run the slot has once it is done.
+#[derive(Debug)]
+pub(crate) struct PlannedJob {
+    pub(crate) ops: Vec<PageOp>,
+    pub(crate) levels: usize,
+}
+
+/// What one admission or reservation asks of the mapper, as jobs in order: trims that free pages
+/// come first, then the slot's growth in steps (earlier levels ready first), then look-ahead.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
-    pub(crate) need: Vec<PageOp>,
+    pub(crate) jobs: Vec<PlannedJob>,
+    /// Levels per run the reserved tokens need (reached by the jobs before the look-ahead).
     pub(crate) need_levels: usize,
-    pub(crate) lookahead: Vec<PageOp>,
+    /// Levels per run once the look-ahead is mapped too.
     pub(crate) lookahead_levels: usize,
+}
+
+impl Plan {
+    /// Every operation in order.
+    #[cfg(test)]
+    pub(crate) fn ops(&self) -> Vec<&PageOp> {
+        self.jobs.iter().flat_map(|job| &job.ops).collect()
+    }
 }
 
 /// Totals of the accounting, in pages and tokens.
@@ -226,8 +250,9 @@ impl Accounting {
     fn plan_growth(&mut self, slot: usize, levels: usize) -> Plan {
         let mut plan = Plan::default();
         let needed = self.extra_pages(slot, levels);
-        self.reclaim(needed, slot, &mut plan.need);
-        self.grow(slot, levels, &mut plan.need);
+        let mut trims = Vec::new();
+        self.reclaim(needed, slot, &mut trims);
+        self.grow_in_jobs(slot, levels, trims, &mut plan);
         plan.need_levels = self.levels(&self.slots[slot]);
         let entry = &self.slots[slot];
         let lookahead_tokens = entry
@@ -236,9 +261,36 @@ impl Accounting {
         let lookahead_levels = self
             .want_levels(lookahead_tokens.min(self.geometry.max_context_len))
             .min(plan.need_levels + self.free.len() / self.geometry.runs);
-        self.grow(slot, lookahead_levels, &mut plan.lookahead);
+        self.grow_in_jobs(slot, lookahead_levels, Vec::new(), &mut plan);
         plan.lookahead_levels = self.levels(&self.slots[slot]);
         plan
+    }
+
+    /// Grows `slot` to `levels` in jobs of at most [`levels_per_job`] levels; `first_ops` (trims)
+    /// lead the first job.
+    fn grow_in_jobs(
+        &mut self,
+        slot: usize,
+        levels: usize,
+        first_ops: Vec<PageOp>,
+        plan: &mut Plan,
+    ) {
+        let step = levels_per_job(self.geometry.runs);
+        let mut ops = first_ops;
+        loop {
+            let from = self.levels(&self.slots[slot]);
+            self.grow(slot, levels.min(from + step), &mut ops);
+            let reached = self.levels(&self.slots[slot]);
+            if !ops.is_empty() {
+                plan.jobs.push(PlannedJob {
+                    ops: std::mem::take(&mut ops),
+                    levels: reached,
+                });
+            }
+            if reached >= levels {
+                return;
+            }
+        }
     }
 
     /// Trims other slots' surplus until `needed` pages are free.
@@ -445,17 +497,22 @@ mod tests {
     fn per_layer_growth_maps_one_page_per_run() {
         let mut acct = accounting(KvLayout::PerLayer, 16, 0);
         let (slot, plan) = acct.admit(10).expect("room for one page per run");
-        assert_eq!(plan.need.len(), 4, "2 layers × K,V runs");
+        assert_eq!(plan.ops().len(), 4, "2 layers × K,V runs");
         assert!(
-            plan.need
-                .iter()
+            plan.ops()
+                .into_iter()
                 .all(|op| matches!(op, PageOp::Map { pages, .. } if pages.len() == 1))
         );
         assert_eq!(plan.need_levels, 1);
         let plan = acct.reserve(slot, 4096).expect("still one page per run");
-        assert!(plan.need.is_empty());
+        assert_eq!(
+            (plan.need_levels, plan.lookahead_levels),
+            (1, 2),
+            "a 4086-token step maps one more ahead"
+        );
         let plan = acct.reserve(slot, 4097).expect("second level");
         assert_eq!(plan.need_levels, 2);
+        assert!(plan.jobs.is_empty(), "the look-ahead already mapped it");
         assert_eq!(acct.counts().pages_held, 8);
     }
 
@@ -469,7 +526,7 @@ mod tests {
             again, first,
             "best fit prefers the slot that still holds pages"
         );
-        assert!(plan.need.is_empty() && plan.lookahead.is_empty());
+        assert!(plan.jobs.is_empty());
     }
 
     #[test]
@@ -484,7 +541,7 @@ mod tests {
         assert_eq!(c, a);
         let (d, plan) = acct.admit(tokens_per_level).expect("b holds 3 pages");
         assert_eq!(d, b);
-        assert!(plan.need.is_empty());
+        assert!(plan.jobs.is_empty());
         let error = acct
             .reserve(c, 6 * tokens_per_level)
             .expect_err("pool holds 6 pages");
@@ -495,15 +552,15 @@ mod tests {
         let plan = acct
             .reserve(d, 2 * tokens_per_level)
             .expect("d's own surplus");
-        assert!(plan.need.is_empty());
+        assert!(plan.jobs.is_empty());
         acct.free(d).expect("live");
         let plan = acct
             .reserve(c, 3 * tokens_per_level + 1)
             .expect("trims idle d");
         assert!(
-            matches!(plan.need[0], PageOp::Unmap { count: 1, .. }),
+            matches!(*plan.ops()[0], PageOp::Unmap { count: 1, .. }),
             "{:?}",
-            plan.need
+            plan.jobs
         );
         assert_eq!(acct.slot_levels(d), Some(2));
     }
@@ -539,17 +596,30 @@ mod tests {
             "next chunk of 2048 mapped ahead"
         );
         let plan = acct.reserve(slot, 3 * 1024 + 1).expect("room");
-        assert!(
-            plan.need.is_empty() && plan.lookahead.is_empty(),
-            "decode step inside look-ahead"
-        );
+        assert!(plan.jobs.is_empty(), "decode step inside look-ahead");
         acct.free(slot).expect("live");
         let (again, _) = acct.admit(10).expect("room");
         let plan = acct.reserve(again, 11).expect("room");
         assert!(
-            plan.lookahead.is_empty(),
+            plan.jobs.is_empty(),
             "a new sequence does not inherit the old growth"
         );
+    }
+
+    #[test]
+    fn long_prompts_are_mapped_in_steps_so_early_chunks_are_ready_first() {
+        let mut config = KvConfig::for_model(2, 2, 64, 4);
+        config.layout = KvLayout::Interleaved;
+        config.max_seqs = 2;
+        config.max_context_len = 200 * 1024;
+        config.pool_bytes = 200 * config.page_bytes;
+        let mut acct = Accounting::new(Geometry::new(&config).expect("valid"), false, 0);
+        let (_, plan) = acct.admit(150 * 1024).expect("150 pages");
+        let levels: Vec<usize> = plan.jobs.iter().map(|job| job.levels).collect();
+        assert_eq!(levels, vec![64, 128, 150]);
+        let mut per_layer = accounting(KvLayout::PerLayer, 16, 0);
+        let (_, plan) = per_layer.admit(3 * 4096).expect("12 pages");
+        assert_eq!(plan.jobs.len(), 1, "few levels: one access call per run");
     }
 
     #[test]

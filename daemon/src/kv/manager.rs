@@ -115,15 +115,9 @@ impl KvManager {
     /// Queues the plan's jobs and records which ticket makes which pages ready.
     fn submit(&mut self, slot: SlotId, plan: Plan) -> Result<(), KvError> {
         let done = self.mapper.done();
-        if !plan.need.is_empty() {
-            let ticket = self.mapper.submit(plan.need)?;
-            self.accounting
-                .mark_ready(slot, plan.need_levels, ticket, done);
-        }
-        if !plan.lookahead.is_empty() {
-            let ticket = self.mapper.submit(plan.lookahead)?;
-            self.accounting
-                .mark_ready(slot, plan.lookahead_levels, ticket, done);
+        for job in plan.jobs {
+            let ticket = self.mapper.submit(job.ops)?;
+            self.accounting.mark_ready(slot, job.levels, ticket, done);
         }
         Ok(())
     }
