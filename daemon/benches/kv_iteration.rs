@@ -285,6 +285,9 @@ mod gpu {
     use super::{Compute, Row, Scenario, compare, fit_to};
 
     const KERNELS: &str = r#"
+// 16 bytes, declared here so that the source needs no header.
+struct alignas(16) Word { unsigned int x, y, z, w; };
+
 // Writes the new tokens' words, then reads every live word of each (sequence, run) row, the
 // row split over `splits` blocks.
 extern "C" __global__ void kv_step(unsigned long long base, const unsigned int* slots,
@@ -294,31 +297,33 @@ extern "C" __global__ void kv_step(unsigned long long base, const unsigned int* 
   const unsigned int seq = blockIdx.y;
   const unsigned long long run = blockIdx.x / splits;
   const unsigned long long part = blockIdx.x % splits;
-  uint4* data = (uint4*)(base + run * run_stride + (unsigned long long)slots[seq] * slot_stride);
+  Word* data = (Word*)(base + run * run_stride + (unsigned long long)slots[seq] * slot_stride);
   const unsigned long long len = lens[seq];
   const unsigned long long words = len * run_token_bytes / 16;
   const unsigned long long first_new = (len - growth) * run_token_bytes / 16;
   const unsigned long long fresh = words - first_new;
   for (unsigned long long i = first_new + fresh * part / splits + threadIdx.x;
        i < first_new + fresh * (part + 1) / splits; i += blockDim.x) {
-    data[i] = make_uint4(seq, (unsigned int)run, (unsigned int)i, 0x5eedu);
+    Word word;
+    word.x = seq; word.y = (unsigned int)run; word.z = (unsigned int)i; word.w = 0x5eedu;
+    data[i] = word;
   }
   unsigned int acc = 0;
   for (unsigned long long i = words * part / splits + threadIdx.x; i < words * (part + 1) / splits;
        i += blockDim.x) {
-    const uint4 v = data[i];
+    const Word v = data[i];
     acc ^= v.x ^ v.y ^ v.z ^ v.w;
   }
   if (acc == 0xdeadbeefu) atomicAdd(sink, 1u);
 }
 
 // Reads `words` 16-byte words: the weights of one decode step.
-extern "C" __global__ void weights_read(const uint4* weights, unsigned long long words,
+extern "C" __global__ void weights_read(const Word* weights, unsigned long long words,
     unsigned int* sink) {
   unsigned int acc = 0;
   for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < words;
        i += (unsigned long long)gridDim.x * blockDim.x) {
-    const uint4 v = weights[i];
+    const Word v = weights[i];
     acc ^= v.x ^ v.y ^ v.z ^ v.w;
   }
   if (acc == 0xdeadbeefu) atomicAdd(sink, 1u);
@@ -480,6 +485,9 @@ extern "C" __global__ void busy_ns(unsigned long long ns) {
     pub(super) fn rows(rounds: usize) -> Result<Vec<Row>> {
         let context = match cuda_context(0) {
             Ok(context) => context,
+            Err(error) if std::env::var("FUSED_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+                return Err(anyhow!("FUSED_REQUIRE_GPU=1 but no usable GPU: {error}"));
+            }
             Err(error) => {
                 eprintln!("SKIPPED kv_iteration on CUDA: no usable GPU here ({error})");
                 return Ok(Vec::new());

@@ -195,6 +195,9 @@ fn cuda(c: &mut Criterion) {
     use fused_daemon::kv::backend::cuda::{CudaBackend, cuda_context};
     let context = match cuda_context(0) {
         Ok(context) => context,
+        Err(error) if std::env::var("FUSED_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("FUSED_REQUIRE_GPU=1 but no usable GPU: {error}")
+        }
         Err(error) => {
             eprintln!("SKIPPED kv_map CUDA benchmarks: no usable GPU here ({error})");
             return;
