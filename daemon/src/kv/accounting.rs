@@ -10,6 +10,9 @@
 //! - when the free list runs short, pages are trimmed from the top of other slots' *surplus*
 //!   (pages a slot holds beyond what its tokens need): idle slots first, longest idle first,
 //!   then look-ahead pages of live slots, largest surplus first;
+//! - look-ahead covers `lookahead_tokens` or the slot's last growth, whichever is more: a decode
+//!   step maps a few tokens ahead, a prefill chunk maps the next chunk ahead (the scheduler
+//!   announces one step, the look-ahead guesses a second one, so the mapper has two iterations);
 //! - look-ahead pages are only taken from the free list (as many as it has), never by trimming.
 //!
 //! Must not: call a backend, block, or know about threads.
@@ -32,14 +35,38 @@ pub(crate) enum PageOp {
     Unmap { first: usize, count: usize },
 }
 
-/// What one admission or reservation asks of the mapper, in two jobs: the pages the tokens need
-/// (with any trims that free pages for them, in order) and the look-ahead pages.
+/// Levels per run a growth job covers at most once a slot has `runs` runs: about 64 pages, so
+/// that the first chunk of a long prompt is ready long before its last page is mapped, but never
+/// fewer than 16 levels, so that the per-layer layout does not pay its per-run access call
+/// (`cuMemSetAccess`) once per level.
+fn levels_per_job(runs: usize) -> usize {
+    (64 / runs).max(16)
+}
+
+/// One mapper job of a plan: its operations, and the levels per run the slot has once it is done.
+#[derive(Debug)]
+pub(crate) struct PlannedJob {
+    pub(crate) ops: Vec<PageOp>,
+    pub(crate) levels: usize,
+}
+
+/// What one admission or reservation asks of the mapper, as jobs in order: trims that free pages
+/// come first, then the slot's growth in steps (earlier levels ready first), then look-ahead.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
-    pub(crate) need: Vec<PageOp>,
+    pub(crate) jobs: Vec<PlannedJob>,
+    /// Levels per run the reserved tokens need (reached by the jobs before the look-ahead).
     pub(crate) need_levels: usize,
-    pub(crate) lookahead: Vec<PageOp>,
+    /// Levels per run once the look-ahead is mapped too.
     pub(crate) lookahead_levels: usize,
+}
+
+impl Plan {
+    /// Every operation in order.
+    #[cfg(test)]
+    pub(crate) fn ops(&self) -> Vec<&PageOp> {
+        self.jobs.iter().flat_map(|job| &job.ops).collect()
+    }
 }
 
 /// Totals of the accounting, in pages and tokens.
@@ -61,6 +88,8 @@ pub(crate) struct Counts {
 struct Slot {
     live: bool,
     tokens: usize,
+    /// Tokens added by the last reservation (0 after admission).
+    last_growth: usize,
     /// Claimed physical pages, level-major: `pages[level * runs + run]`.
     pages: Vec<PageId>,
     idle_since: u64,
@@ -183,6 +212,7 @@ impl Accounting {
         let entry = &mut self.slots[slot];
         entry.live = true;
         entry.tokens = tokens;
+        entry.last_growth = 0;
         Ok((slot as SlotId, self.plan_growth(slot, levels)))
     }
 
@@ -194,7 +224,11 @@ impl Accounting {
         let tokens = tokens.max(self.slots[index].tokens);
         let levels = self.want_levels(tokens);
         self.ensure_pages(index, levels)?;
-        self.slots[index].tokens = tokens;
+        let entry = &mut self.slots[index];
+        if tokens > entry.tokens {
+            entry.last_growth = tokens - entry.tokens;
+        }
+        entry.tokens = tokens;
         Ok(self.plan_growth(index, levels))
     }
 
@@ -216,18 +250,47 @@ impl Accounting {
     fn plan_growth(&mut self, slot: usize, levels: usize) -> Plan {
         let mut plan = Plan::default();
         let needed = self.extra_pages(slot, levels);
-        self.reclaim(needed, slot, &mut plan.need);
-        self.grow(slot, levels, &mut plan.need);
+        let mut trims = Vec::new();
+        self.reclaim(needed, slot, &mut trims);
+        self.grow_in_jobs(slot, levels, trims, &mut plan);
         plan.need_levels = self.levels(&self.slots[slot]);
-        let lookahead_tokens = self.slots[slot]
+        let entry = &self.slots[slot];
+        let lookahead_tokens = entry
             .tokens
-            .saturating_add(self.lookahead_tokens);
+            .saturating_add(self.lookahead_tokens.max(entry.last_growth));
         let lookahead_levels = self
             .want_levels(lookahead_tokens.min(self.geometry.max_context_len))
             .min(plan.need_levels + self.free.len() / self.geometry.runs);
-        self.grow(slot, lookahead_levels, &mut plan.lookahead);
+        self.grow_in_jobs(slot, lookahead_levels, Vec::new(), &mut plan);
         plan.lookahead_levels = self.levels(&self.slots[slot]);
         plan
+    }
+
+    /// Grows `slot` to `levels` in jobs of at most [`levels_per_job`] levels; `first_ops` (trims)
+    /// lead the first job.
+    fn grow_in_jobs(
+        &mut self,
+        slot: usize,
+        levels: usize,
+        first_ops: Vec<PageOp>,
+        plan: &mut Plan,
+    ) {
+        let step = levels_per_job(self.geometry.runs);
+        let mut ops = first_ops;
+        loop {
+            let from = self.levels(&self.slots[slot]);
+            self.grow(slot, levels.min(from + step), &mut ops);
+            let reached = self.levels(&self.slots[slot]);
+            if !ops.is_empty() {
+                plan.jobs.push(PlannedJob {
+                    ops: std::mem::take(&mut ops),
+                    levels: reached,
+                });
+            }
+            if reached >= levels {
+                return;
+            }
+        }
     }
 
     /// Trims other slots' surplus until `needed` pages are free.
@@ -315,6 +378,17 @@ impl Accounting {
         entry.tokens = 0;
         entry.idle_since = self.clock;
         Ok(())
+    }
+
+    /// Trims every idle slot to nothing: the pages go back to the free list. Returns the unmaps.
+    pub(crate) fn trim_idle(&mut self) -> Vec<PageOp> {
+        let mut ops = Vec::new();
+        for slot in 0..self.slots.len() {
+            if !self.slots[slot].live {
+                self.trim(slot, 0, &mut ops);
+            }
+        }
+        ops
     }
 
     /// Job `ticket` brings `slot` to `levels` pages per run; marks of jobs up to `done` are finished.
@@ -423,17 +497,22 @@ mod tests {
     fn per_layer_growth_maps_one_page_per_run() {
         let mut acct = accounting(KvLayout::PerLayer, 16, 0);
         let (slot, plan) = acct.admit(10).expect("room for one page per run");
-        assert_eq!(plan.need.len(), 4, "2 layers × K,V runs");
+        assert_eq!(plan.ops().len(), 4, "2 layers × K,V runs");
         assert!(
-            plan.need
-                .iter()
+            plan.ops()
+                .into_iter()
                 .all(|op| matches!(op, PageOp::Map { pages, .. } if pages.len() == 1))
         );
         assert_eq!(plan.need_levels, 1);
         let plan = acct.reserve(slot, 4096).expect("still one page per run");
-        assert!(plan.need.is_empty());
+        assert_eq!(
+            (plan.need_levels, plan.lookahead_levels),
+            (1, 2),
+            "a 4086-token step maps one more ahead"
+        );
         let plan = acct.reserve(slot, 4097).expect("second level");
         assert_eq!(plan.need_levels, 2);
+        assert!(plan.jobs.is_empty(), "the look-ahead already mapped it");
         assert_eq!(acct.counts().pages_held, 8);
     }
 
@@ -447,7 +526,7 @@ mod tests {
             again, first,
             "best fit prefers the slot that still holds pages"
         );
-        assert!(plan.need.is_empty() && plan.lookahead.is_empty());
+        assert!(plan.jobs.is_empty());
     }
 
     #[test]
@@ -462,7 +541,7 @@ mod tests {
         assert_eq!(c, a);
         let (d, plan) = acct.admit(tokens_per_level).expect("b holds 3 pages");
         assert_eq!(d, b);
-        assert!(plan.need.is_empty());
+        assert!(plan.jobs.is_empty());
         let error = acct
             .reserve(c, 6 * tokens_per_level)
             .expect_err("pool holds 6 pages");
@@ -473,15 +552,15 @@ mod tests {
         let plan = acct
             .reserve(d, 2 * tokens_per_level)
             .expect("d's own surplus");
-        assert!(plan.need.is_empty());
+        assert!(plan.jobs.is_empty());
         acct.free(d).expect("live");
         let plan = acct
             .reserve(c, 3 * tokens_per_level + 1)
             .expect("trims idle d");
         assert!(
-            matches!(plan.need[0], PageOp::Unmap { count: 1, .. }),
+            matches!(*plan.ops()[0], PageOp::Unmap { count: 1, .. }),
             "{:?}",
-            plan.need
+            plan.jobs
         );
         assert_eq!(acct.slot_levels(d), Some(2));
     }
@@ -499,6 +578,48 @@ mod tests {
         let (other, plan) = acct.admit(100).expect("trims the look-ahead page");
         assert_ne!(other, slot);
         assert_eq!((plan.need_levels, plan.lookahead_levels), (1, 1));
+    }
+
+    #[test]
+    fn prefill_chunks_map_the_next_chunk_ahead() {
+        let mut acct = accounting(KvLayout::Interleaved, 12, 0);
+        let (slot, plan) = acct.admit(1024).expect("room");
+        assert_eq!(
+            (plan.need_levels, plan.lookahead_levels),
+            (1, 1),
+            "no growth seen yet"
+        );
+        let plan = acct.reserve(slot, 3 * 1024).expect("room");
+        assert_eq!(
+            (plan.need_levels, plan.lookahead_levels),
+            (3, 5),
+            "next chunk of 2048 mapped ahead"
+        );
+        let plan = acct.reserve(slot, 3 * 1024 + 1).expect("room");
+        assert!(plan.jobs.is_empty(), "decode step inside look-ahead");
+        acct.free(slot).expect("live");
+        let (again, _) = acct.admit(10).expect("room");
+        let plan = acct.reserve(again, 11).expect("room");
+        assert!(
+            plan.jobs.is_empty(),
+            "a new sequence does not inherit the old growth"
+        );
+    }
+
+    #[test]
+    fn long_prompts_are_mapped_in_steps_so_early_chunks_are_ready_first() {
+        let mut config = KvConfig::for_model(2, 2, 64, 4);
+        config.layout = KvLayout::Interleaved;
+        config.max_seqs = 2;
+        config.max_context_len = 200 * 1024;
+        config.pool_bytes = 200 * config.page_bytes;
+        let mut acct = Accounting::new(Geometry::new(&config).expect("valid"), false, 0);
+        let (_, plan) = acct.admit(150 * 1024).expect("150 pages");
+        let levels: Vec<usize> = plan.jobs.iter().map(|job| job.levels).collect();
+        assert_eq!(levels, vec![64, 128, 150]);
+        let mut per_layer = accounting(KvLayout::PerLayer, 16, 0);
+        let (_, plan) = per_layer.admit(3 * 4096).expect("12 pages");
+        assert_eq!(plan.jobs.len(), 1, "few levels: one access call per run");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use super::accounting::{Accounting, Plan};
+use super::accounting::{Accounting, PageOp, Plan};
 use super::backend::PageBackend;
 use super::backend::cpu::CpuBackend;
 use super::config::KvConfig;
@@ -115,15 +115,9 @@ impl KvManager {
     /// Queues the plan's jobs and records which ticket makes which pages ready.
     fn submit(&mut self, slot: SlotId, plan: Plan) -> Result<(), KvError> {
         let done = self.mapper.done();
-        if !plan.need.is_empty() {
-            let ticket = self.mapper.submit(plan.need)?;
-            self.accounting
-                .mark_ready(slot, plan.need_levels, ticket, done);
-        }
-        if !plan.lookahead.is_empty() {
-            let ticket = self.mapper.submit(plan.lookahead)?;
-            self.accounting
-                .mark_ready(slot, plan.lookahead_levels, ticket, done);
+        for job in plan.jobs {
+            let ticket = self.mapper.submit(job.ops)?;
+            self.accounting.mark_ready(slot, job.levels, ticket, done);
         }
         Ok(())
     }
@@ -132,6 +126,27 @@ impl KvManager {
     /// next sequence that fits them, until a shortage trims them.
     pub fn free(&mut self, slot: SlotId) -> Result<(), KvError> {
         self.accounting.free(slot)
+    }
+
+    /// Unmaps the pages idle slots keep for reuse (deferred reclamation), returning them to the
+    /// free pool; for an idle server, and to measure mapping from a cold pool. Returns the
+    /// number of pages queued for unmapping.
+    pub fn trim_idle(&mut self) -> Result<usize, KvError> {
+        let ops = self.accounting.trim_idle();
+        let pages = ops
+            .iter()
+            .map(|op| {
+                if let PageOp::Unmap { count, .. } = op {
+                    *count
+                } else {
+                    0
+                }
+            })
+            .sum();
+        if !ops.is_empty() {
+            self.mapper.submit(ops)?;
+        }
+        Ok(pages)
     }
 
     /// Tokens reserved by `slot`, if it is live.
@@ -217,6 +232,13 @@ impl KvManager {
     #[cfg(test)]
     pub(crate) fn mapper(&self) -> &Mapper {
         &self.mapper
+    }
+
+    /// Shuts down and reports what the page table and totals say afterwards.
+    #[cfg(test)]
+    pub(crate) fn shutdown_for_test(mut self) -> (usize, super::mapper::MapTotals) {
+        self.mapper.shutdown().expect("clean shutdown");
+        (self.mapper.pages_mapped(), self.mapper.totals())
     }
 }
 

@@ -667,9 +667,170 @@ mod cpu {
         manager.wait_ready(slot, 500).expect("mapped");
         assert_eq!(manager.stats().map_stalls, 0);
         assert!(manager.stats().pages_mapped_total >= 4);
+        manager.free(slot).expect("live");
+        assert_eq!(manager.trim_idle().expect("mapper healthy"), 4);
+        manager.sync().expect("unmapped");
+        let stats = manager.stats();
+        assert_eq!(
+            (stats.pages_mapped, stats.pages_free),
+            (0, stats.pages_total)
+        );
         let samples = manager.drain_latencies();
         assert!(!samples.map_per_page.is_empty(), "one sample per map call");
         assert!(manager.drain_latencies().map_per_page.is_empty(), "drained");
+    }
+}
+
+/// The real CPU backend behind a gate the test opens, and optionally failing: to pin down
+/// timing (a mapper that is provably busy) and the error path.
+mod gated {
+    use std::sync::{Arc, Condvar, Mutex};
+
+    use crate::kv::KvError;
+    use crate::kv::backend::cpu::CpuBackend;
+    use crate::kv::backend::{PageBackend, PageId};
+
+    #[derive(Default)]
+    pub(super) struct Gate {
+        open: Mutex<bool>,
+        opened: Condvar,
+    }
+
+    impl Gate {
+        pub(super) fn open(&self) {
+            *self.open.lock().expect("gate lock") = true;
+            self.opened.notify_all();
+        }
+
+        fn pass(&self) {
+            let mut open = self.open.lock().expect("gate lock");
+            while !*open {
+                open = self.opened.wait(open).expect("gate lock");
+            }
+        }
+    }
+
+    pub(super) struct Gated {
+        pub(super) inner: CpuBackend,
+        pub(super) gate: Arc<Gate>,
+        pub(super) fail_maps: bool,
+    }
+
+    impl PageBackend for Gated {
+        fn name(&self) -> &'static str {
+            "cpu-gated"
+        }
+
+        fn base_address(&self) -> usize {
+            self.inner.base_address()
+        }
+
+        fn map_run(&mut self, offset: usize, pages: &[PageId]) -> Result<(), KvError> {
+            self.gate.pass();
+            if self.fail_maps {
+                return Err(KvError::Backend("injected map failure".into()));
+            }
+            self.inner.map_run(offset, pages)
+        }
+
+        fn unmap_run(&mut self, offset: usize, count: usize) -> Result<(), KvError> {
+            self.inner.unmap_run(offset, count)
+        }
+    }
+}
+
+mod mapper_timing {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use super::gated::{Gate, Gated};
+    use super::*;
+    use crate::kv::backend::cpu::CpuBackend;
+
+    fn gated_manager(gate: &Arc<Gate>, fail_maps: bool) -> KvManager {
+        let config = shape(KvLayout::Interleaved, false, 16);
+        KvManager::with_backend(&config, |geometry| {
+            let inner = CpuBackend::new(
+                geometry.virtual_bytes,
+                geometry.page_bytes,
+                geometry.pool_pages,
+            )?;
+            Ok(Box::new(Gated {
+                inner,
+                gate: Arc::clone(gate),
+                fail_maps,
+            }))
+        })
+        .expect("gated manager")
+    }
+
+    #[test]
+    fn engine_waits_for_a_busy_mapper_and_counts_a_stall() {
+        let gate = Arc::new(Gate::default());
+        let mut manager = gated_manager(&gate, false);
+        let slot = manager.admit(300).expect("room");
+        let finished = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| {
+                let result = manager.wait_ready(slot, 300);
+                finished.store(true, Ordering::SeqCst);
+                result
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(
+                !finished.load(Ordering::SeqCst),
+                "wait_ready returned while the page was unmapped"
+            );
+            gate.open();
+            waiter
+                .join()
+                .expect("waiter thread")
+                .expect("mapped after the gate opened");
+        });
+        let stats = manager.stats();
+        assert_eq!(stats.map_stalls, 1);
+        assert!(
+            stats.map_stall_seconds >= 0.04,
+            "{}",
+            stats.map_stall_seconds
+        );
+        manager.wait_ready(slot, 300).expect("ready");
+        assert_eq!(manager.stats().map_stalls, 1, "a ready slot is no stall");
+    }
+
+    #[test]
+    fn a_backend_failure_reaches_every_waiter_as_a_typed_error() {
+        let gate = Arc::new(Gate::default());
+        gate.open();
+        let mut manager = gated_manager(&gate, true);
+        let slot = manager.admit(300).expect("accounting still has room");
+        let error = manager.wait_ready(slot, 300).expect_err("the map failed");
+        assert!(
+            error.to_string().contains("injected map failure"),
+            "{error}"
+        );
+        assert!(
+            matches!(manager.sync(), Err(KvError::Mapper(_))),
+            "the failure is sticky"
+        );
+        assert!(manager.shutdown().is_err(), "shutdown reports the failure");
+    }
+
+    #[test]
+    fn shutdown_unmaps_every_page() {
+        let gate = Arc::new(Gate::default());
+        gate.open();
+        let mut manager = gated_manager(&gate, false);
+        for tokens in [100, 700, 900] {
+            manager.admit(tokens).expect("room");
+        }
+        manager.sync().expect("mapped");
+        let mapper_totals = |manager: &KvManager| manager.stats().pages_mapped_total;
+        assert!(mapper_totals(&manager) > 0);
+        let (mapped_pages, shared_totals) = manager.shutdown_for_test();
+        assert_eq!(mapped_pages, 0, "every page unmapped at shutdown");
+        assert_eq!(shared_totals.pages_mapped, shared_totals.pages_unmapped);
     }
 }
 
