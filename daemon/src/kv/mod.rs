@@ -2,11 +2,12 @@
 //! contiguous, physical pages (`blockSize` bytes) mapped on demand ahead of need.
 //!
 //! - [`config`]: the region's shape and budget; [`geometry`]: where every byte lives;
-//! - [`accounting`](KvBudget): slots and pages, pure bookkeeping;
+//! - `accounting`: slots and pages, pure bookkeeping (what [`KvBudget`] answers from);
 //! - [`backend`]: the physical side (CPU memfd pool, CUDA VMM behind feature `cuda`);
-//! - the mapper thread maps what the next iteration needs while this one computes;
+//! - `mapper` (with its `page_table`): the thread that maps what the next iteration needs while
+//!   this one computes; `ready`: which of its jobs makes which pages usable;
 //! - [`KvManager`] ties them together for the scheduler ([`KvBudget`]) and the forward pass
-//!   ([`KvAccess`](crate::model::kv_access::KvAccess)).
+//!   ([`KvAccess`](crate::model::kv_access::KvAccess)); [`KvStats`] are its counters.
 //!
 //! Must not: know about requests, tokens' contents or the model's maths.
 

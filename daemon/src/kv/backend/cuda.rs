@@ -16,7 +16,7 @@ use cudarc::driver::{CudaContext, sys};
 use super::{PageBackend, PageId};
 use crate::kv::KvError;
 
-pub(crate) fn driver_error(call: &'static str, result: sys::CUresult) -> KvError {
+fn driver_error(call: &'static str, result: sys::CUresult) -> KvError {
     // The enum's own Debug is its variant name; it does not call into the driver.
     KvError::Driver {
         call,
