@@ -282,6 +282,9 @@ pub fn save_rows(dir: &Path, rows: &NewRows, model: String) -> Result<Embeddings
     let tmp = dir.join(format!("{EMBEDDINGS_FILE}.part"));
     candle_core::safetensors::save(&tensors, &tmp)
         .map_err(|e| VocabError::Weights(e.to_string()))?;
+    // Readable like patch.json, so a daemon running as another user can load a copied artifact.
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .map_err(VocabError::io(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(VocabError::io(&path))?;
     let bytes = std::fs::read(&path).map_err(VocabError::io(&path))?;
     Ok(EmbeddingsInfo {
@@ -514,6 +517,11 @@ mod tests {
                 .load_rows()
                 .unwrap(),
             rows
+        );
+        let meta = std::fs::metadata(dir.join(EMBEDDINGS_FILE)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+            0o644
         );
 
         std::fs::write(dir.join(EMBEDDINGS_FILE), b"garbage").unwrap();
