@@ -155,10 +155,13 @@ fn merges_by_result(
     let merges = json
         .get("merges")
         .and_then(|m| m.as_array())
-        .cloned()
-        .unwrap_or_default();
+        .ok_or_else(|| {
+            VocabError::BadOptions(
+                "the base BPE model lists no merges to decompose tokens with".into(),
+            )
+        })?;
     let mut made_by = HashMap::with_capacity(merges.len());
-    for merge in &merges {
+    for merge in merges {
         let pair: Option<(&str, &str)> = match merge {
             serde_json::Value::Array(p) if p.len() == 2 => p[0].as_str().zip(p[1].as_str()),
             serde_json::Value::String(s) => s.split_once(' '),

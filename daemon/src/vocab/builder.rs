@@ -83,6 +83,12 @@ impl BuildOptions {
 /// Runs AdaptiVocab on `corpus` (tokenized with `codec`'s base tokenizer).
 pub fn build(codec: &Codec, corpus: &Corpus, options: &BuildOptions) -> Result<PatchSpec> {
     options.validate()?;
+    // N-gram occurrences are indexed by u32 token positions.
+    if u32::try_from(corpus.sequences.total_tokens()).is_err() {
+        return Err(VocabError::BadOptions(
+            "the corpus has more than 2^32 tokens; use a sample".into(),
+        ));
+    }
     let vocab = BaseVocab::new(codec)?;
     let counts = removal::unigram_counts(vocab.len(), &corpus.sequences);
     let candidates = removal::choose(&vocab, &counts, options.swap);
