@@ -1,6 +1,7 @@
 //! `fused-daemon`: the FusedModel serving daemon's command line.
 
 use clap::{Parser, Subcommand};
+<<<<<<< HEAD
 use fused_daemon::eval;
 use fused_daemon::model::gguf::GgufFile;
 use fused_daemon::model::{Model, ModelConfig, dummy};
@@ -12,6 +13,11 @@ use fused_daemon::serve::{self, ServeArgs};
     version,
     about = "Serve a domain-tuned LLM with an OpenAI-compatible API"
 )]
+=======
+
+#[derive(Debug, Parser)]
+#[command(name = "fused-daemon", version, about = "FusedModel serving daemon")]
+>>>>>>> vocab
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,6 +25,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+<<<<<<< HEAD
     /// Serve the OpenAI-compatible API (the main job).
     Serve(Box<ServeArgs>),
     /// Write the logits of two prompts (token ids) computed three ways, as safetensors, for
@@ -75,5 +82,14 @@ fn main() -> anyhow::Result<()> {
             println!("{}", out.display());
             Ok(())
         }
+=======
+    /// Build and evaluate AdaptiVocab domain patch tokenizers.
+    Vocab(fused_daemon::vocab::cli::VocabArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Vocab(args) => fused_daemon::vocab::cli::run(args),
+>>>>>>> vocab
     }
 }

@@ -83,11 +83,11 @@ impl ChatTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenizer::test_assets;
+    use crate::tokenizer::fixtures;
 
     #[test]
     fn smollm2_renders_chatml() {
-        let Some(codec) = test_assets::smollm2() else {
+        let Some(codec) = fixtures::smollm2() else {
             return;
         };
         let prompt = codec
@@ -116,7 +116,7 @@ mod tests {
 
     #[test]
     fn a_model_without_template_says_so() {
-        let Some(codec) = test_assets::mistral() else {
+        let Some(codec) = fixtures::mistral() else {
             return;
         };
         let err = codec

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::quantized::gguf_file;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
@@ -16,7 +17,7 @@ use super::stream::StreamDecoder;
 use super::{BaseParts, gguf, hf_dir};
 
 /// Special token ids from the model's metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct SpecialIds {
     pub bos: Option<u32>,
     /// Ids that end generation: EOS first, then end-of-turn ids.
@@ -400,7 +401,7 @@ fn digest_of(tokenizer: &Tokenizer) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenizer::test_assets;
+    use crate::tokenizer::fixtures;
 
     /// Golden ids from Python `tokenizers` 0.23.3: a BPE built from this GGUF's
     /// `tokenizer.ggml.tokens`/`merges` with SmolLM2's published tokenizer.json pipeline
@@ -451,7 +452,7 @@ mod tests {
 
     #[test]
     fn smollm2_matches_golden_ids_and_has_no_prefix_space() {
-        let Some(codec) = test_assets::smollm2() else {
+        let Some(codec) = fixtures::smollm2() else {
             return;
         };
         for (text, ids) in SMOLLM2_GOLDEN {
@@ -468,7 +469,7 @@ mod tests {
 
     #[test]
     fn smollm2_round_trips_real_text() {
-        let Some(codec) = test_assets::smollm2() else {
+        let Some(codec) = fixtures::smollm2() else {
             return;
         };
         for text in [
@@ -487,7 +488,7 @@ mod tests {
 
     #[test]
     fn smollm2_special_ids_come_from_metadata() {
-        let Some(codec) = test_assets::smollm2() else {
+        let Some(codec) = fixtures::smollm2() else {
             return;
         };
         assert_eq!(codec.vocab_size(), 49152);
@@ -509,7 +510,7 @@ mod tests {
 
     #[test]
     fn mistral_matches_golden_ids_and_round_trips() {
-        let Some(codec) = test_assets::mistral() else {
+        let Some(codec) = fixtures::mistral() else {
             return;
         };
         for (text, ids) in MISTRAL_GOLDEN {
@@ -527,7 +528,7 @@ mod tests {
 
     #[test]
     fn out_of_range_ids_are_errors_not_dropped() {
-        let Some(codec) = test_assets::smollm2() else {
+        let Some(codec) = fixtures::smollm2() else {
             return;
         };
         let err = codec.decode(&[504, 49152], false).unwrap_err();
@@ -546,10 +547,10 @@ mod tests {
 
     #[test]
     fn digest_identifies_the_base_tokenizer() {
-        let (Some(smol), Some(mistral)) = (test_assets::smollm2(), test_assets::mistral()) else {
+        let (Some(smol), Some(mistral)) = (fixtures::smollm2(), fixtures::mistral()) else {
             return;
         };
-        let path = test_assets::smollm2_gguf().unwrap();
+        let path = fixtures::smollm2_gguf().unwrap();
         let again = Codec::from_gguf_path(&path).unwrap();
         assert_eq!(smol.base_digest(), again.base_digest());
         assert_ne!(smol.base_digest(), mistral.base_digest());

@@ -494,10 +494,10 @@ fn template_processor(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenizer::{Codec, test_assets};
+    use crate::tokenizer::{Codec, fixtures};
 
     fn smollm2_metadata() -> Option<HashMap<String, Value>> {
-        let path = test_assets::smollm2_gguf()?;
+        let path = fixtures::smollm2_gguf()?;
         let mut file = std::fs::File::open(path).unwrap();
         Some(
             candle_core::quantized::gguf_file::Content::read(&mut file)
@@ -559,7 +559,7 @@ mod tests {
 
     #[test]
     fn llama_sentencepiece_gguf_matches_the_tokenizer_json() {
-        let Some(reference) = test_assets::mistral() else {
+        let Some(reference) = fixtures::mistral() else {
             return;
         };
         let from_gguf =

