@@ -1,7 +1,6 @@
 //! `fused-daemon`: the FusedModel serving daemon's command line.
 
 use clap::{Parser, Subcommand};
-<<<<<<< HEAD
 use fused_daemon::eval;
 use fused_daemon::model::gguf::GgufFile;
 use fused_daemon::model::{Model, ModelConfig, dummy};
@@ -13,11 +12,6 @@ use fused_daemon::serve::{self, ServeArgs};
     version,
     about = "Serve a domain-tuned LLM with an OpenAI-compatible API"
 )]
-=======
-
-#[derive(Debug, Parser)]
-#[command(name = "fused-daemon", version, about = "FusedModel serving daemon")]
->>>>>>> vocab
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,9 +19,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-<<<<<<< HEAD
     /// Serve the OpenAI-compatible API (the main job).
     Serve(Box<ServeArgs>),
+    /// Build and evaluate AdaptiVocab domain patch tokenizers.
+    Vocab(fused_daemon::vocab::cli::VocabArgs),
     /// Write the logits of two prompts (token ids) computed three ways, as safetensors, for
     /// comparison with a reference implementation.
     Logits {
@@ -63,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve::run(*args),
+        Command::Vocab(args) => fused_daemon::vocab::cli::run(args),
         Command::Logits { model, a, b, out } => {
             let model = if model.is_dir() {
                 Model::load_hf_dir(&model)?
@@ -82,14 +78,5 @@ fn main() -> anyhow::Result<()> {
             println!("{}", out.display());
             Ok(())
         }
-=======
-    /// Build and evaluate AdaptiVocab domain patch tokenizers.
-    Vocab(fused_daemon::vocab::cli::VocabArgs),
-}
-
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Vocab(args) => fused_daemon::vocab::cli::run(args),
->>>>>>> vocab
     }
 }
