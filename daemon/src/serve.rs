@@ -51,9 +51,13 @@ pub struct ServeArgs {
     /// Tokenizer (tokenizer.json, HF directory or GGUF); default: the model's own.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// AdaptiVocab patch directory (built by `fused-daemon vocab build`).
+    /// AdaptiVocab patch directory (built by `fused-daemon vocab build`, embeddings added by
+    /// `vocab init-embeddings`). The daemon refuses a patch built for another base tokenizer.
     #[arg(long, env = "FUSED_PATCH_TOKENIZER")]
     pub patch_tokenizer: Option<PathBuf>,
+    /// Expected sha256 of the patch artifact (the CRD's `patchTokenizer.sha256`).
+    #[arg(long, requires = "patch_tokenizer")]
+    pub patch_sha256: Option<String>,
     /// KV page size in bytes (a multiple of 2 MiB).
     #[arg(long, default_value_t = 2 * 1024 * 1024)]
     pub kv_block_size: usize,
@@ -183,12 +187,26 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Model, Codec, String)> {
             }
         }
     };
-    if let Some(dir) = &args.patch_tokenizer {
-        bail!(
-            "--patch-tokenizer {}: patched serving is not wired in yet",
-            dir.display()
-        );
-    }
+    let (mut model, codec) = (model, codec);
+    let codec = match &args.patch_tokenizer {
+        None => codec,
+        Some(dir) => {
+            let (codec, patch) =
+                crate::vocab::serving::load_for_serving(dir, args.patch_sha256.as_deref(), codec)
+                    .with_context(|| format!("loading the patch tokenizer {}", dir.display()))?;
+            let weights = &mut model.weights;
+            let (embed, head) = patch.tokenizer.remap_embedding_and_head(
+                &weights.embed,
+                weights.lm_head(),
+                model.config.vocab_size,
+                &patch.rows,
+            )?;
+            weights.embed = embed;
+            weights.lm_head = Some(head);
+            tracing::info!(patch = %dir.display(), new_tokens = patch.rows.ids.len(), "vocabulary patch applied");
+            codec
+        }
+    };
     if codec.vocab_size() > model.config.vocab_size {
         bail!(
             "the tokenizer has {} ids but the model only {} embedding rows",
