@@ -479,3 +479,38 @@ impl Kernels {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_splits_cover_the_context_and_respect_limits() {
+        for (decodes, kv_heads, ctx) in [(1, 32, 4096), (256, 8, 4096), (3, 3, 1), (1, 1, 100_000)] {
+            let s = DecodeSplits::plan(decodes, kv_heads, ctx, 132);
+            assert!(s.split_len * s.splits >= ctx, "{s:?} for {ctx}");
+            assert!((32..=DECODE_MAX_SPLIT).contains(&s.split_len), "{s:?}");
+            assert!(s.split_len.is_multiple_of(32));
+        }
+        assert_eq!(DecodeSplits::plan(1, 32, 4096, 132).split_len, 256);
+        assert_eq!(DecodeSplits::plan(1, 32, 64, 132).splits, 2);
+    }
+
+    /// Compiles the real sources with the real NVRTC when the library is on this machine (it
+    /// needs no GPU); CI machines without it skip loudly.
+    #[test]
+    fn kernel_sources_compile_with_nvrtc() {
+        // SAFETY: only tries to open the library.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("SKIPPED kernel_sources_compile_with_nvrtc: libnvrtc is not installed here");
+            return;
+        }
+        let source: String = SOURCES.iter().map(|(_, t)| format!("{t}\n")).collect();
+        let (cubin, status) = compile_cubin(&source, "sm_90", None).expect("sources compile");
+        assert_eq!(status, CacheStatus::Disabled);
+        assert_eq!(&cubin[..4], b"\x7fELF", "a cubin is an ELF image");
+        let broken = format!("{source}\nextern \"C\" __global__ void broken() {{ undefined(); }}");
+        let error = compile_cubin(&broken, "sm_90", None).expect_err("broken source");
+        assert!(error.to_string().contains("undefined"), "{error}");
+    }
+}
