@@ -186,13 +186,21 @@ impl Check<'_> {
         Ok(())
     }
 
-    fn embed_and_norm(&mut self, rows: usize, hidden: usize, vocab: usize) -> Result<(), CudaError> {
+    fn embed_and_norm(
+        &mut self,
+        rows: usize,
+        hidden: usize,
+        vocab: usize,
+    ) -> Result<(), CudaError> {
         let table = round_bf16(&self.rng.vec(vocab * hidden, -1.0, 1.0));
         let tokens: Vec<u32> = (0..rows).map(|_| self.rng.below(vocab) as u32).collect();
         let (td, tabd) = (self.buffer(&tokens)?, self.buffer(&to_bf16(&table))?);
         let x = self.poisoned::<f32>(rows * hidden)?;
         // SAFETY: shapes as allocated; tokens below vocab.
-        unsafe { self.kernels.embed(td.ptr(), tabd.ptr(), x.ptr(), rows, hidden) }?;
+        unsafe {
+            self.kernels
+                .embed(td.ptr(), tabd.ptr(), x.ptr(), rows, hidden)
+        }?;
         let got = self.read_f32(&x, rows * hidden)?;
         let want: Vec<f32> = tokens
             .iter()
@@ -241,7 +249,11 @@ impl Check<'_> {
         let got = self.read_bf16(out.ptr(), rows * ffn)?;
         let mut want = vec![0.0; rows * ffn];
         cpu::silu_mul(&gu, ffn, &mut want);
-        self.report(&format!("silu_mul {rows}x{ffn}"), rel_l2(&got, &want), BF16_TOL);
+        self.report(
+            &format!("silu_mul {rows}x{ffn}"),
+            rel_l2(&got, &want),
+            BF16_TOL,
+        );
 
         let logits = self.rng.vec(rows * vocab, -10.0, 10.0);
         let ld = self.buffer(&logits)?;
@@ -327,8 +339,10 @@ impl Check<'_> {
                 let vrow = to_bf16(&v[p * kv_dim..(p + 1) * kv_dim]);
                 // SAFETY: inside the region: position p < max_pos of sequence i.
                 unsafe {
-                    self.dev.upload(kv_ptrs[2 * i] + (p * stride) as u64, &row)?;
-                    self.dev.upload(kv_ptrs[2 * i + 1] + (p * stride) as u64, &vrow)?;
+                    self.dev
+                        .upload(kv_ptrs[2 * i] + (p * stride) as u64, &row)?;
+                    self.dev
+                        .upload(kv_ptrs[2 * i + 1] + (p * stride) as u64, &vrow)?;
                 }
             }
             k_hist.push(k);
@@ -363,7 +377,17 @@ impl Check<'_> {
             self.buffer(&lens)?,
             self.buffer(&starts)?,
         ];
-        let [qkv_d, pos_d, chunk_d, kv_d, cos_d, sin_d, qs_d, len_d, start_d] = &bufs;
+        let [
+            qkv_d,
+            pos_d,
+            chunk_d,
+            kv_d,
+            cos_d,
+            sin_d,
+            qs_d,
+            len_d,
+            start_d,
+        ] = &bufs;
         let q = self.poisoned::<bf16>(rows * q_dim)?;
         let batch = AttentionBatch {
             chunk_q_start: qs_d.ptr(),
@@ -436,7 +460,11 @@ impl Check<'_> {
         } else {
             f64::NAN
         };
-        self.report(&format!("kv_write (+spare bytes kept) d{d}"), kv_err, BF16_TOL);
+        self.report(
+            &format!("kv_write (+spare bytes kept) d{d}"),
+            kv_err,
+            BF16_TOL,
+        );
 
         // Reference attention from the bf16 Q the kernel produced (isolates attention error).
         let scale = 1.0 / (d as f32).sqrt();
@@ -445,7 +473,9 @@ impl Check<'_> {
         for (i, &(start, n)) in seqs.iter().enumerate() {
             let qs = &got_q[row * q_dim..(row + n) * q_dim];
             let mut out = vec![0.0; n * q_dim];
-            cpu::attend_causal(shape, qs, start, &k_all[i], &v_all[i], kv_dim, scale, &mut out);
+            cpu::attend_causal(
+                shape, qs, start, &k_all[i], &v_all[i], kv_dim, scale, &mut out,
+            );
             want.extend(out);
             row += n;
         }
@@ -482,8 +512,14 @@ impl Check<'_> {
         let [tc, tr, dr, dc, po, pml] = &lists;
         // SAFETY: shapes as allocated; all keys were written above.
         unsafe {
-            self.kernels
-                .attention_prefill(&batch, q.ptr(), out.ptr(), tc.ptr(), tr.ptr(), tile_chunk.len())?;
+            self.kernels.attention_prefill(
+                &batch,
+                q.ptr(),
+                out.ptr(),
+                tc.ptr(),
+                tr.ptr(),
+                tile_chunk.len(),
+            )?;
             self.kernels.attention_decode(
                 &batch,
                 q.ptr(),
@@ -512,7 +548,10 @@ impl Check<'_> {
         }
         let name = format!("attn prefill h{heads}/{kv_heads} d{d}");
         self.report(&name, rel_l2(&gp, &wp), BF16_TOL);
-        let name = format!("attn decode h{heads}/{kv_heads} d{d} split {}", splits.split_len);
+        let name = format!(
+            "attn decode h{heads}/{kv_heads} d{d} split {}",
+            splits.split_len
+        );
         self.report(&name, rel_l2(&gd, &wd), BF16_TOL);
         Ok(())
     }
@@ -562,7 +601,15 @@ fn run(seed: u64) -> Result<usize, CudaError> {
     check.silu_and_argmax(29, 11008, 32000)?;
     check.fill()?;
     // (start, new tokens) per sequence: fresh prefills, continued chunks, decodes.
-    let seqs = [(0, 130), (200, 77), (0, 1), (37, 1), (1500, 1), (999, 64), (3000, 1)];
+    let seqs = [
+        (0, 130),
+        (200, 77),
+        (0, 1),
+        (37, 1),
+        (1500, 1),
+        (999, 64),
+        (3000, 1),
+    ];
     for shape in [
         AttentionShape {
             heads: 32,

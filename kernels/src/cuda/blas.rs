@@ -18,7 +18,9 @@ const WORKSPACE_BYTES: usize = 32 << 20;
 pub enum GemmOut {
     Bf16,
     /// `accumulate`: `y += x · Wᵀ` instead of `y = x · Wᵀ`.
-    F32 { accumulate: bool },
+    F32 {
+        accumulate: bool,
+    },
 }
 
 /// A cuBLAS handle on the device's stream.
@@ -83,6 +85,7 @@ impl Blas {
     ///
     /// # Safety
     /// The pointers must address device buffers of those shapes (bf16 `x`, `W`; `y` as `kind`).
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn linear(
         &self,
         x: u64,

@@ -45,9 +45,15 @@ impl GpuDevice {
         // SAFETY: each check only tries to open a shared library; nothing is called in it.
         let present = unsafe {
             [
-                ("the CUDA driver (libcuda)", cudarc::driver::sys::is_culib_present()),
+                (
+                    "the CUDA driver (libcuda)",
+                    cudarc::driver::sys::is_culib_present(),
+                ),
                 ("NVRTC (libnvrtc)", cudarc::nvrtc::sys::is_culib_present()),
-                ("cuBLAS (libcublas)", cudarc::cublas::sys::is_culib_present()),
+                (
+                    "cuBLAS (libcublas)",
+                    cudarc::cublas::sys::is_culib_present(),
+                ),
             ]
         };
         if let Some((missing, _)) = present.iter().find(|(_, found)| !found) {
@@ -229,7 +235,9 @@ impl GpuTimer {
     pub fn stop_ms(&self) -> Result<f32, CudaError> {
         self.end.record(&self.stream).during("cuEventRecord")?;
         self.end.synchronize().during("cuEventSynchronize")?;
-        self.start.elapsed_ms(&self.end).during("cuEventElapsedTime")
+        self.start
+            .elapsed_ms(&self.end)
+            .during("cuEventElapsedTime")
     }
 }
 

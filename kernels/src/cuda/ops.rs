@@ -486,7 +486,8 @@ mod tests {
 
     #[test]
     fn decode_splits_cover_the_context_and_respect_limits() {
-        for (decodes, kv_heads, ctx) in [(1, 32, 4096), (256, 8, 4096), (3, 3, 1), (1, 1, 100_000)] {
+        for (decodes, kv_heads, ctx) in [(1, 32, 4096), (256, 8, 4096), (3, 3, 1), (1, 1, 100_000)]
+        {
             let s = DecodeSplits::plan(decodes, kv_heads, ctx, 132);
             assert!(s.split_len * s.splits >= ctx, "{s:?} for {ctx}");
             assert!((32..=DECODE_MAX_SPLIT).contains(&s.split_len), "{s:?}");
