@@ -6,8 +6,8 @@
 
 use fused_kernels::cpu::{self, AttentionShape, RopeTable};
 use fused_kernels::cuda::{
-    AttentionBatch, Blas, CudaError, DecodeSplits, DeviceBuffer, GemmOut, GpuDevice, Kernels,
-    PREFILL_TILE_ROWS,
+    AttentionBatch, Blas, CudaError, DecodeSplits, DeviceBuffer, GEMV_MAX_ROWS, GemmOut, GpuDevice,
+    Kernels, PREFILL_TILE_ROWS,
 };
 use half::bf16;
 
@@ -183,6 +183,28 @@ impl Check<'_> {
             rel_l2(&got, &want),
             BF16_TOL,
         );
+        if rows <= GEMV_MAX_ROWS {
+            let acc = self.buffer(&y0)?;
+            let yb = self.poisoned::<bf16>(rows * out)?;
+            let y = self.poisoned::<f32>(rows * out)?;
+            // SAFETY: shapes as allocated.
+            unsafe {
+                let (x, w) = (xd.ptr(), wd.ptr());
+                let set = GemmOut::F32 { accumulate: false };
+                let add = GemmOut::F32 { accumulate: true };
+                self.kernels.gemv(x, w, y.ptr(), rows, out, inner, set)?;
+                self.kernels.gemv(x, w, acc.ptr(), rows, out, inner, add)?;
+                self.kernels
+                    .gemv(x, w, yb.ptr(), rows, out, inner, GemmOut::Bf16)?;
+            }
+            let name = format!("gemv {rows}x{out}x{inner}");
+            let got = self.read_f32(&y, rows * out)?;
+            self.report(&format!("{name} ->f32"), rel_l2(&got, &want), FP32_TOL);
+            let got = self.read_f32(&acc, rows * out)?;
+            self.report(&format!("{name} y+="), rel_l2(&got, &want_acc), FP32_TOL);
+            let got = self.read_bf16(yb.ptr(), rows * out)?;
+            self.report(&format!("{name} ->bf16"), rel_l2(&got, &want), BF16_TOL);
+        }
         Ok(())
     }
 
@@ -595,6 +617,9 @@ fn run(seed: u64) -> Result<usize, CudaError> {
         failures: 0,
     };
     check.gemm(1, 4096, 4096)?;
+    check.gemm(3, 22016, 4096)?;
+    check.gemm(8, 4096, 11008)?;
+    check.gemm(5, 4096, 576)?;
     check.gemm(37, 1000, 576)?;
     check.gemm(300, 2304, 4096)?;
     check.embed_and_norm(37, 4096, 1000)?;

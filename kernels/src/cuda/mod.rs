@@ -27,4 +27,4 @@ pub use compile::{CacheStatus, compile_cubin};
 pub use device::{DeviceBuffer, GpuDevice, GpuTimer};
 pub use error::CudaError;
 pub use graph::Graph;
-pub use ops::{AttentionBatch, DecodeSplits, Kernels, PREFILL_TILE_ROWS, SOURCES};
+pub use ops::{AttentionBatch, DecodeSplits, GEMV_MAX_ROWS, Kernels, PREFILL_TILE_ROWS, SOURCES};

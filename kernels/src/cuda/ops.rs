@@ -10,16 +10,21 @@ use std::sync::Arc;
 use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 
+use super::blas::GemmOut;
 use super::compile::{CacheStatus, compile_cubin};
 use super::device::GpuDevice;
 use super::error::{CudaError, DriverResult, as_i32, as_u32};
 
 /// The kernel sources, in the order they are concatenated for NVRTC.
-pub const SOURCES: [(&str, &str); 3] = [
+pub const SOURCES: [(&str, &str); 4] = [
     ("common.cuh", include_str!("cu/common.cuh")),
     ("elementwise.cu", include_str!("cu/elementwise.cu")),
     ("attention.cu", include_str!("cu/attention.cu")),
+    ("gemv.cu", include_str!("cu/gemv.cu")),
 ];
+
+/// Most rows [`Kernels::gemv`] takes (decode batches up to this use it instead of cuBLAS).
+pub const GEMV_MAX_ROWS: usize = 8;
 
 /// Largest keys per decode split and query heads per KV head the decode kernel supports.
 const DECODE_MAX_SPLIT: usize = 256;
@@ -86,8 +91,13 @@ pub struct Kernels {
     fill_f32: CudaFunction,
     prefill_64: CudaFunction,
     prefill_128: CudaFunction,
-    decode_64: CudaFunction,
-    decode_128: CudaFunction,
+    prefill_128_occ3: CudaFunction,
+    /// Use the 168-register build of the d128 prefill kernel (3 blocks per SM).
+    pub prefill_occupancy3: bool,
+    /// `gemv_r{1,2,4,8}`.
+    gemv: [CudaFunction; 4],
+    /// Decode attention by head dim (64, 128) and largest group (1, 4, 8).
+    decode: [[CudaFunction; 3]; 2],
     combine: CudaFunction,
 }
 
@@ -142,8 +152,26 @@ impl Kernels {
             fill_f32: function("fill_uniform_f32")?,
             prefill_64: function("attn_prefill_d64")?,
             prefill_128: function("attn_prefill_d128")?,
-            decode_64: function("attn_decode_d64")?,
-            decode_128: function("attn_decode_d128")?,
+            prefill_128_occ3: function("attn_prefill_d128_occ3")?,
+            prefill_occupancy3: false,
+            gemv: [
+                function("gemv_r1")?,
+                function("gemv_r2")?,
+                function("gemv_r4")?,
+                function("gemv_r8")?,
+            ],
+            decode: [
+                [
+                    function("attn_decode_d64_g1")?,
+                    function("attn_decode_d64_g4")?,
+                    function("attn_decode_d64_g8")?,
+                ],
+                [
+                    function("attn_decode_d128_g1")?,
+                    function("attn_decode_d128_g4")?,
+                    function("attn_decode_d128_g8")?,
+                ],
+            ],
             combine: function("attn_decode_combine")?,
         };
         Ok((kernels, status))
@@ -344,6 +372,54 @@ impl Kernels {
         Ok(())
     }
 
+    /// `y = x · Wᵀ` for at most [`GEMV_MAX_ROWS`] rows (`x [rows, inner]`, `W [out, inner]` bf16,
+    /// `inner` a multiple of 8; `y [rows, out]` as `kind`), streaming W at memory bandwidth.
+    ///
+    /// # Safety
+    /// Pointers address buffers of those shapes.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemv(
+        &self,
+        x: u64,
+        w: u64,
+        y: u64,
+        rows: usize,
+        out: usize,
+        inner: usize,
+        kind: GemmOut,
+    ) -> Result<(), CudaError> {
+        if rows == 0 {
+            return Ok(());
+        }
+        if rows > GEMV_MAX_ROWS || !inner.is_multiple_of(8) {
+            return Err(CudaError::Invalid(format!(
+                "gemv takes at most {GEMV_MAX_ROWS} rows and inner sizes that are multiples of 8, \
+                 not {rows} x {inner}"
+            )));
+        }
+        let function = &self.gemv[match rows {
+            1 => 0,
+            2 => 1,
+            3..=4 => 2,
+            _ => 3,
+        }];
+        let mode: i32 = match kind {
+            GemmOut::F32 { accumulate: false } => 0,
+            GemmOut::F32 { accumulate: true } => 1,
+            GemmOut::Bf16 => 2,
+        };
+        let (n, o, i) = (
+            as_i32(rows, "rows")?,
+            as_i32(out, "out")?,
+            as_i32(inner, "inner")?,
+        );
+        let mut b = self.stream.launch_builder(function);
+        b.arg(&x).arg(&w).arg(&y).arg(&n).arg(&o).arg(&i).arg(&mode);
+        // SAFETY: per the contract.
+        unsafe { b.launch(grid(out.div_ceil(8), 1, 1, 256)?) }.during("launch gemv")?;
+        Ok(())
+    }
+
     fn check_shape(batch: &AttentionBatch) -> Result<(), CudaError> {
         if !Self::supports_attention(batch.heads, batch.kv_heads, batch.head_dim) {
             return Err(CudaError::Invalid(format!(
@@ -381,10 +457,10 @@ impl Kernels {
         if tiles == 0 {
             return Ok(());
         }
-        let function = if batch.head_dim == 64 {
-            &self.prefill_64
-        } else {
-            &self.prefill_128
+        let function = match (batch.head_dim, self.prefill_occupancy3) {
+            (64, _) => &self.prefill_64,
+            (_, false) => &self.prefill_128,
+            (_, true) => &self.prefill_128_occ3,
         };
         let stride = batch.token_stride as i64;
         let (heads, kv_heads) = (as_i32(batch.heads, "heads")?, as_i32(batch.kv_heads, "kv")?);
@@ -434,10 +510,11 @@ impl Kernels {
         if decodes == 0 {
             return Ok(());
         }
-        let function = if batch.head_dim == 64 {
-            &self.decode_64
-        } else {
-            &self.decode_128
+        let by_dim = &self.decode[usize::from(batch.head_dim == 128)];
+        let function = match batch.heads / batch.kv_heads {
+            1 => &by_dim[0],
+            2..=4 => &by_dim[1],
+            _ => &by_dim[2],
         };
         let stride = batch.token_stride as i64;
         let (heads, kv_heads) = (as_i32(batch.heads, "heads")?, as_i32(batch.kv_heads, "kv")?);

@@ -117,6 +117,7 @@ pub fn decode_batch1(
     let vocab = model.config().vocab_size;
     let prompt_len = 128;
     let mut kv = kv_for(device, model, KvLayout::Interleaved, 2, 4096, 4 << 30)?;
+    model.set_max_context(4096);
     for graphs in [false, true] {
         model.set_graphs(graphs);
         let slot = kv.admit(prompt_len + steps + 1)?;
@@ -229,18 +230,20 @@ pub fn prefill(
     Ok(())
 }
 
-/// (e) The two KV layouts under the same decode workload: `seqs` sequences with prompts of equal
-/// length decoding together, KV reserved one token ahead per step (as the scheduler does) so the
-/// mapper maps pages in the background; per-step times split by whether any sequence entered a
-/// new page that step.
+/// (e) The two KV layouts under the same decode workload: `seqs` sequences with prompts of
+/// 100 + 4 i tokens decoding together, KV reserved one token ahead per step (as the scheduler
+/// does) so the mapper maps pages in the background; per-step times split by whether a sequence
+/// entered a new page that step (every fourth step, in both layouts).
 pub fn vattention(
     device: &Arc<GpuDevice>,
     model: &mut GpuModel,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let (seqs, prompt_len, steps) = (64usize, 100usize, 160usize);
+    let (seqs, steps) = (64usize, 160usize);
+    let prompt_len = |i: usize| 100 + 4 * i;
     let vocab = model.config().vocab_size;
     model.set_graphs(true);
+    model.set_max_context(1024);
     for layout in [KvLayout::PerLayer, KvLayout::Interleaved] {
         let name = match layout {
             KvLayout::PerLayer => "perLayer",
@@ -250,17 +253,17 @@ pub fn vattention(
         let per_page = kv.tokens_per_page();
         let mut slots = Vec::new();
         let prompts: Vec<Vec<u32>> = (0..seqs)
-            .map(|i| prompt(prompt_len, vocab, i as u32))
+            .map(|i| prompt(prompt_len(i), vocab, i as u32))
             .collect();
-        for _ in 0..seqs {
-            slots.push(kv.admit(prompt_len)?);
+        for p in &prompts {
+            slots.push(kv.admit(p.len())?);
         }
         for (chunk_slots, chunk_prompts) in slots.chunks(16).zip(prompts.chunks(16)) {
             let chunks: Vec<SeqChunk<'_>> = chunk_slots
                 .iter()
                 .zip(chunk_prompts)
                 .map(|(&slot, p)| {
-                    kv.wait_ready(slot, prompt_len)?;
+                    kv.wait_ready(slot, p.len())?;
                     Ok(SeqChunk {
                         slot,
                         start_pos: 0,
@@ -276,9 +279,11 @@ pub fn vattention(
         let (mut boundary, mut steady) = (Vec::new(), Vec::new());
         let started_all = Instant::now();
         for step in 0..steps {
-            let pos = prompt_len + step;
             let started = Instant::now();
-            for &slot in &slots {
+            let mut crossing = false;
+            for (i, &slot) in slots.iter().enumerate() {
+                let pos = prompt_len(i) + step;
+                crossing |= pos.is_multiple_of(per_page);
                 // Next step's token too: the mapper works while this step computes.
                 kv.reserve(slot, pos + 2)?;
                 kv.wait_ready(slot, pos + 1)?;
@@ -286,9 +291,10 @@ pub fn vattention(
             let chunks: Vec<SeqChunk<'_>> = slots
                 .iter()
                 .zip(&next)
-                .map(|(&slot, token)| SeqChunk {
+                .enumerate()
+                .map(|(i, (&slot, token))| SeqChunk {
                     slot,
-                    start_pos: pos,
+                    start_pos: prompt_len(i) + step,
                     tokens: token,
                     logits: LogitsWanted::Last,
                 })
@@ -299,7 +305,7 @@ pub fn vattention(
             }
             let seconds = started.elapsed().as_secs_f64();
             if step >= 4 {
-                if pos.is_multiple_of(per_page) {
+                if crossing {
                     boundary.push(seconds);
                 } else {
                     steady.push(seconds);

@@ -168,9 +168,9 @@ fn scenario(
     let (mut prefill, mut eager, mut graph) = (Pair::default(), Pair::default(), Pair::default());
     // Step 1: A's first chunk (no logits) next to B's whole prompt (all logits).
     let run = |gpu: &mut GpuModel,
-                   kv: &KvManager,
-                   gpu_chunks: &[SeqChunk<'_>],
-                   cpu_chunks: &[SeqChunk<'_>]|
+               kv: &KvManager,
+               gpu_chunks: &[SeqChunk<'_>],
+               cpu_chunks: &[SeqChunk<'_>]|
      -> anyhow::Result<(Logits, Logits)> {
         Ok((
             gpu.forward(gpu_chunks, kv)?,
@@ -231,9 +231,24 @@ fn scenario(
         KvLayout::Interleaved => "interleaved",
     };
     let label = |what: &str| format!("{name} {layout_name} {what} vs CPU");
-    report.check("check", &label("chunked prefill"), rel_l2(&prefill.gpu, &prefill.cpu), E2E_TOL);
-    report.check("check", &label("decode eager"), rel_l2(&eager.gpu, &eager.cpu), E2E_TOL);
-    report.check("check", &label("decode graph"), rel_l2(&graph.gpu, &graph.cpu), E2E_TOL);
+    report.check(
+        "check",
+        &label("chunked prefill"),
+        rel_l2(&prefill.gpu, &prefill.cpu),
+        E2E_TOL,
+    );
+    report.check(
+        "check",
+        &label("decode eager"),
+        rel_l2(&eager.gpu, &eager.cpu),
+        E2E_TOL,
+    );
+    report.check(
+        "check",
+        &label("decode graph"),
+        rel_l2(&graph.gpu, &graph.cpu),
+        E2E_TOL,
+    );
     if gpu.graphs_captured() == 0 {
         report.check("check", &label("graph was captured"), f64::NAN, 0.0);
     }

@@ -5,6 +5,7 @@
 //!   weights, through the real CUDA KV region in both layouts, chunked prefill, eager and graph
 //!   decode; optionally writes a dummy checkpoint + GPU logits for the HF transformers check;
 //! - `ceilings`: device copy bandwidth and bf16 GEMM rate, measured in the same run;
+//! - `ops`: device time of each operation of a layer (decode at batch 1, 4K prefill);
 //! - `decode`: batch-1 decode tok/s of dummy Llama-2-7B against the memory roofline (a);
 //! - `prefill`: a 4K-token prompt's TFLOP/s against the GEMM rate (b);
 //! - `vattn`: per-layer vs interleaved KV layout: throughput, waste, stalls, page boundaries (e);
@@ -15,6 +16,7 @@
 mod bench;
 mod check;
 mod offline;
+mod ops;
 mod report;
 
 use std::path::PathBuf;
@@ -30,8 +32,8 @@ use report::Report;
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Comma-separated parts: check, ceilings, decode, prefill, vattn, offline.
-    #[arg(long, default_value = "check,ceilings,decode,prefill,vattn,offline")]
+    /// Comma-separated parts: check, ceilings, ops, decode, prefill, vattn, offline.
+    #[arg(long, default_value = "check,ceilings,ops,decode,prefill,vattn,offline")]
     only: String,
     /// Write a dummy checkpoint, prompt and GPU logits here for `e2e/gpu/hf_logits.py`.
     #[arg(long)]
@@ -63,8 +65,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let args = Args::parse();
@@ -94,7 +95,7 @@ fn main() -> anyhow::Result<()> {
     if wants("ceilings") {
         ceilings = Some(bench::ceilings(&device, &mut report)?);
     }
-    let perf = ["decode", "prefill", "vattn", "offline"];
+    let perf = ["ops", "decode", "prefill", "vattn", "offline"];
     if perf.iter().any(|p| wants(p)) {
         let config = ModelConfig::preset(&args.shape)
             .with_context(|| format!("unknown shape {}", args.shape))?;
@@ -107,11 +108,26 @@ fn main() -> anyhow::Result<()> {
             model.weight_bytes_per_step() as f64 / 1e9,
             model.kernel_cache_status()
         );
+        if wants("ops") {
+            ops::run(&device, &config, model.kernels_mut(), &mut report)?;
+        }
         if wants("decode") {
-            bench::decode_batch1(&device, &mut model, args.decode_steps, ceilings, &mut report)?;
+            bench::decode_batch1(
+                &device,
+                &mut model,
+                args.decode_steps,
+                ceilings,
+                &mut report,
+            )?;
         }
         if wants("prefill") {
-            bench::prefill(&device, &mut model, args.prefill_tokens, ceilings, &mut report)?;
+            bench::prefill(
+                &device,
+                &mut model,
+                args.prefill_tokens,
+                ceilings,
+                &mut report,
+            )?;
         }
         if wants("vattn") {
             bench::vattention(&device, &mut model, &mut report)?;

@@ -27,12 +27,13 @@ pub struct Workload {
 
 pub fn run(
     device: &Arc<GpuDevice>,
-    model: GpuModel,
+    mut model: GpuModel,
     w: Workload,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let cfg = model.config().clone();
     let max_context = w.prompt + w.output;
+    model.set_max_context(max_context);
     let token_bytes = 2 * cfg.layers * cfg.kv_dim() * 2;
     let (free, _) = device.memory()?;
     // Every sequence's whole context, within what is free after weights (keep 8 GiB for
@@ -55,11 +56,7 @@ pub fn run(
         policy: Policy::Sarathi,
         ..SchedulerConfig::sarathi_default()
     })?;
-    let metrics = Arc::new(Metrics::new(
-        "bench",
-        stats.page_bytes,
-        stats.pages_total,
-    )?);
+    let metrics = Arc::new(Metrics::new("bench", stats.page_bytes, stats.pages_total)?);
     let (handle, thread) = engine::spawn(EngineParts {
         model: Box::new(model),
         kv,

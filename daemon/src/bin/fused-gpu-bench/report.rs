@@ -21,7 +21,14 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn value(&mut self, part: &'static str, name: &str, value: f64, unit: &'static str, note: &str) {
+    pub fn value(
+        &mut self,
+        part: &'static str,
+        name: &str,
+        value: f64,
+        unit: &'static str,
+        note: &str,
+    ) {
         println!("{part:>8} | {name:<52} {value:>12.4} {unit:<8} {note}");
         self.rows.push(Row {
             part,

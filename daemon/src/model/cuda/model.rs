@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use fused_kernels::cpu::RopeTable;
 use fused_kernels::cuda::{
-    AttentionBatch, Blas, CacheStatus, DecodeSplits, DeviceBuffer, GemmOut, GpuDevice, Graph,
-    Kernels, PREFILL_TILE_ROWS,
+    AttentionBatch, Blas, CacheStatus, DecodeSplits, DeviceBuffer, GEMV_MAX_ROWS, GemmOut,
+    GpuDevice, Graph, Kernels, PREFILL_TILE_ROWS,
 };
 
 use super::device_error;
@@ -192,6 +192,19 @@ impl GpuModel {
         self.graphs.len()
     }
 
+    /// The longest context sequences will reach (fixes the decode split plan of graphs).
+    pub fn set_max_context(&mut self, tokens: usize) {
+        if self.options.max_context != tokens {
+            self.options.max_context = tokens;
+            self.graphs.clear();
+        }
+    }
+
+    /// The kernels, for benchmarks that time single operations.
+    pub fn kernels_mut(&mut self) -> &mut Kernels {
+        &mut self.kernels
+    }
+
     pub fn set_graphs(&mut self, enabled: bool) {
         self.options.graphs = enabled;
         if !enabled {
@@ -232,11 +245,37 @@ impl GpuModel {
         }
     }
 
+    /// `y = x · Wᵀ`: the bandwidth-bound GEMV for a few rows, cuBLAS otherwise.
+    ///
+    /// # Safety
+    /// As [`Blas::linear`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn linear(
+        &self,
+        x: u64,
+        w: u64,
+        y: u64,
+        rows: usize,
+        out: usize,
+        inner: usize,
+        kind: GemmOut,
+    ) -> Result<(), ModelError> {
+        // SAFETY: per the contract.
+        unsafe {
+            if rows <= GEMV_MAX_ROWS && inner.is_multiple_of(8) {
+                self.kernels.gemv(x, w, y, rows, out, inner, kind)
+            } else {
+                self.blas.linear(x, w, y, rows, out, inner, kind)
+            }
+        }
+        .map_err(device_error)
+    }
+
     /// Queues every kernel of one pass (also what a graph captures).
     fn launch(&self, m: MetaPtrs, s: Shape) -> Result<(), ModelError> {
         let cfg = &self.config;
         let (h, q_dim, kv_dim, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
-        let (k, blas, w, x) = (&self.kernels, &self.blas, &self.weights, &self.scratch);
+        let (k, w, x) = (&self.kernels, &self.weights, &self.scratch);
         let eps = w.eps;
         let rope = Some((self.rope.0.ptr(), self.rope.1.ptr()));
         let at = m.at;
@@ -269,8 +308,7 @@ impl GpuModel {
                 )
                 .map_err(device_error)?;
                 let width = q_dim + 2 * kv_dim;
-                blas.linear(x.xn.ptr(), b.qkv.ptr(), x.qkv.ptr(), s.rows, width, h, set)
-                    .map_err(device_error)?;
+                self.linear(x.xn.ptr(), b.qkv.ptr(), x.qkv.ptr(), s.rows, width, h, set)?;
                 k.rope_kv_write(
                     x.qkv.ptr(),
                     x.q.ptr(),
@@ -302,8 +340,7 @@ impl GpuModel {
                     x.part_ml.ptr(),
                 )
                 .map_err(device_error)?;
-                blas.linear(x.attn.ptr(), b.o.ptr(), x.x.ptr(), s.rows, h, q_dim, acc)
-                    .map_err(device_error)?;
+                self.linear(x.attn.ptr(), b.o.ptr(), x.x.ptr(), s.rows, h, q_dim, acc)?;
                 k.rms_norm(
                     x.x.ptr(),
                     b.mlp_norm.ptr(),
@@ -314,7 +351,7 @@ impl GpuModel {
                     eps,
                 )
                 .map_err(device_error)?;
-                blas.linear(
+                self.linear(
                     x.xn.ptr(),
                     b.gate_up.ptr(),
                     x.gate_up.ptr(),
@@ -322,12 +359,10 @@ impl GpuModel {
                     2 * f,
                     h,
                     GemmOut::Bf16,
-                )
-                .map_err(device_error)?;
+                )?;
                 k.silu_mul(x.gate_up.ptr(), x.act.ptr(), s.rows, f)
                     .map_err(device_error)?;
-                blas.linear(x.act.ptr(), b.down.ptr(), x.x.ptr(), s.rows, h, f, acc)
-                    .map_err(device_error)?;
+                self.linear(x.act.ptr(), b.down.ptr(), x.x.ptr(), s.rows, h, f, acc)?;
             }
             k.rms_norm(
                 x.x.ptr(),
@@ -341,7 +376,7 @@ impl GpuModel {
             .map_err(device_error)?;
             let vocab = cfg.vocab_size;
             let set = GemmOut::F32 { accumulate: false };
-            blas.linear(
+            self.linear(
                 x.xn.ptr(),
                 w.lm_head(),
                 x.logits.ptr(),
@@ -349,8 +384,7 @@ impl GpuModel {
                 vocab,
                 h,
                 set,
-            )
-            .map_err(device_error)?;
+            )?;
         }
         Ok(())
     }

@@ -67,19 +67,29 @@ __device__ __forceinline__ void attn_prefill(const bf16_t* __restrict__ q, bf16_
     const int chunks_per_row = D / 8;         // 16-byte pieces per K/V row
 
     for (int k0 = 0; k0 < kv_end; k0 += PF_KEYS) {
-        // Load K and V tiles; rows at or past kv_end are zeros (their memory may be unmapped).
-        for (int i = tid; i < PF_KEYS * chunks_per_row; i += blockDim.x) {
-            int r = i / chunks_per_row, ch = i % chunks_per_row;
-            int key = k0 + r;
-            uint4 kvec = make_uint4(0, 0, 0, 0), vvec = make_uint4(0, 0, 0, 0);
-            if (key < kv_end) {
-                kvec = *(const uint4*)(k_base + (u64)key * token_stride + ch * 16);
-                vvec = *(const uint4*)(v_base + (u64)key * token_stride + ch * 16);
-            }
-            *(uint4*)&ks[r][ch * 8] = kvec;
-            const bf16_t* ve = (const bf16_t*)&vvec;
+        // Load K then V tiles, each thread's pieces all in flight before any store; rows at or
+        // past kv_end are zeros (their memory may be unmapped).
+        constexpr int PER_THREAD = PF_KEYS * (D / 8) / 128;
+        constexpr int BATCH = PER_THREAD < 4 ? PER_THREAD : 4;
 #pragma unroll
-            for (int j = 0; j < 8; ++j) vt[ch * 8 + j][r] = ve[j];
+        for (int b0 = 0; b0 < PER_THREAD; b0 += BATCH) {
+            uint4 kvec[BATCH], vvec[BATCH];
+#pragma unroll
+            for (int it = 0; it < BATCH; ++it) {
+                const int idx = tid + (b0 + it) * 128, r = idx / chunks_per_row, ch = idx % chunks_per_row;
+                const bool live = k0 + r < kv_end;
+                const u64 off = (u64)(k0 + r) * token_stride + ch * 16;
+                kvec[it] = live ? *(const uint4*)(k_base + off) : make_uint4(0, 0, 0, 0);
+                vvec[it] = live ? *(const uint4*)(v_base + off) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int it = 0; it < BATCH; ++it) {
+                const int idx = tid + (b0 + it) * 128, r = idx / chunks_per_row, ch = idx % chunks_per_row;
+                *(uint4*)&ks[r][ch * 8] = kvec[it];
+                const bf16_t* ve = (const bf16_t*)&vvec[it];
+#pragma unroll
+                for (int j = 0; j < 8; ++j) vt[ch * 8 + j][r] = ve[j];
+            }
         }
         __syncthreads();
 
@@ -172,16 +182,19 @@ __device__ __forceinline__ void attn_prefill(const bf16_t* __restrict__ q, bf16_
     }
 }
 
-#define PREFILL_ENTRY(D)                                                                            \
-    extern "C" __global__ void __launch_bounds__(128) attn_prefill_d##D(                           \
+#define PREFILL_ENTRY(NAME, D, MIN_BLOCKS)                                                          \
+    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS) NAME(                            \
         const bf16_t* q, bf16_t* out, const unsigned* tile_chunk, const unsigned* tile_row0,        \
         const unsigned* chunk_q_start, const unsigned* chunk_len, const unsigned* chunk_start,      \
         const u64* kv, long long token_stride, int heads, int kv_heads, float scale_log2) {         \
         attn_prefill<D>(q, out, tile_chunk, tile_row0, chunk_q_start, chunk_len, chunk_start, kv,   \
                         token_stride, heads, kv_heads, scale_log2);                                 \
     }
-PREFILL_ENTRY(64)
-PREFILL_ENTRY(128)
+PREFILL_ENTRY(attn_prefill_d64, 64, 1)
+PREFILL_ENTRY(attn_prefill_d128, 128, 1)
+// The same kernel held to 168 registers (3 blocks per SM, some spills): `fused-gpu-bench ops`
+// times both.
+PREFILL_ENTRY(attn_prefill_d128_occ3, 128, 3)
 
 // ---------------------------------------------------------------------------------------------
 // Decode: one query row per sequence, split-KV (flash-decoding). Block (i, kv head, split) scores
@@ -189,13 +202,14 @@ PREFILL_ENTRY(128)
 // writes an unnormalised partial output with its max and sum; attn_decode_combine merges splits.
 // dec_row[i] is the query row, dec_chunk[i] its chunk; ctx = chunk_start + chunk_len.
 // Partials: part_o [dec, heads, splits, D] f32, part_ml [dec, heads, splits, 2] f32.
-// Limits: split_len <= DEC_MAX_SPLIT, group (heads / kv_heads) <= DEC_MAX_GROUP. Block: 128.
+// Limits: split_len <= DEC_MAX_SPLIT, group (heads / kv_heads) <= G of the entry. Block: 128.
 
 #define DEC_MAX_SPLIT 256
-#define DEC_MAX_GROUP 8
 #define DEC_THREADS 128
 
-template <int D>
+// G: the largest group (query heads per KV head) this instantiation handles; fewer registers
+// for small groups let more key rows be in flight (UNROLL per thread and phase).
+template <int D, int G>
 __device__ __forceinline__ void attn_decode(const bf16_t* __restrict__ q, const unsigned* dec_row,
                                             const unsigned* dec_chunk, const unsigned* chunk_len,
                                             const unsigned* chunk_start, const u64* kv,
@@ -203,10 +217,12 @@ __device__ __forceinline__ void attn_decode(const bf16_t* __restrict__ q, const 
                                             int split_len, int splits, float scale_log2,
                                             float* part_o, float* part_ml) {
     constexpr int KT = D / 8;                // threads per key row (16 bytes each)
-    constexpr int KPI = DEC_THREADS / KT;    // key rows per block iteration
-    __shared__ float scores[DEC_MAX_GROUP][DEC_MAX_SPLIT];
+    constexpr int KPI = DEC_THREADS / KT;    // key rows per block per unrolled step
+    constexpr int UNROLL = G == 1 ? 8 : 4;
+    constexpr int STEP = KPI * UNROLL;       // key rows per block per loop iteration
+    __shared__ float scores[G][DEC_MAX_SPLIT];
     __shared__ float red[KPI][D];
-    __shared__ float row_m[DEC_MAX_GROUP], row_l[DEC_MAX_GROUP];
+    __shared__ float row_m[G], row_l[G];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int i = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
@@ -226,13 +242,13 @@ __device__ __forceinline__ void attn_decode(const bf16_t* __restrict__ q, const 
     }
     const int nkeys = end - begin;
     const int piece = tid % KT, key_off = tid / KT;
-    const char* k_base = (const char*)kv[2 * c] + (u64)kvh * D * 2 + piece * 16;
-    const char* v_base = (const char*)kv[2 * c + 1] + (u64)kvh * D * 2 + piece * 16;
+    const char* k_base = (const char*)kv[2 * c] + (u64)kvh * D * 2 + piece * 16 + (u64)begin * token_stride;
+    const char* v_base = (const char*)kv[2 * c + 1] + (u64)kvh * D * 2 + piece * 16 + (u64)begin * token_stride;
 
-    float qv[DEC_MAX_GROUP][8];
+    float qv[G][8];
     const bf16_t* qrow = q + (u64)dec_row[i] * heads * D + (u64)kvh * group * D + piece * 8;
 #pragma unroll
-    for (int g = 0; g < DEC_MAX_GROUP; ++g) {
+    for (int g = 0; g < G; ++g) {
         if (g < group) {
             uint4 raw = *(const uint4*)(qrow + (u64)g * D);
             const bf16_t* e = (const bf16_t*)&raw;
@@ -240,26 +256,32 @@ __device__ __forceinline__ void attn_decode(const bf16_t* __restrict__ q, const 
             for (int j = 0; j < 8; ++j) qv[g][j] = bf2f(e[j]) * scale_log2;
         }
     }
-    // Scores.
-    // Every thread runs the same iterations: the shuffles below need the whole warp.
-    for (int kb = 0; kb < nkeys; kb += KPI) {
-        const int k = kb + key_off;
-        const bool valid = k < nkeys;
-        uint4 raw = make_uint4(0, 0, 0, 0);
-        if (valid) raw = *(const uint4*)(k_base + (u64)(begin + k) * token_stride);
-        const bf16_t* e = (const bf16_t*)&raw;
-        float kf[8];
+    // Scores. Every thread runs the same iterations (the shuffles need the whole warp); each
+    // issues UNROLL independent loads before using any.
+    for (int kb = 0; kb < nkeys; kb += STEP) {
+        uint4 raw[UNROLL];
 #pragma unroll
-        for (int j = 0; j < 8; ++j) kf[j] = bf2f(e[j]);
+        for (int u = 0; u < UNROLL; ++u) {
+            const int k = kb + u * KPI + key_off;
+            raw[u] = k < nkeys ? *(const uint4*)(k_base + (u64)k * token_stride) : make_uint4(0, 0, 0, 0);
+        }
 #pragma unroll
-        for (int g = 0; g < DEC_MAX_GROUP; ++g) {
-            if (g < group) {
-                float d = 0.0f;
+        for (int u = 0; u < UNROLL; ++u) {
+            const int k = kb + u * KPI + key_off;
+            const bf16_t* e = (const bf16_t*)&raw[u];
+            float kf[8];
 #pragma unroll
-                for (int j = 0; j < 8; ++j) d += qv[g][j] * kf[j];
+            for (int j = 0; j < 8; ++j) kf[j] = bf2f(e[j]);
 #pragma unroll
-                for (int o = KT / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-                if (valid && piece == 0) scores[g][k] = d;
+            for (int g = 0; g < G; ++g) {
+                if (g < group) {
+                    float d = 0.0f;
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) d += qv[g][j] * kf[j];
+#pragma unroll
+                    for (int o = KT / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+                    if (k < nkeys && piece == 0) scores[g][k] = d;
+                }
             }
         }
     }
@@ -282,46 +304,75 @@ __device__ __forceinline__ void attn_decode(const bf16_t* __restrict__ q, const 
         }
     }
     __syncthreads();
-    // P V, one query head at a time through the reduction buffer.
-    for (int g = 0; g < group; ++g) {
-        float acc[8];
+    // P V: each V row is loaded once and used for every query head of the group.
+    float acc[G][8];
 #pragma unroll
-        for (int j = 0; j < 8; ++j) acc[j] = 0.0f;
-        for (int k = key_off; k < nkeys; k += KPI) {
-            uint4 raw = *(const uint4*)(v_base + (u64)(begin + k) * token_stride);
-            const bf16_t* e = (const bf16_t*)&raw;
-            float p = scores[g][k];
+    for (int g = 0; g < G; ++g)
 #pragma unroll
-            for (int j = 0; j < 8; ++j) acc[j] += p * bf2f(e[j]);
+        for (int j = 0; j < 8; ++j) acc[g][j] = 0.0f;
+    for (int kb = 0; kb < nkeys; kb += STEP) {
+        uint4 raw[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int k = kb + u * KPI + key_off;
+            raw[u] = k < nkeys ? *(const uint4*)(v_base + (u64)k * token_stride) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
-        for (int j = 0; j < 8; ++j) red[key_off][piece * 8 + j] = acc[j];
-        __syncthreads();
-        for (int d = tid; d < D; d += DEC_THREADS) {
-            float s = 0.0f;
+        for (int u = 0; u < UNROLL; ++u) {
+            const int k = kb + u * KPI + key_off;
+            if (k < nkeys) {
+                const bf16_t* e = (const bf16_t*)&raw[u];
+                float vf[8];
 #pragma unroll
-            for (int r = 0; r < KPI; ++r) s += red[r][d];
-            part_o[(part + (u64)g * splits) * D + d] = s;
+                for (int j = 0; j < 8; ++j) vf[j] = bf2f(e[j]);
+#pragma unroll
+                for (int g = 0; g < G; ++g) {
+                    if (g < group) {
+                        float p = scores[g][k];
+#pragma unroll
+                        for (int j = 0; j < 8; ++j) acc[g][j] += p * vf[j];
+                    }
+                }
+            }
         }
-        if (tid == 0) {
-            part_ml[(part + (u64)g * splits) * 2] = row_m[g];
-            part_ml[(part + (u64)g * splits) * 2 + 1] = row_l[g];
+    }
+    // Reduce the KPI key groups, one query head at a time through shared memory.
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        if (g < group) {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) red[key_off][piece * 8 + j] = acc[g][j];
+            __syncthreads();
+            for (int d = tid; d < D; d += DEC_THREADS) {
+                float s = 0.0f;
+#pragma unroll
+                for (int r = 0; r < KPI; ++r) s += red[r][d];
+                part_o[(part + (u64)g * splits) * D + d] = s;
+            }
+            if (tid == 0) {
+                part_ml[(part + (u64)g * splits) * 2] = row_m[g];
+                part_ml[(part + (u64)g * splits) * 2 + 1] = row_l[g];
+            }
+            __syncthreads();
         }
-        __syncthreads();
     }
 }
 
-#define DECODE_ENTRY(D)                                                                             \
-    extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_d##D(                    \
+#define DECODE_ENTRY(D, G)                                                                          \
+    extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_d##D##_g##G(             \
         const bf16_t* q, const unsigned* dec_row, const unsigned* dec_chunk,                        \
         const unsigned* chunk_len, const unsigned* chunk_start, const u64* kv,                      \
         long long token_stride, int heads, int kv_heads, int split_len, int splits,                 \
         float scale_log2, float* part_o, float* part_ml) {                                          \
-        attn_decode<D>(q, dec_row, dec_chunk, chunk_len, chunk_start, kv, token_stride, heads,      \
-                       kv_heads, split_len, splits, scale_log2, part_o, part_ml);                   \
+        attn_decode<D, G>(q, dec_row, dec_chunk, chunk_len, chunk_start, kv, token_stride, heads,   \
+                          kv_heads, split_len, splits, scale_log2, part_o, part_ml);                \
     }
-DECODE_ENTRY(64)
-DECODE_ENTRY(128)
+DECODE_ENTRY(64, 1)
+DECODE_ENTRY(64, 4)
+DECODE_ENTRY(64, 8)
+DECODE_ENTRY(128, 1)
+DECODE_ENTRY(128, 4)
+DECODE_ENTRY(128, 8)
 
 // out[dec_row[i], head, :] = merge of the head's split partials (bf16). A row with no key at all
 // (padding) gets zeros. Grid: (dec, heads); block: head_dim threads.
