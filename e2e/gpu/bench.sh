@@ -28,6 +28,6 @@ echo "==== kernels ===="; grep -E "FAIL|passed|FAILED" "$out/kernel-check.txt" |
 echo "==== fused-gpu-bench ===="; sed -n '/==== fused-gpu-bench results/,$p' "$out/bench.txt" | tail -40
 echo "==== HF logits ===="; tail -1 "$out/hf-check.txt"
 [ -f "$out/peers.txt" ] && { echo "==== peers ===="; grep PEER "$out/peers.txt"; }
-[ -f "$out/serve.txt" ] && { echo "==== serve ===="; grep -E "completion|stream|bad request|serve smoke" "$out/serve.txt"; }
+[ -f "$out/serve.txt" ] && { echo "==== serve ===="; grep -E "completion|bad request|metrics|serve smoke" "$out/serve.txt"; }
 echo "bench.sh: $([ $status = 0 ] && echo 'checks PASSED' || echo 'FAILURES (see $OUT)')"
 exit $status

@@ -1,5 +1,5 @@
 """The daemon on the GPU serves the same HTTP API: start `fused-daemon serve --device cuda` on
-loopback, wait for /health, send a chat completion (JSON and streaming) and a bad request, check
+loopback, wait for /health, send a completion (JSON and streaming) and a bad request, check
 the answers and the GPU backend in /metrics. Usage: serve_smoke.py DAEMON_BINARY TOKENIZER."""
 import json, subprocess, sys, time, urllib.request, urllib.error
 
@@ -38,9 +38,13 @@ try:
     usage = json.loads(body).get("usage", {}) if status == 200 else {}
     print(f"completion: HTTP {status}, {usage.get('completion_tokens')} tokens in {dt*1e3:.0f} ms")
     ok &= status == 200 and usage.get("completion_tokens") == 32
-    status, body = call("/v1/chat/completions", {"model": model, "stream": True, "max_tokens": 8,
-                        "messages": [{"role": "user", "content": "hi"}]})
-    print(f"chat stream: HTTP {status}, ends with [DONE]: {body.rstrip().endswith('data: [DONE]')}")
+    # (The dummy model's tokenizer has no chat template, so chat is answered 400: stream a
+    # completion instead.)
+    status, body = call("/v1/completions", {"model": model, "stream": True, "max_tokens": 8,
+                                             "prompt": "hi", "ignore_eos": True})
+    chunks = body.count("data: {")
+    print(f"completion stream: HTTP {status}, {chunks} chunks, ends with [DONE]: "
+          f"{body.rstrip().endswith('data: [DONE]')}")
     ok &= status == 200 and body.rstrip().endswith("data: [DONE]")
     status, body = call("/v1/completions", {"model": model, "prompt": "x", "max_tokens": -3})
     print(f"bad request: HTTP {status} {body[:120]}")

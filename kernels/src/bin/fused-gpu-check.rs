@@ -624,6 +624,9 @@ fn run(seed: u64) -> Result<usize, CudaError> {
     check.gemm(300, 2304, 4096)?;
     check.embed_and_norm(37, 4096, 1000)?;
     check.silu_and_argmax(29, 11008, 32000)?;
+    // Widths off the vectorised paths.
+    check.silu_and_argmax(3, 1001, 999)?;
+    check.embed_and_norm(5, 577, 300)?;
     check.fill()?;
     // (start, new tokens) per sequence: fresh prefills, continued chunks, decodes.
     let seqs = [

@@ -314,12 +314,17 @@ impl Kernels {
         if rows == 0 {
             return Ok(());
         }
-        let blocks = self.stride_blocks(rows * ffn, 256);
+        if rows > 65_535 {
+            return Err(CudaError::Invalid(format!(
+                "silu_mul takes at most 65535 rows per launch, not {rows}"
+            )));
+        }
+        let cfg = grid(ffn.div_ceil(8 * 256), rows, 1, 256)?;
         let (rows, ffn) = (as_i32(rows, "rows")?, as_i32(ffn, "ffn")?);
         let mut b = self.stream.launch_builder(&self.silu_mul);
         b.arg(&gate_up).arg(&out).arg(&rows).arg(&ffn);
         // SAFETY: per the contract.
-        unsafe { b.launch(grid(blocks, 1, 1, 256)?) }.during("launch silu_mul_rows")?;
+        unsafe { b.launch(cfg) }.during("launch silu_mul_rows")?;
         Ok(())
     }
 

@@ -33,7 +33,10 @@ use report::Report;
 #[derive(Debug, Parser)]
 struct Args {
     /// Comma-separated parts: check, ceilings, ops, decode, prefill, vattn, offline.
-    #[arg(long, default_value = "check,ceilings,ops,decode,prefill,vattn,offline")]
+    #[arg(
+        long,
+        default_value = "check,ceilings,ops,decode,prefill,vattn,offline"
+    )]
     only: String,
     /// Write a dummy checkpoint, prompt and GPU logits here for `e2e/gpu/hf_logits.py`.
     #[arg(long)]

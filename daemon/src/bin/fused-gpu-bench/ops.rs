@@ -33,7 +33,13 @@ pub fn run(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let blas = Blas::new(device)?;
-    let (h, q, kv, f, vocab) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn, cfg.vocab_size);
+    let (h, q, kv, f, vocab) = (
+        cfg.hidden,
+        cfg.q_dim(),
+        cfg.kv_dim(),
+        cfg.ffn,
+        cfg.vocab_size,
+    );
     let rows_max = 4096usize;
     let alloc = |bytes: usize| device.alloc(bytes);
     let fill = |buf: u64, n: usize, f32: bool| {
@@ -161,8 +167,12 @@ fn attention(
         unsafe { device.upload(buf.ptr(), data)? };
         Ok(buf)
     };
-    let (pos_d, zero_d, tiles_d, tc_d) =
-        (meta(&positions)?, meta(&zeros)?, meta(&tiles)?, meta(&tile_chunk)?);
+    let (pos_d, zero_d, tiles_d, tc_d) = (
+        meta(&positions)?,
+        meta(&zeros)?,
+        meta(&tiles)?,
+        meta(&tile_chunk)?,
+    );
     let (len_d, start_d) = (meta(&[n as u32])?, meta(&[0])?);
     let kv_d = device.alloc(16)?;
     // SAFETY: 16 bytes.
@@ -189,7 +199,13 @@ fn attention(
             n,
         )
     })?;
-    report.value("ops", &format!("rope + kv write {n} rows"), rope_t, "us", "");
+    report.value(
+        "ops",
+        &format!("rope + kv write {n} rows"),
+        rope_t,
+        "us",
+        "",
+    );
     let flops = 4.0 * (cfg.heads * d) as f64 * (n * (n + 1) / 2) as f64;
     for occ3 in [false, true] {
         kernels.prefill_occupancy3 = occ3;

@@ -9,7 +9,8 @@
 // ---------------------------------------------------------------------------------------------
 // Prefill / chunk: flash-attention style on the tensor cores (mma.sync m16n8k16 bf16, fp32
 // accumulation). A block of 4 warps takes 64 query rows of one (chunk, head); each warp 16 rows.
-// K (row-major) and V (transposed) tiles of 64 keys go through shared memory.
+// K and V tiles of 64 keys go through shared memory row-major; the MMA operands come out of it
+// with ldmatrix (V's transposed), so nothing is scattered.
 // Grid: (tiles, heads); tile_chunk / tile_row0 say which chunk and first row each tile covers.
 
 #define PF_ROWS 64
@@ -22,8 +23,9 @@ __device__ __forceinline__ void attn_prefill(const bf16_t* __restrict__ q, bf16_
                                              const unsigned* chunk_start, const u64* kv,
                                              long long token_stride, int heads, int kv_heads,
                                              float scale_log2) {
+    // Rows padded by 16 bytes: the 8 rows one ldmatrix phase reads fall in distinct banks.
     __shared__ __align__(16) bf16_t ks[PF_KEYS][D + 8];
-    __shared__ __align__(16) bf16_t vt[D][PF_KEYS + 8];
+    __shared__ __align__(16) bf16_t vs[PF_KEYS][D + 8];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, tig = lane & 3;
@@ -86,23 +88,24 @@ __device__ __forceinline__ void attn_prefill(const bf16_t* __restrict__ q, bf16_
             for (int it = 0; it < BATCH; ++it) {
                 const int idx = tid + (b0 + it) * 128, r = idx / chunks_per_row, ch = idx % chunks_per_row;
                 *(uint4*)&ks[r][ch * 8] = kvec[it];
-                const bf16_t* ve = (const bf16_t*)&vvec[it];
-#pragma unroll
-                for (int j = 0; j < 8; ++j) vt[ch * 8 + j][r] = ve[j];
+                *(uint4*)&vs[r][ch * 8] = vvec[it];
             }
         }
         __syncthreads();
 
         // S = Q K^T for this warp's 16 rows and 64 keys.
         float s[PF_KEYS / 8][4];
+        // B fragments of K^T: rows of ks are keys, 16 bytes of a row 8 dims; one ldmatrix.x4
+        // gives the fragments of two k-steps (dims s*16..s*16+31) for 8 keys.
 #pragma unroll
         for (int nt = 0; nt < PF_KEYS / 8; ++nt) {
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
-            for (int ks_ = 0; ks_ < D / 16; ++ks_) {
-                unsigned b0 = *(const unsigned*)&ks[nt * 8 + g][ks_ * 16 + tig * 2];
-                unsigned b1 = *(const unsigned*)&ks[nt * 8 + g][ks_ * 16 + 8 + tig * 2];
-                mma_bf16_16816(s[nt], qa[ks_], b0, b1);
+            for (int ks_ = 0; ks_ < D / 16; ks_ += 2) {
+                unsigned b[4];
+                ldmatrix_x4(b, &ks[nt * 8 + (lane & 7)][ks_ * 16 + (lane >> 3) * 8]);
+                mma_bf16_16816(s[nt], qa[ks_], b[0], b[1]);
+                mma_bf16_16816(s[nt], qa[ks_ + 1], b[2], b[3]);
             }
         }
         // Causal mask, scale (log2 domain), row max.
@@ -156,11 +159,14 @@ __device__ __forceinline__ void attn_prefill(const bf16_t* __restrict__ q, bf16_
             pa[1] = pack_bf2(s[2 * kk][2], s[2 * kk][3]);
             pa[2] = pack_bf2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
             pa[3] = pack_bf2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            // B fragments of V (keys kk*16..+15 by dims): transposed ldmatrix of row-major vs;
+            // one x4 covers two 8-dim n-tiles.
 #pragma unroll
-            for (int dt = 0; dt < D / 8; ++dt) {
-                unsigned b0 = *(const unsigned*)&vt[dt * 8 + g][kk * 16 + tig * 2];
-                unsigned b1 = *(const unsigned*)&vt[dt * 8 + g][kk * 16 + 8 + tig * 2];
-                mma_bf16_16816(o[dt], pa, b0, b1);
+            for (int dt = 0; dt < D / 8; dt += 2) {
+                unsigned b[4];
+                ldmatrix_x4_trans(b, &vs[kk * 16 + (lane & 15)][dt * 8 + (lane >> 4) * 8]);
+                mma_bf16_16816(o[dt], pa, b[0], b[1]);
+                mma_bf16_16816(o[dt + 1], pa, b[2], b[3]);
             }
         }
         __syncthreads();

@@ -4,7 +4,7 @@
 // weight row with 16-byte loads, UNROLL of them in flight per lane, and x stays in L1.
 // mode: 0 y f32 = result, 1 y f32 += result, 2 y bf16 = result. Grid: ceil(out / 8); block 256.
 
-#define GEMV_UNROLL 4
+#define GEMV_UNROLL 8
 
 template <int R>
 __device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w,
