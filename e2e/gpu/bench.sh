@@ -3,7 +3,8 @@
 # kernel checks, forward checks (CPU and HF transformers), ceilings, (a) batch-1 decode vs the
 # memory roofline, (b) 4K prefill vs the GEMM rate, (e) KV layouts, (c) offline throughput vs
 # transformers, and the daemon serving HTTP on the GPU. Prints a short table last.
-# Env: PARTS (fused-gpu-bench parts), PEERS=0 skips transformers, SERVE=0 skips the HTTP run.
+# Env: PARTS (fused-gpu-bench parts), BUDGETS (offline token budgets), PEERS=0 skips
+# transformers, SERVE=0 skips the HTTP run.
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
 set +e
@@ -14,6 +15,7 @@ status=0
 tail -3 "$out/kernel-check.txt"
 hf="$(mktemp -d /tmp/fused-hf.XXXX)"
 "$bin/fused-gpu-bench" --only "check,$parts" --hf-dir "$hf" --json "$out/results.jsonl" \
+  --token-budget "${BUDGETS:-4096,8192}" \
   > "$out/bench.txt" 2>&1 || status=1
 python3 "$here/hf_logits.py" "$hf" > "$out/hf-check.txt" 2>&1 || status=1
 rm -rf "$hf"

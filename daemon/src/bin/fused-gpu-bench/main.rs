@@ -57,9 +57,9 @@ struct Args {
     offline_prompt: usize,
     #[arg(long, default_value_t = 128)]
     offline_output: usize,
-    /// Scheduler token budget of the offline run.
-    #[arg(long, default_value_t = 4096)]
-    token_budget: usize,
+    /// Scheduler token budgets of the offline run (comma-separated: one run each).
+    #[arg(long, default_value = "4096")]
+    token_budget: String,
     /// Append the results as JSON lines here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -135,14 +135,30 @@ fn main() -> anyhow::Result<()> {
         if wants("vattn") {
             bench::vattention(&device, &mut model, &mut report)?;
         }
+        let mut spare = Some(model);
         if wants("offline") {
-            let workload = offline::Workload {
-                requests: args.offline_requests,
-                prompt: args.offline_prompt,
-                output: args.offline_output,
-                token_budget: args.token_budget,
-            };
-            offline::run(&device, model, workload, &mut report)?;
+            let budgets: Vec<usize> = args
+                .token_budget
+                .split(',')
+                .map(|b| b.trim().parse())
+                .collect::<Result<_, _>>()
+                .context("--token-budget: comma-separated numbers")?;
+            for token_budget in budgets {
+                let workload = offline::Workload {
+                    requests: args.offline_requests,
+                    prompt: args.offline_prompt,
+                    output: args.offline_output,
+                    token_budget,
+                };
+                // The engine takes the model; later runs get a fresh one (same seed).
+                let model = match spare.take() {
+                    Some(model) => model,
+                    None => {
+                        GpuModel::dummy(device.clone(), config.clone(), 1, GpuOptions::default())?
+                    }
+                };
+                offline::run(&device, model, workload, &mut report)?;
+            }
         }
     }
     report.print();
