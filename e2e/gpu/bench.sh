@@ -20,7 +20,8 @@ hf="$(mktemp -d /tmp/fused-hf.XXXX)"
 python3 "$here/hf_logits.py" "$hf" > "$out/hf-check.txt" 2>&1 || status=1
 rm -rf "$hf"
 if [ "${PEERS:-1}" = 1 ]; then
-  PYTHONUNBUFFERED=1 python3 "$here/hf_peers.py" 256 512 128 > "$out/peers.txt" 2>&1 || true
+  PYTHONUNBUFFERED=1 timeout "${PEERS_TIMEOUT:-330}" python3 "$here/hf_peers.py" 256 512 128 \
+    > "$out/peers.txt" 2>&1 || true
 fi
 if [ "${SERVE:-1}" = 1 ]; then
   python3 "$here/serve_smoke.py" "$bin/fused-daemon" "$here/tok" > "$out/serve.txt" 2>&1 || status=1

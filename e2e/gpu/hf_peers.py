@@ -20,6 +20,7 @@ g = torch.Generator().manual_seed(0)
 reqs = [torch.randint(100, 30000, (plen,), generator=g).tolist() for _ in range(n)]
 
 def static(batch):
+    model.set_attn_implementation("sdpa")
     gc = GenerationConfig(max_new_tokens=olen, min_new_tokens=olen, do_sample=False, pad_token_id=0,
                           eos_token_id=None, cache_implementation="static")
     ids = torch.tensor(reqs[:batch], device="cuda")
@@ -41,8 +42,8 @@ def continuous():
     torch.cuda.synchronize()
     return sum(len(r.generated_tokens) for r in res.values()) / (time.time() - start)
 
-for name, fn in [("transformers static-cache generate, batch 64", lambda: static(64)),
-                 ("transformers continuous batching (generate_batch, paged|sdpa)", continuous)]:
+for name, fn in [("transformers continuous batching (generate_batch, paged|sdpa)", continuous),
+                 ("transformers static-cache generate, batch 64", lambda: static(64))]:
     try:
         log(f"PEER {name}: {fn():.1f} output tok/s")
     except Exception as ex:
