@@ -14,7 +14,7 @@ use crate::engine::{self, EngineParts};
 use crate::kv::{KvConfig, KvLayout, KvManager};
 use crate::metrics::Metrics;
 use crate::model::gguf::GgufFile;
-use crate::model::{Model, ModelConfig};
+use crate::model::{Forward, Model, ModelConfig};
 use crate::sched::{Policy, Scheduler, SchedulerConfig, TokenBudget};
 use crate::server::{self, AppState};
 use crate::tokenizer::Codec;
@@ -64,7 +64,7 @@ pub struct ServeArgs {
     /// KV layout: interleaved (every layer of a token on one page) or perLayer.
     #[arg(long, default_value = "interleaved")]
     pub kv_layout: String,
-    /// Physical KV memory on CPU, in MiB.
+    /// Physical KV memory (host memory, or GPU memory with `--device cuda`), in MiB.
     #[arg(long, default_value_t = 1024)]
     pub kv_memory_mib: usize,
     /// Allocate each sequence's KV for the whole context at admission (ablation: the world
@@ -90,8 +90,12 @@ pub struct ServeArgs {
     /// decode-first (Orca-like).
     #[arg(long, default_value = "sarathi")]
     pub scheduler: String,
+    /// `cuda` runs on GPU 0 (a `cuda` build); without a usable GPU it says so and uses the CPU.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
+    /// Run decode iterations eagerly instead of replaying CUDA graphs.
+    #[arg(long)]
+    pub no_cuda_graphs: bool,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     #[arg(long, default_value_t = 8000)]
@@ -119,10 +123,14 @@ pub fn model_cache_dir() -> PathBuf {
     base.join("fusedmodel").join("models")
 }
 
-/// The model, its tokenizer and a display name.
-fn load(args: &ServeArgs) -> anyhow::Result<(Model, Codec, String)> {
+/// The model (`None` for dummy weights that the GPU generates itself), its shape, its tokenizer
+/// and a display name.
+fn load(
+    args: &ServeArgs,
+    host_dummy: bool,
+) -> anyhow::Result<(Option<Model>, ModelConfig, Codec, String)> {
     let started = Instant::now();
-    let (model, codec, name) = match args.load_format {
+    let (model, config, codec, name) = match args.load_format {
         LoadFormat::Dummy => {
             let shape = args
                 .model
@@ -147,11 +155,12 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Model, Codec, String)> {
             );
             let codec = Codec::from_path(tokenizer)
                 .with_context(|| format!("loading tokenizer {}", tokenizer.display()))?;
-            (
-                Model::dummy(config, args.seed)?,
-                codec,
-                format!("dummy-{shape}"),
-            )
+            let model = if host_dummy {
+                Some(Model::dummy(config.clone(), args.seed)?)
+            } else {
+                None
+            };
+            (model, config, codec, format!("dummy-{shape}"))
         }
         LoadFormat::Auto => {
             let path = match &args.model {
@@ -175,7 +184,9 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Model, Codec, String)> {
             tracing::info!(model = %path.display(), "loading weights");
             if path.is_dir() {
                 let codec = Codec::from_path(args.tokenizer.as_deref().unwrap_or(&path))?;
-                (Model::load_hf_dir(&path)?, codec, name)
+                let model = Model::load_hf_dir(&path)?;
+                let config = model.config.clone();
+                (Some(model), config, codec, name)
             } else {
                 let file = GgufFile::open(&path)?;
                 let codec = match &args.tokenizer {
@@ -183,7 +194,9 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Model, Codec, String)> {
                     None => Codec::from_gguf(&file.content)
                         .context("reading the tokenizer from GGUF metadata")?,
                 };
-                (Model::load_gguf(file)?, codec, name)
+                let model = Model::load_gguf(file)?;
+                let config = model.config.clone();
+                (Some(model), config, codec, name)
             }
         }
     };
@@ -194,11 +207,14 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Model, Codec, String)> {
             let (codec, patch) =
                 crate::vocab::serving::load_for_serving(dir, args.patch_sha256.as_deref(), codec)
                     .with_context(|| format!("loading the patch tokenizer {}", dir.display()))?;
+            let model = model.as_mut().context(
+                "--patch-tokenizer needs host weights, not dummy weights made on the GPU",
+            )?;
             let weights = &mut model.weights;
             let (embed, head) = patch.tokenizer.remap_embedding_and_head(
                 &weights.embed,
                 weights.lm_head(),
-                model.config.vocab_size,
+                config.vocab_size,
                 &patch.rows,
             )?;
             weights.embed = embed;
@@ -207,19 +223,19 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Model, Codec, String)> {
             codec
         }
     };
-    if codec.vocab_size() > model.config.vocab_size {
+    if codec.vocab_size() > config.vocab_size {
         bail!(
             "the tokenizer has {} ids but the model only {} embedding rows",
             codec.vocab_size(),
-            model.config.vocab_size
+            config.vocab_size
         );
     }
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
-        params = model.config.parameter_count(),
+        params = config.parameter_count(),
         "model loaded"
     );
-    Ok((model, codec, name))
+    Ok((model, config, codec, name))
 }
 
 fn token_budget(args: &ServeArgs) -> anyhow::Result<TokenBudget> {
@@ -237,12 +253,80 @@ fn token_budget(args: &ServeArgs) -> anyhow::Result<TokenBudget> {
     Ok(TokenBudget::Fixed(tokens))
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    if args.device == Device::Cuda {
-        bail!("--device cuda: the CUDA forward pass is not in this build yet; use --device cpu");
+/// A usable GPU, in a `cuda` build.
+#[cfg(feature = "cuda")]
+type Gpu = Arc<fused_kernels::cuda::GpuDevice>;
+#[cfg(not(feature = "cuda"))]
+type Gpu = std::convert::Infallible;
+
+/// The GPU for `--device cuda`, or `None` (CPU) with a log line saying why there is none.
+fn open_gpu(device: Device) -> Option<Gpu> {
+    if device == Device::Cpu {
+        return None;
     }
-    let (model, codec, default_name) = load(&args)?;
-    let max_context = args.max_context.min(model.config.max_positions);
+    #[cfg(feature = "cuda")]
+    match fused_kernels::cuda::GpuDevice::open(0) {
+        Ok(gpu) => {
+            tracing::info!(name = gpu.name(), arch = %gpu.arch(), "running on the GPU");
+            Some(Arc::new(gpu))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "--device cuda: no usable GPU; falling back to the CPU");
+            None
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        tracing::warn!(
+            "--device cuda: this build has no CUDA support (feature `cuda`); using the CPU"
+        );
+        None
+    }
+}
+
+/// The forward pass and the KV region on the chosen device.
+fn forward_and_kv(
+    gpu: Option<Gpu>,
+    model: Option<Model>,
+    config: &ModelConfig,
+    kv_config: &KvConfig,
+    args: &ServeArgs,
+) -> anyhow::Result<(Box<dyn Forward>, KvManager)> {
+    match gpu {
+        None => {
+            let model = model.context("no host weights were loaded")?;
+            let kv = KvManager::cpu(kv_config).context("reserving the KV region")?;
+            Ok((Box::new(model), kv))
+        }
+        #[cfg(feature = "cuda")]
+        Some(gpu) => {
+            use crate::model::cuda::{GpuModel, GpuOptions};
+            let options = GpuOptions {
+                graphs: !args.no_cuda_graphs,
+                max_graph_batch: args.max_seqs.next_power_of_two(),
+                max_context: kv_config.max_context_len,
+                ..GpuOptions::default()
+            };
+            let forward = match model {
+                Some(model) => GpuModel::from_host(gpu.clone(), &model, options)?,
+                None => GpuModel::dummy(gpu.clone(), config.clone(), args.seed, options)?,
+            };
+            let kv = KvManager::cuda(kv_config, gpu.context().clone())
+                .context("reserving the KV region in GPU memory")?;
+            Ok((Box::new(forward), kv))
+        }
+        #[cfg(not(feature = "cuda"))]
+        Some(never) => {
+            let _ = (config, args);
+            match never {}
+        }
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let gpu = open_gpu(args.device);
+    let (model, config, codec, default_name) = load(&args, gpu.is_none())?;
+    let max_context = args.max_context.min(config.max_positions);
     let layout: KvLayout = args.kv_layout.parse()?;
     let kv_config = KvConfig {
         max_seqs: args.max_seqs,
@@ -252,13 +336,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         pool_bytes: args.kv_memory_mib << 20,
         eager: args.eager_kv,
         ..KvConfig::for_model(
-            model.config.layers,
-            model.config.kv_heads,
-            model.config.head_dim,
-            4,
+            config.layers,
+            config.kv_heads,
+            config.head_dim,
+            if gpu.is_some() { 2 } else { 4 },
         )
     };
-    let kv = KvManager::cpu(&kv_config).context("reserving the KV region")?;
+    let (model, kv) = forward_and_kv(gpu, model, &config, &kv_config, &args)?;
     let kv_stats = kv.stats();
     tracing::info!(
         backend = kv_stats.backend,

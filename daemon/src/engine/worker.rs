@@ -15,7 +15,7 @@ use super::live::{Delivery, LiveRequest};
 use super::{Event, GenerateRequest};
 use crate::kv::KvManager;
 use crate::metrics::Metrics;
-use crate::model::{LogitsWanted, Model, SeqChunk};
+use crate::model::{Forward, LogitsWanted, SeqChunk};
 use crate::sched::{AddError, Batch, RequestId, Scheduler, SeqRequest, StepOutcome};
 
 pub(super) enum Command {
@@ -30,7 +30,8 @@ pub(super) enum Command {
 
 /// What the engine thread owns.
 pub struct EngineParts {
-    pub model: Model,
+    /// The forward pass: the CPU model or the GPU one.
+    pub model: Box<dyn Forward>,
     pub kv: KvManager,
     pub scheduler: Scheduler,
     pub metrics: Arc<Metrics>,

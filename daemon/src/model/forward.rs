@@ -57,21 +57,7 @@ impl Model {
     ) -> Result<Logits, ModelError> {
         let cfg = &self.config;
         let total: usize = chunks.iter().map(|c| c.tokens.len()).sum();
-        for c in chunks {
-            if let Some(&bad) = c.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-                return Err(ModelError::Input(format!(
-                    "token id {bad} is outside the vocabulary of {}",
-                    cfg.vocab_size
-                )));
-            }
-            if c.start_pos + c.tokens.len() > self.max_positions() {
-                return Err(ModelError::Input(format!(
-                    "positions up to {} exceed the model's {} positions",
-                    c.start_pos + c.tokens.len(),
-                    self.max_positions()
-                )));
-            }
-        }
+        check_chunks(chunks, cfg.vocab_size, self.max_positions())?;
         let h = cfg.hidden;
         let mut x = self.embed(chunks, total);
         let mut normed = vec![0.0; total * h];
@@ -224,6 +210,29 @@ impl Model {
         }
         Logits { vocab, data, spans }
     }
+}
+
+/// Refuses token ids outside the vocabulary and positions past the model's last one (shared by
+/// the CPU and GPU forward passes).
+pub(crate) fn check_chunks(
+    chunks: &[SeqChunk<'_>],
+    vocab_size: usize,
+    max_positions: usize,
+) -> Result<(), ModelError> {
+    for c in chunks {
+        if let Some(&bad) = c.tokens.iter().find(|&&t| t as usize >= vocab_size) {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary of {vocab_size}"
+            )));
+        }
+        if c.start_pos + c.tokens.len() > max_positions {
+            return Err(ModelError::Input(format!(
+                "positions up to {} exceed the model's {max_positions} positions",
+                c.start_pos + c.tokens.len(),
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn norm(n: &Norm, x: &[f32], out: &mut [f32]) {

@@ -4,6 +4,7 @@
 //! Must not: schedule, own KV memory, or know about HTTP.
 
 pub mod config;
+pub mod cuda;
 pub mod dense_kv;
 pub mod dummy;
 pub mod forward;
@@ -36,6 +37,8 @@ pub enum ModelError {
     Input(String),
     #[error("not enough memory: {0}")]
     Memory(String),
+    #[error("GPU: {0}")]
+    Device(String),
 }
 
 impl ModelError {
@@ -44,6 +47,32 @@ impl ModelError {
             path: path.to_owned(),
             source,
         }
+    }
+}
+
+/// What the engine runs each iteration: the CPU [`Model`] or, with feature `cuda`, the GPU model
+/// ([`cuda::GpuModel`]). Both read and write K/V through [`KvAccess`](kv_access::KvAccess).
+pub trait Forward: Send {
+    fn config(&self) -> &ModelConfig;
+    /// One batched varlen pass; see [`Model::forward`] for the contract.
+    fn forward(
+        &mut self,
+        chunks: &[SeqChunk<'_>],
+        kv: &dyn kv_access::KvAccess,
+    ) -> Result<Logits, ModelError>;
+}
+
+impl Forward for Model {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn forward(
+        &mut self,
+        chunks: &[SeqChunk<'_>],
+        kv: &dyn kv_access::KvAccess,
+    ) -> Result<Logits, ModelError> {
+        Model::forward(self, chunks, kv)
     }
 }
 

@@ -1,0 +1,363 @@
+//! Benchmarks of the GPU path on a dummy model: the two ceilings, batch-1 decode against the
+//! memory roofline (a), a long prefill against the GEMM rate (b), and the KV layouts (e).
+//! Timings are wall-clock around whole forward passes (each ends by copying logits to the
+//! host), after warm-up; the ceilings use device events.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use fused_daemon::kv::{KvBudget, KvConfig, KvLayout, KvManager};
+use fused_daemon::model::cuda::GpuModel;
+use fused_daemon::model::{Forward, LogitsWanted, SeqChunk};
+use fused_kernels::cuda::{Blas, GemmOut, GpuDevice, Kernels};
+
+use crate::report::{Report, argmax};
+
+/// Device copy bandwidth (bytes read + written per second) and bf16 GEMM rate (FLOP/s).
+#[derive(Debug, Clone, Copy)]
+pub struct Ceilings {
+    pub copy_bytes_per_s: f64,
+    pub gemm_flops_per_s: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+pub fn ceilings(device: &Arc<GpuDevice>, report: &mut Report) -> anyhow::Result<Ceilings> {
+    let (kernels, _) = Kernels::load(device, None)?;
+    let bytes = 4usize << 30;
+    let (src, dst) = (device.alloc(bytes)?, device.alloc(bytes)?);
+    // SAFETY: both buffers hold `bytes` bytes; random contents, never zeros.
+    unsafe { kernels.fill_uniform(src.ptr(), bytes / 4, 11, -1.0, 1.0, true)? };
+    let timer = device.timer()?;
+    let mut copy = Vec::new();
+    for _ in 0..8 {
+        timer.start()?;
+        // SAFETY: as above; the buffers do not overlap.
+        unsafe { device.copy(dst.ptr(), src.ptr(), bytes)? };
+        copy.push(f64::from(timer.stop_ms()?) * 1e-3);
+    }
+    let copy_bytes_per_s = 2.0 * bytes as f64 / median(copy[2..].to_vec());
+    drop((src, dst));
+    let n = 8192usize;
+    let blas = Blas::new(device)?;
+    let (a, b, c) = (
+        device.alloc(n * n * 2)?,
+        device.alloc(n * n * 2)?,
+        device.alloc(n * n * 2)?,
+    );
+    // SAFETY: n × n bf16 each.
+    unsafe {
+        kernels.fill_uniform(a.ptr(), n * n, 12, -1.0, 1.0, false)?;
+        kernels.fill_uniform(b.ptr(), n * n, 13, -1.0, 1.0, false)?;
+    }
+    let mut gemm = Vec::new();
+    for _ in 0..12 {
+        timer.start()?;
+        // SAFETY: n × n bf16 operands and output.
+        unsafe { blas.linear(a.ptr(), b.ptr(), c.ptr(), n, n, n, GemmOut::Bf16)? };
+        gemm.push(f64::from(timer.stop_ms()?) * 1e-3);
+    }
+    let gemm_flops_per_s = 2.0 * (n * n * n) as f64 / median(gemm[2..].to_vec());
+    report.value(
+        "ceiling",
+        "device copy bandwidth (read + write, 4 GiB)",
+        copy_bytes_per_s / 1e12,
+        "TB/s",
+        "",
+    );
+    report.value(
+        "ceiling",
+        "bf16 GEMM 8192^3 (cuBLAS, random data)",
+        gemm_flops_per_s / 1e12,
+        "TFLOP/s",
+        "",
+    );
+    Ok(Ceilings {
+        copy_bytes_per_s,
+        gemm_flops_per_s,
+    })
+}
+
+fn kv_for(
+    device: &Arc<GpuDevice>,
+    model: &GpuModel,
+    layout: KvLayout,
+    max_seqs: usize,
+    max_context_len: usize,
+    pool_bytes: usize,
+) -> anyhow::Result<KvManager> {
+    let cfg = model.config();
+    let config = KvConfig {
+        max_seqs,
+        max_context_len,
+        layout,
+        pool_bytes,
+        ..KvConfig::for_model(cfg.layers, cfg.kv_heads, cfg.head_dim, 2)
+    };
+    Ok(KvManager::cuda(&config, device.context().clone())?)
+}
+
+fn prompt(n: usize, vocab: usize, salt: u32) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(salt) >> 7) % vocab as u32)
+        .collect()
+}
+
+/// (a) Batch-1 decode, eager and from a graph, against weight bytes / copy bandwidth.
+pub fn decode_batch1(
+    device: &Arc<GpuDevice>,
+    model: &mut GpuModel,
+    steps: usize,
+    ceilings: Option<Ceilings>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let vocab = model.config().vocab_size;
+    let prompt_len = 128;
+    let mut kv = kv_for(device, model, KvLayout::Interleaved, 2, 4096, 4 << 30)?;
+    model.set_max_context(4096);
+    for graphs in [false, true] {
+        model.set_graphs(graphs);
+        let slot = kv.admit(prompt_len + steps + 1)?;
+        kv.sync()?;
+        let tokens = prompt(prompt_len, vocab, 1);
+        let first = model.forward(
+            &[SeqChunk {
+                slot,
+                start_pos: 0,
+                tokens: &tokens,
+                logits: LogitsWanted::Last,
+            }],
+            &kv,
+        )?;
+        let mut next = argmax(&first.data);
+        let mut times = Vec::with_capacity(steps);
+        for step in 0..steps {
+            let started = Instant::now();
+            let token = [next];
+            let logits = model.forward(
+                &[SeqChunk {
+                    slot,
+                    start_pos: prompt_len + step,
+                    tokens: &token,
+                    logits: LogitsWanted::Last,
+                }],
+                &kv,
+            )?;
+            next = argmax(&logits.data);
+            times.push(started.elapsed().as_secs_f64());
+        }
+        kv.free(slot)?;
+        // The first steps capture the graph and warm caches: leave them out.
+        let timed = &times[steps.min(8)..];
+        let mean = timed.iter().sum::<f64>() / timed.len().max(1) as f64;
+        let name = if graphs { "graph" } else { "eager" };
+        let note = ceilings.map_or(String::new(), |c| {
+            let floor = model.weight_bytes_per_step() as f64 / c.copy_bytes_per_s;
+            format!(
+                "{:.1}% of roofline {:.1} tok/s (median step {:.3} ms)",
+                100.0 * floor / mean,
+                1.0 / floor,
+                median(timed.to_vec()) * 1e3
+            )
+        });
+        report.value(
+            "a",
+            &format!("llama-2-7b batch-1 decode tok/s ({name})"),
+            1.0 / mean,
+            "tok/s",
+            &note,
+        );
+    }
+    kv.shutdown()?;
+    Ok(())
+}
+
+/// (b) One prompt of `tokens` tokens in one forward pass.
+pub fn prefill(
+    device: &Arc<GpuDevice>,
+    model: &mut GpuModel,
+    tokens: usize,
+    ceilings: Option<Ceilings>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let cfg = model.config().clone();
+    let mut kv = kv_for(device, model, KvLayout::Interleaved, 1, tokens, 4 << 30)?;
+    let slot = kv.admit(tokens)?;
+    kv.sync()?;
+    let ids = prompt(tokens, cfg.vocab_size, 2);
+    let mut times = Vec::new();
+    for _ in 0..4 {
+        let started = Instant::now();
+        model.forward(
+            &[SeqChunk {
+                slot,
+                start_pos: 0,
+                tokens: &ids,
+                logits: LogitsWanted::Last,
+            }],
+            &kv,
+        )?;
+        times.push(started.elapsed().as_secs_f64());
+    }
+    let seconds = median(times[1..].to_vec());
+    let (h, q, kvd, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
+    let matmul_params = cfg.layers * (h * (q + 2 * kvd) + q * h + 3 * h * f);
+    let n = tokens as f64;
+    let gemm_flops = 2.0 * matmul_params as f64 * n + 2.0 * (h * cfg.vocab_size) as f64;
+    // Causal attention: QKᵀ and PV over n²/2 pairs per head.
+    let attn_flops = 4.0 * (cfg.layers * cfg.heads * cfg.head_dim) as f64 * n * (n + 1.0) / 2.0;
+    let achieved = (gemm_flops + attn_flops) / seconds;
+    let note = ceilings.map_or(String::new(), |c| {
+        format!(
+            "{:.1}% of the GEMM rate; {:.1} ms; linear layers alone {:.0} TFLOP/s",
+            100.0 * achieved / c.gemm_flops_per_s,
+            seconds * 1e3,
+            gemm_flops / seconds / 1e12
+        )
+    });
+    report.value(
+        "b",
+        &format!("llama-2-7b prefill of {tokens} tokens (matmul + attention FLOPs)"),
+        achieved / 1e12,
+        "TFLOP/s",
+        &note,
+    );
+    kv.free(slot)?;
+    kv.shutdown()?;
+    Ok(())
+}
+
+/// (e) The two KV layouts under the same decode workload: `seqs` sequences with prompts of
+/// 100 + 4 i tokens decoding together, KV reserved one token ahead per step (as the scheduler
+/// does) so the mapper maps pages in the background; per-step times split by whether a sequence
+/// entered a new page that step (every fourth step, in both layouts).
+pub fn vattention(
+    device: &Arc<GpuDevice>,
+    model: &mut GpuModel,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let (seqs, steps) = (64usize, 160usize);
+    let prompt_len = |i: usize| 100 + 4 * i;
+    let vocab = model.config().vocab_size;
+    model.set_graphs(true);
+    model.set_max_context(1024);
+    for layout in [KvLayout::PerLayer, KvLayout::Interleaved] {
+        let name = match layout {
+            KvLayout::PerLayer => "perLayer",
+            KvLayout::Interleaved => "interleaved",
+        };
+        let mut kv = kv_for(device, model, layout, seqs, 1024, 48 << 30)?;
+        let per_page = kv.tokens_per_page();
+        let mut slots = Vec::new();
+        let prompts: Vec<Vec<u32>> = (0..seqs)
+            .map(|i| prompt(prompt_len(i), vocab, i as u32))
+            .collect();
+        for p in &prompts {
+            slots.push(kv.admit(p.len())?);
+        }
+        for (chunk_slots, chunk_prompts) in slots.chunks(16).zip(prompts.chunks(16)) {
+            let chunks: Vec<SeqChunk<'_>> = chunk_slots
+                .iter()
+                .zip(chunk_prompts)
+                .map(|(&slot, p)| {
+                    kv.wait_ready(slot, p.len())?;
+                    Ok(SeqChunk {
+                        slot,
+                        start_pos: 0,
+                        tokens: p,
+                        logits: LogitsWanted::Last,
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?;
+            model.forward(&chunks, &kv)?;
+        }
+        let stalls_before = kv.stats().map_stalls;
+        let mut next: Vec<[u32; 1]> = (0..seqs).map(|i| [(i * 7 % vocab) as u32]).collect();
+        let (mut boundary, mut steady) = (Vec::new(), Vec::new());
+        let started_all = Instant::now();
+        for step in 0..steps {
+            let started = Instant::now();
+            let mut crossing = false;
+            for (i, &slot) in slots.iter().enumerate() {
+                let pos = prompt_len(i) + step;
+                crossing |= pos.is_multiple_of(per_page);
+                // Next step's token too: the mapper works while this step computes.
+                kv.reserve(slot, pos + 2)?;
+                kv.wait_ready(slot, pos + 1)?;
+            }
+            let chunks: Vec<SeqChunk<'_>> = slots
+                .iter()
+                .zip(&next)
+                .enumerate()
+                .map(|(i, (&slot, token))| SeqChunk {
+                    slot,
+                    start_pos: prompt_len(i) + step,
+                    tokens: token,
+                    logits: LogitsWanted::Last,
+                })
+                .collect();
+            let logits = model.forward(&chunks, &kv)?;
+            for (i, t) in next.iter_mut().enumerate() {
+                t[0] = argmax(logits.rows(i).next().unwrap_or(&[]));
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            if step >= 4 {
+                if crossing {
+                    boundary.push(seconds);
+                } else {
+                    steady.push(seconds);
+                }
+            }
+        }
+        let total = started_all.elapsed().as_secs_f64();
+        let stats = kv.stats();
+        let held = stats.pages_held * stats.page_bytes;
+        let (b, s) = (median(boundary.clone()), median(steady.clone()));
+        report.value(
+            "e",
+            &format!("{name}: decode throughput, {seqs} seqs"),
+            (seqs * steps) as f64 / total,
+            "tok/s",
+            &format!("{per_page} tokens/page"),
+        );
+        report.value(
+            "e",
+            &format!("{name}: KV memory wasted (held - live)"),
+            100.0 * stats.wasted_bytes as f64 / held.max(1) as f64,
+            "%",
+            &format!(
+                "{:.1} MiB of {:.1} MiB held",
+                stats.wasted_bytes as f64 / (1u64 << 20) as f64,
+                held as f64 / (1u64 << 20) as f64
+            ),
+        );
+        report.value(
+            "e",
+            &format!("{name}: map stalls during decode"),
+            (stats.map_stalls - stalls_before) as f64,
+            "stalls",
+            &format!("{} pages mapped in all", stats.pages_mapped_total),
+        );
+        report.value(
+            "e",
+            &format!("{name}: page-boundary step vs steady step"),
+            100.0 * (b / s - 1.0),
+            "% slower",
+            &format!(
+                "median {:.3} ms ({} steps) vs {:.3} ms ({} steps)",
+                b * 1e3,
+                boundary.len(),
+                s * 1e3,
+                steady.len()
+            ),
+        );
+        for slot in slots {
+            kv.free(slot)?;
+        }
+        kv.shutdown()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! The GPU forward pass (feature `cuda`): bf16 weights in device memory, the KV region in GPU
+//! virtual memory (vAttention), cuBLAS GEMMs and the fused kernels of `fused_kernels::cuda`, CUDA
+//! graphs for decode iterations. [`plan`] (how a batch is laid out for the kernels) is plain host
+//! code and always compiled, so it is tested without a GPU.
+//!
+//! Must not: schedule, sample, or own the KV region (the KV manager does).
+
+pub mod plan;
+
+#[cfg(feature = "cuda")]
+mod model;
+#[cfg(feature = "cuda")]
+mod scratch;
+#[cfg(feature = "cuda")]
+mod weights;
+
+#[cfg(feature = "cuda")]
+pub use model::{GpuModel, GpuOptions};
+
+#[cfg(feature = "cuda")]
+pub(crate) fn device_error(error: fused_kernels::cuda::CudaError) -> super::ModelError {
+    super::ModelError::Device(error.to_string())
+}
