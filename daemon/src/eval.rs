@@ -144,3 +144,44 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+/// Bits per byte of `model` on `lines` tokenised by `codec` (patched or not): every token of a
+/// line is predicted, with `prefix` (an id the model knows, e.g. `<|endoftext|>`) as its only
+/// context, so two tokenisations of the same text are compared on the same bytes.
+pub fn bits_per_byte(
+    model: &Model,
+    codec: &crate::tokenizer::Codec,
+    lines: &[String],
+    prefix: u32,
+) -> anyhow::Result<f64> {
+    let mut bits = 0.0f64;
+    let mut bytes = 0usize;
+    let kv = DenseKv::new(&model.config, 1, model.config.max_positions.min(1024));
+    for line in lines {
+        let mut ids = vec![prefix];
+        ids.extend(
+            codec
+                .encode(line, false)
+                .with_context(|| format!("encoding {line:?}"))?,
+        );
+        if ids.len() > kv.max_len() {
+            continue;
+        }
+        let chunk = SeqChunk {
+            slot: 0,
+            start_pos: 0,
+            tokens: &ids,
+            logits: LogitsWanted::All,
+        };
+        let logits = model.forward(&[chunk], &kv).context("forward pass")?;
+        for (row, &next) in logits.rows(0).zip(&ids[1..]) {
+            let lp = crate::model::sampling::log_softmax(row);
+            bits -= lp[next as usize] as f64 / std::f64::consts::LN_2;
+        }
+        bytes += line.len();
+    }
+    if bytes == 0 {
+        bail!("no text to score");
+    }
+    Ok(bits / bytes as f64)
+}

@@ -38,6 +38,22 @@ enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// Bits per byte of a model on text (one sequence per line), optionally through a
+    /// vocabulary patch: the quality check of a patch tokenizer.
+    Bpb {
+        /// A GGUF file or an HF directory.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// AdaptiVocab patch directory (embedding and LM head are patched as when serving).
+        #[arg(long)]
+        patch_tokenizer: Option<std::path::PathBuf>,
+        /// Text file, one sequence per non-blank line.
+        #[arg(long)]
+        text: std::path::PathBuf,
+        /// Lines scored at most (from the start of the file).
+        #[arg(long, default_value_t = 500)]
+        lines: usize,
+    },
     /// Write a dummy-weight model as an HF checkpoint (config.json + model.safetensors).
     ExportDummy {
         /// Shape preset.
@@ -60,12 +76,36 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(*args),
         Command::Vocab(args) => fused_daemon::vocab::cli::run(args),
         Command::Logits { model, a, b, out } => {
+            // Weights only: reference fixtures may carry placeholder tokenizers.
             let model = if model.is_dir() {
                 Model::load_hf_dir(&model)?
             } else {
                 Model::load_gguf(GgufFile::open(&model)?)?
             };
             eval::write_logits(&model, &a, &b, &out)
+        }
+        Command::Bpb {
+            model,
+            patch_tokenizer,
+            text,
+            lines,
+        } => {
+            let (mut model, codec) = serve::open_model(&model, None)?;
+            let codec = match patch_tokenizer {
+                Some(dir) => serve::apply_patch(&mut model, codec, &dir, None)?,
+                None => codec,
+            };
+            let text = std::fs::read_to_string(&text)?;
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .take(lines)
+                .map(str::to_owned)
+                .collect();
+            let prefix = codec.eos_ids().first().copied().unwrap_or(0);
+            let bpb = eval::bits_per_byte(&model, &codec, &lines, prefix)?;
+            println!("{bpb:.4} bits per byte over {} lines", lines.len());
+            Ok(())
         }
         Command::ExportDummy { shape, seed, out } => {
             let config = ModelConfig::preset(&shape).ok_or_else(|| {

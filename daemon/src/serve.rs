@@ -182,45 +182,19 @@ fn load(
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "model".into());
             tracing::info!(model = %path.display(), "loading weights");
-            if path.is_dir() {
-                let codec = Codec::from_path(args.tokenizer.as_deref().unwrap_or(&path))?;
-                let model = Model::load_hf_dir(&path)?;
-                let config = model.config.clone();
-                (Some(model), config, codec, name)
-            } else {
-                let file = GgufFile::open(&path)?;
-                let codec = match &args.tokenizer {
-                    Some(t) => Codec::from_path(t)?,
-                    None => Codec::from_gguf(&file.content)
-                        .context("reading the tokenizer from GGUF metadata")?,
-                };
-                let model = Model::load_gguf(file)?;
-                let config = model.config.clone();
-                (Some(model), config, codec, name)
-            }
+            let (model, codec) = open_model(&path, args.tokenizer.as_deref())?;
+            let config = model.config.clone();
+            (Some(model), config, codec, name)
         }
     };
     let (mut model, codec) = (model, codec);
     let codec = match &args.patch_tokenizer {
         None => codec,
         Some(dir) => {
-            let (codec, patch) =
-                crate::vocab::serving::load_for_serving(dir, args.patch_sha256.as_deref(), codec)
-                    .with_context(|| format!("loading the patch tokenizer {}", dir.display()))?;
             let model = model.as_mut().context(
                 "--patch-tokenizer needs host weights, not dummy weights made on the GPU",
             )?;
-            let weights = &mut model.weights;
-            let (embed, head) = patch.tokenizer.remap_embedding_and_head(
-                &weights.embed,
-                weights.lm_head(),
-                config.vocab_size,
-                &patch.rows,
-            )?;
-            weights.embed = embed;
-            weights.lm_head = Some(head);
-            tracing::info!(patch = %dir.display(), new_tokens = patch.rows.ids.len(), "vocabulary patch applied");
-            codec
+            apply_patch(model, codec, dir, args.patch_sha256.as_deref())?
         }
     };
     if codec.vocab_size() > config.vocab_size {
@@ -236,6 +210,45 @@ fn load(
         "model loaded"
     );
     Ok((model, config, codec, name))
+}
+
+/// A model and its tokenizer (its own, or `tokenizer`) from a GGUF file or an HF directory.
+pub fn open_model(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<(Model, Codec)> {
+    if path.is_dir() {
+        let codec = Codec::from_path(tokenizer.unwrap_or(path))?;
+        return Ok((Model::load_hf_dir(path)?, codec));
+    }
+    let file = GgufFile::open(path)?;
+    let codec = match tokenizer {
+        Some(t) => Codec::from_path(t)?,
+        None => {
+            Codec::from_gguf(&file.content).context("reading the tokenizer from GGUF metadata")?
+        }
+    };
+    Ok((Model::load_gguf(file)?, codec))
+}
+
+/// Loads the AdaptiVocab patch in `dir` onto `codec` (refusing one built for another base
+/// tokenizer, or whose digest is not `sha256`) and patches `model`'s embedding and LM head.
+pub fn apply_patch(
+    model: &mut Model,
+    codec: Codec,
+    dir: &Path,
+    sha256: Option<&str>,
+) -> anyhow::Result<Codec> {
+    let (codec, patch) = crate::vocab::serving::load_for_serving(dir, sha256, codec)
+        .with_context(|| format!("loading the patch tokenizer {}", dir.display()))?;
+    let weights = &mut model.weights;
+    let (embed, head) = patch.tokenizer.remap_embedding_and_head(
+        &weights.embed,
+        weights.lm_head(),
+        model.config.vocab_size,
+        &patch.rows,
+    )?;
+    weights.embed = embed;
+    weights.lm_head = Some(head);
+    tracing::info!(patch = %dir.display(), new_tokens = patch.rows.ids.len(), "vocabulary patch applied");
+    Ok(codec)
 }
 
 fn token_budget(args: &ServeArgs) -> anyhow::Result<TokenBudget> {
