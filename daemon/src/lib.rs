@@ -9,6 +9,7 @@
 //! - [`tokenizer`] and [`vocab`]: text ↔ ids, with the AdaptiVocab domain patch.
 
 pub mod engine;
+pub mod fetch;
 pub mod kv;
 pub mod metrics;
 pub mod model;

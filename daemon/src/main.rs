@@ -1,6 +1,7 @@
 //! `fused-daemon`: the FusedModel serving daemon's command line.
 
 use clap::{Parser, Subcommand};
+use fused_daemon::fetch::{self, FetchArgs};
 use fused_daemon::model::{ModelConfig, dummy};
 use fused_daemon::serve::{self, ServeArgs};
 
@@ -19,6 +20,9 @@ struct Cli {
 enum Command {
     /// Serve the OpenAI-compatible API (the main job).
     Serve(Box<ServeArgs>),
+    /// Fetch an artifact into the node-local cache, verify its SHA-256 and link it (the init
+    /// container of every daemon Pod).
+    Fetch(FetchArgs),
     /// Write a dummy-weight model as an HF checkpoint (config.json + model.safetensors).
     ExportDummy {
         /// Shape preset.
@@ -39,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve::run(*args),
+        Command::Fetch(args) => fetch::run(args),
         Command::ExportDummy { shape, seed, out } => {
             let config = ModelConfig::preset(&shape).ok_or_else(|| {
                 anyhow::anyhow!(
