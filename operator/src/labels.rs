@@ -67,9 +67,12 @@ pub fn name_and_namespace(model: &FusedModel) -> Result<(String, String)> {
 /// controller owner reference so garbage collection removes the child with its owner.
 pub fn child_metadata(model: &FusedModel) -> Result<ObjectMeta> {
     let (name, namespace) = name_and_namespace(model)?;
-    let owner = model
+    let mut owner = model
         .controller_owner_ref(&())
         .ok_or(Error::MissingField("metadata.uid"))?;
+    // Foreground deletion of the FusedModel waits for its children (needs the RBAC verb
+    // `update` on fusedmodels/finalizers).
+    owner.block_owner_deletion = Some(true);
     Ok(ObjectMeta {
         name: Some(name.clone()),
         namespace: Some(namespace),

@@ -8,7 +8,8 @@
 //! - [`spec_check`]: spec problems the schema cannot catch;
 //! - [`observe`], [`conditions`], [`events`]: from the cluster's view to status and Events;
 //! - [`apply`]: server-side apply only when something differs;
-//! - [`leader`], [`http`], [`metrics`]: what the binary needs to run in a cluster.
+//! - [`leader`], [`http`], [`metrics`]: what the binary needs to run in a cluster;
+//! - [`rbac`]: the permissions it needs, as one ClusterRole.
 
 pub mod apply;
 pub mod autoscaler;
@@ -24,6 +25,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod quantity;
+pub mod rbac;
 pub mod service;
 pub mod spec_check;
 pub mod workload;
