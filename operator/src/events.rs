@@ -7,7 +7,7 @@ use kube::runtime::events::{Event, EventType};
 
 use crate::conditions::WARNING_REASONS;
 
-/// Action recorded on every event.
+/// Action of events not about one condition.
 pub const ACTION: &str = "Reconcile";
 
 /// The events for the transitions from `old` to `new`.
@@ -38,7 +38,9 @@ pub fn transitions(old: Option<&FusedModelStatus>, new: &FusedModelStatus) -> Ve
                 ),
                 1024,
             )),
-            action: ACTION.into(),
+            // One action per condition type, so that two conditions moving to the same reason
+            // (Ready and Scheduled to ScaledToZero) stay two events.
+            action: format!("Set{}", condition.type_),
             secondary: None,
         })
         .collect()
