@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
@@ -237,8 +237,15 @@ pub async fn run(
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
-                Ok((object, _)) => tracing::debug!(model = %object.name, namespace = ?object.namespace, "reconciled"),
-                Err(error) => tracing::debug!(%error, "controller event"),
+                Ok((object, _)) => {
+                    tracing::debug!(model = %object.name, namespace = ?object.namespace, "reconciled");
+                }
+                // Already logged by error_policy, or a deleted object: nothing to add.
+                Err(
+                    controller::Error::ReconcilerFailed(..) | controller::Error::ObjectNotFound(_),
+                ) => {}
+                // A watch failing (lost permission, CRD missing): the controller retries.
+                Err(error) => tracing::warn!(%error, "watching failed"),
             }
         })
         .await;
