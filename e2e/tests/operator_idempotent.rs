@@ -22,7 +22,13 @@ struct CallLog(Arc<Mutex<Vec<String>>>);
 
 impl CallLog {
     fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap())
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -46,11 +52,9 @@ async fn recording_client(kubeconfig: &std::path::Path) -> (Client, CallLog) {
     let recorder = log.clone();
     let layer =
         tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
-            recorder.0.lock().unwrap().push(format!(
-                "{} {}",
-                request.method(),
-                request.uri().path()
-            ));
+            recorder
+                .lock()
+                .push(format!("{} {}", request.method(), request.uri().path()));
             request
         });
     let client = ClientBuilder::try_from(config)

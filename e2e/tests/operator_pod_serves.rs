@@ -74,7 +74,7 @@ impl LocalPod {
             );
             self.root.join("volumes").join(volume)
         };
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("create a local volume directory");
         dir
     }
 
