@@ -216,7 +216,9 @@ fn artifacts(current: &[&Pod]) -> Artifacts {
     }
 }
 
-/// The reason and message of a failed fetch container (now, or in its last run).
+/// The reason and message of a failed fetch container (now, or in its last run): the
+/// `Artifact…` reason `fused-daemon fetch` wrote, or [`ARTIFACT_FETCH_FAILED`] for any other
+/// termination message (a crash, an out-of-memory kill).
 fn failure(container: &ContainerStatus) -> Option<(String, String)> {
     let terminated = [container.state.as_ref(), container.last_state.as_ref()]
         .into_iter()
@@ -227,7 +229,8 @@ fn failure(container: &ContainerStatus) -> Option<(String, String)> {
     let text = text.trim();
     match text.split_once(": ") {
         Some((reason, message))
-            if !reason.is_empty() && reason.chars().all(|c| c.is_ascii_alphanumeric()) =>
+            if reason.starts_with("Artifact")
+                && reason.chars().all(|c| c.is_ascii_alphanumeric()) =>
         {
             Some((reason.to_owned(), message.to_owned()))
         }
@@ -280,5 +283,153 @@ fn scheduling(current: &[&Pod], desired_replicas: i32) -> Scheduling {
         ))
     } else {
         Scheduling::Scheduled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+    use serde_json::json;
+
+    fn pod(hash: &str, status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("p-{hash}"), "annotations": {TEMPLATE_HASH_ANNOTATION: hash}},
+            "status": status,
+        }))
+        .expect("test Pod")
+    }
+
+    fn deployment(hash: &str, generation: i64, status: DeploymentStatus) -> Deployment {
+        let mut deployment = Deployment {
+            spec: Some(DeploymentSpec {
+                replicas: Some(1),
+                ..DeploymentSpec::default()
+            }),
+            status: Some(status),
+            ..Deployment::default()
+        };
+        deployment.metadata.generation = Some(generation);
+        let spec = deployment.spec.as_mut().expect("set above");
+        spec.template.metadata = Some(Default::default());
+        spec.template
+            .metadata
+            .as_mut()
+            .expect("set above")
+            .annotations = Some([(TEMPLATE_HASH_ANNOTATION.to_owned(), hash.to_owned())].into());
+        deployment
+    }
+
+    fn failed_fetch(message: &str) -> serde_json::Value {
+        json!({"initContainerStatuses": [{"name": "fetch-model", "ready": false, "restartCount": 2,
+            "image": "i", "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 1, "message": message}}}]})
+    }
+
+    #[test]
+    fn fetch_failures_carry_the_reason_of_the_termination_message() {
+        let current = deployment("new", 1, DeploymentStatus::default());
+        let pods = [
+            pod(
+                "new",
+                failed_fetch("ArtifactUnreachable: http://x: unreachable (refused)"),
+            ),
+            pod(
+                "new",
+                failed_fetch("ArtifactDigestMismatch: file:///m: SHA-256 is a, expected b"),
+            ),
+        ];
+        let observed = observe(Some(&current), &pods, 1);
+        assert_eq!(
+            observed.artifacts,
+            Artifacts::Failed {
+                reason: ARTIFACT_DIGEST_MISMATCH.into(),
+                message:
+                    "Pod p-new, init container fetch-model: file:///m: SHA-256 is a, expected b"
+                        .into()
+            },
+            "a mismatch is reported before other failures"
+        );
+        let unparsable = [pod("new", failed_fetch("panic: something"))];
+        match observe(Some(&current), &unparsable, 1).artifacts {
+            Artifacts::Failed { reason, .. } => assert_eq!(reason, ARTIFACT_FETCH_FAILED),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn pods_of_an_older_template_are_not_judged() {
+        let current = deployment("new", 1, DeploymentStatus::default());
+        let old = [pod("old", failed_fetch("ArtifactDigestMismatch: x"))];
+        assert!(matches!(
+            observe(Some(&current), &old, 1).artifacts,
+            Artifacts::Unknown(_)
+        ));
+    }
+
+    #[test]
+    fn gpu_shortage_is_told_apart_from_other_scheduling_failures() {
+        let current = deployment("h", 1, DeploymentStatus::default());
+        let unschedulable = |message: &str| {
+            pod(
+                "h",
+                json!({"conditions": [{"type": "PodScheduled", "status": "False",
+                    "reason": "Unschedulable", "message": message}]}),
+            )
+        };
+        let gpu = [unschedulable(
+            "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+        )];
+        assert!(matches!(
+            observe(Some(&current), &gpu, 1).scheduling,
+            Scheduling::Unschedulable {
+                insufficient_gpu: true,
+                ..
+            }
+        ));
+        let taint = [unschedulable(
+            "0/4 nodes are available: 4 node(s) had taint {x}.",
+        )];
+        assert!(matches!(
+            observe(Some(&current), &taint, 1).scheduling,
+            Scheduling::Unschedulable {
+                insufficient_gpu: false,
+                ..
+            }
+        ));
+        assert_eq!(
+            observe(Some(&current), &gpu, 0).scheduling,
+            Scheduling::NoReplicas
+        );
+    }
+
+    #[test]
+    fn rollout_follows_kubectl_rollout_status() {
+        let status =
+            |observed: i64, updated: i32, replicas: i32, available: i32| DeploymentStatus {
+                observed_generation: Some(observed),
+                updated_replicas: Some(updated),
+                replicas: Some(replicas),
+                available_replicas: Some(available),
+                ..DeploymentStatus::default()
+            };
+        let rollout = |s| observe(Some(&deployment("h", 2, s)), &[], 1).rollout;
+        assert!(
+            matches!(rollout(status(1, 1, 1, 1)), Rollout::InProgress(m) if m.contains("generation 2"))
+        );
+        assert!(
+            matches!(rollout(status(2, 0, 1, 1)), Rollout::InProgress(m) if m.contains("0 of 1"))
+        );
+        assert!(
+            matches!(rollout(status(2, 1, 2, 1)), Rollout::InProgress(m) if m.contains("old replicas"))
+        );
+        assert!(
+            matches!(rollout(status(2, 1, 1, 0)), Rollout::InProgress(m) if m.contains("available"))
+        );
+        assert_eq!(rollout(status(2, 1, 1, 1)), Rollout::Complete);
+        assert!(matches!(
+            observe(None, &[], 1).rollout,
+            Rollout::InProgress(_)
+        ));
     }
 }
