@@ -10,6 +10,7 @@
 
 pub mod engine;
 pub mod eval;
+pub mod fetch;
 pub mod kv;
 pub mod metrics;
 pub mod model;

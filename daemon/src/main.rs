@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use fused_daemon::eval;
+use fused_daemon::fetch::{self, FetchArgs};
 use fused_daemon::model::gguf::GgufFile;
 use fused_daemon::model::{Model, ModelConfig, dummy};
 use fused_daemon::serve::{self, ServeArgs};
@@ -54,6 +55,9 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         lines: usize,
     },
+    /// Fetch an artifact into the node-local cache, verify its SHA-256 and link it (the init
+    /// container of every daemon Pod).
+    Fetch(FetchArgs),
     /// Write a dummy-weight model as an HF checkpoint (config.json + model.safetensors).
     ExportDummy {
         /// Shape preset.
@@ -107,6 +111,7 @@ fn main() -> anyhow::Result<()> {
             println!("{bpb:.4} bits per byte over {} lines", lines.len());
             Ok(())
         }
+        Command::Fetch(args) => fetch::run(args),
         Command::ExportDummy { shape, seed, out } => {
             let config = ModelConfig::preset(&shape).ok_or_else(|| {
                 anyhow::anyhow!(

@@ -1,0 +1,150 @@
+//! Writing child objects only when they differ: the live object is read, and a server-side
+//! apply (field manager `fused-operator`, forced) is sent only if some field of the desired
+//! object is missing from it or has another value. Fields the API server adds (defaults,
+//! status, metadata) are ignored, quantities are compared by value, and empty lists and maps
+//! in the desired object match absent ones (the server drops them).
+
+use std::fmt::Debug;
+
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::labels::FIELD_MANAGER;
+use crate::quantity;
+
+/// What [`apply_if_changed`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied<K> {
+    /// The live object already matched; nothing was written.
+    Unchanged(K),
+    /// The desired object was applied; this is what the server returned.
+    Written(K),
+}
+
+impl<K> Applied<K> {
+    /// The object as it now is on the server.
+    pub fn into_object(self) -> K {
+        match self {
+            Self::Unchanged(object) | Self::Written(object) => object,
+        }
+    }
+
+    /// Whether a write was made.
+    pub fn written(&self) -> bool {
+        matches!(self, Self::Written(_))
+    }
+}
+
+/// Server-side applies `desired` as `name` unless the live object already holds every field.
+pub async fn apply_if_changed<K>(api: &Api<K>, name: &str, desired: &K) -> Result<Applied<K>>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let wanted = serde_json::to_value(desired).map_err(Error::serialize("a desired object"))?;
+    if let Some(live) = api.get_opt(name).await? {
+        let have = serde_json::to_value(&live).map_err(Error::serialize("a live object"))?;
+        if contains(&have, &wanted) {
+            return Ok(Applied::Unchanged(live));
+        }
+    }
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let written = api.patch(name, &params, &Patch::Apply(&wanted)).await?;
+    Ok(Applied::Written(written))
+}
+
+/// Whether `live` holds every field of `desired` with the same value.
+pub fn contains(live: &Value, desired: &Value) -> bool {
+    contains_at(live, desired, Context::Plain)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Context {
+    Plain,
+    /// Inside `resources.requests` / `resources.limits`, or an HPA target value.
+    Quantity,
+}
+
+fn contains_at(live: &Value, desired: &Value, context: Context) -> bool {
+    match (live, desired) {
+        (_, Value::Null) => true,
+        (Value::Object(live), Value::Object(desired)) => desired.iter().all(|(key, want)| {
+            let child = match key.as_str() {
+                "requests" | "limits" | "averageValue" => Context::Quantity,
+                _ if context == Context::Quantity => Context::Quantity,
+                _ => Context::Plain,
+            };
+            match live.get(key) {
+                Some(have) => contains_at(have, want, child),
+                None => is_empty(want),
+            }
+        }),
+        (Value::Array(live), Value::Array(desired)) => {
+            live.len() == desired.len()
+                && live
+                    .iter()
+                    .zip(desired)
+                    .all(|(have, want)| contains_at(have, want, context))
+        }
+        (Value::String(have), Value::String(want)) if context == Context::Quantity => {
+            have == want || quantity::same(have, want)
+        }
+        (have, want) => have == want,
+    }
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Array(items) => items.is_empty(),
+        Value::Object(fields) => fields.values().all(is_empty),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains;
+    use serde_json::json;
+
+    #[test]
+    fn server_added_fields_do_not_count_as_changes() {
+        let desired = json!({"spec": {"replicas": 1, "template": {"spec": {"containers": [
+            {"name": "daemon", "ports": [{"containerPort": 8000, "name": "http"}]}]}}}});
+        let live = json!({"metadata": {"resourceVersion": "7"}, "status": {"replicas": 1},
+            "spec": {"replicas": 1, "revisionHistoryLimit": 10, "template": {"spec": {
+                "dnsPolicy": "ClusterFirst", "containers": [{"name": "daemon",
+                "imagePullPolicy": "IfNotPresent",
+                "ports": [{"containerPort": 8000, "name": "http", "protocol": "TCP"}]}]}}}});
+        assert!(contains(&live, &desired));
+    }
+
+    #[test]
+    fn a_changed_value_or_element_is_a_change() {
+        let live = json!({"spec": {"replicas": 1, "args": ["--port", "8000"]}});
+        assert!(!contains(&live, &json!({"spec": {"replicas": 2}})));
+        assert!(!contains(
+            &live,
+            &json!({"spec": {"args": ["--port", "8001"]}})
+        ));
+        assert!(!contains(
+            &live,
+            &json!({"spec": {"args": ["--port", "8000", "--x"]}})
+        ));
+        assert!(!contains(&live, &json!({"spec": {"selector": {"a": "b"}}})));
+    }
+
+    #[test]
+    fn quantities_compare_by_value_and_empty_matches_absent() {
+        let live = json!({"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
+            "target": {"averageValue": "800m"}});
+        let desired = json!({"resources": {"requests": {"cpu": "0.5", "memory": "1024Mi"}},
+            "target": {"averageValue": "0.8"}, "tolerations": [], "nodeSelector": {}});
+        assert!(contains(&live, &desired));
+        // Outside quantities, strings compare exactly.
+        assert!(!contains(&json!({"name": "500m"}), &json!({"name": "0.5"})));
+    }
+}

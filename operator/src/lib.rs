@@ -1,0 +1,37 @@
+//! The FusedModel operator: reconciles each `FusedModel` into a Deployment of serving daemons
+//! (with init containers that fetch and verify the artifacts into a node-local cache), a Service
+//! and, with `spec.autoscaling`, a HorizontalPodAutoscaler on the FusedModel's scale
+//! subresource; and reports what it sees in the FusedModel's status and Events.
+//!
+//! - [`controller`]: `reconcile`, `error_policy`, `run` — the one entry point;
+//! - [`workload`], [`service`], [`autoscaler`]: the desired children (pure);
+//! - [`spec_check`]: spec problems the schema cannot catch;
+//! - [`observe`], [`conditions`], [`events`]: from the cluster's view to status and Events;
+//! - [`apply`]: server-side apply only when something differs;
+//! - [`leader`], [`http`], [`metrics`]: what the binary needs to run in a cluster;
+//! - [`rbac`]: the permissions it needs, as one ClusterRole.
+
+pub mod apply;
+pub mod autoscaler;
+pub mod conditions;
+pub mod config;
+pub mod context;
+pub mod controller;
+pub mod error;
+pub mod events;
+pub mod http;
+pub mod labels;
+pub mod leader;
+pub mod metrics;
+pub mod observe;
+pub mod quantity;
+pub mod rbac;
+pub mod service;
+pub mod spec_check;
+pub mod workload;
+
+pub use config::OperatorConfig;
+pub use context::Context;
+pub use controller::{error_policy, reconcile, run};
+pub use error::{Error, Result};
+pub use metrics::Metrics;
