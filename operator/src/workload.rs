@@ -391,3 +391,104 @@ fn artifacts_mount(read_only: bool) -> VolumeMount {
         ..VolumeMount::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fused_crds::FusedModelSpec;
+
+    fn model(spec: serde_json::Value) -> FusedModel {
+        let spec: FusedModelSpec = serde_json::from_value(spec).expect("test spec parses");
+        let mut model = FusedModel::new("m", spec);
+        model.metadata.namespace = Some("ns".into());
+        model.metadata.uid = Some("uid-1".into());
+        model
+    }
+
+    fn pod_spec(deployment: &Deployment) -> PodSpec {
+        deployment
+            .spec
+            .clone()
+            .and_then(|s| s.template.spec)
+            .expect("a pod spec")
+    }
+
+    #[test]
+    fn spec_image_overrides_the_operator_image_in_every_container() {
+        let config = OperatorConfig::with_daemon_image("operator/default:1");
+        let base = serde_json::json!({"baseModel": {"uri": "file:///m.gguf", "format": "gguf"}});
+        let default = pod_spec(&deployment(&model(base.clone()), &config).expect("builds"));
+        assert_eq!(
+            default.containers[0].image.as_deref(),
+            Some("operator/default:1")
+        );
+        let mut custom = base;
+        custom["image"] = "team/daemon:dev".into();
+        let custom = pod_spec(&deployment(&model(custom), &config).expect("builds"));
+        let images: Vec<_> = custom
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&custom.containers)
+            .map(|c| c.image.as_deref())
+            .collect();
+        assert_eq!(images, [Some("team/daemon:dev"), Some("team/daemon:dev")]);
+    }
+
+    #[test]
+    fn pvc_artifacts_mount_their_claim_read_only() {
+        let config = OperatorConfig::with_daemon_image("d:1");
+        let spec = serde_json::json!({"baseModel": {"uri": "pvc://weights/llama/7b", "format": "safetensors"}});
+        let pod = pod_spec(&deployment(&model(spec), &config).expect("builds"));
+        let fetch = &pod.init_containers.as_ref().expect("init containers")[0];
+        let args = fetch.args.clone().expect("args");
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--uri", "file:///pvc/weights/llama/7b"]),
+            "{args:?}"
+        );
+        let claim = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find_map(|v| v.persistent_volume_claim.as_ref())
+            .expect("a PVC volume");
+        assert_eq!(
+            (claim.claim_name.as_str(), claim.read_only),
+            ("weights", Some(true))
+        );
+        assert!(
+            fetch
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path == "/pvc/weights" && m.read_only == Some(true))
+        );
+        assert_eq!(
+            fetch_source("pvc://only-claim"),
+            Err("pvc://only-claim: expected pvc://<claim>/<path inside the claim>".into())
+        );
+    }
+
+    #[test]
+    fn the_template_hash_changes_with_the_template_only() {
+        let config = OperatorConfig::with_daemon_image("d:1");
+        let spec = serde_json::json!({"baseModel": {"uri": "file:///m.gguf", "format": "gguf"}});
+        let hash = |model: &FusedModel| {
+            deployment(model, &config)
+                .expect("builds")
+                .spec
+                .and_then(|s| s.template.metadata)
+                .and_then(|m| m.annotations)
+                .and_then(|a| a.get(TEMPLATE_HASH_ANNOTATION).cloned())
+                .expect("a template hash")
+        };
+        let one = model(spec.clone());
+        let mut scaled = spec.clone();
+        scaled["replicas"] = 5.into();
+        let mut bigger_pages = spec;
+        bigger_pages["kvCache"] = serde_json::json!({"blockSize": 4194304});
+        assert_eq!(hash(&one), hash(&model(scaled)), "scaling is no rollout");
+        assert_ne!(hash(&one), hash(&model(bigger_pages)));
+    }
+}
