@@ -109,42 +109,6 @@ pub fn write_logits(model: &Model, a: &[u32], b: &[u32], out: &Path) -> anyhow::
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::ModelConfig;
-
-    #[test]
-    fn the_three_ways_agree_on_a_dummy_model() {
-        let model = Model::dummy(ModelConfig::preset("tiny-llama").unwrap(), 1).unwrap();
-        let dir = std::env::temp_dir().join(format!("fused-eval-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("logits.safetensors");
-        write_logits(&model, &[5, 9, 200, 17, 3, 44], &[7, 8, 9], &out).unwrap();
-        let t = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
-        let diff = |x: &str, y: &str| {
-            (t[x].clone() - t[y].clone())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert!(diff("prefill_a", "stepwise_a") < 1e-4);
-        let varlen_b = t["varlen"].narrow(0, 1, 3).unwrap();
-        let d = (varlen_b - t["prefill_b"].clone())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert!(d.to_scalar::<f32>().unwrap() < 1e-4);
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-}
-
 /// Bits per byte of `model` on `lines` tokenised by `codec` (patched or not): every token of a
 /// line is predicted, with `prefix` (an id the model knows, e.g. `<|endoftext|>`) as its only
 /// context, so two tokenisations of the same text are compared on the same bytes.
@@ -184,4 +148,40 @@ pub fn bits_per_byte(
         bail!("no text to score");
     }
     Ok(bits / bytes as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelConfig;
+
+    #[test]
+    fn the_three_ways_agree_on_a_dummy_model() {
+        let model = Model::dummy(ModelConfig::preset("tiny-llama").unwrap(), 1).unwrap();
+        let dir = std::env::temp_dir().join(format!("fused-eval-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("logits.safetensors");
+        write_logits(&model, &[5, 9, 200, 17, 3, 44], &[7, 8, 9], &out).unwrap();
+        let t = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+        let diff = |x: &str, y: &str| {
+            (t[x].clone() - t[y].clone())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(diff("prefill_a", "stepwise_a") < 1e-4);
+        let varlen_b = t["varlen"].narrow(0, 1, 3).unwrap();
+        let d = (varlen_b - t["prefill_b"].clone())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-4);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -1,6 +1,9 @@
 //! The engine thread end to end on a tiny dummy model with the real CPU KV region: requests
 //! finish, and cancellation at any stage (queued, mid-prefill, decoding) gives every KV page back.
 
+// Test scaffolding: a failed setup step is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,7 +46,7 @@ fn start(
     .unwrap();
     let metrics = Arc::new(Metrics::new("tiny", 2 << 20, 32).unwrap());
     let (handle, thread) = engine::spawn(EngineParts {
-        model,
+        model: Box::new(model),
         kv,
         scheduler,
         metrics: metrics.clone(),
