@@ -1,5 +1,10 @@
 # Shared helpers of the scripts/bench-*.sh benchmarks (sourced, not run). Starts servers on
 # loopback, waits for them, stops them by PID; builds the binaries once.
+# Servers run in their own session (setsid): with the kernel's session autogroups
+# (/proc/sys/kernel/sched_autogroup_enabled = 1) a server sharing a session with the benchmark
+# client gets a CPU share that depends on the client's own load, and two clients measuring the
+# same server disagree (seen here: guidellm 45 vs fused-bench 28 output tok/s, both correct for
+# what the server did under each; 28 vs 28 once the server had its own session).
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 DAEMON=$TARGET/release/fused-daemon
@@ -34,7 +39,7 @@ wait_http() { # url, seconds, pid
 
 start_daemon() { # port, log, extra args...
   local port=$1 log=$2; shift 2
-  "$DAEMON" serve --port "$port" --served-model-name smollm2 "$@" >"$log" 2>&1 &
+  setsid "$DAEMON" serve --port "$port" --served-model-name smollm2 "$@" >"$log" 2>&1 &
   SERVER_PIDS+=($!)
   wait_http "http://127.0.0.1:$port/ready" 180 $!
 }
@@ -43,7 +48,7 @@ start_llamacpp() { # port, log, extra args...
   local port=$1 log=$2; shift 2
   local bin; bin=$("$ROOT/scripts/bench-peers.sh" llamacpp | tail -1)
   # interrupt_requests False: queue concurrent requests instead of cutting the running stream.
-  "$bin/python" -m llama_cpp.server --model "$GGUF" --model_alias smollm2 --host 127.0.0.1 \
+  setsid "$bin/python" -m llama_cpp.server --model "$GGUF" --model_alias smollm2 --host 127.0.0.1 \
     --port "$port" --n_ctx 2048 --n_threads 2 --n_threads_batch 2 --interrupt_requests False \
     "$@" >"$log" 2>&1 &
   SERVER_PIDS+=($!)
