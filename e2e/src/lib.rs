@@ -1,6 +1,7 @@
 //! End-to-end harnesses: a real kube-apiserver on loopback (`k8s`) for the CRD, operator and
-//! chart tests.
+//! chart tests, and the `fused-bench` serving benchmark client (`bench`).
 
+pub mod bench;
 pub mod k8s;
 
 use std::path::PathBuf;
