@@ -11,7 +11,7 @@
 set -euo pipefail
 source "$(dirname "$0")/bench-lib.sh"
 OUT=${1:-$ROOT/results/llamacpp}
-IN_LEN=${IN_LEN:-64} OUT_LEN=${OUT_LEN:-64} RATES=${RATES:-0.25,1} N_RATE=${N_RATE:-16}
+IN_LEN=${IN_LEN:-64} OUT_LEN=${OUT_LEN:-64} RATES=${RATES-0.25,1} N_RATE=${N_RATE:-16}
 PORT=${PORT:-18230}
 mkdir -p "$OUT"
 build_bins
