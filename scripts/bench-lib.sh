@@ -49,7 +49,8 @@ start_llamacpp() { # port, log, extra args...
   local bin; bin=$("$ROOT/scripts/bench-peers.sh" llamacpp | tail -1)
   # interrupt_requests False: queue concurrent requests instead of cutting the running stream.
   setsid "$bin/python" -m llama_cpp.server --model "$GGUF" --model_alias smollm2 --host 127.0.0.1 \
-    --port "$port" --n_ctx 2048 --n_threads 2 --n_threads_batch 2 --interrupt_requests False \
+    --port "$port" --n_ctx 2048 --n_threads "${LLAMA_THREADS:-2}" \
+    --n_threads_batch "${LLAMA_THREADS:-2}" --interrupt_requests False \
     "$@" >"$log" 2>&1 &
   SERVER_PIDS+=($!)
   wait_http "http://127.0.0.1:$port/v1/models" 180 $!

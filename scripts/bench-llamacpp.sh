@@ -3,55 +3,70 @@
 # venv) on the same SmolLM2 GGUF, the same medical prompts and the same load, both measured by
 # fused-bench in one run of this script:
 #   decode   a closed loop of 1 and of 8 concurrent streams (--ignore-eos, OUT_LEN tokens each):
-#            decode tokens/s at batch 1 and batch 8
+#            decode tokens/s at batch 1 and batch 8, ROUNDS rounds alternating the servers
 #   rates    Poisson arrivals at each of RATES req/s: throughput, P99 TTFT and P99 ITL
 # llama-cpp-python honours `min_tokens`, not `ignore_eos`: both are sent. Its stream has no usage,
 # so output tokens are counted by the reference tokenizer (the GGUF's) for both servers.
-# Usage: scripts/bench-llamacpp.sh [OUT_DIR]     (≈ 12 min on 2 cores, first run + llama.cpp build)
+# Usage: scripts/bench-llamacpp.sh [OUT_DIR]     (≈ 12 min on 2 cores; the first run also builds llama.cpp)
 set -euo pipefail
 source "$(dirname "$0")/bench-lib.sh"
 OUT=${1:-$ROOT/results/llamacpp}
-IN_LEN=${IN_LEN:-64} OUT_LEN=${OUT_LEN:-64} RATES=${RATES:-0.25,1} N_RATE=${N_RATE:-16}
+IN_LEN=${IN_LEN:-64} OUT_LEN=${OUT_LEN:-64} RATES=${RATES-0.25,1} N_RATE=${N_RATE:-16}
 PORT=${PORT:-18230}
 mkdir -p "$OUT"
 build_bins
 TEXT=$(medical_text)
 "$ROOT/scripts/bench-peers.sh" llamacpp >/dev/null
-run_server() { # name
-  local name=$1
-  local args=(--base-url "http://127.0.0.1:$PORT" --tokenizer "$GGUF" --dataset-name text
-              --dataset-path "$TEXT" --text-input-len "$IN_LEN" --text-output-len "$OUT_LEN"
-              --ignore-eos --extra-body "{\"min_tokens\": $OUT_LEN}" --disable-tqdm)
-  for conc in 1 8; do
-    "$BENCH" "${args[@]}" --num-prompts $((conc == 1 ? 4 : 16)) --max-concurrency "$conc" \
-      --seed 1 --label "$name batch $conc" --result-json "$OUT/$name-batch$conc.json" \
-      >"$OUT/$name-batch$conc.txt"
-  done
-  "$BENCH" "${args[@]}" --num-prompts "$N_RATE" --sweep-request-rates "$RATES" --seed 2 \
-    --label "$name" --result-json "$OUT/$name-rates.json" >"$OUT/$name-rates.txt"
+PORT_FUSED=$PORT PORT_LLAMA=$((PORT + 1)) ROUNDS=${ROUNDS:-3}
+bench() { # server name, port, label, output name, fused-bench args...
+  local port=$2 label=$3 name=$4; shift 4
+  "$BENCH" --base-url "http://127.0.0.1:$port" --tokenizer "$GGUF" --dataset-name text \
+    --dataset-path "$TEXT" --text-input-len "$IN_LEN" --text-output-len "$OUT_LEN" --ignore-eos \
+    --extra-body "{\"min_tokens\": $OUT_LEN}" --disable-tqdm --label "$label" \
+    --result-json "$OUT/$name.json" "$@" >"$OUT/$name.txt"
 }
-echo "== fused-daemon (defaults: Sarathi, KV on demand)" >&2
-start_daemon "$PORT" "$OUT/fused.log"
-run_server fused
+# Both servers stay up (idle, each in its own session) and are measured in alternation, so slow
+# drifts of the machine's load hit both alike.
+echo "== fused-daemon (defaults: Sarathi, KV on demand) on :$PORT_FUSED" >&2
+start_daemon "$PORT_FUSED" "$OUT/fused.log"
+echo "== llama.cpp (llama-cpp-python server, 2 threads) on :$PORT_LLAMA" >&2
+start_llamacpp "$PORT_LLAMA" "$OUT/llamacpp.log"
+for round in $(seq "$ROUNDS"); do
+  for conc in 1 8; do
+    for server in fused llamacpp; do
+      port=$PORT_FUSED; [ "$server" = llamacpp ] && port=$PORT_LLAMA
+      bench "$server" "$port" "$server batch $conc" "$server-batch$conc-$round" \
+        --num-prompts $((conc == 1 ? 4 : 16)) --max-concurrency "$conc" --seed "$round"
+    done
+  done
+done
+for server in fused llamacpp; do  # RATES= (empty) skips the Poisson runs
+  [ -n "$RATES" ] || break
+  port=$PORT_FUSED; [ "$server" = llamacpp ] && port=$PORT_LLAMA
+  bench "$server" "$port" "$server" "$server-rates" --num-prompts "$N_RATE" \
+    --sweep-request-rates "$RATES" --seed 100
+done
 stop_servers
-echo "== llama.cpp (llama-cpp-python server, 2 threads)" >&2
-start_llamacpp "$PORT" "$OUT/llamacpp.log"
-run_server llamacpp
-stop_servers
-"$BENCH" plot "$OUT/fused-rates.json" "$OUT/llamacpp-rates.json" "$OUT"/{fused,llamacpp}-batch{1,8}.json \
-  --plot-dir "$OUT"
-python3 - "$OUT" <<'PY'
-import json, sys
-out = sys.argv[1]
+charts=("$OUT"/{fused,llamacpp}-batch{1,8}-1.json)
+[ -z "$RATES" ] || charts+=("$OUT/fused-rates.json" "$OUT/llamacpp-rates.json")
+"$BENCH" plot "${charts[@]}" --plot-dir "$OUT"
+python3 - "$OUT" "$ROUNDS" <<'PY'
+import json, os, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
 load = lambda n: json.load(open(f"{out}/{n}.json"))
-print("| server | batch | decode tok/s (ref. tokens) | per-stream tok/s (1000/TPOT) | TTFT median ms |")
-print("|---|---:|---:|---:|---:|")
+print("| batch | round | fused tok/s | llama.cpp tok/s | fused / llama.cpp | fused per-stream tok/s (1000/TPOT) | llama.cpp per-stream tok/s |")
+print("|---:|---:|---:|---:|---:|---:|---:|")
 for b in (1, 8):
-    for s in ("fused", "llamacpp"):
-        r = load(f"{s}-batch{b}")
-        print(f"| {s} | {b} | {r['ref_output_throughput']:.1f} | {1000 / r['tpot_ms']['mean']:.1f} | {r['ttft_ms']['median']:.0f} |")
-    f, l = load(f"fused-batch{b}"), load(f"llamacpp-batch{b}")
-    print(f"| **ratio fused / llama.cpp** | {b} | **{f['ref_output_throughput'] / l['ref_output_throughput']:.2f}×** | | |")
+    ratios = []
+    for r in range(1, rounds + 1):
+        f, l = load(f"fused-batch{b}-{r}"), load(f"llamacpp-batch{b}-{r}")
+        ratio = f["ref_output_throughput"] / l["ref_output_throughput"]
+        ratios.append(ratio)
+        print(f"| {b} | {r} | {f['ref_output_throughput']:.1f} | {l['ref_output_throughput']:.1f} | {ratio:.2f}× | "
+              f"{1000 / f['tpot_ms']['mean']:.1f} | {1000 / l['tpot_ms']['mean']:.1f} |")
+    print(f"| {b} | **median** | | | **{statistics.median(ratios):.2f}×** | | |")
+if not os.path.exists(f"{out}/fused-rates.json"):
+    sys.exit(0)
 print()
 print("| server | req/s offered | req/s done | output tok/s (ref. tokens) | TTFT P99 ms | ITL P99 ms | failed |")
 print("|---|---:|---:|---:|---:|---:|---:|")
