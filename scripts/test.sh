@@ -11,6 +11,8 @@ echo "== setup" >&2
 scripts/setup-k8s.sh
 PROMETHEUS=$(scripts/setup-prometheus.sh)
 scripts/fetch-model.sh >/dev/null
+scripts/fetch-tokenizers.sh >/dev/null
+scripts/fetch-corpus.sh >/dev/null
 PY=$(scripts/setup-python.sh)
 echo "== build" >&2
 cargo build --release --workspace --bins
