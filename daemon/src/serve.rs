@@ -67,6 +67,11 @@ pub struct ServeArgs {
     /// Physical KV memory (host memory, or GPU memory with `--device cuda`), in MiB.
     #[arg(long, default_value_t = 1024)]
     pub kv_memory_mib: usize,
+    /// On the GPU: the share of device memory the daemon may use (vLLM's meaning). The KV pool
+    /// is what stays free after the weights and work buffers, less the other `1 − this` share;
+    /// `--kv-memory-mib` is the CPU pool.
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
     /// Allocate each sequence's KV for the whole context at admission (ablation: the world
     /// before vAttention) instead of page by page on demand.
     #[arg(long)]
@@ -324,7 +329,11 @@ fn forward_and_kv(
                 Some(model) => GpuModel::from_host(gpu.clone(), &model, options)?,
                 None => GpuModel::dummy(gpu.clone(), config.clone(), args.seed, options)?,
             };
-            let kv = KvManager::cuda(kv_config, gpu.context().clone())
+            let kv_config = KvConfig {
+                pool_bytes: gpu_kv_pool_bytes(&gpu, args.gpu_memory_utilization)?,
+                ..kv_config.clone()
+            };
+            let kv = KvManager::cuda(&kv_config, gpu.context().clone())
                 .context("reserving the KV region in GPU memory")?;
             Ok((Box::new(forward), kv))
         }
@@ -334,6 +343,25 @@ fn forward_and_kv(
             match never {}
         }
     }
+}
+
+/// Bytes of GPU memory for KV pages: free memory now (weights and work buffers are already
+/// allocated) less the `1 − utilization` share of the device that the daemon leaves alone.
+#[cfg(feature = "cuda")]
+fn gpu_kv_pool_bytes(gpu: &Gpu, utilization: f64) -> anyhow::Result<usize> {
+    if !(utilization > 0.0 && utilization <= 1.0) {
+        bail!("--gpu-memory-utilization must be in (0, 1], got {utilization}");
+    }
+    let (free, total) = gpu.memory()?;
+    let kept_back = ((1.0 - utilization) * total as f64) as usize;
+    let pool = free.saturating_sub(kept_back);
+    tracing::info!(free, total, utilization, pool, "GPU memory for the KV pool");
+    if pool < crate::kv::DEFAULT_PAGE_BYTES {
+        bail!(
+            "--gpu-memory-utilization {utilization}: {free} bytes free of {total} leave no room for KV pages; raise it"
+        );
+    }
+    Ok(pool)
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {

@@ -336,6 +336,12 @@ pub fn daemon_args(spec: &FusedModelSpec, name: &str) -> Vec<String> {
     if spec.patch_tokenizer.is_some() {
         args.extend(["--patch-tokenizer".into(), PATCH_TOKENIZER_PATH.into()]);
     }
+    if device == "cuda" {
+        args.extend([
+            "--gpu-memory-utilization".into(),
+            spec.kv_cache.gpu_memory_utilization.to_string(),
+        ]);
+    }
     args
 }
 
