@@ -45,4 +45,4 @@ echo "setup-k8s: ready in $BIN:" >&2
 "$BIN/kube-apiserver" --version
 "$BIN/kube-controller-manager" --version
 "$BIN/helm" version --short
-etcd --version | head -1
+etcd --version | sed -n 1p

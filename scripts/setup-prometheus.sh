@@ -22,5 +22,5 @@ if [ ! -x "$bin" ]; then
     systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
 fi
-"$bin" --version 2>&1 | head -1 >&2
+"$bin" --version 2>&1 | sed -n 1p >&2
 echo "$bin"
