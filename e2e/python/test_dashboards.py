@@ -197,38 +197,8 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
-def split_top_level(expr: str) -> list[str]:
-    """The operands of top-level `and` / `or` / `unless` (outside parentheses, braces, brackets
-    and strings)."""
-    parts, depth, start, i, quote = [], 0, 0, 0, None
-    while i < len(expr):
-        c = expr[i]
-        if quote:
-            if c == "\\":
-                i += 1
-            elif c == quote:
-                quote = None
-        elif c in "\"'`":
-            quote = c
-        elif c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif depth == 0:
-            m = re.match(r"(and|or|unless)\b", expr[i:])
-            if m and (i == 0 or not (expr[i - 1].isalnum() or expr[i - 1] in "_:")):
-                parts.append(expr[start:i])
-                i += m.end()
-                start = i
-                continue
-        i += 1
-    parts.append(expr[start:])
-    return [p.strip() for p in parts if p.strip()]
-
-
-def as_bool(expr: str) -> str:
-    """`expr` with its top-level comparison turned into the `bool` form (`a > b` -> `a > bool b`),
-    which keeps every series instead of filtering; unchanged if it has none."""
+def top_level(expr: str):
+    """Indices of `expr` outside parentheses, braces, brackets and strings."""
     depth, i, quote = 0, 0, None
     while i < len(expr):
         c = expr[i]
@@ -244,12 +214,34 @@ def as_bool(expr: str) -> str:
         elif c in ")]}":
             depth -= 1
         elif depth == 0:
-            m = re.match(r"==|!=|>=|<=|>|<", expr[i:])
-            if m and not expr[i + m.end():].lstrip().startswith("bool"):
-                return f"{expr[:i + m.end()]} bool{expr[i + m.end():]}"
-            if m:
-                return expr
+            yield i
         i += 1
+
+
+def split_top_level(expr: str) -> list[str]:
+    """The operands of top-level `and` / `or` / `unless` (outside parentheses, braces, brackets
+    and strings)."""
+    parts, start = [], 0
+    for i in top_level(expr):
+        if i < start:
+            continue
+        m = re.match(r"(and|or|unless)\b", expr[i:])
+        if m and (i == 0 or not (expr[i - 1].isalnum() or expr[i - 1] in "_:")):
+            parts.append(expr[start:i])
+            start = i + m.end()
+    parts.append(expr[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def as_bool(expr: str) -> str:
+    """`expr` with its top-level comparison turned into the `bool` form (`a > b` -> `a > bool b`),
+    which keeps every series instead of filtering; unchanged if it has none."""
+    for i in top_level(expr):
+        m = re.match(r"==|!=|>=|<=|>|<", expr[i:])
+        if m:
+            if expr[i + m.end():].lstrip().startswith("bool"):
+                return expr
+            return f"{expr[:i + m.end()]} bool{expr[i + m.end():]}"
     return expr
 
 
