@@ -2,9 +2,10 @@
 # Everything the GPU issue asks to show, in one call on the H200 machine (see README.md):
 # kernel checks, forward checks (CPU and HF transformers), ceilings, (a) batch-1 decode vs the
 # memory roofline, (b) 4K prefill vs the GEMM rate, (e) KV layouts, (c) offline throughput vs
-# transformers, and the daemon serving HTTP on the GPU. Prints a short table last.
+# transformers, the daemon serving HTTP on the GPU, and (d) online serving, Sarathi vs
+# prefill-first (online.sh). Prints a short table last.
 # Env: PARTS (fused-gpu-bench parts), BUDGETS (offline token budgets), PEERS=0 skips
-# transformers, SERVE=0 skips the HTTP run.
+# transformers, SERVE=0 skips the HTTP run, ONLINE=0 skips (d).
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
 set +e
@@ -26,11 +27,15 @@ fi
 if [ "${SERVE:-1}" = 1 ]; then
   python3 "$here/serve_smoke.py" "$bin/fused-daemon" "$here/tok" > "$out/serve.txt" 2>&1 || status=1
 fi
+if [ "${ONLINE:-1}" = 1 ]; then
+  OUT="$out" bash "$here/online.sh" > "$out/online.txt" 2>&1 || status=1
+fi
 echo
 echo "==== kernels ===="; grep -E "FAIL|passed|FAILED" "$out/kernel-check.txt" | tail -5
 echo "==== fused-gpu-bench ===="; sed -n '/==== fused-gpu-bench results/,$p' "$out/bench.txt" | tail -40
 echo "==== HF logits ===="; tail -1 "$out/hf-check.txt"
 [ -f "$out/peers.txt" ] && { echo "==== peers ===="; grep PEER "$out/peers.txt"; }
 [ -f "$out/serve.txt" ] && { echo "==== serve ===="; grep -E "completion|bad request|metrics|serve smoke" "$out/serve.txt"; }
+[ -f "$out/online.txt" ] && { echo "==== (d) online ===="; grep -E "^\||ONLINE" "$out/online.txt"; }
 echo "bench.sh: $([ $status = 0 ] && echo 'checks PASSED' || echo 'FAILURES (see $OUT)')"
 exit $status

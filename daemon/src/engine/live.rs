@@ -6,6 +6,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{Event, FinishReason, GenerateRequest};
+use crate::model::LogitsWanted;
 use crate::model::sampling::{Sampled, Sampler};
 
 pub(super) struct LiveRequest {
@@ -54,22 +55,40 @@ impl LiveRequest {
         self.tokens.len() - self.prompt_len
     }
 
-    /// Samples from `logits`, sends the token, and says whether the request is done.
-    pub fn deliver(&mut self, logits: &[f32]) -> (Sampled, Delivery) {
-        let sampled = self.sampler.sample(logits);
-        self.tokens.push(sampled.token);
-        if self.events.send(Event::Token(sampled.clone())).is_err() {
-            return (sampled, Delivery::Gone);
+    /// What the model must return for this request's next token.
+    pub fn wants(&self) -> LogitsWanted {
+        if self.sampler.is_plain_greedy() {
+            LogitsWanted::Greedy
+        } else {
+            LogitsWanted::Last
+        }
+    }
+
+    /// Takes the token the model picked (`Some`) or samples one from the logits row, sends it,
+    /// and says whether the request is done.
+    pub fn deliver(&mut self, picked: Option<u32>, logits: Option<&[f32]>) -> Option<Delivery> {
+        let sampled = match (picked, logits) {
+            (Some(token), _) => self.sampler.record(token),
+            (None, Some(row)) => self.sampler.sample(row),
+            (None, None) => return None,
+        };
+        Some(self.send_token(sampled))
+    }
+
+    fn send_token(&mut self, sampled: Sampled) -> Delivery {
+        let token = sampled.token;
+        self.tokens.push(token);
+        if self.events.send(Event::Token(sampled)).is_err() {
+            return Delivery::Gone;
         }
         let generated = self.generated();
-        let outcome = if generated >= self.min_tokens && self.stop_ids.contains(&sampled.token) {
+        if generated >= self.min_tokens && self.stop_ids.contains(&token) {
             Delivery::Finished(FinishReason::Stop)
         } else if generated >= self.max_new_tokens {
             Delivery::Finished(FinishReason::Length)
         } else {
             Delivery::Continue
-        };
-        (sampled, outcome)
+        }
     }
 
     pub fn send(&self, event: Event) {

@@ -254,7 +254,7 @@ impl Worker {
                     )
                 })?;
             let logits = if item.samples {
-                LogitsWanted::Last
+                live.wants()
             } else {
                 LogitsWanted::None
             };
@@ -274,13 +274,13 @@ impl Worker {
         let mut outcomes = Vec::new();
         let now = Instant::now();
         for (index, item) in batch.items.iter().enumerate() {
-            let Some(row) = logits.rows(index).next() else {
-                continue;
-            };
             let Some(live) = self.live.get_mut(&item.id.0) else {
                 continue;
             };
-            let (_, delivery) = live.deliver(row);
+            let Some(delivery) = live.deliver(logits.picked(index), logits.rows(index).next())
+            else {
+                continue;
+            };
             self.parts.metrics.generation_tokens.inc();
             match live.last_token_at {
                 None => {

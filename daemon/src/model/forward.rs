@@ -19,6 +19,21 @@ pub enum LogitsWanted {
     Last,
     /// One row per token of the chunk (scoring text, perplexity).
     All,
+    /// Only the greedy choice after the chunk's last token (the first index of its largest
+    /// logit). A model may pick it on the device and return the token in [`Logits::picked`]
+    /// instead of the row; the CPU model returns the row, as for `Last`.
+    Greedy,
+}
+
+impl LogitsWanted {
+    /// The rows of a chunk of `n` tokens whose logits the head computes.
+    pub fn rows(self, n: usize) -> std::ops::Range<usize> {
+        match self {
+            Self::None => 0..0,
+            Self::Last | Self::Greedy => n - 1..n,
+            Self::All => 0..n,
+        }
+    }
 }
 
 /// One sequence's share of a batch: `tokens` at positions `start_pos..start_pos + tokens.len()`.
@@ -37,6 +52,9 @@ pub struct Logits {
     pub data: Vec<f32>,
     /// `(first row, rows)` for each chunk of the batch.
     pub spans: Vec<(usize, usize)>,
+    /// Per chunk, the token a model picked itself for a [`LogitsWanted::Greedy`] chunk (its
+    /// span is then empty); empty when the model picked none.
+    pub picked: Vec<Option<u32>>,
 }
 
 impl Logits {
@@ -44,6 +62,11 @@ impl Logits {
     pub fn rows(&self, i: usize) -> impl Iterator<Item = &[f32]> {
         let (first, count) = self.spans[i];
         self.data[first * self.vocab..(first + count) * self.vocab].chunks_exact(self.vocab)
+    }
+
+    /// The token the model picked for chunk `i`, if it did.
+    pub fn picked(&self, i: usize) -> Option<u32> {
+        self.picked.get(i).copied().flatten()
     }
 }
 
@@ -183,12 +206,7 @@ impl Model {
         for c in chunks {
             let n = c.tokens.len();
             let first = rows.len() / h;
-            let wanted = match c.logits {
-                LogitsWanted::None => 0..0,
-                LogitsWanted::Last => n - 1..n,
-                LogitsWanted::All => 0..n,
-            };
-            for i in wanted {
+            for i in c.logits.rows(n) {
                 rows.extend_from_slice(&x[(offset + i) * h..(offset + i + 1) * h]);
             }
             spans.push((first, rows.len() / h - first));
@@ -208,7 +226,12 @@ impl Model {
                 &mut data,
             );
         }
-        Logits { vocab, data, spans }
+        Logits {
+            vocab,
+            data,
+            spans,
+            picked: Vec::new(),
+        }
     }
 }
 

@@ -80,6 +80,28 @@ impl Sampler {
         }
     }
 
+    /// Whether [`Sampler::sample`] would pick the first largest logit of the raw row: greedy,
+    /// no penalties, no log-probabilities. Such a request can take the model's own pick.
+    pub fn is_plain_greedy(&self) -> bool {
+        let p = &self.params;
+        p.temperature <= 0.0
+            && p.logprobs.is_none()
+            && p.repetition_penalty == 1.0
+            && p.presence_penalty == 0.0
+            && p.frequency_penalty == 0.0
+    }
+
+    /// Records `token`, picked by the model for a plain greedy request, as output.
+    pub fn record(&mut self, token: u32) -> Sampled {
+        *self.output_counts.entry(token).or_default() += 1;
+        self.seen.insert(token);
+        Sampled {
+            token,
+            logprob: None,
+            top: Vec::new(),
+        }
+    }
+
     /// Samples from one row of logits and records the token as output.
     pub fn sample(&mut self, logits: &[f32]) -> Sampled {
         let mut logits = logits.to_vec();
@@ -100,12 +122,10 @@ impl Sampler {
         } else {
             self.sample_filtered(&logits)
         };
-        *self.output_counts.entry(token as u32).or_default() += 1;
-        self.seen.insert(token as u32);
         Sampled {
-            token: token as u32,
             logprob: logprob_of.map(|lp| lp[token]),
             top,
+            ..self.record(token as u32)
         }
     }
 
@@ -229,6 +249,46 @@ mod tests {
         assert_eq!(out.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
         let lp = out.logprob.unwrap();
         assert!(lp < 0.0 && lp > -0.2, "{lp}");
+    }
+
+    #[test]
+    fn only_plain_greedy_requests_may_take_the_models_pick() {
+        assert!(Sampler::new(SamplingParams::greedy(), &[]).is_plain_greedy());
+        for p in [
+            SamplingParams::default(),
+            SamplingParams {
+                logprobs: Some(0),
+                ..SamplingParams::greedy()
+            },
+            SamplingParams {
+                repetition_penalty: 1.1,
+                ..SamplingParams::greedy()
+            },
+            SamplingParams {
+                presence_penalty: 0.5,
+                ..SamplingParams::greedy()
+            },
+            SamplingParams {
+                frequency_penalty: -0.5,
+                ..SamplingParams::greedy()
+            },
+        ] {
+            assert!(!Sampler::new(p.clone(), &[]).is_plain_greedy(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn a_recorded_pick_counts_for_later_penalties() {
+        let mut s = Sampler::new(
+            SamplingParams {
+                frequency_penalty: 2.0,
+                ..SamplingParams::greedy()
+            },
+            &[],
+        );
+        assert_eq!(s.record(1).token, 1);
+        // Without the recorded token, 1 (3.0) beats 2 (2.0); with it, 1 is penalised to 1.0.
+        assert_eq!(s.sample(&[0.0, 3.0, 2.0]).token, 2);
     }
 
     #[test]

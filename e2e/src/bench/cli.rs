@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::bench::BenchError;
 use crate::bench::client::Backend;
-use crate::bench::dataset::random::RandomSpec;
+use crate::bench::dataset::random::{LongMix, RandomSpec};
 use crate::bench::dataset::{DatasetName, DatasetSpec};
 use crate::bench::plot::DEFAULT_FONT;
 use crate::bench::runner::LoadSpec;
@@ -84,6 +84,13 @@ pub struct RunArgs {
     /// Random tokens shared by every random prompt, before its own
     #[arg(long, default_value_t = 0)]
     pub random_prefix_len: usize,
+    /// Fraction of random prompts that are long (0: none), e.g. 0.05 with
+    /// --random-long-input-len 8000: long prompts arriving among short ones
+    #[arg(long, default_value_t = 0.0)]
+    pub random_long_fraction: f64,
+    /// Length of the long random prompts (same range ratio)
+    #[arg(long, default_value_t = 8192)]
+    pub random_long_input_len: usize,
     /// Output length of every ShareGPT request instead of its answer's length
     #[arg(long)]
     pub sharegpt_output_len: Option<usize>,
@@ -182,6 +189,10 @@ impl RunArgs {
                 output_len: self.random_output_len,
                 range_ratio: self.random_range_ratio,
                 prefix_len: self.random_prefix_len,
+                long: (self.random_long_fraction != 0.0).then_some(LongMix {
+                    fraction: self.random_long_fraction,
+                    input_len: self.random_long_input_len,
+                }),
             }),
             DatasetName::Sharegpt => DatasetSpec::ShareGpt {
                 path: path()?,

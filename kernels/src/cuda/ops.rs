@@ -130,9 +130,20 @@ impl Kernels {
         device: &GpuDevice,
         cache_dir: Option<&Path>,
     ) -> Result<(Self, CacheStatus), CudaError> {
-        let source: String = SOURCES
+        Self::load_with(device, cache_dir, &[])
+    }
+
+    /// [`Kernels::load`] with build-time knobs of the sources set (`#define NAME value` ahead of
+    /// them, e.g. `GEMV_UNROLL`): what benchmarks use to compare variants in one process.
+    pub fn load_with(
+        device: &GpuDevice,
+        cache_dir: Option<&Path>,
+        defines: &[(&str, i64)],
+    ) -> Result<(Self, CacheStatus), CudaError> {
+        let source: String = defines
             .iter()
-            .map(|(_, text)| format!("{text}\n"))
+            .map(|(name, value)| format!("#define {name} {value}\n"))
+            .chain(SOURCES.iter().map(|(_, text)| format!("{text}\n")))
             .collect();
         let (cubin, status) = compile_cubin(&source, &device.arch(), cache_dir)?;
         let module = device

@@ -1,14 +1,15 @@
 //! Benchmarks of the GPU path on a dummy model: the two ceilings, batch-1 decode against the
 //! memory roofline (a), a long prefill against the GEMM rate (b), and the KV layouts (e).
-//! Timings are wall-clock around whole forward passes (each ends by copying logits to the
-//! host), after warm-up; the ceilings use device events.
+//! Timings are wall-clock around whole forward passes (each ends by copying its picks or logits
+//! to the host), after warm-up; the ceilings use device events.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use anyhow::Context;
 use fused_daemon::kv::{KvBudget, KvConfig, KvLayout, KvManager};
 use fused_daemon::model::cuda::GpuModel;
-use fused_daemon::model::{Forward, LogitsWanted, SeqChunk};
+use fused_daemon::model::{Forward, Logits, LogitsWanted, SeqChunk};
 use fused_kernels::cuda::{Blas, GemmOut, GpuDevice, Kernels};
 
 use crate::report::{Report, argmax};
@@ -106,7 +107,20 @@ fn prompt(n: usize, vocab: usize, salt: u32) -> Vec<u32> {
         .collect()
 }
 
-/// (a) Batch-1 decode, eager and from a graph, against weight bytes / copy bandwidth.
+/// GEMV build-time variants timed by (a) after the default build (`Kernels::load_with`). The
+/// default, unroll 4 with weights bypassing L1, won the sweep on the H200 (docs/BENCHMARKS.md).
+const GEMV_VARIANTS: [(&str, &[(&str, i64)]); 4] = [
+    ("gemv unroll 2", &[("GEMV_UNROLL", 2)]),
+    ("gemv unroll 8", &[("GEMV_UNROLL", 8)]),
+    ("gemv through L1", &[("GEMV_NC", 0)]),
+    (
+        "gemv unroll 8 through L1 (before)",
+        &[("GEMV_UNROLL", 8), ("GEMV_NC", 0)],
+    ),
+];
+
+/// (a) Batch-1 decode, eager and from a graph, against weight bytes / copy bandwidth; then the
+/// graph run again with each GEMV variant.
 pub fn decode_batch1(
     device: &Arc<GpuDevice>,
     model: &mut GpuModel,
@@ -114,46 +128,25 @@ pub fn decode_batch1(
     ceilings: Option<Ceilings>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let vocab = model.config().vocab_size;
-    let prompt_len = 128;
     let mut kv = kv_for(device, model, KvLayout::Interleaved, 2, 4096, 4 << 30)?;
     model.set_max_context(4096);
-    for graphs in [false, true] {
-        model.set_graphs(graphs);
-        let slot = kv.admit(prompt_len + steps + 1)?;
-        kv.sync()?;
-        let tokens = prompt(prompt_len, vocab, 1);
-        let first = model.forward(
-            &[SeqChunk {
-                slot,
-                start_pos: 0,
-                tokens: &tokens,
-                logits: LogitsWanted::Last,
-            }],
-            &kv,
-        )?;
-        let mut next = argmax(&first.data);
-        let mut times = Vec::with_capacity(steps);
-        for step in 0..steps {
-            let started = Instant::now();
-            let token = [next];
-            let logits = model.forward(
-                &[SeqChunk {
-                    slot,
-                    start_pos: prompt_len + step,
-                    tokens: &token,
-                    logits: LogitsWanted::Last,
-                }],
-                &kv,
-            )?;
-            next = argmax(&logits.data);
-            times.push(started.elapsed().as_secs_f64());
+    let mut runs = vec![("eager".to_owned(), false), ("graph".to_owned(), true)];
+    runs.extend(
+        GEMV_VARIANTS
+            .iter()
+            .map(|(name, _)| (format!("graph, {name}"), true)),
+    );
+    for (index, (name, graphs)) in runs.iter().enumerate() {
+        if let Some((_, defines)) = index.checked_sub(2).and_then(|i| GEMV_VARIANTS.get(i)) {
+            // Graphs hold the old kernels: drop them before the kernels go.
+            model.set_graphs(false);
+            *model.kernels_mut() = Kernels::load_with(device, None, defines)?.0;
         }
-        kv.free(slot)?;
+        model.set_graphs(*graphs);
+        let times = decode_steps(model, &mut kv, steps)?;
         // The first steps capture the graph and warm caches: leave them out.
         let timed = &times[steps.min(8)..];
         let mean = timed.iter().sum::<f64>() / timed.len().max(1) as f64;
-        let name = if graphs { "graph" } else { "eager" };
         let note = ceilings.map_or(String::new(), |c| {
             let floor = model.weight_bytes_per_step() as f64 / c.copy_bytes_per_s;
             format!(
@@ -171,8 +164,47 @@ pub fn decode_batch1(
             &note,
         );
     }
+    model.set_graphs(false);
+    *model.kernels_mut() = Kernels::load(device, None)?.0;
+    model.set_graphs(true);
     kv.shutdown()?;
     Ok(())
+}
+
+/// One sequence: a 128-token prompt, then `steps` greedy decode steps (the device picks the
+/// token, as for a greedy request); the seconds of each step.
+fn decode_steps(
+    model: &mut GpuModel,
+    kv: &mut KvManager,
+    steps: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let prompt_len = 128;
+    let slot = kv.admit(prompt_len + steps + 1)?;
+    kv.sync()?;
+    let tokens = prompt(prompt_len, model.config().vocab_size, 1);
+    fn chunk(slot: u32, start_pos: usize, tokens: &[u32]) -> [SeqChunk<'_>; 1] {
+        [SeqChunk {
+            slot,
+            start_pos,
+            tokens,
+            logits: LogitsWanted::Greedy,
+        }]
+    }
+    let picked = |logits: &Logits| {
+        logits
+            .picked(0)
+            .context("a greedy decode step returned no token")
+    };
+    let mut next = picked(&model.forward(&chunk(slot, 0, &tokens), &*kv)?)?;
+    let mut times = Vec::with_capacity(steps);
+    for step in 0..steps {
+        let started = Instant::now();
+        let token = [next];
+        next = picked(&model.forward(&chunk(slot, prompt_len + step, &token), &*kv)?)?;
+        times.push(started.elapsed().as_secs_f64());
+    }
+    kv.free(slot)?;
+    Ok(times)
 }
 
 /// (b) One prompt of `tokens` tokens in one forward pass.

@@ -161,8 +161,8 @@ fn scenario(
     let b = tokens(seed ^ 2, 70, cfg.vocab_size);
     // Reserve everything the scenario writes up front: this checks arithmetic, not mapping.
     let steps = 8;
-    let slot_a = kv.admit(300 + steps)?;
-    let slot_b = kv.admit(70 + steps)?;
+    let slot_a = kv.admit(300 + steps + 1)?;
+    let slot_b = kv.admit(70 + steps + 1)?;
     let (cpu_a, cpu_b) = (0, 1);
     kv.sync()?;
     let (mut prefill, mut eager, mut graph) = (Pair::default(), Pair::default(), Pair::default());
@@ -252,9 +252,65 @@ fn scenario(
     if gpu.graphs_captured() == 0 {
         report.check("check", &label("graph was captured"), f64::NAN, 0.0);
     }
+    let wrong = greedy_picks(
+        &mut gpu,
+        &kv,
+        [slot_a, slot_b],
+        [300 + steps, 70 + steps],
+        [next_a, next_b],
+    )?;
+    report.check(
+        "check",
+        &format!(
+            "{name} {layout_name} greedy picks on the device vs argmax of the rows (mismatches)"
+        ),
+        wrong as f64,
+        0.0,
+    );
     drop(gpu);
     kv.shutdown()?;
     Ok(())
+}
+
+/// Runs one decode step of two sequences with full rows, then again with the device picking
+/// greedily for one and for both (eager and from a graph; the same token at the same position
+/// writes the same K/V), and counts picks that differ from the argmax of the full rows or that
+/// came with a row.
+fn greedy_picks(
+    gpu: &mut GpuModel,
+    kv: &KvManager,
+    slots: [u32; 2],
+    positions: [usize; 2],
+    next: [u32; 2],
+) -> anyhow::Result<usize> {
+    let vocab = gpu.config().vocab_size;
+    let tokens = next.map(|t| [t]);
+    let step = |gpu: &mut GpuModel, wanted: [LogitsWanted; 2]| {
+        let chunks: Vec<SeqChunk<'_>> = (0..2)
+            .map(|i| chunk(slots[i], positions[i], &tokens[i], wanted[i]))
+            .collect();
+        gpu.forward(&chunks, kv)
+    };
+    let mut wrong = 0;
+    for graphs in [false, true] {
+        gpu.set_graphs(graphs);
+        let rows = step(gpu, [LogitsWanted::Last; 2])?;
+        for wanted in [
+            [LogitsWanted::Greedy, LogitsWanted::Last],
+            [LogitsWanted::Greedy; 2],
+        ] {
+            let got = step(gpu, wanted)?;
+            for (i, want) in wanted.iter().enumerate() {
+                let expect = argmax(&rows.data[i * vocab..(i + 1) * vocab]);
+                let seen = match want {
+                    LogitsWanted::Greedy => got.picked(i).filter(|_| got.rows(i).next().is_none()),
+                    _ => got.rows(i).next().map(argmax),
+                };
+                wrong += usize::from(seen != Some(expect));
+            }
+        }
+    }
+    Ok(wrong)
 }
 
 /// Writes a dummy checkpoint (f32), a prompt and the GPU's logits for every prompt position;

@@ -216,7 +216,7 @@ impl GpuModel {
     fn bucket(&self, chunks: &[SeqChunk<'_>]) -> Option<usize> {
         let decode_only = chunks
             .iter()
-            .all(|c| c.tokens.len() == 1 && c.logits == LogitsWanted::Last);
+            .all(|c| c.tokens.len() == 1 && c.logits.rows(1).len() == 1);
         let bucket = chunks.len().next_power_of_two();
         (self.options.graphs && decode_only && !chunks.is_empty())
             .then_some(bucket)
@@ -385,6 +385,8 @@ impl GpuModel {
                 h,
                 set,
             )?;
+            k.argmax(x.logits.ptr(), x.picked.ptr(), s.head_rows, vocab)
+                .map_err(device_error)?;
         }
         Ok(())
     }
@@ -406,6 +408,62 @@ impl GpuModel {
                 "decode graph missing after capture".into(),
             )),
         }
+    }
+}
+
+impl GpuModel {
+    /// Copies back what the batch asked for once the pass is done: the device's pick for each
+    /// [`LogitsWanted::Greedy`] chunk and the logits rows of the others (consecutive rows in one
+    /// copy), so a greedy decode batch moves a few bytes per sequence instead of a vocabulary row.
+    fn fetch_logits(
+        &self,
+        chunks: &[SeqChunk<'_>],
+        plan: &BatchPlan,
+    ) -> Result<Logits, ModelError> {
+        let vocab = self.config.vocab_size;
+        let greedy = chunks.iter().any(|c| c.logits == LogitsWanted::Greedy);
+        let mut ids = vec![0u32; if greedy { plan.head_rows.len() } else { 0 }];
+        // SAFETY: `picked` holds one u32 per head row of this pass.
+        unsafe { self.device.download(self.scratch.picked.ptr(), &mut ids) }
+            .map_err(device_error)?;
+        let mut picked = vec![None; if greedy { chunks.len() } else { 0 }];
+        let mut spans = Vec::with_capacity(chunks.len());
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        let mut rows = 0;
+        for (i, (c, &(first, count))) in chunks.iter().zip(&plan.spans).enumerate() {
+            if c.logits == LogitsWanted::Greedy {
+                // The kernel answers u32::MAX for a row of NaN only; the host argmax picks 0.
+                let id = ids.get(first).copied().filter(|&t| (t as usize) < vocab);
+                picked[i] = Some(id.unwrap_or(0));
+                spans.push((rows, 0));
+                continue;
+            }
+            spans.push((rows, count));
+            rows += count;
+            match runs.last_mut() {
+                Some(run) if run.0 + run.1 == first => run.1 += count,
+                _ if count > 0 => runs.push((first, count)),
+                _ => {}
+            }
+        }
+        let mut data = vec![0.0f32; rows * vocab];
+        let mut at = 0;
+        for (first, count) in runs {
+            let src = self.scratch.logits.ptr() + (first * vocab * 4) as u64;
+            // SAFETY: the logits buffer holds every head row of this pass.
+            unsafe {
+                self.device
+                    .download(src, &mut data[at * vocab..(at + count) * vocab])
+            }
+            .map_err(device_error)?;
+            at += count;
+        }
+        Ok(Logits {
+            vocab,
+            data,
+            spans,
+            picked,
+        })
     }
 }
 
@@ -481,21 +539,6 @@ impl Forward for GpuModel {
             Some(bucket) => self.replay(bucket, meta, shape)?,
             None => self.launch(meta, shape)?,
         }
-        let vocab = self.config.vocab_size;
-        let wanted: usize = plan.spans.iter().map(|(_, n)| n).sum();
-        let rows = if bucket.is_some() {
-            plan.spans.len()
-        } else {
-            wanted
-        };
-        let mut data = vec![0.0f32; rows * vocab];
-        // SAFETY: the logits buffer holds `head_rows ≥ rows` rows of `vocab` f32.
-        unsafe { self.device.download(self.scratch.logits.ptr(), &mut data) }
-            .map_err(device_error)?;
-        Ok(Logits {
-            vocab,
-            data,
-            spans: plan.spans,
-        })
+        self.fetch_logits(chunks, &plan)
     }
 }

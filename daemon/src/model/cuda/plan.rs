@@ -98,11 +98,7 @@ impl BatchPlan {
                 }
             }
             if pad_to.is_none() {
-                let wanted = match c.logits {
-                    LogitsWanted::None => 0..0,
-                    LogitsWanted::Last => n - 1..n,
-                    LogitsWanted::All => 0..n,
-                };
+                let wanted = c.logits.rows(n);
                 plan.spans.push((plan.head_rows.len(), wanted.len()));
                 for r in wanted {
                     plan.head_rows.push(to_u32(first + r, "row")?);

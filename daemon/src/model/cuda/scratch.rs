@@ -65,6 +65,8 @@ pub struct Scratch {
     pub act: DeviceBuffer,
     /// `[head_rows, vocab]` f32.
     pub logits: DeviceBuffer,
+    /// `[head_rows]` u32: the greedy choice of each logits row.
+    pub picked: DeviceBuffer,
     pub meta: DeviceBuffer,
     pub part_o: DeviceBuffer,
     pub part_ml: DeviceBuffer,
@@ -85,6 +87,7 @@ impl Scratch {
             gate_up: alloc(n.rows * 2 * f * 2)?,
             act: alloc(n.rows * f * 2)?,
             logits: alloc(n.head_rows * cfg.vocab_size * 4)?,
+            picked: alloc(n.head_rows * 4)?,
             meta: alloc(n.meta_bytes)?,
             part_o: alloc(n.part_o * 4)?,
             part_ml: alloc(n.part_ml * 4)?,

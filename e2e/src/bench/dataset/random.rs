@@ -1,6 +1,8 @@
 //! Random prompts: token ids drawn uniformly from the ordinary vocabulary, decoded to text and
 //! re-encoded until the text is the wanted number of tokens, like vLLM's random dataset. Lengths
-//! are uniform in `[len·(1−r), len·(1+r)]` for range ratio `r`.
+//! are uniform in `[len·(1−r), len·(1+r)]` for range ratio `r`. Optionally a fraction of the
+//! prompts is long (a mixed trace: long prompts arriving among short ones, where a scheduler
+//! that prefills a whole prompt at once stalls every running decode).
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -18,6 +20,17 @@ pub struct RandomSpec {
     pub range_ratio: f64,
     /// Tokens of one random prefix shared by every prompt (prefix-cache studies).
     pub prefix_len: usize,
+    /// Long prompts mixed in, if any.
+    pub long: Option<LongMix>,
+}
+
+/// Each prompt is long with probability `fraction`, its length drawn around `input_len` (same
+/// range ratio) instead of the ordinary input length.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LongMix {
+    /// 0 < fraction ≤ 1.
+    pub fraction: f64,
+    pub input_len: usize,
 }
 
 impl RandomSpec {
@@ -39,11 +52,23 @@ impl RandomSpec {
                 "--random-output-len must be at least 1".into(),
             ));
         }
+        if let Some(long) = self.long
+            && !(long.fraction > 0.0 && long.fraction <= 1.0)
+        {
+            return Err(BenchError::BadOption(format!(
+                "--random-long-fraction must be in (0, 1], not {}",
+                long.fraction
+            )));
+        }
         let mut rng = StdRng::seed_from_u64(seed);
         let prefix = random_ids(tokenizer, &mut rng, self.prefix_len);
         (0..count)
             .map(|_| {
-                let input_len = self.draw_len(&mut rng, self.input_len).max(1);
+                let len = match self.long {
+                    Some(long) if rng.random_bool(long.fraction) => long.input_len,
+                    _ => self.input_len,
+                };
+                let input_len = self.draw_len(&mut rng, len).max(1);
                 let output_len = self.draw_len(&mut rng, self.output_len).max(1);
                 let mut ids = prefix.clone();
                 ids.extend(random_ids(tokenizer, &mut rng, input_len));

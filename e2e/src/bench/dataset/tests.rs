@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use super::random::RandomSpec;
+use super::random::{LongMix, RandomSpec};
 use super::*;
 
 fn tokenizer() -> Option<RefTokenizer> {
@@ -39,6 +39,7 @@ fn random_prompts_have_the_asked_lengths_and_follow_the_seed() {
         output_len: 20,
         range_ratio: 0.0,
         prefix_len: 0,
+        long: None,
     });
     let a = spec.sample(&tok, 20, 1).expect("sampled");
     assert_eq!(a.len(), 20);
@@ -59,6 +60,7 @@ fn random_prompts_have_the_asked_lengths_and_follow_the_seed() {
         output_len: 40,
         range_ratio: 0.5,
         prefix_len: 10,
+        long: None,
     };
     let b = ranged.sample(&tok, 50, 3).expect("sampled");
     assert!(b.iter().all(|p| (20..=60).contains(&p.output_len)));
@@ -77,6 +79,36 @@ fn random_prompts_have_the_asked_lengths_and_follow_the_seed() {
         .is_err(),
         "a range ratio of 1 is refused"
     );
+}
+
+#[test]
+fn random_long_prompts_are_mixed_in_at_the_asked_fraction() {
+    let Some(tok) = tokenizer() else { return };
+    let spec = |fraction: f64| RandomSpec {
+        input_len: 20,
+        output_len: 4,
+        range_ratio: 0.0,
+        prefix_len: 0,
+        long: Some(LongMix {
+            fraction,
+            input_len: 300,
+        }),
+    };
+    let prompts = spec(0.25).sample(&tok, 80, 7).expect("sampled");
+    let long = prompts.iter().filter(|p| p.prompt_len > 250).count();
+    let short = prompts.iter().filter(|p| p.prompt_len < 30).count();
+    assert_eq!(long + short, 80, "every prompt is short (20) or long (300)");
+    // Binomial(80, 0.25): mean 20, sd 3.9; 8..=32 is beyond 3 sd either side.
+    assert!((8..=32).contains(&long), "{long} of 80 prompts are long");
+    assert_eq!(prompts, spec(0.25).sample(&tok, 80, 7).expect("sampled"));
+    let all = spec(1.0).sample(&tok, 5, 1).expect("sampled");
+    assert!(all.iter().all(|p| p.prompt_len > 250));
+    for bad in [0.0, -0.1, 1.5, f64::NAN] {
+        assert!(
+            spec(bad).sample(&tok, 1, 0).is_err(),
+            "fraction {bad} is refused"
+        );
+    }
 }
 
 #[test]

@@ -4,7 +4,26 @@
 // weight row with 16-byte loads, UNROLL of them in flight per lane, and x stays in L1.
 // mode: 0 y f32 = result, 1 y f32 += result, 2 y bf16 = result. Grid: ceil(out / 8); block 256.
 
-#define GEMV_UNROLL 8
+// Build-time knobs (the benchmark sweeps them with `Kernels::load_with`): loads in flight per
+// lane, and whether weights bypass L1 (streamed once: `ld.global.nc.L1::no_allocate`).
+#ifndef GEMV_UNROLL
+#define GEMV_UNROLL 4
+#endif
+#ifndef GEMV_NC
+#define GEMV_NC 1
+#endif
+
+__device__ __forceinline__ uint4 load_weights(const uint4* p) {
+#if GEMV_NC
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+#else
+    return *p;
+#endif
+}
 
 template <int R>
 __device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w,
@@ -22,7 +41,7 @@ __device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const bf16_t*
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; ++u) {
             const int c = c0 + u * 32;
-            wv[u] = c < chunks ? wrow[c] : make_uint4(0, 0, 0, 0);
+            wv[u] = c < chunks ? load_weights(wrow + c) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; ++u) {
