@@ -250,8 +250,7 @@ pub fn apply_patch(
         model.config.vocab_size,
         &patch.rows,
     )?;
-    weights.embed = embed;
-    weights.lm_head = Some(head);
+    weights.set_vocab(embed, head);
     tracing::info!(patch = %dir.display(), new_tokens = patch.rows.ids.len(), "vocabulary patch applied");
     Ok(codec)
 }

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use fused_kernels::cpu::{BlockKind, QuantMatrix};
 
 use super::ModelError;
 use super::config::{Arch, ModelConfig};
@@ -141,11 +143,11 @@ fn gguf_name(hf: &str) -> Option<String> {
 }
 
 /// Undoes llama.cpp's Q/K row permutation: its rows run `[head][i][pair]`, HF's `[head][pair][i]`.
-fn unpermute_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+fn unpermute_rows<T: Copy + Default>(w: &[T], heads: usize, cols: usize) -> Vec<T> {
     let rows = w.len() / cols;
     let head_rows = rows / heads;
     let half = head_rows / 2;
-    let mut out = vec![0.0; w.len()];
+    let mut out = vec![T::default(); w.len()];
     for h in 0..heads {
         for i in 0..half {
             for pair in 0..2 {
@@ -175,8 +177,9 @@ impl GgufSource {
     }
 }
 
-impl TensorSource for GgufSource {
-    fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+impl GgufSource {
+    /// The quantised tensor of an HF name, its shape checked.
+    fn load(&mut self, name: &str, shape: &[usize]) -> Result<(String, QTensor), ModelError> {
         let gguf = gguf_name(name).ok_or_else(|| {
             self.file
                 .error(format!("no GGUF tensor corresponds to `{name}`"))
@@ -192,19 +195,63 @@ impl TensorSource for GgufSource {
                 q.shape().dims()
             )));
         }
+        Ok((gguf, q))
+    }
+
+    /// Rows in HF order: llama.cpp permutes the rows of Q and K (`row_len` values per row).
+    fn hf_rows<T: Copy + Default>(&self, name: &str, rows: Vec<T>, row_len: usize) -> Vec<T> {
+        if name.ends_with("q_proj.weight") {
+            unpermute_rows(&rows, self.heads, row_len)
+        } else if name.ends_with("k_proj.weight") {
+            unpermute_rows(&rows, self.kv_heads, row_len)
+        } else {
+            rows
+        }
+    }
+
+    fn dequantized(&self, name: &str, gguf: &str, q: &QTensor) -> Result<Vec<f32>, ModelError> {
         let values = q
             .dequantize(&Device::Cpu)
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f32>())
             .map_err(|e| self.file.error(format!("dequantising `{gguf}`: {e}")))?;
-        let cols = shape.last().copied().unwrap_or(1);
-        Ok(if name.ends_with("q_proj.weight") {
-            unpermute_rows(&values, self.heads, cols)
-        } else if name.ends_with("k_proj.weight") {
-            unpermute_rows(&values, self.kv_heads, cols)
-        } else {
-            values
-        })
+        let cols = q.shape().dims().last().copied().unwrap_or(1);
+        Ok(self.hf_rows(name, values, cols))
+    }
+}
+
+impl TensorSource for GgufSource {
+    fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let (gguf, q) = self.load(name, shape)?;
+        self.dequantized(name, &gguf, &q)
+    }
+
+    fn linear_weight(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<(Vec<f32>, Option<QuantMatrix>), ModelError> {
+        let (gguf, q) = self.load(name, shape)?;
+        let values = self.dequantized(name, &gguf, &q)?;
+        let kind = match q.dtype() {
+            GgmlDType::Q4_0 => BlockKind::Q4_0,
+            GgmlDType::Q4_1 => BlockKind::Q4_1,
+            GgmlDType::Q8_0 => BlockKind::Q8_0,
+            _ => return Ok((values, None)),
+        };
+        let (out, inner) = match shape {
+            [out, inner] => (*out, *inner),
+            _ => return Ok((values, None)),
+        };
+        let raw = q
+            .data()
+            .map_err(|e| self.file.error(format!("blocks of `{gguf}`: {e}")))?
+            .into_owned();
+        let row_bytes = raw.len() / out.max(1);
+        let raw = self.hf_rows(name, raw, row_bytes);
+        let packed = QuantMatrix::new(kind, out, inner, raw)
+            .map_err(|e| self.file.error(format!("blocks of `{gguf}`: {e}")))?;
+        Ok((values, Some(packed)))
     }
 
     fn contains(&self, name: &str) -> bool {

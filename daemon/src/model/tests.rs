@@ -132,3 +132,63 @@ fn bad_tokens_and_positions_are_errors_not_panics() {
         Err(ModelError::Input(_))
     ));
 }
+
+/// SmolLM2's GGUF keeps its Q4_1 / Q8_0 blocks for every matrix, and decoding from them gives
+/// the logits of the f32 matrices (same values, other summation order) at every row count the
+/// block path serves and past it.
+#[test]
+fn gguf_blocks_decode_like_the_f32_matrices() {
+    let Some(path) = crate::tokenizer::fixtures::smollm2_gguf() else {
+        return;
+    };
+    let packed = Model::load_gguf(gguf::GgufFile::open(&path).unwrap()).unwrap();
+    let layers = packed.config.layers;
+    assert_eq!(
+        packed.weights.packed_count(),
+        4 * layers + 1,
+        "every matrix and the head"
+    );
+    let mut plain = Model::load_gguf(gguf::GgufFile::open(&path).unwrap()).unwrap();
+    plain.weights.drop_packed();
+    assert_eq!(plain.weights.packed_count(), 0);
+    let prompt: Vec<u32> = (0..12).map(|i| 100 + i * 311).collect();
+    for rows in [1usize, 3, 8, 10] {
+        let kv = [
+            DenseKv::new(&packed.config, rows, 32),
+            DenseKv::new(&plain.config, rows, 32),
+        ];
+        let mut worst = 0.0f32;
+        for (m, kv) in [&packed, &plain].into_iter().zip(&kv) {
+            for slot in 0..rows as u32 {
+                prefill_all(m, kv, slot, &prompt);
+            }
+        }
+        for step in 0..3u32 {
+            let tokens: Vec<[u32; 1]> = (0..rows as u32).map(|s| [7 + 50 * s + step]).collect();
+            let chunks: Vec<SeqChunk<'_>> = tokens
+                .iter()
+                .enumerate()
+                .map(|(slot, t)| SeqChunk {
+                    slot: slot as u32,
+                    start_pos: prompt.len() + step as usize,
+                    tokens: t,
+                    logits: LogitsWanted::Last,
+                })
+                .collect();
+            let a = packed.forward(&chunks, &kv[0]).unwrap();
+            let b = plain.forward(&chunks, &kv[1]).unwrap();
+            for r in 0..rows {
+                let (x, y) = (a.rows(r).next().unwrap(), b.rows(r).next().unwrap());
+                let scale = y.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                worst = worst.max(max_diff(x, y) / scale);
+                assert_eq!(
+                    sampling::argmax(x),
+                    sampling::argmax(y),
+                    "{rows} rows, step {step}"
+                );
+            }
+        }
+        eprintln!("{rows} decode rows: worst |Δlogit| / max|logit| = {worst:.2e}");
+        assert!(worst < 1e-4, "{rows} rows: {worst}");
+    }
+}

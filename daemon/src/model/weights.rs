@@ -1,5 +1,9 @@
 //! The model's weights as plain structs shaped like the checkpoint, and how they are loaded from
-//! any [`TensorSource`] (GGUF, safetensors, dummy). Matrices are `f32`, `[out, in]` row-major.
+//! any [`TensorSource`] (GGUF, safetensors, dummy). Matrices are `f32`, `[out, in]` row-major;
+//! where the checkpoint stores a matrix in a block format the CPU multiplies directly (GGUF
+//! Q4_0 / Q4_1 / Q8_0), those blocks are kept too, for the few-row products of decode.
+
+use fused_kernels::cpu::QuantMatrix;
 
 use super::ModelError;
 use super::config::{Arch, ModelConfig};
@@ -8,6 +12,15 @@ use super::config::{Arch, ModelConfig};
 /// `h.0.attn.c_attn.weight`); `shape` is the shape the HF checkpoint stores.
 pub trait TensorSource {
     fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError>;
+    /// A matrix `[out, in]` as f32 and, if the checkpoint stores it in a block format the CPU
+    /// multiplies directly, those blocks (rows in the same order).
+    fn linear_weight(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<(Vec<f32>, Option<QuantMatrix>), ModelError> {
+        Ok((self.tensor(name, shape)?, None))
+    }
     /// Whether the checkpoint has this tensor (an untied LM head, say).
     fn contains(&self, name: &str) -> bool;
 }
@@ -16,8 +29,25 @@ pub trait TensorSource {
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Vec<f32>,
+    /// The same matrix in the checkpoint's block format, when it has one.
+    pub packed: Option<QuantMatrix>,
     pub bias: Option<Vec<f32>>,
     pub out: usize,
+}
+
+impl Linear {
+    /// A layer without bias from `(f32, blocks)` parts stacked row-wise (Q, K and V into one
+    /// QKV layer); the blocks are kept only if every part has them in one format.
+    fn stacked(out: usize, parts: Vec<(Vec<f32>, Option<QuantMatrix>)>) -> Self {
+        let packed: Option<Vec<&QuantMatrix>> = parts.iter().map(|(_, p)| p.as_ref()).collect();
+        let packed = packed.and_then(|p| QuantMatrix::stack(&p).ok());
+        Self {
+            weight: parts.into_iter().flat_map(|(w, _)| w).collect(),
+            packed,
+            bias: None,
+            out,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +81,23 @@ pub struct Block {
     pub mlp: Mlp,
 }
 
+impl Block {
+    /// The block's four matrices: QKV, output, and the MLP's two.
+    pub fn linears(&self) -> [&Linear; 4] {
+        match &self.mlp {
+            Mlp::SwiGlu { gate_up, down } => [&self.qkv, &self.o, gate_up, down],
+            Mlp::Gelu { fc, proj } => [&self.qkv, &self.o, fc, proj],
+        }
+    }
+
+    pub fn linears_mut(&mut self) -> [&mut Linear; 4] {
+        match &mut self.mlp {
+            Mlp::SwiGlu { gate_up, down } => [&mut self.qkv, &mut self.o, gate_up, down],
+            Mlp::Gelu { fc, proj } => [&mut self.qkv, &mut self.o, fc, proj],
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Weights {
     /// `[vocab, hidden]`.
@@ -61,6 +108,8 @@ pub struct Weights {
     pub final_norm: Norm,
     /// `None` when tied to `embed`.
     pub lm_head: Option<Vec<f32>>,
+    /// The LM head in the checkpoint's block format (dropped when the vocabulary changes).
+    lm_head_packed: Option<QuantMatrix>,
 }
 
 impl Weights {
@@ -73,6 +122,39 @@ impl Weights {
 
     pub fn lm_head(&self) -> &[f32] {
         self.lm_head.as_deref().unwrap_or(&self.embed)
+    }
+
+    pub fn lm_head_packed(&self) -> Option<&QuantMatrix> {
+        self.lm_head_packed.as_ref()
+    }
+
+    /// Drops every block copy: all products then come from the f32 matrices (what a
+    /// checkpoint without blocks does; tests and benchmarks compare the two).
+    pub fn drop_packed(&mut self) {
+        self.lm_head_packed = None;
+        for b in &mut self.blocks {
+            for layer in b.linears_mut() {
+                layer.packed = None;
+            }
+        }
+    }
+
+    /// How many matrices (the LM head included) have block copies.
+    pub fn packed_count(&self) -> usize {
+        let layers: usize = self
+            .blocks
+            .iter()
+            .map(|b| b.linears().iter().filter(|l| l.packed.is_some()).count())
+            .sum();
+        layers + usize::from(self.lm_head_packed.is_some())
+    }
+
+    /// Replaces the input embedding and the LM head (a vocabulary patch); the checkpoint's
+    /// blocks of the old head no longer apply.
+    pub fn set_vocab(&mut self, embed: Vec<f32>, lm_head: Vec<f32>) {
+        self.embed = embed;
+        self.lm_head = Some(lm_head);
+        self.lm_head_packed = None;
     }
 }
 
@@ -87,49 +169,48 @@ fn load_llama(cfg: &ModelConfig, src: &mut dyn TensorSource) -> Result<Weights, 
     let mut blocks = Vec::with_capacity(cfg.layers);
     for l in 0..cfg.layers {
         let p = format!("model.layers.{l}");
-        let mut qkv = src.tensor(&format!("{p}.self_attn.q_proj.weight"), &[q, h])?;
-        qkv.extend(src.tensor(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?);
-        qkv.extend(src.tensor(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?);
-        let mut gate_up = src.tensor(&format!("{p}.mlp.gate_proj.weight"), &[f, h])?;
-        gate_up.extend(src.tensor(&format!("{p}.mlp.up_proj.weight"), &[f, h])?);
+        let mut weight =
+            |name: &str, shape: &[usize]| src.linear_weight(&format!("{p}.{name}"), shape);
+        let qkv = Linear::stacked(
+            q + 2 * kv,
+            vec![
+                weight("self_attn.q_proj.weight", &[q, h])?,
+                weight("self_attn.k_proj.weight", &[kv, h])?,
+                weight("self_attn.v_proj.weight", &[kv, h])?,
+            ],
+        );
+        let gate_up = Linear::stacked(
+            2 * f,
+            vec![
+                weight("mlp.gate_proj.weight", &[f, h])?,
+                weight("mlp.up_proj.weight", &[f, h])?,
+            ],
+        );
+        let o = Linear::stacked(h, vec![weight("self_attn.o_proj.weight", &[h, q])?]);
+        let down = Linear::stacked(h, vec![weight("mlp.down_proj.weight", &[h, f])?]);
         blocks.push(Block {
             attn_norm: rms(src, &format!("{p}.input_layernorm.weight"))?,
-            qkv: Linear {
-                weight: qkv,
-                bias: None,
-                out: q + 2 * kv,
-            },
-            o: Linear {
-                weight: src.tensor(&format!("{p}.self_attn.o_proj.weight"), &[h, q])?,
-                bias: None,
-                out: h,
-            },
+            qkv,
+            o,
             mlp_norm: rms(src, &format!("{p}.post_attention_layernorm.weight"))?,
-            mlp: Mlp::SwiGlu {
-                gate_up: Linear {
-                    weight: gate_up,
-                    bias: None,
-                    out: 2 * f,
-                },
-                down: Linear {
-                    weight: src.tensor(&format!("{p}.mlp.down_proj.weight"), &[h, f])?,
-                    bias: None,
-                    out: h,
-                },
-            },
+            mlp: Mlp::SwiGlu { gate_up, down },
         });
     }
-    let lm_head = if cfg.tie_embeddings && !src.contains("lm_head.weight") {
-        None
+    let vocab_shape = [cfg.vocab_size, h];
+    let (embed, embed_packed) = src.linear_weight("model.embed_tokens.weight", &vocab_shape)?;
+    let (lm_head, lm_head_packed) = if cfg.tie_embeddings && !src.contains("lm_head.weight") {
+        (None, embed_packed)
     } else {
-        Some(src.tensor("lm_head.weight", &[cfg.vocab_size, h])?)
+        let (head, packed) = src.linear_weight("lm_head.weight", &vocab_shape)?;
+        (Some(head), packed)
     };
     Ok(Weights {
-        embed: src.tensor("model.embed_tokens.weight", &[cfg.vocab_size, h])?,
+        embed,
         positions: None,
         blocks,
         final_norm: rms(src, "model.norm.weight")?,
         lm_head,
+        lm_head_packed,
     })
 }
 
@@ -151,6 +232,7 @@ fn load_gpt2(cfg: &ModelConfig, src: &mut dyn TensorSource) -> Result<Weights, M
         let w = src.tensor(&format!("{name}.weight"), &[inp, out])?;
         Ok(Linear {
             weight: transpose(&w, inp, out),
+            packed: None,
             bias: Some(src.tensor(&format!("{name}.bias"), &[out])?),
             out,
         })
@@ -175,6 +257,7 @@ fn load_gpt2(cfg: &ModelConfig, src: &mut dyn TensorSource) -> Result<Weights, M
         blocks,
         final_norm: layer_norm(src, "ln_f")?,
         lm_head: None,
+        lm_head_packed: None,
     })
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use fused_daemon::kv::{KvBudget, KvConfig, KvLayout, KvManager};
 use fused_daemon::model::cuda::{GpuModel, GpuOptions};
 use fused_daemon::model::dense_kv::DenseKv;
-use fused_daemon::model::weights::{Linear, Mlp, Weights};
+use fused_daemon::model::weights::Weights;
 use fused_daemon::model::{Forward, Logits, LogitsWanted, Model, ModelConfig, SeqChunk};
 use fused_kernels::cuda::GpuDevice;
 use half::bf16;
@@ -30,19 +30,17 @@ fn round(v: &mut [f32]) {
 
 /// Rounds every matrix to bf16 as the GPU stores it (norm weights stay f32 on both sides).
 fn round_weights(w: &mut Weights) {
-    let linear = |l: &mut Linear| round(&mut l.weight);
     round(&mut w.embed);
     if let Some(head) = &mut w.lm_head {
         round(head);
     }
     for b in &mut w.blocks {
-        linear(&mut b.qkv);
-        linear(&mut b.o);
-        if let Mlp::SwiGlu { gate_up, down } = &mut b.mlp {
-            linear(gate_up);
-            linear(down);
+        for l in b.linears_mut() {
+            round(&mut l.weight);
         }
     }
+    // The checkpoint's blocks no longer match the rounded matrices.
+    w.drop_packed();
 }
 
 /// A small GQA shape with head_dim 128 (the 7B kernels' path) whose CPU forward is quick.
