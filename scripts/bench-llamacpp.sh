@@ -29,7 +29,7 @@ bench() { # server name, port, label, output name, fused-bench args...
 # drifts of the machine's load hit both alike.
 echo "== fused-daemon (defaults: Sarathi, KV on demand) on :$PORT_FUSED" >&2
 start_daemon "$PORT_FUSED" "$OUT/fused.log"
-echo "== llama.cpp (llama-cpp-python server, 2 threads) on :$PORT_LLAMA" >&2
+echo "== llama.cpp (llama-cpp-python server, ${LLAMA_THREADS:-2} threads) on :$PORT_LLAMA" >&2
 start_llamacpp "$PORT_LLAMA" "$OUT/llamacpp.log"
 for round in $(seq "$ROUNDS"); do
   for conc in 1 8; do
