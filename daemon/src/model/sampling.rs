@@ -152,45 +152,79 @@ impl Sampler {
     }
 
     fn sample_filtered(&mut self, logits: &[f32]) -> usize {
-        let p = &self.params;
-        let mut order: Vec<usize> = (0..logits.len()).collect();
-        order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        if p.top_k > 0 {
-            order.truncate(p.top_k);
+        let (tokens, weights) = self.candidates(logits);
+        let total: f32 = weights.iter().sum();
+        let mut draw = self.rng.random::<f32>() * total;
+        for (&t, w) in tokens.iter().zip(&weights) {
+            draw -= w;
+            if draw <= 0.0 {
+                return t as usize;
+            }
         }
-        let max = logits[order[0]];
-        let mut probs: Vec<f32> = order
+        tokens
+            .last()
+            .map_or_else(|| argmax(logits), |&t| t as usize)
+    }
+
+    /// The tokens the filters keep and their unnormalised probabilities `exp((l − max) / T)`.
+    /// The filters, as vLLM applies them: top-k, then min-p (relative to the most likely
+    /// token), then top-p (the smallest most-likely-first prefix whose share of the top-k mass
+    /// reaches `top_p`). No full sort of the vocabulary: top-k and top-p select
+    /// (`select_nth_unstable`) and sort only the head they keep; plain temperature sampling walks
+    /// the row in index order.
+    fn candidates(&self, logits: &[f32]) -> (Vec<u32>, Vec<f32>) {
+        let p = &self.params;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let desc = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
+        let mut tokens: Vec<u32> = (0..logits.len() as u32).collect();
+        if p.top_k > 0 && p.top_k < tokens.len() {
+            tokens.select_nth_unstable_by(p.top_k - 1, desc);
+            tokens.truncate(p.top_k);
+            tokens.sort_unstable_by(desc);
+        }
+        // One exp per kept token; `weights[i]` belongs to `tokens[i]` from here on.
+        let mut weights: Vec<f32> = tokens
             .iter()
-            .map(|&i| ((logits[i] - max) / p.temperature).exp())
+            .map(|&t| ((logits[t as usize] - max) / p.temperature).exp())
             .collect();
-        let total: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|q| *q /= total);
+        let mass: f32 = weights.iter().sum();
         if p.min_p > 0.0 {
-            let floor = p.min_p * probs[0];
-            let keep = probs.iter().take_while(|&&q| q >= floor).count().max(1);
-            probs.truncate(keep);
+            // The most likely token weighs exp(0) = 1, so it always stays.
+            let keep = |(t, w): &(u32, f32)| *w >= p.min_p || logits[*t as usize] == max;
+            (tokens, weights) = tokens.into_iter().zip(weights).filter(keep).unzip();
         }
         if p.top_p < 1.0 {
-            let mut cumulative = 0.0;
-            let mut keep = probs.len();
-            for (i, q) in probs.iter().enumerate() {
-                cumulative += q;
-                if cumulative >= p.top_p {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            probs.truncate(keep);
+            let mut pairs: Vec<(u32, f32)> = tokens.into_iter().zip(weights).collect();
+            top_p_prefix(&mut pairs, mass, p.top_p);
+            (tokens, weights) = pairs.into_iter().unzip();
         }
-        let total: f32 = probs.iter().sum();
-        let mut draw = self.rng.random::<f32>() * total;
-        for (i, q) in probs.iter().enumerate() {
-            draw -= q;
-            if draw <= 0.0 {
-                return order[i];
+        (tokens, weights)
+    }
+}
+
+/// Shrinks `(token, weight)` pairs to the smallest heaviest-first prefix whose weight reaches
+/// `top_p · mass`, sorted: selects and sorts a head of 64, 512, 4096 … pairs until the head
+/// reaches it.
+fn top_p_prefix(pairs: &mut Vec<(u32, f32)>, mass: f32, top_p: f32) {
+    let desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut head = pairs.len().min(64);
+    loop {
+        if head < pairs.len() {
+            pairs.select_nth_unstable_by(head - 1, desc);
+        }
+        pairs[..head].sort_unstable_by(desc);
+        let mut cumulative = 0.0;
+        for i in 0..head {
+            cumulative += pairs[i].1 / mass;
+            if cumulative >= top_p {
+                pairs.truncate(i + 1);
+                return;
             }
         }
-        order[probs.len() - 1]
+        if head == pairs.len() {
+            return;
+        }
+        head = (head * 8).min(pairs.len());
     }
 }
 
@@ -342,5 +376,106 @@ mod tests {
             &[0],
         );
         assert_eq!(s.sample(&logits).token, 1, "prompt token 0 is penalised");
+    }
+
+    /// The filters as the first version applied them, over a full sort: the reference
+    /// distribution (token → probability).
+    fn reference(logits: &[f32], p: &SamplingParams) -> std::collections::BTreeMap<u32, f64> {
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        if p.top_k > 0 {
+            order.truncate(p.top_k);
+        }
+        let max = f64::from(logits[order[0]]);
+        let weights: Vec<f64> = order
+            .iter()
+            .map(|&i| ((f64::from(logits[i]) - max) / f64::from(p.temperature)).exp())
+            .collect();
+        let mass: f64 = weights.iter().sum();
+        let mut keep = order.len();
+        if p.min_p > 0.0 {
+            keep = weights
+                .iter()
+                .take_while(|&&w| w >= f64::from(p.min_p))
+                .count();
+        }
+        if p.top_p < 1.0 {
+            let mut cumulative = 0.0;
+            for (i, w) in weights[..keep].iter().enumerate() {
+                cumulative += w / mass;
+                if cumulative >= f64::from(p.top_p) {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        let kept: f64 = weights[..keep].iter().sum();
+        order[..keep]
+            .iter()
+            .zip(&weights)
+            .map(|(&i, w)| (i as u32, w / kept))
+            .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        #[test]
+        fn filters_keep_the_reference_distribution(
+            raw in proptest::collection::vec(0u8..=255, 2..300),
+            temperature in 0.05f32..3.0,
+            top_k in proptest::prop_oneof![proptest::strategy::Just(0usize), 1usize..80],
+            top_p in proptest::prop_oneof![proptest::strategy::Just(1.0f32), 0.05f32..1.0],
+            min_p in proptest::prop_oneof![proptest::strategy::Just(0.0f32), 0.001f32..1.0],
+        ) {
+            // Distinct logits, so that no filter boundary falls between equal values.
+            let n = raw.len() as f32;
+            let logits: Vec<f32> = raw
+                .iter()
+                .enumerate()
+                .map(|(i, &r)| f32::from(r) / 16.0 + i as f32 / (n * 32.0))
+                .collect();
+            let p = SamplingParams { temperature, top_k, top_p, min_p, ..SamplingParams::default() };
+            let want = reference(&logits, &p);
+            let (tokens, weights) = Sampler::new(p.clone(), &[]).candidates(&logits);
+            let total: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+            let got: std::collections::BTreeMap<u32, f64> = tokens
+                .iter()
+                .zip(&weights)
+                .map(|(&t, &w)| (t, f64::from(w) / total))
+                .collect();
+            proptest::prop_assert_eq!(
+                got.keys().collect::<Vec<_>>(),
+                want.keys().collect::<Vec<_>>(),
+                "{:?}", p
+            );
+            for (t, q) in &want {
+                proptest::prop_assert!((got[t] - q).abs() < 1e-4, "token {}: {} vs {}", t, got[t], q);
+            }
+        }
+    }
+
+    #[test]
+    fn temperature_sampling_follows_the_softmax() {
+        let logits = [1.0f32, 2.0, 0.5, 3.0, -1.0];
+        let p = params(|p| p.temperature = 0.7);
+        let mut s = Sampler::new(p, &[]);
+        let draws = 40_000;
+        let mut counts = [0usize; 5];
+        for _ in 0..draws {
+            counts[s.sample(&logits).token as usize] += 1;
+        }
+        let weights: Vec<f64> = logits
+            .iter()
+            .map(|&l| (f64::from(l - 3.0) / 0.7).exp())
+            .collect();
+        let total: f64 = weights.iter().sum();
+        for (i, (&c, w)) in counts.iter().zip(&weights).enumerate() {
+            let (seen, want) = (c as f64 / draws as f64, w / total);
+            // Binomial sd at 40,000 draws is at most 0.0025; 0.012 is beyond 4.5 sd.
+            assert!(
+                (seen - want).abs() < 0.012,
+                "token {i}: {seen:.4} vs {want:.4}"
+            );
+        }
     }
 }
