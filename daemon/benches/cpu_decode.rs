@@ -6,32 +6,16 @@
 //!
 //! `cargo bench -p fused-daemon --bench cpu_decode` (≈ 1 min; needs `scripts/fetch-model.sh`).
 
+mod common;
+
 use std::time::Instant;
 
+use common::{median, time};
 use fused_daemon::model::dense_kv::DenseKv;
 use fused_daemon::model::gguf::GgufFile;
 use fused_daemon::model::{LogitsWanted, Model, SeqChunk};
 use fused_daemon::tokenizer::fixtures;
 use fused_kernels::cpu;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Median seconds of `f` over `reps` calls.
-fn time(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    median(
-        (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
-}
 
 fn main() {
     let Some(path) = fixtures::smollm2_gguf() else {

@@ -5,14 +5,10 @@
 //!
 //! `cargo bench -p fused-daemon --bench sampling` (≈ 10 s).
 
-use std::time::Instant;
+mod common;
 
+use common::time;
 use fused_daemon::model::sampling::{Sampler, SamplingParams, argmax};
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() {
     println!("| vocab | sampling | µs per row | vs argmax |");
@@ -25,64 +21,29 @@ fn main() {
                 12.0 * u.powi(8) - 4.0 * u
             })
             .collect();
-        let seeded = |f: fn(&mut SamplingParams)| {
-            let mut p = SamplingParams {
+        // (name, temperature, top-p, top-k, min-p)
+        let cases = [
+            ("greedy", 0.0, 1.0, 0, 0.0),
+            ("temperature 0.8", 0.8, 1.0, 0, 0.0),
+            ("temperature 0.8, top-p 0.9", 0.8, 0.9, 0, 0.0),
+            ("temperature 0.8, top-k 50", 0.8, 1.0, 50, 0.0),
+            ("temperature 0.8, min-p 0.05", 0.8, 1.0, 0, 0.05),
+            ("top-p 0.95, top-k 40, min-p 0.02", 1.0, 0.95, 40, 0.02),
+        ];
+        let reps = 200;
+        let mut sink = 0usize;
+        let floor = time(reps, || sink ^= argmax(&logits));
+        for (name, temperature, top_p, top_k, min_p) in cases {
+            let params = SamplingParams {
+                temperature,
+                top_p,
+                top_k,
+                min_p,
                 seed: Some(1),
                 ..SamplingParams::default()
             };
-            f(&mut p);
-            p
-        };
-        let cases: [(&str, SamplingParams); 6] = [
-            ("greedy", SamplingParams::greedy()),
-            ("temperature 0.8", seeded(|p| p.temperature = 0.8)),
-            (
-                "temperature 0.8, top-p 0.9",
-                seeded(|p| {
-                    p.temperature = 0.8;
-                    p.top_p = 0.9;
-                }),
-            ),
-            (
-                "temperature 0.8, top-k 50",
-                seeded(|p| {
-                    p.temperature = 0.8;
-                    p.top_k = 50;
-                }),
-            ),
-            (
-                "temperature 0.8, min-p 0.05",
-                seeded(|p| {
-                    p.temperature = 0.8;
-                    p.min_p = 0.05;
-                }),
-            ),
-            (
-                "top-p 0.95, top-k 40, min-p 0.02",
-                seeded(|p| {
-                    p.top_p = 0.95;
-                    p.top_k = 40;
-                    p.min_p = 0.02;
-                }),
-            ),
-        ];
-        let reps = 200;
-        let time = |f: &mut dyn FnMut()| {
-            median(
-                (0..reps)
-                    .map(|_| {
-                        let t = Instant::now();
-                        f();
-                        t.elapsed().as_secs_f64()
-                    })
-                    .collect(),
-            )
-        };
-        let mut sink = 0usize;
-        let floor = time(&mut || sink ^= argmax(&logits));
-        for (name, params) in cases {
             let mut sampler = Sampler::new(params, &[]);
-            let t = time(&mut || sink ^= sampler.sample(&logits).token as usize);
+            let t = time(reps, || sink ^= sampler.sample(&logits).token as usize);
             println!("| {vocab} | {name} | {:.1} | {:.1}× |", t * 1e6, t / floor);
         }
         println!("| {vocab} | argmax alone | {:.1} | 1.0× |", floor * 1e6);
