@@ -69,6 +69,21 @@ def test_n_two_choices_with_seed(client):
     assert [c.text for c in r.choices] == [c.text for c in again.choices]
 
 
+def test_logit_bias_bans_and_forces_tokens(daemon, client):
+    kwargs = dict(model=MODEL_NAME, prompt="The three primary colours are", max_tokens=1, temperature=0)
+    first = client.completions.create(**kwargs).choices[0].text
+    first_id = httpx.post(f"{daemon.base}/tokenize", json={"prompt": first, "add_special_tokens": False}).json()["tokens"]
+    assert len(first_id) == 1, (first, first_id)
+    banned = client.completions.create(logit_bias={str(first_id[0]): -100}, **kwargs).choices[0].text
+    print(f"greedy first token {first!r} (id {first_id[0]}); banned -> {banned!r}")
+    assert banned != first
+    forced_id = httpx.post(f"{daemon.base}/tokenize", json={"prompt": " purple", "add_special_tokens": False}).json()["tokens"][0]
+    forced = client.completions.create(logit_bias={str(forced_id): 100}, **{**kwargs, "max_tokens": 3})
+    assert forced.choices[0].text == httpx.post(
+        f"{daemon.base}/detokenize", json={"tokens": [forced_id] * 3}
+    ).json()["prompt"]
+
+
 def test_logprobs_completion_and_chat(client):
     r = client.completions.create(model=MODEL_NAME, prompt="Hello", max_tokens=4, logprobs=3, temperature=0)
     lp = r.choices[0].logprobs
@@ -101,6 +116,8 @@ BAD_REQUESTS = [
     ("top_p 2", "completions", {"prompt": "x", "top_p": 2}, 400, "top_p"),
     ("n 0", "completions", {"prompt": "x", "n": 0}, 400, "n"),
     ("empty messages", "chat", {"messages": []}, 400, "messages"),
+    ("logit_bias 101", "completions", {"prompt": "x", "logit_bias": {"5": 101}}, 400, "logit_bias"),
+    ("logit_bias key", "chat", {"messages": [{"role": "user", "content": "x"}], "logit_bias": {"99999999": 1}}, 400, "logit_bias"),
     ("unknown model", "completions", {"prompt": "x", "model": "no-such-model"}, 404, "model"),
 ]
 

@@ -19,6 +19,8 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// Alternatives to report per sampled token (`None`: no logprobs).
     pub logprobs: Option<usize>,
+    /// `(token, bias)` added to the logits before anything else (OpenAI's `logit_bias`).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -33,6 +35,7 @@ impl Default for SamplingParams {
             repetition_penalty: 1.0,
             seed: None,
             logprobs: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -89,6 +92,7 @@ impl Sampler {
             && p.repetition_penalty == 1.0
             && p.presence_penalty == 0.0
             && p.frequency_penalty == 0.0
+            && p.logit_bias.is_empty()
     }
 
     /// Records `token`, picked by the model for a plain greedy request, as output.
@@ -105,6 +109,11 @@ impl Sampler {
     /// Samples from one row of logits and records the token as output.
     pub fn sample(&mut self, logits: &[f32]) -> Sampled {
         let mut logits = logits.to_vec();
+        for &(token, bias) in &self.params.logit_bias {
+            if let Some(l) = logits.get_mut(token as usize) {
+                *l += bias;
+            }
+        }
         self.apply_penalties(&mut logits);
         let (logprob_of, top) = match self.params.logprobs {
             Some(k) => {
@@ -306,9 +315,34 @@ mod tests {
                 frequency_penalty: -0.5,
                 ..SamplingParams::greedy()
             },
+            SamplingParams {
+                logit_bias: vec![(3, 1.0)],
+                ..SamplingParams::greedy()
+            },
         ] {
             assert!(!Sampler::new(p.clone(), &[]).is_plain_greedy(), "{p:?}");
         }
+    }
+
+    #[test]
+    fn logit_bias_moves_the_pick() {
+        let logits = [0.0, 3.0, 2.0];
+        let mut s = Sampler::new(
+            SamplingParams {
+                logit_bias: vec![(1, -100.0), (7, 5.0)],
+                ..SamplingParams::greedy()
+            },
+            &[],
+        );
+        assert_eq!(s.sample(&logits).token, 2, "token 1 banned; 7 is outside the row");
+        let mut s = Sampler::new(
+            SamplingParams {
+                logit_bias: vec![(0, 3.5)],
+                ..params(|p| p.temperature = 0.01)
+            },
+            &[],
+        );
+        assert_eq!(s.sample(&logits).token, 0);
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct SamplingFields {
     pub presence_penalty: Option<f64>,
     pub frequency_penalty: Option<f64>,
     pub repetition_penalty: Option<f64>,
+    /// Token id (as a string, OpenAI's form) → bias in [-100, 100] added to its logit.
+    pub logit_bias: Option<std::collections::BTreeMap<String, f64>>,
     #[serde(default)]
     pub ignore_eos: bool,
     pub min_tokens: Option<i64>,

@@ -98,6 +98,21 @@ pub fn generation_params(
         sampling.repetition_penalty = p;
     }
     sampling.seed = f.seed.map(|s| s as u64);
+    for (key, bias) in f.logit_bias.unwrap_or_default() {
+        let token = key
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|&t| (t as usize) < vocab_size)
+            .ok_or_else(|| {
+                ApiError::invalid_param(
+                    "logit_bias",
+                    format!("`logit_bias` key `{key}` is not a token id of this vocabulary"),
+                )
+            })?;
+        let bias = in_range("logit_bias", bias, -100.0, 100.0, "in [-100, 100]")?;
+        sampling.logit_bias.push((token, bias));
+    }
     if let Some(k) = logprobs {
         if !(0..=MAX_LOGPROBS).contains(&k) {
             return Err(ApiError::invalid_param(
@@ -201,6 +216,10 @@ mod tests {
             (r#"{"stop_token_ids": [5000]}"#, "stop_token_ids"),
             (r#"{"max_tokens": 4, "min_tokens": 5}"#, "min_tokens"),
             (r#"{"stop": [""]}"#, "stop"),
+            (r#"{"logit_bias": {"12": 101}}"#, "logit_bias"),
+            (r#"{"logit_bias": {"1000": 1}}"#, "logit_bias"),
+            (r#"{"logit_bias": {"dog": 1}}"#, "logit_bias"),
+            (r#"{"logit_bias": {"-3": 1}}"#, "logit_bias"),
         ] {
             let err = check(json).unwrap_err();
             assert_eq!(err.param.as_deref(), Some(param), "{json}: {err:?}");
@@ -216,5 +235,11 @@ mod tests {
             (Some(16), 1, 1.0, 0)
         );
         assert!(p.skip_special_tokens && !p.stream);
+    }
+
+    #[test]
+    fn logit_bias_becomes_token_biases() {
+        let p = check(r#"{"logit_bias": {"7": -100, " 42": 2.5}}"#).unwrap();
+        assert_eq!(p.sampling.logit_bias, vec![(42, 2.5), (7, -100.0)]);
     }
 }
