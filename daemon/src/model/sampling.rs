@@ -334,7 +334,11 @@ mod tests {
             },
             &[],
         );
-        assert_eq!(s.sample(&logits).token, 2, "token 1 banned; 7 is outside the row");
+        assert_eq!(
+            s.sample(&logits).token,
+            2,
+            "token 1 banned; 7 is outside the row"
+        );
         let mut s = Sampler::new(
             SamplingParams {
                 logit_bias: vec![(0, 3.5)],
