@@ -186,13 +186,7 @@ async fn the_binary_runs_with_least_privilege() {
     .await;
     assert!(metrics.contains("fused_operator_reconciles_total"));
     let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
-    let holder = leases
-        .get("fused-operator")
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .holder_identity;
+    let holder = lease_holder(&leases).await;
     println!("Lease holder: {holder:?}");
     assert!(holder.is_some());
 
@@ -287,16 +281,7 @@ async fn the_binary_runs_with_least_privilege() {
         stopping.elapsed().as_secs_f64()
     );
     assert!(exit.success(), "{exit}\n{log}");
-    assert_eq!(
-        leases
-            .get("fused-operator")
-            .await
-            .unwrap()
-            .spec
-            .unwrap()
-            .holder_identity,
-        None
-    );
+    assert_eq!(lease_holder(&leases).await, None);
 
     // Structured logs, and not one permission error with the least-privilege role.
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();

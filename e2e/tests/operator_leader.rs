@@ -84,16 +84,7 @@ async fn one_leader_at_a_time_with_takeover_and_release() {
 
     // Released: the other candidate takes it on its next attempt, without waiting.
     follower.release().await.unwrap();
-    assert_eq!(
-        leases
-            .get("fused-operator")
-            .await
-            .unwrap()
-            .spec
-            .unwrap()
-            .holder_identity,
-        None
-    );
+    assert_eq!(lease_holder(&leases).await, None);
     assert!(leader.try_acquire_or_renew().await.unwrap());
     println!("after release: {} leads again", leader.identity());
 }

@@ -15,6 +15,7 @@ use fused_crds::FusedModel;
 use fused_e2e::k8s::{ClusterError, TestCluster, apply_yaml, install_fused_crd};
 use fused_e2e::workspace_root;
 use fused_operator::{Context, Metrics, OperatorConfig};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -313,4 +314,15 @@ pub fn workspace_binary(name: &str, env_var: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Who holds the operator's leader lease (`fused-operator`) in `leases`' namespace now.
+pub async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
+    leases
+        .get("fused-operator")
+        .await
+        .expect("the operator's lease exists")
+        .spec
+        .expect("the lease has a spec")
+        .holder_identity
 }
