@@ -130,6 +130,23 @@ mod tests {
     }
 
     #[test]
+    fn a_literal_sentencepiece_space_mark_streams_like_the_full_decode() {
+        for codec in [fixtures::smollm2(), fixtures::mistral()]
+            .into_iter()
+            .flatten()
+        {
+            let text = "a ▁b▁";
+            let ids = codec.encode(text, false).unwrap();
+            let (_, joined) = stream_all(&codec, &ids, false);
+            assert_eq!(
+                joined,
+                codec.decode(&ids, false).unwrap(),
+                "{text:?} -> {ids:?}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_id_is_an_error_and_the_stream_goes_on() {
         let Some(codec) = fixtures::smollm2() else {
             return;
@@ -168,7 +185,15 @@ mod tests {
             for codec in [fixtures::smollm2(), fixtures::mistral()].into_iter().flatten() {
                 let ids = codec.encode(&text, false).unwrap();
                 let (_, joined) = stream_all(&codec, &ids, false);
-                prop_assert_eq!(&joined, &text);
+                // SentencePiece writes spaces as '▁' and reads every '▁' back as a space, so a
+                // text holding '▁' itself cannot round-trip through Mistral's tokenizer, streamed
+                // or not (CI found "▁"); there the stream must give what a full decode gives.
+                let expected = if text.contains('\u{2581}') {
+                    codec.decode(&ids, false).unwrap()
+                } else {
+                    text.clone()
+                };
+                prop_assert_eq!(&joined, &expected);
             }
         }
     }
