@@ -262,7 +262,9 @@ fn norm(n: &Norm, x: &[f32], out: &mut [f32]) {
 
 /// Rows up to which a layer with the checkpoint's blocks multiplies them directly: decode
 /// reads 4.5–8.5 bits per weight instead of 32; from here on the f32 GEMM's blocking wins
-/// (`cargo bench -p fused-kernels --bench quant_matmul`).
+/// (`cargo bench -p fused-daemon --bench cpu_decode`). Also at one row, where a micro-benchmark
+/// of one cache-hot matrix favours the f32 GEMV for SmolLM2's small layers: inside a whole
+/// decode step nothing stays in cache, and routing them to f32 made the step 1.8× slower.
 const PACKED_MAX_ROWS: usize = 8;
 
 /// `y = input · Wᵀ + b` (`y` is `[rows, out]`).
