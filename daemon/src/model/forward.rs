@@ -273,9 +273,7 @@ fn project(layer: &Linear, input: &[f32], rows: usize, y: &mut [f32]) {
         Some(packed) if rows <= PACKED_MAX_ROWS => {
             packed.matmul(input, rows, y);
             if let Some(bias) = &layer.bias {
-                for row in y.chunks_exact_mut(layer.out) {
-                    row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-                }
+                cpu::add_bias(y, bias);
             }
         }
         _ => cpu::linear(

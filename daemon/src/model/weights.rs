@@ -39,11 +39,12 @@ impl Linear {
     /// A layer without bias from `(f32, blocks)` parts stacked row-wise (Q, K and V into one
     /// QKV layer); the blocks are kept only if every part has them in one format.
     fn stacked(out: usize, parts: Vec<(Vec<f32>, Option<QuantMatrix>)>) -> Self {
-        let packed: Option<Vec<&QuantMatrix>> = parts.iter().map(|(_, p)| p.as_ref()).collect();
-        let packed = packed.and_then(|p| QuantMatrix::stack(&p).ok());
+        let (weights, packed): (Vec<Vec<f32>>, Vec<Option<QuantMatrix>>) =
+            parts.into_iter().unzip();
+        let packed: Option<Vec<QuantMatrix>> = packed.into_iter().collect();
         Self {
-            weight: parts.into_iter().flat_map(|(w, _)| w).collect(),
-            packed,
+            weight: weights.concat(),
+            packed: packed.and_then(|p| QuantMatrix::stack(p).ok()),
             bias: None,
             out,
         }

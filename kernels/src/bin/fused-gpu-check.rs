@@ -4,6 +4,7 @@
 //! (never zeros), and each result is compared by relative L2 error; NaN never passes. Prints one
 //! line per check and exits non-zero if any fails (2 when there is no usable GPU).
 
+use fused_kernels::compare::rel_l2;
 use fused_kernels::cpu::{self, AttentionShape, RopeTable};
 use fused_kernels::cuda::{
     AttentionBatch, Blas, CudaError, DecodeSplits, DeviceBuffer, GEMV_MAX_ROWS, GemmOut, GpuDevice,
@@ -47,18 +48,6 @@ fn from_bf16(v: &[bf16]) -> Vec<f32> {
 /// Rounds through bf16, as the GPU sees its inputs.
 fn round_bf16(v: &[f32]) -> Vec<f32> {
     from_bf16(&to_bf16(v))
-}
-
-fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
-    if got.len() != want.len() || got.iter().any(|x| !x.is_finite()) {
-        return f64::NAN;
-    }
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (g, w) in got.iter().zip(want) {
-        num += (f64::from(*g) - f64::from(*w)).powi(2);
-        den += f64::from(*w).powi(2);
-    }
-    (num / den.max(1e-30)).sqrt()
 }
 
 /// Tolerances from the method: fp32 arithmetic far under 1e-3; bf16 results under 1e-2.

@@ -40,10 +40,15 @@ pub fn linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, rows: usize, out: usiz
         );
     }
     if let Some(bias) = bias {
-        for row in y.chunks_exact_mut(out) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v += b;
-            }
+        add_bias(y, bias);
+    }
+}
+
+/// `y[r, :] += bias` for every row of `y` (rows of `bias.len()` values).
+pub fn add_bias(y: &mut [f32], bias: &[f32]) {
+    for row in y.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
         }
     }
 }

@@ -10,7 +10,7 @@ mod rope;
 
 pub use activation::{gelu_tanh_inplace, silu_mul};
 pub use attention::{AttentionShape, attend_causal};
-pub use matmul::linear;
+pub use matmul::{add_bias, linear};
 pub use norm::{layer_norm, rms_norm};
 pub use quant::{BlockKind, QuantError, QuantMatrix};
 pub use rope::{RopeScaling, RopeTable};

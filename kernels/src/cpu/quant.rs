@@ -110,20 +110,17 @@ impl QuantMatrix {
     }
 
     /// The rows of `parts` one after the other (e.g. Q, K and V into one QKV matrix).
-    pub fn stack(parts: &[&Self]) -> Result<Self, QuantError> {
-        let first = parts.first().ok_or(QuantError::Mismatch)?;
-        if parts
-            .iter()
-            .any(|p| p.kind != first.kind || p.inner != first.inner)
-        {
-            return Err(QuantError::Mismatch);
+    pub fn stack(parts: Vec<Self>) -> Result<Self, QuantError> {
+        let mut parts = parts.into_iter();
+        let mut all = parts.next().ok_or(QuantError::Mismatch)?;
+        for part in parts {
+            if part.kind != all.kind || part.inner != all.inner {
+                return Err(QuantError::Mismatch);
+            }
+            all.out += part.out;
+            all.data.extend_from_slice(&part.data);
         }
-        Ok(Self {
-            kind: first.kind,
-            out: parts.iter().map(|p| p.out).sum(),
-            inner: first.inner,
-            data: parts.iter().flat_map(|p| p.data.iter().copied()).collect(),
-        })
+        Ok(all)
     }
 
     /// `y[r, o] = x[r, :] · W[o, :]` for `rows` rows of `x` (`[rows, inner]`) into `y`
@@ -325,6 +322,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::compare::rel_l2;
 
     fn matrix(kind: BlockKind, out: usize, inner: usize, bytes: &[u8]) -> QuantMatrix {
         let bb = kind.block_bytes();
@@ -365,12 +363,6 @@ mod tests {
         y
     }
 
-    fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-        let num: f64 = a.iter().zip(b).map(|(a, b)| f64::from(a - b).powi(2)).sum();
-        let den: f64 = b.iter().map(|b| f64::from(*b).powi(2)).sum();
-        (num / den.max(1e-30)).sqrt()
-    }
-
     #[test]
     fn dequantises_known_blocks() {
         let one = f16::from_f32(0.5).to_bits().to_le_bytes();
@@ -408,8 +400,11 @@ mod tests {
         ));
         let a = matrix(BlockKind::Q4_1, 2, 64, &[1, 2, 3]);
         let b = matrix(BlockKind::Q8_0, 2, 64, &[1, 2, 3]);
-        assert_eq!(QuantMatrix::stack(&[&a, &b]), Err(QuantError::Mismatch));
-        let ab = QuantMatrix::stack(&[&a, &a]).expect("same format");
+        assert_eq!(
+            QuantMatrix::stack(vec![a.clone(), b]),
+            Err(QuantError::Mismatch)
+        );
+        let ab = QuantMatrix::stack(vec![a.clone(), a.clone()]).expect("same format");
         assert_eq!((ab.out(), ab.data().len()), (4, 2 * a.data().len()));
     }
 

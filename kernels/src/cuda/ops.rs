@@ -388,6 +388,12 @@ impl Kernels {
         Ok(())
     }
 
+    /// Whether [`Kernels::gemv`] takes this shape: at most [`GEMV_MAX_ROWS`] rows and an
+    /// `inner` size that is a multiple of 8 (its 16-byte loads).
+    pub fn gemv_fits(rows: usize, inner: usize) -> bool {
+        rows <= GEMV_MAX_ROWS && inner.is_multiple_of(8)
+    }
+
     /// `y = x · Wᵀ` for at most [`GEMV_MAX_ROWS`] rows (`x [rows, inner]`, `W [out, inner]` bf16,
     /// `inner` a multiple of 8; `y [rows, out]` as `kind`), streaming W at memory bandwidth.
     ///
@@ -407,7 +413,7 @@ impl Kernels {
         if rows == 0 {
             return Ok(());
         }
-        if rows > GEMV_MAX_ROWS || !inner.is_multiple_of(8) {
+        if !Self::gemv_fits(rows, inner) {
             return Err(CudaError::Invalid(format!(
                 "gemv takes at most {GEMV_MAX_ROWS} rows and inner sizes that are multiples of 8, \
                  not {rows} x {inner}"

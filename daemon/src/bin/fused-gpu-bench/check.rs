@@ -14,7 +14,8 @@ use fused_daemon::model::{Forward, Logits, LogitsWanted, Model, ModelConfig, Seq
 use fused_kernels::cuda::GpuDevice;
 use half::bf16;
 
-use crate::report::{Report, argmax, rel_l2};
+use crate::report::{Report, argmax};
+use fused_kernels::compare::rel_l2;
 
 /// End-to-end logits after several layers of bf16 activations. Each kernel is held to the
 /// method's bf16 band (1e-3..1e-2) by `fused-gpu-check`; through a whole model the roundings add

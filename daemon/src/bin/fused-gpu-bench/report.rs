@@ -90,26 +90,7 @@ impl Report {
     }
 }
 
-/// ‖got − want‖ / ‖want‖ in f64; NaN when a value is not finite or the lengths differ.
-pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
-    if got.len() != want.len() || got.iter().chain(want).any(|x| !x.is_finite()) {
-        return f64::NAN;
-    }
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (g, w) in got.iter().zip(want) {
-        num += (f64::from(*g) - f64::from(*w)).powi(2);
-        den += f64::from(*w).powi(2);
-    }
-    (num / den.max(1e-30)).sqrt()
-}
-
-/// The first index of the largest logit.
+/// The first index of the largest logit, as a token id.
 pub fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
+    fused_daemon::model::sampling::argmax(row) as u32
 }

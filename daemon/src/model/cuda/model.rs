@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use fused_kernels::cpu::RopeTable;
 use fused_kernels::cuda::{
-    AttentionBatch, Blas, CacheStatus, DecodeSplits, DeviceBuffer, GEMV_MAX_ROWS, GemmOut,
-    GpuDevice, Graph, Kernels, PREFILL_TILE_ROWS,
+    AttentionBatch, Blas, CacheStatus, DecodeSplits, DeviceBuffer, GemmOut, GpuDevice, Graph,
+    Kernels, PREFILL_TILE_ROWS,
 };
 
 use super::device_error;
@@ -214,9 +214,9 @@ impl GpuModel {
 
     /// The graph bucket of a decode-only batch, if it gets one.
     fn bucket(&self, chunks: &[SeqChunk<'_>]) -> Option<usize> {
-        let decode_only = chunks
-            .iter()
-            .all(|c| c.tokens.len() == 1 && c.logits.rows(1).len() == 1);
+        let decode_only = chunks.iter().all(|c| {
+            c.tokens.len() == 1 && matches!(c.logits, LogitsWanted::Last | LogitsWanted::Greedy)
+        });
         let bucket = chunks.len().next_power_of_two();
         (self.options.graphs && decode_only && !chunks.is_empty())
             .then_some(bucket)
@@ -262,7 +262,7 @@ impl GpuModel {
     ) -> Result<(), ModelError> {
         // SAFETY: per the contract.
         unsafe {
-            if rows <= GEMV_MAX_ROWS && inner.is_multiple_of(8) {
+            if Kernels::gemv_fits(rows, inner) {
                 self.kernels.gemv(x, w, y, rows, out, inner, kind)
             } else {
                 self.blas.linear(x, w, y, rows, out, inner, kind)
