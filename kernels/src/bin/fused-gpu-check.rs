@@ -7,8 +7,8 @@
 use fused_kernels::compare::rel_l2;
 use fused_kernels::cpu::{self, AttentionShape, RopeTable};
 use fused_kernels::cuda::{
-    AttentionBatch, Blas, CudaError, DecodeSplits, DeviceBuffer, GEMV_MAX_ROWS, GemmOut, GpuDevice,
-    Kernels, PREFILL_TILE_ROWS,
+    AttentionBatch, Blas, CudaError, DecodeSplits, DeviceBuffer, GEMV_MAX_ROWS, GemmOut, GemvOut,
+    GemvShape, GpuDevice, Kernels, PREFILL_TILE_ROWS,
 };
 use half::bf16;
 
@@ -56,7 +56,7 @@ const BF16_TOL: f64 = 1e-2;
 
 struct Check<'a> {
     dev: &'a GpuDevice,
-    kernels: &'a Kernels,
+    kernels: Kernels,
     blas: &'a Blas,
     rng: Rng,
     failures: usize,
@@ -194,6 +194,45 @@ impl Check<'_> {
             let got = self.read_bf16(yb.ptr(), rows * out)?;
             self.report(&format!("{name} ->bf16"), rel_l2(&got, &want), BF16_TOL);
         }
+        Ok(())
+    }
+
+    /// The GEMV with its rows split over 1, the default number of and 8 warps, plain and with
+    /// SwiGLU folded in (`w` a stacked `[gate; up]` of `2 out` rows), against a GEMM and SwiGLU
+    /// on the CPU.
+    fn gemv_splits(&mut self, rows: usize, out: usize, inner: usize) -> Result<(), CudaError> {
+        let x = round_bf16(&self.rng.vec(rows * inner, -1.0, 1.0));
+        let w = round_bf16(&self.rng.vec(2 * out * inner, -0.1, 0.1));
+        let mut want = vec![0.0; rows * 2 * out];
+        cpu::linear(&x, &w, None, rows, 2 * out, &mut want);
+        let mut act = vec![0.0; rows * out];
+        cpu::silu_mul(&want, out, &mut act);
+        let (xd, wd) = (self.buffer(&to_bf16(&x))?, self.buffer(&to_bf16(&w))?);
+        let stacked = GemvShape {
+            rows,
+            out: 2 * out,
+            inner,
+        };
+        let halves = GemvShape { out, ..stacked };
+        let default_blocks = self.kernels.gemv_min_blocks;
+        for (split, min_blocks) in [("1", 0), ("default", default_blocks), ("8", usize::MAX)] {
+            self.kernels.gemv_min_blocks = min_blocks;
+            let y = self.poisoned::<f32>(rows * 2 * out)?;
+            let y_act = self.poisoned::<bf16>(rows * out)?;
+            let set = GemvOut::Gemm(GemmOut::F32 { accumulate: false });
+            // SAFETY: shapes as allocated.
+            unsafe {
+                let k = &self.kernels;
+                k.gemv_fused(xd.ptr(), wd.ptr(), y.ptr(), stacked, set)?;
+                k.gemv_fused(xd.ptr(), wd.ptr(), y_act.ptr(), halves, GemvOut::SwiGlu)?;
+            }
+            let name = format!("gemv {rows}x{}x{inner} split {split}", 2 * out);
+            let got = self.read_f32(&y, rows * 2 * out)?;
+            self.report(&format!("{name} ->f32"), rel_l2(&got, &want), FP32_TOL);
+            let got = self.read_bf16(y_act.ptr(), rows * out)?;
+            self.report(&format!("{name} +SwiGLU"), rel_l2(&got, &act), BF16_TOL);
+        }
+        self.kernels.gemv_min_blocks = default_blocks;
         Ok(())
     }
 
@@ -600,7 +639,7 @@ fn run(seed: u64) -> Result<usize, CudaError> {
     let blas = Blas::new(&dev)?;
     let mut check = Check {
         dev: &dev,
-        kernels: &kernels,
+        kernels,
         blas: &blas,
         rng: Rng(seed),
         failures: 0,
@@ -611,6 +650,10 @@ fn run(seed: u64) -> Result<usize, CudaError> {
     check.gemm(5, 4096, 576)?;
     check.gemm(37, 1000, 576)?;
     check.gemm(300, 2304, 4096)?;
+    check.gemv_splits(1, 11008, 4096)?;
+    check.gemv_splits(1, 2048, 11008)?;
+    check.gemv_splits(3, 1000, 576)?;
+    check.gemv_splits(8, 2048, 4096)?;
     check.embed_and_norm(37, 4096, 1000)?;
     check.silu_and_argmax(29, 11008, 32000)?;
     // Widths off the vectorised paths.

@@ -20,6 +20,7 @@ mod compile;
 mod device;
 mod error;
 mod graph;
+mod launch;
 mod ops;
 
 pub use blas::{Blas, GemmOut};
@@ -27,4 +28,7 @@ pub use compile::{CacheStatus, compile_cubin};
 pub use device::{DeviceBuffer, GpuDevice, GpuTimer};
 pub use error::CudaError;
 pub use graph::Graph;
-pub use ops::{AttentionBatch, DecodeSplits, GEMV_MAX_ROWS, Kernels, PREFILL_TILE_ROWS, SOURCES};
+pub use ops::{
+    AttentionBatch, DecodeSplits, GEMV_MAX_ROWS, GemvOut, GemvShape, Kernels, PREFILL_TILE_ROWS,
+    SOURCES,
+};

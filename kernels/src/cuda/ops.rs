@@ -7,13 +7,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 
 use super::blas::GemmOut;
 use super::compile::{CacheStatus, compile_cubin};
 use super::device::GpuDevice;
 use super::error::{CudaError, DriverResult, as_i32, as_u32};
+use super::launch::Launch;
 
 /// The kernel sources, in the order they are concatenated for NVRTC.
 pub const SOURCES: [(&str, &str); 4] = [
@@ -78,6 +79,23 @@ impl DecodeSplits {
     }
 }
 
+/// A GEMV's sizes: `rows` inputs of `inner` values against `out` weight rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemvShape {
+    pub rows: usize,
+    pub out: usize,
+    pub inner: usize,
+}
+
+/// What a GEMV writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemvOut {
+    /// As a GEMM would (`f32`, accumulated `f32` or `bf16`).
+    Gemm(GemmOut),
+    /// SwiGLU of a stacked `[gate; up]` weight, bf16.
+    SwiGlu,
+}
+
 /// The compiled kernels, launched on the device's stream.
 pub struct Kernels {
     stream: Arc<CudaStream>,
@@ -94,11 +112,17 @@ pub struct Kernels {
     prefill_128_occ3: CudaFunction,
     /// Use the 168-register build of the d128 prefill kernel (3 blocks per SM).
     pub prefill_occupancy3: bool,
-    /// `gemv_r{1,2,4,8}`.
-    gemv: [CudaFunction; 4],
+    /// `gemv_r{1,2,4,8}_p{pair}` at `4 pair + rows bucket`.
+    gemv: Vec<CudaFunction>,
+    /// Blocks a GEMV should have: rows are split over up to 8 warps until it has as many (the
+    /// default, one block per 32 threads an SM holds, keeps every SM streaming; 0 never splits).
+    pub gemv_min_blocks: usize,
     /// Decode attention by head dim (64, 128) and largest group (1, 4, 8).
     decode: [[CudaFunction; 3]; 2],
     combine: CudaFunction,
+    /// Launch kernels as programmatic dependents of the previous one (set when the device
+    /// supports it, sm_90 and later; benchmarks turn it off to measure what it brings).
+    pub dependent_launch: bool,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -165,12 +189,12 @@ impl Kernels {
             prefill_128: function("attn_prefill_d128")?,
             prefill_128_occ3: function("attn_prefill_d128_occ3")?,
             prefill_occupancy3: false,
-            gemv: [
-                function("gemv_r1")?,
-                function("gemv_r2")?,
-                function("gemv_r4")?,
-                function("gemv_r8")?,
-            ],
+            gemv: [0, 1]
+                .iter()
+                .flat_map(|pair| [1, 2, 4, 8].map(|rows| format!("gemv_r{rows}_p{pair}")))
+                .map(|name| function(&name))
+                .collect::<Result<_, _>>()?,
+            gemv_min_blocks: 8 * device.multiprocessors(),
             decode: [
                 [
                     function("attn_decode_d64_g1")?,
@@ -184,6 +208,7 @@ impl Kernels {
                 ],
             ],
             combine: function("attn_decode_combine")?,
+            dependent_launch: device.compute_capability().0 >= 9,
         };
         Ok((kernels, status))
     }
@@ -198,6 +223,20 @@ impl Kernels {
             && kv_heads > 0
             && heads.is_multiple_of(kv_heads)
             && heads / kv_heads <= DECODE_MAX_GROUP
+    }
+
+    /// Queues `launch` on the stream (as a programmatic dependent where enabled).
+    ///
+    /// # Safety
+    /// As [`Launch::launch`].
+    unsafe fn queue(
+        &self,
+        launch: &mut Launch<'_>,
+        cfg: LaunchConfig,
+        name: &'static str,
+    ) -> Result<(), CudaError> {
+        // SAFETY: per the contract.
+        unsafe { launch.launch(&self.stream, cfg, self.dependent_launch, name) }
     }
 
     /// Grid-stride launches: enough blocks to fill the device, no more.
@@ -222,10 +261,10 @@ impl Kernels {
             return Ok(());
         }
         let hidden = as_i32(hidden, "hidden")?;
-        let mut b = self.stream.launch_builder(&self.embed);
+        let mut b = Launch::new(&self.embed);
         b.arg(&tokens).arg(&table).arg(&x).arg(&hidden);
         // SAFETY: per the contract.
-        unsafe { b.launch(grid(rows, 1, 1, 256)?) }.during("launch embed_rows")?;
+        unsafe { self.queue(&mut b, grid(rows, 1, 1, 256)?, "launch embed_rows") }?;
         Ok(())
     }
 
@@ -250,7 +289,7 @@ impl Kernels {
         }
         let hidden = as_i32(hidden, "hidden")?;
         let map = row_map.unwrap_or(0);
-        let mut b = self.stream.launch_builder(&self.rms_norm);
+        let mut b = Launch::new(&self.rms_norm);
         b.arg(&x)
             .arg(&weight)
             .arg(&out)
@@ -258,7 +297,7 @@ impl Kernels {
             .arg(&hidden)
             .arg(&eps);
         // SAFETY: per the contract.
-        unsafe { b.launch(grid(rows, 1, 1, 256)?) }.during("launch rms_norm_rows")?;
+        unsafe { self.queue(&mut b, grid(rows, 1, 1, 256)?, "launch rms_norm_rows") }?;
         Ok(())
     }
 
@@ -293,7 +332,7 @@ impl Kernels {
             as_i32(batch.kv_heads, "kv heads")?,
             as_i32(batch.head_dim, "head dim")?,
         );
-        let mut b = self.stream.launch_builder(&self.rope_kv);
+        let mut b = Launch::new(&self.rope_kv);
         b.arg(&qkv)
             .arg(&q_out)
             .arg(&positions)
@@ -307,7 +346,15 @@ impl Kernels {
             .arg(&head_dim)
             .arg(&use_rope);
         // SAFETY: per the contract.
-        unsafe { b.launch(grid(rows, 1, 1, 128)?) }.during("launch rope_kv_write")?;
+        // A few rows (decode) spread each row over blocks; many rows fill the device as they are.
+        let pairs = (batch.heads + batch.kv_heads) * batch.head_dim / 2;
+        let parts = if rows >= 4 * self.multiprocessors {
+            1
+        } else {
+            pairs.max(batch.kv_heads * batch.head_dim).div_ceil(256)
+        };
+        // SAFETY: per the contract.
+        unsafe { self.queue(&mut b, grid(rows, parts, 1, 256)?, "launch rope_kv_write") }?;
         Ok(())
     }
 
@@ -332,10 +379,10 @@ impl Kernels {
         }
         let cfg = grid(ffn.div_ceil(8 * 256), rows, 1, 256)?;
         let (rows, ffn) = (as_i32(rows, "rows")?, as_i32(ffn, "ffn")?);
-        let mut b = self.stream.launch_builder(&self.silu_mul);
+        let mut b = Launch::new(&self.silu_mul);
         b.arg(&gate_up).arg(&out).arg(&rows).arg(&ffn);
         // SAFETY: per the contract.
-        unsafe { b.launch(cfg) }.during("launch silu_mul_rows")?;
+        unsafe { self.queue(&mut b, cfg, "launch silu_mul_rows") }?;
         Ok(())
     }
 
@@ -354,10 +401,10 @@ impl Kernels {
             return Ok(());
         }
         let vocab = as_i32(vocab, "vocab")?;
-        let mut b = self.stream.launch_builder(&self.argmax);
+        let mut b = Launch::new(&self.argmax);
         b.arg(&logits).arg(&out).arg(&vocab);
         // SAFETY: per the contract.
-        unsafe { b.launch(grid(rows, 1, 1, 1024)?) }.during("launch argmax_rows")?;
+        unsafe { self.queue(&mut b, grid(rows, 1, 1, 1024)?, "launch argmax_rows") }?;
         Ok(())
     }
 
@@ -381,10 +428,10 @@ impl Kernels {
         let blocks = self.stride_blocks(n, 256);
         let count = n as u64;
         let function = if f32 { &self.fill_f32 } else { &self.fill_bf16 };
-        let mut b = self.stream.launch_builder(function);
+        let mut b = Launch::new(function);
         b.arg(&out).arg(&count).arg(&seed).arg(&lo).arg(&hi);
         // SAFETY: per the contract.
-        unsafe { b.launch(grid(blocks, 1, 1, 256)?) }.during("launch fill_uniform")?;
+        unsafe { self.queue(&mut b, grid(blocks, 1, 1, 256)?, "launch fill_uniform") }?;
         Ok(())
     }
 
@@ -410,6 +457,26 @@ impl Kernels {
         inner: usize,
         kind: GemmOut,
     ) -> Result<(), CudaError> {
+        let shape = GemvShape { rows, out, inner };
+        // SAFETY: per the contract.
+        unsafe { self.gemv_fused(x, w, y, shape, GemvOut::Gemm(kind)) }
+    }
+
+    /// [`Kernels::gemv`], or with SwiGLU folded in ([`GemvOut::SwiGlu`]: `W [2 out, inner]`
+    /// holds the gate rows, then the up rows, and `y [rows, out]` bf16 is
+    /// `silu(x · W_gateᵀ) · (x · W_upᵀ)`).
+    ///
+    /// # Safety
+    /// Pointers address buffers of those shapes.
+    pub unsafe fn gemv_fused(
+        &self,
+        x: u64,
+        w: u64,
+        y: u64,
+        shape: GemvShape,
+        kind: GemvOut,
+    ) -> Result<(), CudaError> {
+        let GemvShape { rows, out, inner } = shape;
         if rows == 0 {
             return Ok(());
         }
@@ -419,26 +486,42 @@ impl Kernels {
                  not {rows} x {inner}"
             )));
         }
-        let function = &self.gemv[match rows {
+        let bucket = match rows {
             1 => 0,
             2 => 1,
             3..=4 => 2,
             _ => 3,
-        }];
+        };
+        let pair = usize::from(kind == GemvOut::SwiGlu);
+        let row_blocks = out.div_ceil(8);
+        let ksplit = [1, 2, 4, 8]
+            .into_iter()
+            .find(|k| row_blocks * k >= self.gemv_min_blocks)
+            .unwrap_or(8);
         let mode: i32 = match kind {
-            GemmOut::F32 { accumulate: false } => 0,
-            GemmOut::F32 { accumulate: true } => 1,
-            GemmOut::Bf16 => 2,
+            GemvOut::Gemm(GemmOut::F32 { accumulate: false }) => 0,
+            GemvOut::Gemm(GemmOut::F32 { accumulate: true }) => 1,
+            GemvOut::Gemm(GemmOut::Bf16) => 2,
+            GemvOut::SwiGlu => 3,
         };
         let (n, o, i) = (
             as_i32(rows, "rows")?,
             as_i32(out, "out")?,
             as_i32(inner, "inner")?,
         );
-        let mut b = self.stream.launch_builder(function);
-        b.arg(&x).arg(&w).arg(&y).arg(&n).arg(&o).arg(&i).arg(&mode);
+        let split = as_i32(ksplit, "ksplit")?;
+        let mut b = Launch::new(&self.gemv[4 * pair + bucket]);
+        b.arg(&x)
+            .arg(&w)
+            .arg(&y)
+            .arg(&n)
+            .arg(&o)
+            .arg(&i)
+            .arg(&mode)
+            .arg(&split);
+        let blocks = (out * ksplit).div_ceil(8);
         // SAFETY: per the contract.
-        unsafe { b.launch(grid(out.div_ceil(8), 1, 1, 256)?) }.during("launch gemv")?;
+        unsafe { self.queue(&mut b, grid(blocks, 1, 1, 256)?, "launch gemv") }?;
         Ok(())
     }
 
@@ -487,7 +570,7 @@ impl Kernels {
         let stride = batch.token_stride as i64;
         let (heads, kv_heads) = (as_i32(batch.heads, "heads")?, as_i32(batch.kv_heads, "kv")?);
         let scale = scale_log2(batch.head_dim);
-        let mut b = self.stream.launch_builder(function);
+        let mut b = Launch::new(function);
         b.arg(&q)
             .arg(&out)
             .arg(&tile_chunk)
@@ -501,7 +584,13 @@ impl Kernels {
             .arg(&kv_heads)
             .arg(&scale);
         // SAFETY: per the contract.
-        unsafe { b.launch(grid(tiles, batch.heads, 1, 128)?) }.during("launch attn_prefill")?;
+        unsafe {
+            self.queue(
+                &mut b,
+                grid(tiles, batch.heads, 1, 128)?,
+                "launch attn_prefill",
+            )
+        }?;
         Ok(())
     }
 
@@ -545,7 +634,7 @@ impl Kernels {
             as_i32(splits.splits, "splits")?,
         );
         let scale = scale_log2(batch.head_dim);
-        let mut b = self.stream.launch_builder(function);
+        let mut b = Launch::new(function);
         b.arg(&q)
             .arg(&dec_row)
             .arg(&dec_chunk)
@@ -562,9 +651,9 @@ impl Kernels {
             .arg(&part_ml);
         let cfg = grid(decodes, batch.kv_heads, splits.splits, 128)?;
         // SAFETY: per the contract.
-        unsafe { b.launch(cfg) }.during("launch attn_decode")?;
+        unsafe { self.queue(&mut b, cfg, "launch attn_decode") }?;
         let head_dim = as_i32(batch.head_dim, "head dim")?;
-        let mut c = self.stream.launch_builder(&self.combine);
+        let mut c = Launch::new(&self.combine);
         c.arg(&part_o)
             .arg(&part_ml)
             .arg(&dec_row)
@@ -574,7 +663,7 @@ impl Kernels {
             .arg(&count);
         let cfg = grid(decodes, batch.heads, 1, batch.head_dim as u32)?;
         // SAFETY: per the contract.
-        unsafe { c.launch(cfg) }.during("launch attn_decode_combine")?;
+        unsafe { self.queue(&mut c, cfg, "launch attn_decode_combine") }?;
         Ok(())
     }
 }

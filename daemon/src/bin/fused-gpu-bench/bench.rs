@@ -107,20 +107,76 @@ fn prompt(n: usize, vocab: usize, salt: u32) -> Vec<u32> {
         .collect()
 }
 
-/// GEMV build-time variants timed by (a) after the default build (`Kernels::load_with`). The
-/// default, unroll 4 with weights bypassing L1, won the sweep on the H200 (docs/BENCHMARKS.md).
-const GEMV_VARIANTS: [(&str, &[(&str, i64)]); 4] = [
-    ("gemv unroll 2", &[("GEMV_UNROLL", 2)]),
-    ("gemv unroll 8", &[("GEMV_UNROLL", 8)]),
-    ("gemv through L1", &[("GEMV_NC", 0)]),
-    (
-        "gemv unroll 8 through L1 (before)",
-        &[("GEMV_UNROLL", 8), ("GEMV_NC", 0)],
-    ),
+/// A decode configuration timed by (a): GEMV build-time knobs (`Kernels::load_with`), whether
+/// kernels launch as programmatic dependents, whether SwiGLU folds into the gate/up GEMV, and
+/// how many blocks per SM a GEMV's rows are split to fill (`None`: the default).
+struct DecodeVariant {
+    name: &'static str,
+    graphs: bool,
+    defines: &'static [(&'static str, i64)],
+    dependent_launch: bool,
+    fused_gemv: bool,
+    gemv_blocks_per_sm: Option<usize>,
+}
+
+const DEFAULT: DecodeVariant = DecodeVariant {
+    name: "graph",
+    graphs: true,
+    defines: &[],
+    dependent_launch: true,
+    fused_gemv: true,
+    gemv_blocks_per_sm: None,
+};
+
+/// The default build first (eager, then graph), then one change at a time, then all of this
+/// session's changes off at once. The default won these sweeps on the H200 (docs/BENCHMARKS.md).
+const DECODE_VARIANTS: [DecodeVariant; 9] = [
+    DecodeVariant {
+        name: "eager",
+        graphs: false,
+        ..DEFAULT
+    },
+    DEFAULT,
+    DecodeVariant {
+        name: "graph, no dependent launch",
+        dependent_launch: false,
+        ..DEFAULT
+    },
+    DecodeVariant {
+        name: "graph, dependent launch triggered at exit",
+        defines: &[("PDL_EARLY_TRIGGER", 0)],
+        ..DEFAULT
+    },
+    DecodeVariant {
+        name: "graph, SwiGLU unfused",
+        fused_gemv: false,
+        ..DEFAULT
+    },
+    DecodeVariant {
+        name: "graph, GEMV rows not split",
+        gemv_blocks_per_sm: Some(0),
+        ..DEFAULT
+    },
+    DecodeVariant {
+        name: "graph, GEMV rows split to 4 blocks per SM",
+        gemv_blocks_per_sm: Some(4),
+        ..DEFAULT
+    },
+    DecodeVariant {
+        name: "graph, gemv unroll 2",
+        defines: &[("GEMV_UNROLL", 2)],
+        ..DEFAULT
+    },
+    DecodeVariant {
+        name: "graph, none of dependent launch, fused SwiGLU, split rows",
+        dependent_launch: false,
+        fused_gemv: false,
+        gemv_blocks_per_sm: Some(0),
+        ..DEFAULT
+    },
 ];
 
-/// (a) Batch-1 decode, eager and from a graph, against weight bytes / copy bandwidth; then the
-/// graph run again with each GEMV variant.
+/// (a) Batch-1 decode of each [`DECODE_VARIANTS`] against weight bytes / copy bandwidth.
 pub fn decode_batch1(
     device: &Arc<GpuDevice>,
     model: &mut GpuModel,
@@ -130,19 +186,18 @@ pub fn decode_batch1(
 ) -> anyhow::Result<()> {
     let mut kv = kv_for(device, model, KvLayout::Interleaved, 2, 4096, 4 << 30)?;
     model.set_max_context(4096);
-    let mut runs = vec![("eager".to_owned(), false), ("graph".to_owned(), true)];
-    runs.extend(
-        GEMV_VARIANTS
-            .iter()
-            .map(|(name, _)| (format!("graph, {name}"), true)),
-    );
-    for (index, (name, graphs)) in runs.iter().enumerate() {
-        if let Some((_, defines)) = index.checked_sub(2).and_then(|i| GEMV_VARIANTS.get(i)) {
-            // Graphs hold the old kernels: drop them before the kernels go.
-            model.set_graphs(false);
-            *model.kernels_mut() = Kernels::load_with(device, None, defines)?.0;
+    for v in &DECODE_VARIANTS {
+        // Graphs hold the old kernels and launch modes: drop them before anything changes.
+        model.set_graphs(false);
+        let cache = std::env::temp_dir().join("fused-kernel-cache");
+        let mut kernels = Kernels::load_with(device, Some(&cache), v.defines)?.0;
+        kernels.dependent_launch &= v.dependent_launch;
+        if let Some(per_sm) = v.gemv_blocks_per_sm {
+            kernels.gemv_min_blocks = per_sm * device.multiprocessors();
         }
-        model.set_graphs(*graphs);
+        *model.kernels_mut() = kernels;
+        model.set_fused_gemv(v.fused_gemv);
+        model.set_graphs(v.graphs);
         let times = decode_steps(model, &mut kv, steps)?;
         // The first steps capture the graph and warm caches: leave them out.
         let timed = &times[steps.min(8)..];
@@ -158,7 +213,7 @@ pub fn decode_batch1(
         });
         report.value(
             "a",
-            &format!("llama-2-7b batch-1 decode tok/s ({name})"),
+            &format!("llama-2-7b batch-1 decode tok/s ({})", v.name),
             1.0 / mean,
             "tok/s",
             &note,
@@ -166,6 +221,7 @@ pub fn decode_batch1(
     }
     model.set_graphs(false);
     *model.kernels_mut() = Kernels::load(device, None)?.0;
+    model.set_fused_gemv(true);
     model.set_graphs(true);
     kv.shutdown()?;
     Ok(())

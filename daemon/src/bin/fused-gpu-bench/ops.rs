@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use fused_daemon::model::ModelConfig;
 use fused_kernels::cuda::{
-    AttentionBatch, Blas, CudaError, DecodeSplits, GemmOut, GpuDevice, Kernels, PREFILL_TILE_ROWS,
+    AttentionBatch, Blas, CudaError, DecodeSplits, GemmOut, GemvOut, GemvShape, GpuDevice, Kernels,
+    PREFILL_TILE_ROWS,
 };
 
 use crate::report::Report;
@@ -119,6 +120,40 @@ pub fn run(
     }
     let norm_w = alloc(h * 4)?;
     fill(norm_w.ptr(), h, true)?;
+    let shape = GemvShape {
+        rows: 1,
+        out: f,
+        inner: h,
+    };
+    // SAFETY: x_bf holds h bf16, w_gu 2f x h, y_bf f bf16.
+    let t = time_us(device, || unsafe {
+        kernels.gemv_fused(x_bf.ptr(), w_gu.ptr(), y_bf.ptr(), shape, GemvOut::SwiGlu)
+    })?;
+    let bytes = (2 * f * h * 2) as f64;
+    report.value(
+        "ops",
+        "decode b1 gate_up + SwiGLU: one gemv",
+        t,
+        "us",
+        &format!("{:.2} TB/s", bytes / t / 1e6),
+    );
+    // The GEMVs of few rows without the split over warps.
+    let split = std::mem::replace(&mut kernels.gemv_min_blocks, 0);
+    for (name, w, inner) in [("o", w_o.ptr(), q), ("down", w_down.ptr(), f)] {
+        // SAFETY: x_bf holds `inner` bf16, y_f32 h f32.
+        let t = time_us(device, || unsafe {
+            kernels.gemv(x_bf.ptr(), w, y_f32.ptr(), 1, h, inner, acc)
+        })?;
+        let bytes = (h * inner * 2) as f64;
+        report.value(
+            "ops",
+            &format!("decode b1 {name}: gemv, rows not split"),
+            t,
+            "us",
+            &format!("{:.2} TB/s", bytes / t / 1e6),
+        );
+    }
+    kernels.gemv_min_blocks = split;
     for rows in [1usize, 4096] {
         // SAFETY: y_f32 holds 4096 x h f32, x_bf 4096 x h bf16, y_bf 4096 x 2f bf16.
         let norm = time_us(device, || unsafe {

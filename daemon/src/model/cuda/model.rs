@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use fused_kernels::cpu::RopeTable;
 use fused_kernels::cuda::{
-    AttentionBatch, Blas, CacheStatus, DecodeSplits, DeviceBuffer, GemmOut, GpuDevice, Graph,
-    Kernels, PREFILL_TILE_ROWS,
+    AttentionBatch, Blas, CacheStatus, DecodeSplits, DeviceBuffer, GemmOut, GemvOut, GemvShape,
+    GpuDevice, Graph, Kernels, PREFILL_TILE_ROWS,
 };
 
 use super::device_error;
@@ -34,6 +34,10 @@ pub struct GpuOptions {
     pub max_context: usize,
     /// Where compiled kernels are cached; `None` compiles every start.
     pub kernel_cache: Option<PathBuf>,
+    /// Fold SwiGLU into the gate/up GEMV of batches of up to
+    /// [`GEMV_MAX_ROWS`](fused_kernels::cuda::GEMV_MAX_ROWS) rows (off: a separate kernel, as
+    /// larger batches run; benchmarks compare the two).
+    pub fused_gemv: bool,
 }
 
 impl Default for GpuOptions {
@@ -43,6 +47,7 @@ impl Default for GpuOptions {
             max_graph_batch: 256,
             max_context: 4096,
             kernel_cache: default_kernel_cache(),
+            fused_gemv: true,
         }
     }
 }
@@ -212,6 +217,14 @@ impl GpuModel {
         }
     }
 
+    /// Fold SwiGLU into small batches' gate/up GEMV (see [`GpuOptions::fused_gemv`]).
+    pub fn set_fused_gemv(&mut self, enabled: bool) {
+        if self.options.fused_gemv != enabled {
+            self.options.fused_gemv = enabled;
+            self.graphs.clear();
+        }
+    }
+
     /// The graph bucket of a decode-only batch, if it gets one.
     fn bucket(&self, chunks: &[SeqChunk<'_>]) -> Option<usize> {
         let decode_only = chunks.iter().all(|c| {
@@ -271,6 +284,41 @@ impl GpuModel {
         .map_err(device_error)
     }
 
+    /// `act = silu(xn · W_gateᵀ) · (xn · W_upᵀ)`: one GEMV for small batches, else a GEMM into
+    /// `gate_up` and the SwiGLU kernel.
+    ///
+    /// # Safety
+    /// As [`Blas::linear`]; `gate_up` is `[2 ffn, hidden]`.
+    unsafe fn swiglu(&self, gate_up: u64, rows: usize) -> Result<(), ModelError> {
+        let (x, h, f) = (&self.scratch, self.config.hidden, self.config.ffn);
+        // SAFETY: per the contract.
+        unsafe {
+            if self.options.fused_gemv && Kernels::gemv_fits(rows, h) {
+                let shape = GemvShape {
+                    rows,
+                    out: f,
+                    inner: h,
+                };
+                self.kernels
+                    .gemv_fused(x.xn.ptr(), gate_up, x.act.ptr(), shape, GemvOut::SwiGlu)
+                    .map_err(device_error)
+            } else {
+                self.linear(
+                    x.xn.ptr(),
+                    gate_up,
+                    x.gate_up.ptr(),
+                    rows,
+                    2 * f,
+                    h,
+                    GemmOut::Bf16,
+                )?;
+                self.kernels
+                    .silu_mul(x.gate_up.ptr(), x.act.ptr(), rows, f)
+                    .map_err(device_error)
+            }
+        }
+    }
+
     /// Queues every kernel of one pass (also what a graph captures).
     fn launch(&self, m: MetaPtrs, s: Shape) -> Result<(), ModelError> {
         let cfg = &self.config;
@@ -296,7 +344,6 @@ impl GpuModel {
                     head_dim: cfg.head_dim,
                 };
                 let acc = GemmOut::F32 { accumulate: true };
-                let set = GemmOut::F32 { accumulate: false };
                 k.rms_norm(
                     x.x.ptr(),
                     b.attn_norm.ptr(),
@@ -307,7 +354,7 @@ impl GpuModel {
                     eps,
                 )
                 .map_err(device_error)?;
-                let width = q_dim + 2 * kv_dim;
+                let (width, set) = (q_dim + 2 * kv_dim, GemmOut::F32 { accumulate: false });
                 self.linear(x.xn.ptr(), b.qkv.ptr(), x.qkv.ptr(), s.rows, width, h, set)?;
                 k.rope_kv_write(
                     x.qkv.ptr(),
@@ -351,17 +398,7 @@ impl GpuModel {
                     eps,
                 )
                 .map_err(device_error)?;
-                self.linear(
-                    x.xn.ptr(),
-                    b.gate_up.ptr(),
-                    x.gate_up.ptr(),
-                    s.rows,
-                    2 * f,
-                    h,
-                    GemmOut::Bf16,
-                )?;
-                k.silu_mul(x.gate_up.ptr(), x.act.ptr(), s.rows, f)
-                    .map_err(device_error)?;
+                self.swiglu(b.gate_up.ptr(), s.rows)?;
                 self.linear(x.act.ptr(), b.down.ptr(), x.x.ptr(), s.rows, h, f, acc)?;
             }
             k.rms_norm(

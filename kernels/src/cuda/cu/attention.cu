@@ -193,6 +193,7 @@ __device__ __forceinline__ void attn_prefill(const bf16_t* __restrict__ q, bf16_
         const bf16_t* q, bf16_t* out, const unsigned* tile_chunk, const unsigned* tile_row0,        \
         const unsigned* chunk_q_start, const unsigned* chunk_len, const unsigned* chunk_start,      \
         const u64* kv, long long token_stride, int heads, int kv_heads, float scale_log2) {         \
+        pdl_enter();                                                                                \
         attn_prefill<D>(q, out, tile_chunk, tile_row0, chunk_q_start, chunk_len, chunk_start, kv,   \
                         token_stride, heads, kv_heads, scale_log2);                                 \
     }
@@ -370,6 +371,7 @@ __device__ __forceinline__ void attn_decode(const bf16_t* __restrict__ q, const 
         const unsigned* chunk_len, const unsigned* chunk_start, const u64* kv,                      \
         long long token_stride, int heads, int kv_heads, int split_len, int splits,                 \
         float scale_log2, float* part_o, float* part_ml) {                                          \
+        pdl_enter();                                                                                \
         attn_decode<D, G>(q, dec_row, dec_chunk, chunk_len, chunk_start, kv, token_stride, heads,   \
                           kv_heads, split_len, splits, scale_log2, part_o, part_ml);                \
     }
@@ -385,6 +387,7 @@ DECODE_ENTRY(128, 8)
 extern "C" __global__ void attn_decode_combine(const float* part_o, const float* part_ml,
                                                const unsigned* dec_row, bf16_t* out, int heads,
                                                int head_dim, int splits) {
+    pdl_enter();
     const int i = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
     const u64 part = ((u64)i * heads + head) * splits;
     float mx = neg_inf();

@@ -20,6 +20,35 @@ __device__ __forceinline__ unsigned pack_bf2(float lo, float hi) {
     return r;
 }
 
+// Programmatic dependent launch (sm_90 and later; no-ops before). A kernel launched with the
+// attribute may start while the previous kernel on the stream is still running: `pdl_trigger`
+// lets the next kernel start once every block of this one has issued it, and `pdl_wait` blocks
+// until the previous kernel has finished and its writes are visible. Every kernel waits before it
+// touches memory that another kernel writes (only read-only weights are touched before), so a
+// kernel's completion implies that of every kernel before it.
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Build-time knob: 0 leaves the trigger implicit (the next kernel starts as this one exits).
+#ifndef PDL_EARLY_TRIGGER
+#define PDL_EARLY_TRIGGER 1
+#endif
+
+__device__ __forceinline__ void pdl_trigger() {
+#if __CUDA_ARCH__ >= 900 && PDL_EARLY_TRIGGER
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// The prologue of every kernel that prefetches nothing.
+__device__ __forceinline__ void pdl_enter() {
+    pdl_trigger();
+    pdl_wait();
+}
+
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 
 __device__ __forceinline__ float warp_sum(float v) {

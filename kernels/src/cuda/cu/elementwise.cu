@@ -3,6 +3,7 @@
 
 // x[r, :] = table[tokens[r], :] (bf16 table, f32 residual stream). Grid: rows.
 extern "C" __global__ void embed_rows(const unsigned* tokens, const bf16_t* table, float* x, int hidden) {
+    pdl_enter();
     const bf16_t* src = table + (u64)tokens[blockIdx.x] * hidden;
     float* dst = x + (u64)blockIdx.x * hidden;
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = bf2f(src[i]);
@@ -13,6 +14,7 @@ extern "C" __global__ void embed_rows(const unsigned* tokens, const bf16_t* tabl
 // block: 256 threads.
 extern "C" __global__ void rms_norm_rows(const float* x, const float* weight, bf16_t* out,
                                          const unsigned* row_map, int hidden, float eps) {
+    pdl_enter();
     unsigned src_row = row_map ? row_map[blockIdx.x] : blockIdx.x;
     const float* row = x + (u64)src_row * hidden;
     bf16_t* o = out + (u64)blockIdx.x * hidden;
@@ -42,29 +44,33 @@ extern "C" __global__ void rms_norm_rows(const float* x, const float* weight, bf
 // RoPE (rotate-half) on Q and K of one row of `qkv` (f32, [q | k | v]); Q goes to `q_out` (bf16),
 // K and V are written (bf16) into the KV region at kv[chunk].k/v + pos * token_stride. A row
 // whose position is 0xffffffff is padding: its Q is computed at position 0 and its K/V skipped.
-// `kv` holds (k, v) device addresses per chunk for this layer. Grid: rows; block: 128.
+// `kv` holds (k, v) device addresses per chunk for this layer. Grid: (rows, parts); block: 256;
+// the row's rotation pairs and V elements are spread over the parts' threads (one or a few each:
+// a single block looping over a row is bound by load latency).
 extern "C" __global__ void rope_kv_write(const float* qkv, bf16_t* q_out, const unsigned* positions,
                                          const unsigned* row_chunk, const u64* kv,
                                          long long token_stride, const float* cos_table,
                                          const float* sin_table, int heads, int kv_heads,
                                          int head_dim, int use_rope) {
-    int r = blockIdx.x;
-    int half = head_dim / 2;
-    int q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;
+    pdl_enter();
+    const int r = blockIdx.x;
+    const int first = blockIdx.y * blockDim.x + threadIdx.x, step = gridDim.y * blockDim.x;
+    const int half = head_dim / 2;
+    const int q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;
     const float* row = qkv + (u64)r * (q_dim + 2 * kv_dim);
     unsigned pos = positions[r];
-    bool pad = pos == 0xffffffffu;
+    const bool pad = pos == 0xffffffffu;
     if (pad) pos = 0;
     const float* cs = cos_table + (u64)pos * half;
     const float* sn = sin_table + (u64)pos * half;
-    unsigned c = row_chunk[r];
+    const unsigned c = row_chunk[r];
     bf16_t* k_dst = pad ? 0 : (bf16_t*)(kv[2 * c] + (u64)pos * token_stride);
     bf16_t* v_dst = pad ? 0 : (bf16_t*)(kv[2 * c + 1] + (u64)pos * token_stride);
-    int rot_pairs = (heads + kv_heads) * half;
-    for (int p = threadIdx.x; p < rot_pairs; p += blockDim.x) {
-        int head = p / half, i = p % half;
-        int base = head * head_dim;  // heads then kv heads: K follows Q in the row
-        float x0 = row[base + i], x1 = row[base + i + half];
+    const int rot_pairs = (heads + kv_heads) * half;
+    for (int p = first; p < rot_pairs; p += step) {
+        const int head = p / half, i = p % half;
+        const int base = head * head_dim;  // heads then kv heads: K follows Q in the row
+        const float x0 = row[base + i], x1 = row[base + i + half];
         float y0 = x0, y1 = x1;
         if (use_rope) {
             y0 = x0 * cs[i] - x1 * sn[i];
@@ -75,20 +81,21 @@ extern "C" __global__ void rope_kv_write(const float* qkv, bf16_t* q_out, const 
             q[i] = f2bf(y0);
             q[i + half] = f2bf(y1);
         } else if (!pad) {
-            int kb = base - q_dim;
+            const int kb = base - q_dim;
             k_dst[kb + i] = f2bf(y0);
             k_dst[kb + i + half] = f2bf(y1);
         }
     }
     if (!pad) {
         const float* v = row + q_dim + kv_dim;
-        for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) v_dst[i] = f2bf(v[i]);
+        for (int i = first; i < kv_dim; i += step) v_dst[i] = f2bf(v[i]);
     }
 }
 
 // out[r, j] = silu(gu[r, j]) * gu[r, ffn + j]; bf16 in and out, 8 elements (16 bytes) per
 // thread when ffn is a multiple of 8. Grid: (ceil(ffn / 8 / 256), rows); block: 256.
 extern "C" __global__ void silu_mul_rows(const bf16_t* gu, bf16_t* out, int rows, int ffn) {
+    pdl_enter();
     const int r = blockIdx.y;
     const bf16_t* g = gu + (u64)r * 2 * ffn;
     const bf16_t* u = g + ffn;
@@ -118,12 +125,26 @@ extern "C" __global__ void silu_mul_rows(const bf16_t* gu, bf16_t* out, int rows
 // out[r] = the first index of the largest value of logits[r, :] (NaN is never the largest).
 // Grid: rows; block: 1024.
 extern "C" __global__ void argmax_rows(const float* logits, unsigned* out, int vocab) {
+    pdl_enter();
     const float* row = logits + (u64)blockIdx.x * vocab;
     float best = neg_inf();
     unsigned best_i = 0xffffffffu;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        float v = row[i];
-        if (v > best || (best_i == 0xffffffffu && v == v)) { best = v; best_i = i; }
+    // Four loads in flight per thread (a thread's indices stay increasing: first index wins).
+    for (int i0 = threadIdx.x; i0 < vocab; i0 += 4 * blockDim.x) {
+        float v[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            const int i = i0 + u * blockDim.x;
+            v[u] = i < vocab ? row[i] : neg_inf();
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            const int i = i0 + u * blockDim.x;
+            if (i < vocab && (v[u] > best || (best_i == 0xffffffffu && v[u] == v[u]))) {
+                best = v[u];
+                best_i = i;
+            }
+        }
     }
     __shared__ float sv[32];
     __shared__ unsigned si[32];
@@ -160,11 +181,13 @@ __device__ __forceinline__ float uniform01(u64 seed, u64 i) {
 
 // out[i] = uniform(lo, hi) from a counter-based hash of (seed, i): seeded dummy weights.
 extern "C" __global__ void fill_uniform_bf16(bf16_t* out, u64 n, u64 seed, float lo, float hi) {
+    pdl_enter();
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         out[i] = f2bf(lo + (hi - lo) * uniform01(seed, i));
 }
 
 extern "C" __global__ void fill_uniform_f32(float* out, u64 n, u64 seed, float lo, float hi) {
+    pdl_enter();
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         out[i] = lo + (hi - lo) * uniform01(seed, i);
 }

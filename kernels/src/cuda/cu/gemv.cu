@@ -1,8 +1,14 @@
 // Matrix-vector products for decode batches of a few rows: y[r, o] = x[r, :] · W[o, :] for
 // r < rows <= R, bf16 x and W (W row-major [out, in], in a multiple of 8), fp32 accumulation.
-// cuBLAS's GEMMs leave bandwidth unused at one to eight rows; here each warp streams one
-// weight row with 16-byte loads, UNROLL of them in flight per lane, and x stays in L1.
-// mode: 0 y f32 = result, 1 y f32 += result, 2 y bf16 = result. Grid: ceil(out / 8); block 256.
+// cuBLAS's GEMMs leave bandwidth unused at one to eight rows; here a warp streams one weight row
+// (two with PAIR), or the ksplit-th part of one, with 16-byte loads, UNROLL of them in flight per
+// lane, and x stays in L1. Splitting rows over ksplit warps of a block keeps enough loads in flight
+// when a matrix has few rows (the block adds the parts). Weights never change while kernels run,
+// so each warp issues its first loads before waiting for the previous kernel (programmatic
+// dependent launch).
+// Output mode: 0 y f32 = result, 1 y f32 += result, 2 y bf16 = result,
+// 3 (PAIR) y bf16 [rows, out] = silu(x · W[o]) · (x · W[out + o]): SwiGLU of a stacked
+// [gate; up] weight of 2 out rows. Grid: ceil(out · ksplit / 8); block 256; ksplit in 1, 2, 4, 8.
 
 // Build-time knobs (the benchmark sweeps them with `Kernels::load_with`): loads in flight per
 // lane, and whether weights bypass L1 (streamed once: `ld.global.nc.L1::no_allocate`).
@@ -25,64 +31,110 @@ __device__ __forceinline__ uint4 load_weights(const uint4* p) {
 #endif
 }
 
-template <int R>
+// One iteration's weight chunks (c0, c0 + 32, ...) of a row into registers (zeros from `end`).
+__device__ __forceinline__ void load_batch(const uint4* row, int c0, int end, uint4* wv) {
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; ++u) {
+        const int c = c0 + u * 32;
+        wv[u] = c < end ? load_weights(row + c) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+__device__ __forceinline__ void unpack8(const uint4& v, float* f) {
+    const bf16_t* e = (const bf16_t*)&v;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) f[j] = bf2f(e[j]);
+}
+
+template <int R, bool PAIR>
 __device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w,
-                                     void* y, int rows, int out, int in, int mode) {
+                                     void* y, int rows, int out, int in, int mode, int ksplit) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int o = blockIdx.x * 8 + warp;
-    if (o >= out) return;
+    const int o = blockIdx.x * (8 / ksplit) + warp / ksplit, part = warp % ksplit;
+    const bool live = o < out;
+    const int chunks = in / 8, per_part = (chunks + ksplit - 1) / ksplit;
+    const int begin = part * per_part, end = min(chunks, begin + per_part);
     const uint4* wrow = (const uint4*)(w + (u64)o * in);
-    const int chunks = in / 8;
-    float acc[R];
+    const uint4* wrow2 = (const uint4*)(w + (u64)(o + out) * in);
+    uint4 wv[GEMV_UNROLL], wv2[GEMV_UNROLL];
+    if (live) {
+        load_batch(wrow, begin + lane, end, wv);
+        if (PAIR) load_batch(wrow2, begin + lane, end, wv2);
+    }
+    pdl_trigger();
+    pdl_wait();
+    float acc[R], acc2[R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-    for (int c0 = lane; c0 < chunks; c0 += 32 * GEMV_UNROLL) {
-        uint4 wv[GEMV_UNROLL];
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; ++u) {
-            const int c = c0 + u * 32;
-            wv[u] = c < chunks ? load_weights(wrow + c) : make_uint4(0, 0, 0, 0);
+    for (int r = 0; r < R; ++r) acc[r] = acc2[r] = 0.0f;
+    for (int c0 = begin + lane; live && c0 < end; c0 += 32 * GEMV_UNROLL) {
+        if (c0 != begin + lane) {
+            load_batch(wrow, c0, end, wv);
+            if (PAIR) load_batch(wrow2, c0, end, wv2);
         }
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; ++u) {
             const int c = c0 + u * 32;
-            if (c < chunks) {
-                const bf16_t* we = (const bf16_t*)&wv[u];
-                float wf[8];
-#pragma unroll
-                for (int j = 0; j < 8; ++j) wf[j] = bf2f(we[j]);
+            if (c < end) {
+                float wf[8], wf2[8];
+                unpack8(wv[u], wf);
+                if (PAIR) unpack8(wv2[u], wf2);
 #pragma unroll
                 for (int r = 0; r < R; ++r) {
                     if (r < rows) {
-                        uint4 xv = *(const uint4*)(x + (u64)r * in + (u64)c * 8);
-                        const bf16_t* xe = (const bf16_t*)&xv;
+                        float xf[8];
+                        unpack8(*(const uint4*)(x + (u64)r * in + (u64)c * 8), xf);
 #pragma unroll
-                        for (int j = 0; j < 8; ++j) acc[r] += wf[j] * bf2f(xe[j]);
+                        for (int j = 0; j < 8; ++j) {
+                            acc[r] += wf[j] * xf[j];
+                            if (PAIR) acc2[r] += wf2[j] * xf[j];
+                        }
                     }
                 }
             }
         }
     }
+    __shared__ float parts[2][8][R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        acc[r] = warp_sum(acc[r]);
+        if (PAIR) acc2[r] = warp_sum(acc2[r]);
+    }
+    if (ksplit > 1) {
+        if (lane == 0) {
+#pragma unroll
+            for (int r = 0; r < R; ++r) parts[0][warp][r] = acc[r], parts[1][warp][r] = acc2[r];
+        }
+        __syncthreads();
+        if (part != 0) return;
+        for (int p = 1; p < ksplit; ++p) {
+#pragma unroll
+            for (int r = 0; r < R; ++r) acc[r] += parts[0][warp + p][r], acc2[r] += parts[1][warp + p][r];
+        }
+    }
+    if (!live || lane != 0) return;
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         if (r < rows) {
-            float s = warp_sum(acc[r]);
-            if (lane == 0) {
-                u64 at = (u64)r * out + o;
-                if (mode == 2) ((bf16_t*)y)[at] = f2bf(s);
-                else if (mode == 1) ((float*)y)[at] += s;
-                else ((float*)y)[at] = s;
-            }
+            const float s = acc[r];
+            const u64 at = (u64)r * out + o;
+            if (PAIR) ((bf16_t*)y)[at] = f2bf(s / (1.0f + __expf(-s)) * acc2[r]);
+            else if (mode == 2) ((bf16_t*)y)[at] = f2bf(s);
+            else if (mode == 1) ((float*)y)[at] += s;
+            else ((float*)y)[at] = s;
         }
     }
 }
 
-#define GEMV_ENTRY(R)                                                                                \
-    extern "C" __global__ void __launch_bounds__(256) gemv_r##R(                                     \
-        const bf16_t* x, const bf16_t* w, void* y, int rows, int out, int in, int mode) {            \
-        gemv<R>(x, w, y, rows, out, in, mode);                                                       \
+#define GEMV_ENTRY(R, PAIR)                                                                          \
+    extern "C" __global__ void __launch_bounds__(256) gemv_r##R##_p##PAIR(                           \
+        const bf16_t* x, const bf16_t* w, void* y, int rows, int out, int in, int mode, int ksplit) { \
+        gemv<R, PAIR>(x, w, y, rows, out, in, mode, ksplit);                                          \
     }
-GEMV_ENTRY(1)
-GEMV_ENTRY(2)
-GEMV_ENTRY(4)
-GEMV_ENTRY(8)
+GEMV_ENTRY(1, 0)
+GEMV_ENTRY(2, 0)
+GEMV_ENTRY(4, 0)
+GEMV_ENTRY(8, 0)
+GEMV_ENTRY(1, 1)
+GEMV_ENTRY(2, 1)
+GEMV_ENTRY(4, 1)
+GEMV_ENTRY(8, 1)
