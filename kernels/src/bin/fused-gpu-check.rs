@@ -654,6 +654,8 @@ fn run(seed: u64) -> Result<usize, CudaError> {
     check.gemv_splits(1, 2048, 11008)?;
     check.gemv_splits(3, 1000, 576)?;
     check.gemv_splits(8, 2048, 4096)?;
+    // Parts of uneven length, and five rows in the eight-row build.
+    check.gemv_splits(5, 300, 4104)?;
     check.embed_and_norm(37, 4096, 1000)?;
     check.silu_and_argmax(29, 11008, 32000)?;
     // Widths off the vectorised paths.

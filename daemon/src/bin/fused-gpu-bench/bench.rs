@@ -130,13 +130,19 @@ const DEFAULT: DecodeVariant = DecodeVariant {
 
 /// The default build first (eager, then graph), then one change at a time, then all of this
 /// session's changes off at once. The default won these sweeps on the H200 (docs/BENCHMARKS.md).
-const DECODE_VARIANTS: [DecodeVariant; 9] = [
+const DECODE_VARIANTS: [DecodeVariant; 10] = [
     DecodeVariant {
         name: "eager",
         graphs: false,
         ..DEFAULT
     },
     DEFAULT,
+    DecodeVariant {
+        name: "eager, no dependent launch",
+        graphs: false,
+        dependent_launch: false,
+        ..DEFAULT
+    },
     DecodeVariant {
         name: "graph, no dependent launch",
         dependent_launch: false,
@@ -158,17 +164,18 @@ const DECODE_VARIANTS: [DecodeVariant; 9] = [
         ..DEFAULT
     },
     DecodeVariant {
-        name: "graph, GEMV rows split to 4 blocks per SM",
-        gemv_blocks_per_sm: Some(4),
+        name: "graph, GEMV unroll 4",
+        defines: &[("GEMV_UNROLL", 4)],
         ..DEFAULT
     },
     DecodeVariant {
-        name: "graph, gemv unroll 2",
-        defines: &[("GEMV_UNROLL", 2)],
+        name: "graph, GEMV unroll 4 through L1",
+        defines: &[("GEMV_UNROLL", 4), ("GEMV_NC", 0)],
         ..DEFAULT
     },
     DecodeVariant {
-        name: "graph, none of dependent launch, fused SwiGLU, split rows",
+        name: "graph, none of dependent launch, fused SwiGLU, split rows, unroll 2",
+        defines: &[("GEMV_UNROLL", 4)],
         dependent_launch: false,
         fused_gemv: false,
         gemv_blocks_per_sm: Some(0),
@@ -186,6 +193,7 @@ pub fn decode_batch1(
 ) -> anyhow::Result<()> {
     let mut kv = kv_for(device, model, KvLayout::Interleaved, 2, 4096, 4 << 30)?;
     model.set_max_context(4096);
+    let launch_mode = model.kernels_mut().dependent_launch;
     for v in &DECODE_VARIANTS {
         // Graphs hold the old kernels and launch modes: drop them before anything changes.
         model.set_graphs(false);
@@ -221,6 +229,7 @@ pub fn decode_batch1(
     }
     model.set_graphs(false);
     *model.kernels_mut() = Kernels::load(device, None)?.0;
+    model.kernels_mut().dependent_launch = launch_mode;
     model.set_fused_gemv(true);
     model.set_graphs(true);
     kv.shutdown()?;

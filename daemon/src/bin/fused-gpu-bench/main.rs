@@ -60,6 +60,10 @@ struct Args {
     /// Scheduler token budgets of the offline run (comma-separated: one run each).
     #[arg(long, default_value = "4096")]
     token_budget: String,
+    /// Launch kernels in stream order only (no programmatic dependent launch), to measure what
+    /// it brings.
+    #[arg(long)]
+    no_dependent_launch: bool,
     /// Append the results as JSON lines here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -103,7 +107,13 @@ fn main() -> anyhow::Result<()> {
         let config = ModelConfig::preset(&args.shape)
             .with_context(|| format!("unknown shape {}", args.shape))?;
         let started = std::time::Instant::now();
-        let mut model = GpuModel::dummy(device.clone(), config.clone(), 1, GpuOptions::default())?;
+        let dummy = || -> anyhow::Result<GpuModel> {
+            let mut model =
+                GpuModel::dummy(device.clone(), config.clone(), 1, GpuOptions::default())?;
+            model.kernels_mut().dependent_launch &= !args.no_dependent_launch;
+            Ok(model)
+        };
+        let mut model = dummy()?;
         println!(
             "{}: dummy weights on the GPU in {:.2} s ({:.2} GB read per decode step); kernels: {:?}",
             args.shape,
@@ -153,9 +163,7 @@ fn main() -> anyhow::Result<()> {
                 // The engine takes the model; later runs get a fresh one (same seed).
                 let model = match spare.take() {
                     Some(model) => model,
-                    None => {
-                        GpuModel::dummy(device.clone(), config.clone(), 1, GpuOptions::default())?
-                    }
+                    None => dummy()?,
                 };
                 offline::run(&device, model, workload, &mut report)?;
             }

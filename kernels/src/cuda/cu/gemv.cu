@@ -13,7 +13,7 @@
 // Build-time knobs (the benchmark sweeps them with `Kernels::load_with`): loads in flight per
 // lane, and whether weights bypass L1 (streamed once: `ld.global.nc.L1::no_allocate`).
 #ifndef GEMV_UNROLL
-#define GEMV_UNROLL 4
+#define GEMV_UNROLL 2
 #endif
 #ifndef GEMV_NC
 #define GEMV_NC 1
