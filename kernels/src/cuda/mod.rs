@@ -9,6 +9,7 @@
 //! - [`device`]: context, stream, device memory and copies;
 //! - [`compile`]: NVRTC → cubin, with the on-disk cache;
 //! - [`ops`]: typed launches of every kernel;
+//! - [`launch`]: `cuLaunchKernelEx` with programmatic dependent launch (sm_90 and later);
 //! - [`blas`]: cuBLAS bf16 GEMMs (`y = x · Wᵀ`, optionally accumulated into `f32`);
 //! - [`graph`]: CUDA graph capture and replay.
 //!

@@ -130,7 +130,7 @@ const DEFAULT: DecodeVariant = DecodeVariant {
 
 /// The default build first (eager, then graph), then one change at a time, then all of this
 /// session's changes off at once. The default won these sweeps on the H200 (docs/BENCHMARKS.md).
-const DECODE_VARIANTS: [DecodeVariant; 10] = [
+const DECODE_VARIANTS: [DecodeVariant; 13] = [
     DecodeVariant {
         name: "eager",
         graphs: false,
@@ -161,6 +161,22 @@ const DECODE_VARIANTS: [DecodeVariant; 10] = [
     DecodeVariant {
         name: "graph, GEMV rows not split",
         gemv_blocks_per_sm: Some(0),
+        ..DEFAULT
+    },
+    DecodeVariant {
+        name: "graph, GEMV rows split to 16 blocks per SM",
+        gemv_blocks_per_sm: Some(16),
+        ..DEFAULT
+    },
+    DecodeVariant {
+        name: "graph, GEMV rows split to 32 blocks per SM",
+        gemv_blocks_per_sm: Some(32),
+        ..DEFAULT
+    },
+    DecodeVariant {
+        name: "graph, GEMV unroll 1, rows split to 16 blocks per SM",
+        defines: &[("GEMV_UNROLL", 1)],
+        gemv_blocks_per_sm: Some(16),
         ..DEFAULT
     },
     DecodeVariant {
