@@ -104,6 +104,13 @@ mod tests {
     use super::*;
     use crate::tokenizer::fixtures;
 
+    /// The real tokenizers that are on this machine (the fixtures say which are missing).
+    fn real_codecs() -> impl Iterator<Item = Arc<Codec>> {
+        [fixtures::smollm2(), fixtures::mistral()]
+            .into_iter()
+            .flatten()
+    }
+
     fn stream_all(codec: &Arc<Codec>, ids: &[u32], skip_special: bool) -> (Vec<String>, String) {
         let mut decoder = codec.stream_decoder(skip_special);
         let mut deltas: Vec<String> = ids
@@ -117,10 +124,7 @@ mod tests {
 
     #[test]
     fn multibyte_characters_are_never_split() {
-        for codec in [fixtures::smollm2(), fixtures::mistral()]
-            .into_iter()
-            .flatten()
-        {
+        for codec in real_codecs() {
             let text = "日本語 𝔘ꙮ 🙂👍🏽 café";
             let ids = codec.encode(text, false).unwrap();
             let (deltas, joined) = stream_all(&codec, &ids, false);
@@ -131,10 +135,7 @@ mod tests {
 
     #[test]
     fn a_literal_sentencepiece_space_mark_streams_like_the_full_decode() {
-        for codec in [fixtures::smollm2(), fixtures::mistral()]
-            .into_iter()
-            .flatten()
-        {
+        for codec in real_codecs() {
             let text = "a ▁b▁";
             let ids = codec.encode(text, false).unwrap();
             let (_, joined) = stream_all(&codec, &ids, false);
@@ -182,7 +183,7 @@ mod tests {
 
         #[test]
         fn streaming_encoded_text_gives_the_text(text in "\\PC{0,40}") {
-            for codec in [fixtures::smollm2(), fixtures::mistral()].into_iter().flatten() {
+            for codec in real_codecs() {
                 let ids = codec.encode(&text, false).unwrap();
                 let (_, joined) = stream_all(&codec, &ids, false);
                 // SentencePiece writes spaces as '▁' and reads every '▁' back as a space, so a

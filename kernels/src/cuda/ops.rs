@@ -345,7 +345,6 @@ impl Kernels {
             .arg(&kv_heads)
             .arg(&head_dim)
             .arg(&use_rope);
-        // SAFETY: per the contract.
         // A few rows (decode) spread each row over blocks; many rows fill the device as they are.
         let pairs = (batch.heads + batch.kv_heads) * batch.head_dim / 2;
         let parts = if rows >= 4 * self.multiprocessors {

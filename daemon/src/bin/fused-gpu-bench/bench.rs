@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use fused_daemon::kv::{KvBudget, KvConfig, KvLayout, KvManager};
-use fused_daemon::model::cuda::GpuModel;
+use fused_daemon::model::cuda::{GpuModel, GpuOptions};
 use fused_daemon::model::{Forward, Logits, LogitsWanted, SeqChunk};
 use fused_kernels::cuda::{Blas, GemmOut, GpuDevice, Kernels};
 
@@ -190,7 +190,7 @@ const DECODE_VARIANTS: [DecodeVariant; 13] = [
         ..DEFAULT
     },
     DecodeVariant {
-        name: "graph, none of dependent launch, fused SwiGLU, split rows, unroll 2",
+        name: "graph, as before this session: stream order, SwiGLU apart, rows whole, unroll 4",
         defines: &[("GEMV_UNROLL", 4)],
         dependent_launch: false,
         fused_gemv: false,
@@ -209,19 +209,10 @@ pub fn decode_batch1(
 ) -> anyhow::Result<()> {
     let mut kv = kv_for(device, model, KvLayout::Interleaved, 2, 4096, 4 << 30)?;
     model.set_max_context(4096);
+    // The caller's launch mode (`--no-dependent-launch`) holds for the variants and after them.
     let launch_mode = model.kernels_mut().dependent_launch;
     for v in &DECODE_VARIANTS {
-        // Graphs hold the old kernels and launch modes: drop them before anything changes.
-        model.set_graphs(false);
-        let cache = std::env::temp_dir().join("fused-kernel-cache");
-        let mut kernels = Kernels::load_with(device, Some(&cache), v.defines)?.0;
-        kernels.dependent_launch &= v.dependent_launch;
-        if let Some(per_sm) = v.gemv_blocks_per_sm {
-            kernels.gemv_min_blocks = per_sm * device.multiprocessors();
-        }
-        *model.kernels_mut() = kernels;
-        model.set_fused_gemv(v.fused_gemv);
-        model.set_graphs(v.graphs);
+        configure(device, model, v, launch_mode)?;
         let times = decode_steps(model, &mut kv, steps)?;
         // The first steps capture the graph and warm caches: leave them out.
         let timed = &times[steps.min(8)..];
@@ -243,12 +234,29 @@ pub fn decode_batch1(
             &note,
         );
     }
-    model.set_graphs(false);
-    *model.kernels_mut() = Kernels::load(device, None)?.0;
-    model.kernels_mut().dependent_launch = launch_mode;
-    model.set_fused_gemv(true);
-    model.set_graphs(true);
+    configure(device, model, &DEFAULT, launch_mode)?;
     kv.shutdown()?;
+    Ok(())
+}
+
+/// Sets `model` up as `v` says (kernels built with its knobs, from the model's kernel cache).
+fn configure(
+    device: &GpuDevice,
+    model: &mut GpuModel,
+    v: &DecodeVariant,
+    dependent_launch: bool,
+) -> anyhow::Result<()> {
+    // Graphs hold the old kernels and launch modes: drop them before anything changes.
+    model.set_graphs(false);
+    let cache = GpuOptions::default().kernel_cache;
+    let mut kernels = Kernels::load_with(device, cache.as_deref(), v.defines)?.0;
+    kernels.dependent_launch &= v.dependent_launch && dependent_launch;
+    if let Some(per_sm) = v.gemv_blocks_per_sm {
+        kernels.gemv_min_blocks = per_sm * device.multiprocessors();
+    }
+    *model.kernels_mut() = kernels;
+    model.set_fused_gemv(v.fused_gemv);
+    model.set_graphs(v.graphs);
     Ok(())
 }
 

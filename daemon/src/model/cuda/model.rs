@@ -344,6 +344,7 @@ impl GpuModel {
                     head_dim: cfg.head_dim,
                 };
                 let acc = GemmOut::F32 { accumulate: true };
+                let set = GemmOut::F32 { accumulate: false };
                 k.rms_norm(
                     x.x.ptr(),
                     b.attn_norm.ptr(),
@@ -354,7 +355,7 @@ impl GpuModel {
                     eps,
                 )
                 .map_err(device_error)?;
-                let (width, set) = (q_dim + 2 * kv_dim, GemmOut::F32 { accumulate: false });
+                let width = q_dim + 2 * kv_dim;
                 self.linear(x.xn.ptr(), b.qkv.ptr(), x.qkv.ptr(), s.rows, width, h, set)?;
                 k.rope_kv_write(
                     x.qkv.ptr(),
