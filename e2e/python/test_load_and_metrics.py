@@ -99,12 +99,18 @@ def test_disconnect_mid_stream_frees_kv(daemon):
     wait_idle(daemon)
     body = {"model": MODEL_NAME, "prompt": "Write a very long essay about rivers.", "max_tokens": 1500, "stream": True, "ignore_eos": True}
     with httpx.stream("POST", f"{daemon.base}/v1/completions", json=body, timeout=60) as r:
-        got = 0
-        for line in r.iter_lines():
+        assert r.status_code == 200, r.read()
+        # One iterator, kept alive: leaving a `for` over `r.iter_lines()` closes that generator,
+        # and httpx closes the connection with it, so the request would be cancelled before the
+        # scrape below sees it running.
+        lines = r.iter_lines()
+        got = []
+        for line in lines:
             if line.startswith("data: "):
-                got += 1
-            if got >= 5:
+                got.append(line)
+            if len(got) >= 5:
                 break
+        assert len(got) == 5, f"the stream ended early: {got}"
         busy = scrape(daemon)
         print({k[0]: v for k, v in busy.items() if "num_requests" in k[0] or "kv_cache_usage" in k[0]})
         assert value(busy, "vllm:num_requests_running") == 1
