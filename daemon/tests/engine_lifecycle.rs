@@ -30,7 +30,7 @@ fn start(
     let c = &model.config;
     let kv = KvManager::cpu(&KvConfig {
         max_seqs,
-        max_context_len: 256,
+        max_context_len: 1024,
         layout: KvLayout::Interleaved,
         pool_bytes: 64 << 20,
         ..KvConfig::for_model(c.layers, c.kv_heads, c.head_dim, 4)
@@ -127,7 +127,7 @@ async fn cancellation_at_any_stage_frees_kv() {
     // One running sequence and a 4-token budget: a second request waits in the queue, a long
     // prompt is prefilled over many chunks.
     let (engine, metrics, thread) = start(1, 4);
-    let mut running = engine.submit(engine.admit(1).unwrap(), request(10, 240));
+    let mut running = engine.submit(engine.admit(1).unwrap(), request(10, 1000));
     assert!(matches!(running.next().await, Some(Event::Token(_))));
     let queued = engine.submit(engine.admit(1).unwrap(), request(30, 5));
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -147,10 +147,10 @@ async fn cancellation_at_any_stage_frees_kv() {
     drop(running); // cancelled while decoding
     wait_idle(&metrics).await;
     assert_eq!(aborted(&metrics), 2);
-    // A 200-token prompt takes 50 chunks of 4 tokens; cancel it once it runs, before its first
-    // token.
+    // A 960-token prompt takes 240 chunks of 4 tokens (a window wide enough for a poller on a
+    // loaded machine to see it prefilling); cancel it once it runs, before its first token.
     let tokens_before = metrics.generation_tokens.get();
-    let prefilling = engine.submit(engine.admit(1).unwrap(), request(200, 50));
+    let prefilling = engine.submit(engine.admit(1).unwrap(), request(960, 50));
     let deadline = Instant::now() + Duration::from_secs(2);
     while metrics.requests_running.get() == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_micros(200)).await;
