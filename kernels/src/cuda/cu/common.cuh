@@ -49,6 +49,12 @@ __device__ __forceinline__ void pdl_enter() {
     pdl_wait();
 }
 
+// SwiGLU's activation of one element: silu(gate) · up (the unfused kernel and the gate/up GEMV
+// that folds it in compute it alike).
+__device__ __forceinline__ float swiglu(float gate, float up) {
+    return gate / (1.0f + __expf(-gate)) * up;
+}
+
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 
 __device__ __forceinline__ float warp_sum(float v) {

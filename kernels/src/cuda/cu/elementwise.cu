@@ -110,14 +110,12 @@ extern "C" __global__ void silu_mul_rows(const bf16_t* gu, bf16_t* out, int rows
 #pragma unroll
         for (int j = 0; j < 8; j += 2) {
             float a = bf2f(ge[j]), b = bf2f(ge[j + 1]);
-            oe[j / 2] = pack_bf2(a / (1.0f + __expf(-a)) * bf2f(ue[j]),
-                                 b / (1.0f + __expf(-b)) * bf2f(ue[j + 1]));
+            oe[j / 2] = pack_bf2(swiglu(a, bf2f(ue[j])), swiglu(b, bf2f(ue[j + 1])));
         }
         *(uint4*)(o + j0) = ov;
     } else {
         for (int j = j0; j < min(j0 + 8, ffn); ++j) {
-            float a = bf2f(g[j]);
-            o[j] = f2bf(a / (1.0f + __expf(-a)) * bf2f(u[j]));
+            o[j] = f2bf(swiglu(bf2f(g[j]), bf2f(u[j])));
         }
     }
 }

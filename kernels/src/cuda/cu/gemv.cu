@@ -117,7 +117,7 @@ __device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const bf16_t*
         if (r < rows) {
             const float s = acc[r];
             const u64 at = (u64)r * out + o;
-            if (PAIR) ((bf16_t*)y)[at] = f2bf(s / (1.0f + __expf(-s)) * acc2[r]);
+            if (PAIR) ((bf16_t*)y)[at] = f2bf(swiglu(s, acc2[r]));
             else if (mode == 2) ((bf16_t*)y)[at] = f2bf(s);
             else if (mode == 1) ((float*)y)[at] += s;
             else ((float*)y)[at] = s;
