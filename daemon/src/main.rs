@@ -71,11 +71,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    init_logging();
     match Cli::parse().command {
         Command::Serve(args) => serve::run(*args),
         Command::Vocab(args) => fused_daemon::vocab::cli::run(args),
@@ -123,5 +119,26 @@ fn main() -> anyhow::Result<()> {
             println!("{}", out.display());
             Ok(())
         }
+    }
+}
+
+/// Log lines on stderr: `RUST_LOG` filters (default `info`); `FUSED_LOG_FORMAT=json` writes one
+/// JSON object per line (span fields such as `request_id` included) for log pipelines; colours
+/// only on a terminal.
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("FUSED_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
     }
 }

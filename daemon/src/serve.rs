@@ -11,11 +11,12 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
 use crate::engine::{self, EngineParts};
-use crate::kv::{KvConfig, KvLayout, KvManager};
+use crate::kv::{KvConfig, KvManager};
 use crate::metrics::Metrics;
 use crate::model::gguf::GgufFile;
 use crate::model::{Forward, Model, ModelConfig};
 use crate::sched::{Policy, Scheduler, SchedulerConfig, TokenBudget};
+use crate::server::listener::ConnectionLimits;
 use crate::server::{self, AppState};
 use crate::tokenizer::Codec;
 
@@ -114,6 +115,22 @@ pub struct ServeArgs {
     /// Seconds in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_s: u64,
+    /// Open HTTP connections at most; more are closed on accept (descriptors and memory stay
+    /// bounded, probes keep working).
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Seconds a client may take to send a request's headers; idle keep-alive connections are
+    /// closed after this too.
+    #[arg(long, default_value_t = 30)]
+    pub http_timeout_s: u64,
+    /// Seconds a response write may make no progress (a client that stops reading) before the
+    /// connection is closed and its request cancelled.
+    #[arg(long, default_value_t = 60)]
+    pub write_timeout_s: u64,
+    /// No log line per finished request (by default each request logs its id, finish reason,
+    /// token counts and timings, as vLLM does).
+    #[arg(long)]
+    pub disable_log_requests: bool,
 }
 
 /// Where the default model lives: `$FUSED_MODEL_CACHE` or `~/.cache/fusedmodel/models`.
@@ -301,18 +318,42 @@ fn open_gpu(device: Device) -> Option<Gpu> {
     }
 }
 
+/// The KV region's shape for `forward` (its element size comes from the model's KV dtype).
+fn kv_config(
+    args: &ServeArgs,
+    forward: &dyn Forward,
+    max_context: usize,
+) -> anyhow::Result<KvConfig> {
+    let config = forward.config();
+    Ok(KvConfig {
+        max_seqs: args.max_seqs,
+        max_context_len: max_context,
+        page_bytes: args.kv_block_size,
+        layout: args.kv_layout.parse()?,
+        pool_bytes: args.kv_memory_mib << 20,
+        eager: args.eager_kv,
+        ..KvConfig::for_model(
+            config.layers,
+            config.kv_heads,
+            config.head_dim,
+            forward.kv_element_bytes(),
+        )
+    })
+}
+
 /// The forward pass and the KV region on the chosen device.
 fn forward_and_kv(
     gpu: Option<Gpu>,
     model: Option<Model>,
     config: &ModelConfig,
-    kv_config: &KvConfig,
+    max_context: usize,
     args: &ServeArgs,
 ) -> anyhow::Result<(Box<dyn Forward>, KvManager)> {
     match gpu {
         None => {
             let model = model.context("no host weights were loaded")?;
-            let kv = KvManager::cpu(kv_config).context("reserving the KV region")?;
+            let kv_config = kv_config(args, &model, max_context)?;
+            let kv = KvManager::cpu(&kv_config).context("reserving the KV region")?;
             Ok((Box::new(model), kv))
         }
         #[cfg(feature = "cuda")]
@@ -321,7 +362,7 @@ fn forward_and_kv(
             let options = GpuOptions {
                 graphs: !args.no_cuda_graphs,
                 max_graph_batch: args.max_seqs.next_power_of_two(),
-                max_context: kv_config.max_context_len,
+                max_context,
                 ..GpuOptions::default()
             };
             let forward = match model {
@@ -330,7 +371,7 @@ fn forward_and_kv(
             };
             let kv_config = KvConfig {
                 pool_bytes: gpu_kv_pool_bytes(&gpu, args.gpu_memory_utilization)?,
-                ..kv_config.clone()
+                ..kv_config(args, &forward, max_context)?
             };
             let kv = KvManager::cuda(&kv_config, gpu.context().clone())
                 .context("reserving the KV region in GPU memory")?;
@@ -338,7 +379,7 @@ fn forward_and_kv(
         }
         #[cfg(not(feature = "cuda"))]
         Some(never) => {
-            let _ = (config, args);
+            let _ = (config, max_context, args);
             match never {}
         }
     }
@@ -367,22 +408,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let gpu = open_gpu(args.device);
     let (model, config, codec, default_name) = load(&args, gpu.is_none())?;
     let max_context = args.max_context.min(config.max_positions);
-    let layout: KvLayout = args.kv_layout.parse()?;
-    let kv_config = KvConfig {
-        max_seqs: args.max_seqs,
-        max_context_len: max_context,
-        page_bytes: args.kv_block_size,
-        layout,
-        pool_bytes: args.kv_memory_mib << 20,
-        eager: args.eager_kv,
-        ..KvConfig::for_model(
-            config.layers,
-            config.kv_heads,
-            config.head_dim,
-            if gpu.is_some() { 2 } else { 4 },
-        )
-    };
-    let (model, kv) = forward_and_kv(gpu, model, &config, &kv_config, &args)?;
+    let (model, kv) = forward_and_kv(gpu, model, &config, max_context, &args)?;
     let kv_stats = kv.stats();
     tracing::info!(
         backend = kv_stats.backend,
@@ -396,7 +422,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let scheduler = Scheduler::new(SchedulerConfig {
         token_budget: token_budget(&args)?,
         max_num_seqs: args.max_seqs,
-        max_queue: args.max_queue,
+        // Admission (`capacity` below) is the one bound on queued requests; the scheduler's
+        // queue never refuses what admission let in.
+        max_queue: args.max_seqs + args.max_queue,
         policy,
         ..SchedulerConfig::sarathi_default()
     })?;
@@ -412,11 +440,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         kv,
         scheduler,
         metrics: metrics.clone(),
+        codec: codec.clone(),
         eos_ids: codec.eos_ids().to_vec(),
+        max_context,
         capacity: args.max_seqs + args.max_queue,
+        log_requests: !args.disable_log_requests,
     })?;
     let state = Arc::new(AppState {
         engine: engine.clone(),
+        tokenizer: server::tokenize::TokenizerPool::new(codec.clone()),
         codec,
         metrics,
         served_model_name,
@@ -429,11 +461,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(serve_http(&args, state))?;
+    let served = runtime.block_on(serve_http(&args, state));
     engine.shutdown();
-    if engine_thread.join().is_err() {
-        bail!("the engine thread panicked");
+    if engine_thread.join().is_err() || engine.has_panicked() {
+        bail!("the engine thread panicked; exiting so that the replica is restarted");
     }
+    served?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -459,14 +492,31 @@ async fn serve_http(args: &ServeArgs, state: Arc<AppState>) -> anyhow::Result<()
         drain_state.engine.start_draining();
         let _ = signalled_tx.send(true);
     };
-    let mut server = tokio::spawn(
-        axum::serve(listener, server::router(state.clone()))
-            .with_graceful_shutdown(shutdown)
-            .into_future(),
-    );
+    let limits = ConnectionLimits {
+        max_connections: args.max_connections,
+        header_read_timeout: Duration::from_secs(args.http_timeout_s),
+        write_timeout: Duration::from_secs(args.write_timeout_s),
+    };
+    let refused = {
+        let metrics = state.metrics.clone();
+        move || metrics.connections_refused.inc()
+    };
+    let mut server = tokio::spawn(server::listener::serve(
+        listener,
+        server::router(state.clone()),
+        limits,
+        refused,
+        shutdown,
+    ));
     let drain = Duration::from_secs(args.drain_timeout_s);
+    let engine = state.engine.clone();
     tokio::select! {
-        result = &mut server => result??,
+        result = &mut server => result?,
+        () = engine.stopped() => {
+            // In-flight requests already got their error; give their responses a moment.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            bail!("the engine stopped");
+        }
         _ = async {
             let _ = signalled.wait_for(|s| *s).await;
             tokio::time::sleep(drain).await;

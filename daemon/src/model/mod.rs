@@ -9,7 +9,6 @@ pub mod dense_kv;
 pub mod dummy;
 pub mod forward;
 pub mod gguf;
-pub mod kv_access;
 pub mod safetensors;
 pub mod sampling;
 pub mod weights;
@@ -51,14 +50,16 @@ impl ModelError {
 }
 
 /// What the engine runs each iteration: the CPU [`Model`] or, with feature `cuda`, the GPU model
-/// ([`cuda::GpuModel`]). Both read and write K/V through [`KvAccess`](kv_access::KvAccess).
+/// ([`cuda::GpuModel`]). Both read and write K/V through [`KvAccess`](crate::kv::KvAccess).
 pub trait Forward: Send {
     fn config(&self) -> &ModelConfig;
+    /// Bytes of one K or V element in the KV region this forward pass reads and writes.
+    fn kv_element_bytes(&self) -> usize;
     /// One batched varlen pass; see [`Model::forward`] for the contract.
     fn forward(
         &mut self,
         chunks: &[SeqChunk<'_>],
-        kv: &dyn kv_access::KvAccess,
+        kv: &dyn crate::kv::KvAccess,
     ) -> Result<Logits, ModelError>;
 }
 
@@ -67,10 +68,15 @@ impl Forward for Model {
         &self.config
     }
 
+    /// The CPU path keeps K/V in f32.
+    fn kv_element_bytes(&self) -> usize {
+        std::mem::size_of::<f32>()
+    }
+
     fn forward(
         &mut self,
         chunks: &[SeqChunk<'_>],
-        kv: &dyn kv_access::KvAccess,
+        kv: &dyn crate::kv::KvAccess,
     ) -> Result<Logits, ModelError> {
         Model::forward(self, chunks, kv)
     }

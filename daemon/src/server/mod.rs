@@ -7,15 +7,22 @@
 mod admin;
 pub mod error;
 mod generate;
+pub mod listener;
+mod logprobs;
 mod openai;
 pub mod protocol;
-mod stop;
+mod request_id;
+mod sse;
+pub mod tokenize;
 pub mod validate;
+
+pub use request_id::{REQUEST_ID_HEADER, RequestId};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
@@ -27,10 +34,16 @@ use crate::metrics::Metrics;
 use crate::tokenizer::Codec;
 use error::ApiError;
 
+/// Request bodies larger than this are refused with 413 while they are read, before any
+/// parsing (about a million tokens of prompt text; vLLM sets no limit).
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+
 /// What every handler shares.
 pub struct AppState {
     pub engine: EngineHandle,
     pub codec: Arc<Codec>,
+    /// Tokenizer work runs here, off the async runtime.
+    pub tokenizer: tokenize::TokenizerPool,
     pub metrics: Arc<Metrics>,
     pub served_model_name: String,
     /// Tokens of context per sequence (prompt + generated).
@@ -42,8 +55,9 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Loaded, not draining, and the engine's iterations succeed.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.engine.is_alive()
+        self.ready.load(Ordering::Acquire) && self.engine.is_healthy()
     }
 
     /// 404 unless `model` is absent or names the served model.
@@ -74,6 +88,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/version", get(admin::version))
         .route("/metrics", get(admin::metrics))
         .fallback(admin::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(request_id::trace))
         .with_state(state)
 }
 
@@ -100,9 +116,4 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// A fresh id with an OpenAI-like prefix.
-fn new_id(prefix: &str) -> String {
-    format!("{prefix}-{:032x}", rand::random::<u128>())
 }

@@ -18,9 +18,9 @@ use super::device_error;
 use super::plan::{BatchPlan, MetaOffsets};
 use super::scratch::{Needs, Scratch};
 use super::weights::{GpuWeights, upload};
+use crate::kv::KvAccess;
 use crate::model::config::ModelConfig;
 use crate::model::forward::{Logits, SeqChunk, check_chunks};
-use crate::model::kv_access::KvAccess;
 use crate::model::{Forward, LogitsWanted, Model, ModelError};
 
 /// How the GPU model runs.
@@ -540,6 +540,11 @@ fn rope_tables(
 impl Forward for GpuModel {
     fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// K/V are bf16 on the GPU.
+    fn kv_element_bytes(&self) -> usize {
+        2
     }
 
     fn forward(
