@@ -109,9 +109,14 @@ pub struct ServeArgs {
     /// Name clients use in `model`; default: the model file's stem.
     #[arg(long)]
     pub served_model_name: Option<String>,
-    /// Require `Authorization: Bearer <key>` on the API routes.
-    #[arg(long, env = "FUSED_API_KEY")]
+    /// Require `Authorization: Bearer <key>` on the API routes (`/v1/*`, `/tokenize`,
+    /// `/detokenize`). Prefer the environment variable: arguments show in `ps`. `/health`,
+    /// `/ready` and `/version` stay open (probes); `/metrics` too unless `--protect-metrics`.
+    #[arg(long, env = "FUSED_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Require the API key on `/metrics` too (Prometheus then scrapes with a bearer token).
+    #[arg(long, requires = "api_key")]
+    pub protect_metrics: bool,
     /// Seconds in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_s: u64,
@@ -426,7 +431,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         // queue never refuses what admission let in.
         max_queue: args.max_seqs + args.max_queue,
         policy,
-        ..SchedulerConfig::sarathi_default()
     })?;
     let served_model_name = args.served_model_name.clone().unwrap_or(default_name);
     let metrics = Arc::new(Metrics::new(
@@ -453,7 +457,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics,
         served_model_name,
         max_context,
-        api_key: args.api_key.clone(),
+        api_key: args.api_key.as_deref().map(server::ApiKey::new),
+        protect_metrics: args.protect_metrics,
         ready: Default::default(),
         started: std::time::SystemTime::now(),
     });

@@ -95,7 +95,6 @@ fn start_with(max_seqs: usize, budget: usize, kind: Kind) -> Option<Engine> {
         max_num_seqs: max_seqs,
         max_queue: 32,
         policy: Policy::Sarathi,
-        ..SchedulerConfig::sarathi_default()
     })
     .unwrap();
     let metrics = Arc::new(Metrics::new("tiny", 2 << 20, 32).unwrap());

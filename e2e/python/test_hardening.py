@@ -133,3 +133,35 @@ def test_a_refused_stream_is_a_503_before_the_stream_starts():
         t.join()
     finally:
         assert d.stop() == 0
+
+
+def test_the_api_key_guards_the_api_and_optionally_metrics_and_never_shows():
+    import os
+    import subprocess
+
+    from conftest import BINARY
+
+    help_text = subprocess.run(
+        [str(BINARY), "serve", "--help"],
+        env={**os.environ, "FUSED_API_KEY": "sekret-from-env"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--api-key" in help_text and "sekret-from-env" not in help_text
+    open_metrics = Daemon("--api-key", "sekret", log_name="apikey-open-metrics")
+    try:
+        assert httpx.get(f"{open_metrics.base}/metrics", timeout=10).status_code == 200
+        assert httpx.get(f"{open_metrics.base}/v1/models", timeout=10).status_code == 401
+    finally:
+        assert open_metrics.stop() == 0
+    d = Daemon("--api-key", "sekret", "--protect-metrics", log_name="apikey-metrics")
+    try:
+        assert httpx.get(f"{d.base}/metrics", timeout=10).status_code == 401
+        authed = httpx.get(f"{d.base}/metrics", headers={"authorization": "Bearer sekret"}, timeout=10)
+        assert authed.status_code == 200 and "vllm:num_requests_running" in authed.text
+        for route in ("/health", "/ready", "/version"):
+            assert httpx.get(f"{d.base}{route}", timeout=10).status_code == 200, route
+        assert "sekret" not in d.log_path.read_text()
+    finally:
+        assert d.stop() == 0

@@ -125,7 +125,7 @@ impl EngineHandle {
         self.commands
             .send(Command::Submit {
                 ids,
-                request,
+                request: Box::new(request),
                 permits: permit.split(),
                 events: events_tx,
                 accepted: accepted_tx,

@@ -32,7 +32,7 @@ pub(super) enum Command {
     Submit {
         /// One engine id per choice.
         ids: Vec<u64>,
-        request: GenerateRequest,
+        request: Box<GenerateRequest>,
         permits: Vec<Permit>,
         events: UnboundedSender<Event>,
         accepted: oneshot::Sender<Result<(), EngineError>>,

@@ -83,6 +83,8 @@ pub async fn serve(
             drop(slot);
         });
     }
+    // New connections are refused from now on (not left in the backlog to be reset later).
+    drop(listener);
     let _ = stop_tx.send(true);
     while connections.join_next().await.is_some() {}
 }

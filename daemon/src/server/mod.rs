@@ -28,6 +28,7 @@ use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
+use sha2::{Digest, Sha256};
 
 use crate::engine::EngineHandle;
 use crate::metrics::Metrics;
@@ -48,7 +49,9 @@ pub struct AppState {
     pub served_model_name: String,
     /// Tokens of context per sequence (prompt + generated).
     pub max_context: usize,
-    pub api_key: Option<String>,
+    pub api_key: Option<ApiKey>,
+    /// `/metrics` sits behind the API key too.
+    pub protect_metrics: bool,
     /// Weights loaded and KV reserved, and not draining.
     pub ready: AtomicBool,
     pub started: std::time::SystemTime,
@@ -69,24 +72,31 @@ impl AppState {
     }
 }
 
-/// All routes. The OpenAI and tokenizer routes sit behind the API key when one is set.
+/// All routes. The OpenAI and tokenizer routes sit behind the API key when one is set, and
+/// `/metrics` with `protect_metrics`; the probes and `/version` are always open.
 pub fn router(state: Arc<AppState>) -> Router {
-    let api = Router::new()
+    let mut api = Router::new()
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(admin::models))
         .route("/tokenize", post(admin::tokenize))
-        .route("/detokenize", post(admin::detokenize))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_api_key,
-        ));
-    Router::new()
-        .merge(api)
+        .route("/detokenize", post(admin::detokenize));
+    let mut open = Router::new()
         .route("/health", get(admin::health))
         .route("/ready", get(admin::ready))
-        .route("/version", get(admin::version))
-        .route("/metrics", get(admin::metrics))
+        .route("/version", get(admin::version));
+    if state.protect_metrics {
+        api = api.route("/metrics", get(admin::metrics));
+    } else {
+        open = open.route("/metrics", get(admin::metrics));
+    }
+    let api = api.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        require_api_key,
+    ));
+    Router::new()
+        .merge(api)
+        .merge(open)
         .fallback(admin::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(request_id::trace))
@@ -104,11 +114,36 @@ async fn require_api_key(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(key.as_str()) {
+        if !given.is_some_and(|given| key.matches(given)) {
             return Err(ApiError::unauthorized());
         }
     }
     Ok(next.run(request).await)
+}
+
+/// The API key, kept as its SHA-256 digest and compared in constant time, so the time a wrong
+/// key takes to refuse says nothing about how much of it was right.
+pub struct ApiKey([u8; 32]);
+
+impl ApiKey {
+    pub fn new(key: &str) -> Self {
+        ApiKey(Sha256::digest(key.as_bytes()).into())
+    }
+
+    pub fn matches(&self, given: &str) -> bool {
+        let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        self.0
+            .iter()
+            .zip(given)
+            .fold(0u8, |differ, (a, b)| differ | (a ^ b))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
 }
 
 /// Seconds since the Unix epoch, for `created` fields.
@@ -116,4 +151,19 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiKey;
+
+    #[test]
+    fn the_api_key_matches_itself_only() {
+        let key = ApiKey::new("sekret");
+        assert!(key.matches("sekret"));
+        for wrong in ["", "sekre", "sekret ", "Sekret", "sekretsekret"] {
+            assert!(!key.matches(wrong), "{wrong:?}");
+        }
+        assert_eq!(format!("{key:?}"), "ApiKey(<redacted>)");
+    }
 }
