@@ -54,6 +54,8 @@ impl ModelError {
 /// ([`cuda::GpuModel`]). Both read and write K/V through [`KvAccess`](kv_access::KvAccess).
 pub trait Forward: Send {
     fn config(&self) -> &ModelConfig;
+    /// Bytes of one element of the K/V this model writes to the KV region (its K/V dtype).
+    fn kv_element_bytes(&self) -> usize;
     /// One batched varlen pass; see [`Model::forward`] for the contract.
     fn forward(
         &mut self,
@@ -65,6 +67,11 @@ pub trait Forward: Send {
 impl Forward for Model {
     fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// f32: the CPU pass writes K/V as it computes them.
+    fn kv_element_bytes(&self) -> usize {
+        size_of::<f32>()
     }
 
     fn forward(
