@@ -488,6 +488,69 @@ impl Kernels {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cuda::memory::fake_views;
+
+    fn arrays<'a>(rows: usize, chunks: usize, layers: usize) -> BatchArrays<'a> {
+        let u32s = |n| fake_views::<u32>(0x1000, n).0;
+        BatchArrays {
+            tokens: u32s(rows),
+            positions: u32s(rows),
+            row_chunk: u32s(rows),
+            chunk_q_start: u32s(chunks),
+            chunk_len: u32s(chunks),
+            chunk_start: u32s(chunks),
+            tile_chunk: u32s(1),
+            tile_row0: u32s(1),
+            dec_row: u32s(0),
+            dec_chunk: u32s(0),
+            head_rows: u32s(1),
+            kv: fake_views::<u64>(0x2000, layers * chunks * 2).0,
+        }
+    }
+
+    const SHAPE: BatchShape = BatchShape {
+        attention: AttentionShape {
+            heads: 8,
+            kv_heads: 2,
+            head_dim: 64,
+        },
+        token_stride: 256,
+        layers: 3,
+        vocab: 100,
+        positions: 512,
+        max_context: 512,
+    };
+
+    fn batch<'a>(arrays: BatchArrays<'a>, shape: BatchShape) -> Result<DeviceBatch<'a>, CudaError> {
+        // SAFETY: the test only inspects the batch; nothing launches with it.
+        unsafe { DeviceBatch::new(arrays, shape) }
+    }
+
+    #[test]
+    fn a_batch_checks_its_array_lengths_shape_and_layers() {
+        let planned = batch(arrays(5, 2, 3), SHAPE).expect("consistent");
+        let bounds = (planned.tokens().bound(), planned.head_rows().bound());
+        assert_eq!((planned.rows(), bounds), (5, (100, 5)));
+        let layer = planned.layer(2).expect("layer 2 of 3");
+        assert_eq!(layer.kv.len(), 4);
+        assert!(planned.layer(3).is_err());
+        let mut short_kv = arrays(5, 2, 3);
+        short_kv.kv = fake_views::<u64>(0x2000, 11).0;
+        assert!(batch(short_kv, SHAPE).is_err());
+        let narrow = BatchShape {
+            token_stride: 240,
+            ..SHAPE
+        };
+        assert!(batch(arrays(5, 2, 3), narrow).is_err());
+        let odd = BatchShape {
+            attention: AttentionShape {
+                head_dim: 96,
+                ..SHAPE.attention
+            },
+            ..SHAPE
+        };
+        assert!(batch(arrays(5, 2, 3), odd).is_err());
+    }
 
     #[test]
     fn decode_splits_cover_the_context_and_respect_limits() {

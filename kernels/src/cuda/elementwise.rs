@@ -196,3 +196,17 @@ impl Kernels {
         unsafe { self.queue(kernel, cfg, args) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_wise_operands_must_hold_every_row() {
+        let extent = RowWise::new(3, 8, 4);
+        assert!(extent.check("k", 24, 12).expect("fits"));
+        assert!(extent.check("k", 23, 12).is_err());
+        assert!(extent.check("k", 24, 11).is_err());
+        assert!(!RowWise::new(0, 8, 4).check("k", 0, 0).expect("empty"));
+    }
+}

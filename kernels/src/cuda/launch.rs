@@ -191,3 +191,37 @@ impl Kernels {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::memory::fake_views;
+
+    /// Reads a parameter back as the driver does: `size_of` the C type from the pointer.
+    fn read<T: Copy>(param: *mut c_void) -> T {
+        // SAFETY: the test passes the type the value was stored as.
+        unsafe { *param.cast::<T>() }
+    }
+
+    #[test]
+    fn parameters_point_at_values_of_their_c_types_in_order() {
+        let (input, _) = fake_views::<u32>(0xabc0, 4);
+        let (_, output) = fake_views::<f32>(0xdef0, 4);
+        type S = (In<u32>, Out<f32>, Nullable<u32>, i32, i64, u64, f32);
+        let args = (input, output, None, -7i32, 1i64 << 40, u64::MAX, 0.5f32);
+        let mut values = S::values(&args);
+        let params: Vec<*mut c_void> = values.iter_mut().map(Value::as_param).collect();
+        assert_eq!(params.len(), 7);
+        assert_eq!(read::<u64>(params[0]), 0xabc0);
+        assert_eq!(read::<u64>(params[1]), 0xdef0);
+        assert_eq!(
+            read::<u64>(params[2]),
+            0,
+            "a missing nullable pointer is null"
+        );
+        assert_eq!(read::<i32>(params[3]), -7);
+        assert_eq!(read::<i64>(params[4]), 1 << 40);
+        assert_eq!(read::<u64>(params[5]), u64::MAX);
+        assert_eq!(read::<f32>(params[6]), 0.5);
+    }
+}

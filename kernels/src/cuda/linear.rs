@@ -203,3 +203,33 @@ impl Kernels {
         unsafe { self.queue(&self.gemv[4 * pair + bucket], cfg, args) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::memory::fake_views;
+
+    #[test]
+    fn a_layer_is_checked_against_its_shape_and_its_output_names_the_gemv_mode() {
+        let shape = LinearShape {
+            rows: 2,
+            out: 3,
+            inner: 8,
+        };
+        let (x, _) = fake_views::<bf16>(0x100, 16);
+        let (w, _) = fake_views::<bf16>(0x200, 24);
+        let (short_w, _) = fake_views::<bf16>(0x200, 23);
+        let y = || fake_views::<f32>(0x300, 6).1;
+        assert!(Linear::new(&x, &w, LinearOut::F32(y()), shape).is_ok());
+        assert!(Linear::new(&x, &short_w, LinearOut::F32(y()), shape).is_err());
+        assert!(Linear::new(&x, &w, LinearOut::Bf16(fake_views(0x300, 5).1), shape).is_err());
+        let modes = [
+            LinearOut::F32(y()).gemv_mode(),
+            LinearOut::AddF32(y()).gemv_mode(),
+            LinearOut::Bf16(fake_views(0x300, 6).1).gemv_mode(),
+        ];
+        assert_eq!(modes, [0, 1, 2]);
+        assert!(Kernels::gemv_fits(8, 16) && !Kernels::gemv_fits(9, 16));
+        assert!(!Kernels::gemv_fits(1, 12));
+    }
+}

@@ -339,6 +339,26 @@ impl IndexBuffer {
     }
 }
 
+/// Views of no memory, for tests of the host-side checks (nothing may launch with them).
+#[cfg(test)]
+pub(crate) fn fake_views<'a, T>(
+    address: u64,
+    len: usize,
+) -> (DeviceSlice<'a, T>, DeviceSliceMut<'a, T>) {
+    (
+        DeviceSlice {
+            address,
+            len,
+            borrow: PhantomData,
+        },
+        DeviceSliceMut {
+            address,
+            len,
+            borrow: PhantomData,
+        },
+    )
+}
+
 /// Fails unless a `what` operand of `len` elements holds the `needed` a kernel will touch.
 pub(crate) fn check_len(what: &str, len: usize, needed: usize) -> Result<(), CudaError> {
     if len < needed {
@@ -347,4 +367,19 @@ pub(crate) fn check_len(what: &str, len: usize, needed: usize) -> Result<(), Cud
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_stay_inside_their_view_and_advance_by_elements() {
+        let (view, _) = fake_views::<f32>(0x1000, 10);
+        let tail = view.slice(4..10).expect("inside");
+        assert_eq!((tail.address(), tail.len()), (0x1000 + 16, 6));
+        assert!(view.slice(4..11).is_err());
+        assert!(tail.slice(0..7).is_err());
+        assert!(check_len("x", 3, 4).is_err() && check_len("x", 4, 4).is_ok());
+    }
 }
