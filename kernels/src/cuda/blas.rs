@@ -93,8 +93,9 @@ impl Blas {
         // · xᵀ[inner, rows].
         // SAFETY: `x`, `w` and `y` hold `rows × inner`, `out × inner` and `rows × out` elements
         // of the types passed as their data types (`Linear::new` checked the extents; `c_type`
-        // follows `y`'s variant), with leading dimensions `inner` and `out` as stored; alpha and beta are host
-        // scalars (default pointer mode) that outlive the call, which only queues the GEMM.
+        // follows `y`'s variant), with leading dimensions `inner` and `out` as stored; alpha and
+        // beta are host scalars (default pointer mode) that outlive the call, which only queues
+        // the GEMM.
         check("cublasGemmEx", unsafe {
             sys::cublasGemmEx(
                 self.handle,
