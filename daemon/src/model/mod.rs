@@ -53,7 +53,7 @@ impl ModelError {
 /// ([`cuda::GpuModel`]). Both read and write K/V through [`KvAccess`](crate::kv::KvAccess).
 pub trait Forward: Send {
     fn config(&self) -> &ModelConfig;
-    /// Bytes of one K or V element in the KV region this forward pass reads and writes.
+    /// Bytes of one element of the K/V this model writes to the KV region (its K/V dtype).
     fn kv_element_bytes(&self) -> usize;
     /// One batched varlen pass; see [`Model::forward`] for the contract.
     fn forward(
@@ -68,9 +68,9 @@ impl Forward for Model {
         &self.config
     }
 
-    /// The CPU path keeps K/V in f32.
+    /// f32: the CPU pass writes K/V as it computes them.
     fn kv_element_bytes(&self) -> usize {
-        std::mem::size_of::<f32>()
+        size_of::<f32>()
     }
 
     fn forward(

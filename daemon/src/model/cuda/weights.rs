@@ -13,29 +13,37 @@ use crate::model::ModelError;
 use crate::model::config::{Arch, ModelConfig};
 use crate::model::weights::{Linear, Mlp, Norm, Weights};
 
-use super::device_error;
+/// A dense layer without bias: `weight [out, inner]` bf16 (the CPU's [`Linear`], on the GPU).
+pub struct GpuLinear {
+    pub weight: DeviceBuffer<bf16>,
+    pub out: usize,
+    pub inner: usize,
+}
 
 pub struct GpuBlock {
-    pub attn_norm: DeviceBuffer,
-    pub qkv: DeviceBuffer,
-    pub o: DeviceBuffer,
-    pub mlp_norm: DeviceBuffer,
-    pub gate_up: DeviceBuffer,
-    pub down: DeviceBuffer,
+    pub attn_norm: DeviceBuffer<f32>,
+    pub qkv: GpuLinear,
+    pub o: GpuLinear,
+    pub mlp_norm: DeviceBuffer<f32>,
+    /// Gate rows, then up rows: `[2 ffn, hidden]`.
+    pub gate_up: GpuLinear,
+    pub down: GpuLinear,
 }
 
 pub struct GpuWeights {
-    pub embed: DeviceBuffer,
+    /// `[vocab, hidden]` bf16.
+    pub embed: DeviceBuffer<bf16>,
     pub blocks: Vec<GpuBlock>,
-    pub final_norm: DeviceBuffer,
+    pub final_norm: DeviceBuffer<f32>,
     /// `None`: tied to `embed`.
-    pub lm_head: Option<DeviceBuffer>,
+    pub lm_head: Option<DeviceBuffer<bf16>>,
     pub eps: f32,
 }
 
 impl GpuWeights {
-    pub fn lm_head(&self) -> u64 {
-        self.lm_head.as_ref().unwrap_or(&self.embed).ptr()
+    /// `[vocab, hidden]` bf16: the LM head, or the embedding it is tied to.
+    pub fn lm_head(&self) -> &DeviceBuffer<bf16> {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
     /// Bytes a decode step reads: every block's matrices and the LM head (one embedding row).
@@ -43,9 +51,10 @@ impl GpuWeights {
         let blocks: usize = self
             .blocks
             .iter()
-            .map(|b| b.qkv.bytes() + b.o.bytes() + b.gate_up.bytes() + b.down.bytes())
+            .flat_map(|b| [&b.qkv, &b.o, &b.gate_up, &b.down])
+            .map(|l| l.weight.bytes())
             .sum();
-        blocks + self.lm_head.as_ref().unwrap_or(&self.embed).bytes()
+        blocks + self.lm_head().bytes()
     }
 
     /// Uploads host weights of a Llama-family model.
@@ -58,10 +67,14 @@ impl GpuWeights {
                     "the CUDA forward pass has no bias terms (Llama family only)".into(),
                 ));
             }
-            matrix(&l.weight)
+            Ok(GpuLinear {
+                weight: matrix(&l.weight)?,
+                out: l.out,
+                inner: l.weight.len() / l.out.max(1),
+            })
         };
         let norm = |n: &Norm| match n {
-            Norm::Rms { weight, .. } => upload_f32(device, weight),
+            Norm::Rms { weight, .. } => Ok(device.upload_new(weight)?),
             Norm::Layer { .. } => Err(ModelError::Config(
                 "the CUDA forward pass has RMSNorm only (Llama family)".into(),
             )),
@@ -102,40 +115,41 @@ impl GpuWeights {
         check_llama(cfg)?;
         let (h, q, kv, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
         let bound = 0.02 * 3f32.sqrt() * 2.0;
-        let fill = |name: &str, n: usize, norm: bool| -> Result<DeviceBuffer, ModelError> {
-            let elem = if norm { 4 } else { 2 };
-            let buf = device.alloc(n * elem).map_err(device_error)?;
-            let (lo, hi) = if norm { (0.8, 1.2) } else { (-bound, bound) };
-            // SAFETY: the buffer holds `n` elements of the filled type.
-            unsafe { kernels.fill_uniform(buf.ptr(), n, tensor_seed(seed, name), lo, hi, norm) }
-                .map_err(device_error)?;
-            Ok(buf)
+        let matrix = |name: &str, out: usize, inner: usize| -> Result<GpuLinear, ModelError> {
+            let mut weight = device.alloc::<bf16>(out * inner)?;
+            kernels.fill_uniform(&mut weight, tensor_seed(seed, name), -bound, bound)?;
+            Ok(GpuLinear { weight, out, inner })
+        };
+        let norm = |name: &str| -> Result<DeviceBuffer<f32>, ModelError> {
+            let mut weight = device.alloc::<f32>(h)?;
+            kernels.fill_uniform(&mut weight, tensor_seed(seed, name), 0.8, 1.2)?;
+            Ok(weight)
         };
         let mut blocks = Vec::with_capacity(cfg.layers);
         for l in 0..cfg.layers {
             let p = format!("model.layers.{l}");
             blocks.push(GpuBlock {
-                attn_norm: fill(&format!("{p}.input_layernorm.weight"), h, true)?,
-                qkv: fill(&format!("{p}.self_attn.qkv"), (q + 2 * kv) * h, false)?,
-                o: fill(&format!("{p}.self_attn.o_proj.weight"), h * q, false)?,
-                mlp_norm: fill(&format!("{p}.post_attention_layernorm.weight"), h, true)?,
-                gate_up: fill(&format!("{p}.mlp.gate_up"), 2 * f * h, false)?,
-                down: fill(&format!("{p}.mlp.down_proj.weight"), h * f, false)?,
+                attn_norm: norm(&format!("{p}.input_layernorm.weight"))?,
+                qkv: matrix(&format!("{p}.self_attn.qkv"), q + 2 * kv, h)?,
+                o: matrix(&format!("{p}.self_attn.o_proj.weight"), h, q)?,
+                mlp_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+                gate_up: matrix(&format!("{p}.mlp.gate_up"), 2 * f, h)?,
+                down: matrix(&format!("{p}.mlp.down_proj.weight"), h, f)?,
             });
         }
         let lm_head = if cfg.tie_embeddings {
             None
         } else {
-            Some(fill("lm_head.weight", cfg.vocab_size * h, false)?)
+            Some(matrix("lm_head.weight", cfg.vocab_size, h)?.weight)
         };
         let weights = Self {
-            embed: fill("model.embed_tokens.weight", cfg.vocab_size * h, false)?,
+            embed: matrix("model.embed_tokens.weight", cfg.vocab_size, h)?.weight,
             blocks,
-            final_norm: fill("model.norm.weight", h, true)?,
+            final_norm: norm("model.norm.weight")?,
             lm_head,
             eps: cfg.norm_eps,
         };
-        device.synchronize().map_err(device_error)?;
+        device.synchronize()?;
         Ok(weights)
     }
 }
@@ -160,23 +174,7 @@ fn tensor_seed(seed: u64, name: &str) -> u64 {
     u64::from_le_bytes(first)
 }
 
-fn upload_bf16(device: &GpuDevice, values: &[f32]) -> Result<DeviceBuffer, ModelError> {
+fn upload_bf16(device: &GpuDevice, values: &[f32]) -> Result<DeviceBuffer<bf16>, ModelError> {
     let host: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
-    upload(device, &host)
-}
-
-fn upload_f32(device: &GpuDevice, values: &[f32]) -> Result<DeviceBuffer, ModelError> {
-    upload(device, values)
-}
-
-pub(super) fn upload<T: Copy>(
-    device: &GpuDevice,
-    values: &[T],
-) -> Result<DeviceBuffer, ModelError> {
-    let buf = device
-        .alloc(std::mem::size_of_val(values))
-        .map_err(device_error)?;
-    // SAFETY: the buffer was sized for `values`.
-    unsafe { device.upload(buf.ptr(), values) }.map_err(device_error)?;
-    Ok(buf)
+    Ok(device.upload_new(&host)?)
 }
