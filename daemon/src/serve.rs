@@ -150,12 +150,14 @@ pub fn model_cache_dir() -> PathBuf {
     base.join("fusedmodel").join("models")
 }
 
-/// The model (`None` for dummy weights that the GPU generates itself), its shape, its tokenizer
-/// and a display name.
+/// The model's host weights — `None` when the GPU makes them itself (dummy weights) or streams
+/// them from the checkpoint (an HF directory, no patch tokenizer) — its shape, its tokenizer and
+/// a display name.
 fn load(
     args: &ServeArgs,
-    host_dummy: bool,
+    on_gpu: bool,
 ) -> anyhow::Result<(Option<Model>, ModelConfig, Codec, String)> {
+    let host_dummy = !on_gpu;
     let started = Instant::now();
     let (model, config, codec, name) = match args.load_format {
         LoadFormat::Dummy => {
@@ -209,9 +211,15 @@ fn load(
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "model".into());
             tracing::info!(model = %path.display(), "loading weights");
-            let (model, codec) = open_model(&path, args.tokenizer.as_deref())?;
-            let config = model.config.clone();
-            (Some(model), config, codec, name)
+            if on_gpu && streams_to_gpu(args, &path) {
+                let config = ModelConfig::from_hf_json(&path.join("config.json"))?;
+                let codec = Codec::from_path(args.tokenizer.as_deref().unwrap_or(&path))?;
+                (None, config, codec, name)
+            } else {
+                let (model, codec) = open_model(&path, args.tokenizer.as_deref())?;
+                let config = model.config.clone();
+                (Some(model), config, codec, name)
+            }
         }
     };
     let (mut model, codec) = (model, codec);
@@ -237,6 +245,12 @@ fn load(
         "model loaded"
     );
     Ok((model, config, codec, name))
+}
+
+/// Whether the GPU loads `path` itself, streaming the checkpoint to the device (an HF directory
+/// without a patch tokenizer; a patch needs the host's embedding and head).
+fn streams_to_gpu(args: &ServeArgs, path: &Path) -> bool {
+    args.load_format == LoadFormat::Auto && path.is_dir() && args.patch_tokenizer.is_none()
 }
 
 /// A model and its tokenizer (its own, or `tokenizer`) from a GGUF file or an HF directory.
@@ -368,11 +382,19 @@ fn forward_and_kv(
                 graphs: !args.no_cuda_graphs,
                 max_graph_batch: args.max_seqs.next_power_of_two(),
                 max_context,
+                max_batch_tokens: match token_budget(args)? {
+                    TokenBudget::Fixed(tokens) => tokens,
+                    TokenBudget::Auto { max, .. } => max,
+                },
+                max_seqs: args.max_seqs,
                 ..GpuOptions::default()
             };
-            let forward = match model {
-                Some(model) => GpuModel::from_host(gpu.clone(), &model, options)?,
-                None => GpuModel::dummy(gpu.clone(), config.clone(), args.seed, options)?,
+            let forward = match (model, args.load_format, &args.model) {
+                (Some(model), _, _) => GpuModel::from_host(gpu.clone(), &model, options)?,
+                (None, LoadFormat::Auto, Some(dir)) => {
+                    GpuModel::from_checkpoint(gpu.clone(), config.clone(), Path::new(dir), options)?
+                }
+                (None, _, _) => GpuModel::dummy(gpu.clone(), config.clone(), args.seed, options)?,
             };
             let kv_config = KvConfig {
                 pool_bytes: gpu_kv_pool_bytes(&gpu, args.gpu_memory_utilization)?,

@@ -3,12 +3,14 @@
 //!
 //! Must not: schedule, own KV memory, or know about HTTP.
 
+pub mod checkpoint;
 pub mod config;
 pub mod cuda;
 pub mod dense_kv;
 pub mod dummy;
 pub mod forward;
 pub mod gguf;
+pub mod layout;
 pub mod safetensors;
 pub mod sampling;
 pub mod weights;

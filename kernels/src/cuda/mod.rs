@@ -31,6 +31,7 @@ mod kernels;
 mod launch;
 mod linear;
 mod memory;
+mod staging;
 
 pub use attention::{
     BatchArrays, BatchShape, DecodeSplits, DeviceBatch, LayerBatch, PREFILL_TILE_ROWS, RopeTables,
@@ -41,6 +42,7 @@ pub use device::{GpuDevice, GpuTimer};
 pub use elementwise::{FillElement, NormRows};
 pub use error::CudaError;
 pub use graph::Graph;
+pub use staging::PinnedStaging;
 pub use kernels::{Kernels, SOURCES};
 pub use linear::{GEMV_MAX_ROWS, Linear, LinearOut, LinearShape};
 pub use memory::{

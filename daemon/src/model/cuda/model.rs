@@ -21,6 +21,7 @@ use super::plan::{BatchPlan, MetaOffsets};
 use super::scratch::{Needs, Scratch};
 use super::weights::GpuWeights;
 use crate::kv::KvAccess;
+use crate::model::checkpoint::Checkpoint;
 use crate::model::config::ModelConfig;
 use crate::model::forward::{Logits, SeqChunk, check_chunks};
 use crate::model::{Forward, LogitsWanted, Model, ModelError};
@@ -36,6 +37,11 @@ pub struct GpuOptions {
     pub max_context: usize,
     /// Where compiled kernels are cached; `None` compiles every start.
     pub kernel_cache: Option<PathBuf>,
+    /// The largest batch the scheduler composes (its token budget) and the most sequences it
+    /// runs: the work buffers are sized for them at load, before the KV pool takes the free
+    /// memory, so no pass allocates later.
+    pub max_batch_tokens: usize,
+    pub max_seqs: usize,
     /// Fold SwiGLU into the gate/up GEMV of batches of up to
     /// [`GEMV_MAX_ROWS`](fused_kernels::cuda::GEMV_MAX_ROWS) rows (off: a separate kernel, as
     /// larger batches run; benchmarks compare the two).
@@ -48,6 +54,8 @@ impl Default for GpuOptions {
             graphs: true,
             max_graph_batch: 256,
             max_context: 4096,
+            max_batch_tokens: 4096,
+            max_seqs: 256,
             kernel_cache: default_kernel_cache(),
             fused_gemv: true,
         }
@@ -120,6 +128,20 @@ impl GpuModel {
         )
     }
 
+    /// Streams an HF safetensors checkpoint directory to the device (no host copy of the
+    /// weights; host memory stays at two 64 MiB staging buffers).
+    pub fn from_checkpoint(
+        device: Arc<GpuDevice>,
+        config: ModelConfig,
+        dir: &std::path::Path,
+        options: GpuOptions,
+    ) -> Result<Self, ModelError> {
+        let (kernels, cache_status) = load_kernels(&device, &options)?;
+        let checkpoint = Checkpoint::open(dir)?;
+        let weights = GpuWeights::stream(&device, &config, &checkpoint)?;
+        Self::assemble(device, config, kernels, cache_status, weights, options)
+    }
+
     /// Seeded random weights generated on the device (no host copy; 7B shapes fit).
     pub fn dummy(
         device: Arc<GpuDevice>,
@@ -155,7 +177,19 @@ impl GpuModel {
         );
         let rope = RopeTables::upload(&device, &table, config.head_dim)?;
         let blas = Blas::new(&device)?;
-        let scratch = Scratch::new(&device, &config, Needs::default())?;
+        let needs = Needs::upper_bound(
+            &config,
+            options.max_batch_tokens,
+            options.max_seqs.max(options.max_graph_batch),
+            options.max_context,
+            device.multiprocessors(),
+        );
+        let scratch = Scratch::new(&device, &config, needs).map_err(|e| {
+            ModelError::Memory(format!(
+                "work buffers for batches of {} tokens and {} sequences: {e}",
+                options.max_batch_tokens, options.max_seqs
+            ))
+        })?;
         Ok(Self {
             config,
             device,

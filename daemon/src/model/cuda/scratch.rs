@@ -2,7 +2,7 @@
 //! by the step that writes them (as the CPU pass's locals). They only grow; a growth moves them,
 //! so the model drops its captured graphs when [`Scratch::ensure`] says it reallocated.
 
-use fused_kernels::cuda::{DeviceBuffer, GpuDevice};
+use fused_kernels::cuda::{DecodeSplits, DeviceBuffer, GpuDevice, PREFILL_TILE_ROWS};
 use half::bf16;
 
 use crate::model::ModelError;
@@ -26,6 +26,40 @@ impl Needs {
             meta_bytes: self.meta_bytes.max(other.meta_bytes),
             part_o: self.part_o.max(other.part_o),
             part_ml: self.part_ml.max(other.part_ml),
+        }
+    }
+
+    /// At least what any batch of at most `rows` tokens, `seqs` sequences (decode batches
+    /// padded to `seqs` rows) and `max_context` tokens of context needs: sizing the scratch for
+    /// this at start-up means no pass allocates later, when the KV pool may have taken the free
+    /// memory.
+    pub fn upper_bound(
+        cfg: &ModelConfig,
+        rows: usize,
+        seqs: usize,
+        max_context: usize,
+        multiprocessors: usize,
+    ) -> Self {
+        let rows = rows.max(seqs);
+        let (part_o, part_ml) = (1..=seqs)
+            .map(|decodes| {
+                DecodeSplits::plan(decodes, cfg.kv_heads, max_context, multiprocessors)
+                    .partial_sizes(decodes, cfg.heads, cfg.head_dim)
+            })
+            .fold((0, 0), |(o, ml), (po, pml)| (o.max(po), ml.max(pml)));
+        // The packed batch arrays (`BatchPlan::pack`): per row 3 u32, per chunk 3 u32, per tile
+        // and per decode 2 u32, per logits row 1 u32, per layer and chunk 2 u64 of K/V address;
+        // 16 bytes of alignment per array.
+        let tiles = rows.div_ceil(PREFILL_TILE_ROWS) + seqs;
+        let meta_bytes = 4 * (3 * rows + 3 * seqs + 2 * tiles + 2 * seqs + seqs)
+            + 16 * cfg.layers * seqs
+            + 16 * 12;
+        Self {
+            rows,
+            head_rows: seqs,
+            meta_bytes,
+            part_o,
+            part_ml,
         }
     }
 

@@ -1,17 +1,26 @@
 //! The model's weights in GPU memory: matrices bf16 `[out, in]` (as the CPU's `f32` ones), norm
-//! weights `f32`. Either uploaded from host [`Weights`] (rounded to bf16 on the host) or generated
-//! on the device from a seed (`--load-format dummy` at 7B scale, which would not fit host RAM as
-//! `f32`).
+//! weights `f32`. Uploaded from host [`Weights`] (rounded to bf16 on the host), streamed from a
+//! safetensors checkpoint tensor by tensor through two page-locked buffers (host memory stays at
+//! the two buffers, whatever the model's size), or generated on the device from a seed
+//! (`--load-format dummy`).
 //!
 //! Must not: run layers (the model does).
 
-use fused_kernels::cuda::{DeviceBuffer, GpuDevice, Kernels};
+use std::time::{Duration, Instant};
+
+use fused_kernels::cuda::{DeviceBuffer, GpuDevice, Kernels, PinnedStaging};
 use half::bf16;
 use sha2::{Digest, Sha256};
 
 use crate::model::ModelError;
+use crate::model::checkpoint::{Checkpoint, Dtype, to_bf16_bytes};
 use crate::model::config::{Arch, ModelConfig};
+use crate::model::layout::{self, MatrixPlan};
 use crate::model::weights::{Linear, Mlp, Norm, Weights};
+
+/// Bytes of one page-locked staging buffer (two alternate: one fills from disk while the other
+/// crosses to the device).
+const STAGING_BYTES: usize = 64 << 20;
 
 /// A dense layer without bias: `weight [out, inner]` bf16 (the CPU's [`Linear`], on the GPU).
 pub struct GpuLinear {
@@ -104,6 +113,49 @@ impl GpuWeights {
         })
     }
 
+    /// Streams a safetensors checkpoint (bf16, f16 or f32; single or sharded) to the device,
+    /// tensor by tensor in chunks of [`STAGING_BYTES`]; logs progress every few seconds.
+    pub fn stream(
+        device: &GpuDevice,
+        cfg: &ModelConfig,
+        checkpoint: &Checkpoint,
+    ) -> Result<Self, ModelError> {
+        check_llama(cfg)?;
+        let plan = layout::llama(cfg);
+        let mut streamer = Streamer::new(device, checkpoint)?;
+        let norm = |name: &str| -> Result<DeviceBuffer<f32>, ModelError> {
+            Ok(device.upload_new(&checkpoint.read_f32(name, &[cfg.hidden])?)?)
+        };
+        let mut blocks = Vec::with_capacity(plan.blocks.len());
+        for b in &plan.blocks {
+            blocks.push(GpuBlock {
+                attn_norm: norm(&b.attn_norm)?,
+                qkv: streamer.matrix(&b.qkv)?,
+                o: streamer.matrix(&b.o)?,
+                mlp_norm: norm(&b.mlp_norm)?,
+                gate_up: streamer.matrix(&b.gate_up)?,
+                down: streamer.matrix(&b.down)?,
+            });
+        }
+        let embed = streamer.matrix(&plan.embed)?.weight;
+        let has_head = checkpoint.contains(&plan.lm_head.parts[0].name);
+        let lm_head = if plan.head_is_separate(cfg, has_head) {
+            Some(streamer.matrix(&plan.lm_head)?.weight)
+        } else {
+            None
+        };
+        let weights = Self {
+            embed,
+            blocks,
+            final_norm: norm(&plan.final_norm)?,
+            lm_head,
+            eps: cfg.norm_eps,
+        };
+        device.synchronize()?;
+        streamer.report(true);
+        Ok(weights)
+    }
+
     /// Seeded random weights made on the device, distributed like the host's dummy weights
     /// (matrices uniform with the variance of N(0, 0.04²), norm weights uniform in [0.8, 1.2)).
     pub fn dummy(
@@ -177,4 +229,107 @@ fn tensor_seed(seed: u64, name: &str) -> u64 {
 fn upload_bf16(device: &GpuDevice, values: &[f32]) -> Result<DeviceBuffer<bf16>, ModelError> {
     let host: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
     Ok(device.upload_new(&host)?)
+}
+
+/// Moves checkpoint tensors to the device through two alternating page-locked buffers: a chunk
+/// is read from disk (and converted to bf16) into one while the other's copy runs.
+struct Streamer<'a> {
+    device: &'a GpuDevice,
+    checkpoint: &'a Checkpoint,
+    staging: [PinnedStaging; 2],
+    next: usize,
+    /// Raw bytes of a chunk that is not bf16 yet.
+    raw: Vec<u8>,
+    total: u64,
+    loaded: u64,
+    started: Instant,
+    last_report: Instant,
+}
+
+impl<'a> Streamer<'a> {
+    fn new(device: &'a GpuDevice, checkpoint: &'a Checkpoint) -> Result<Self, ModelError> {
+        let now = Instant::now();
+        Ok(Self {
+            device,
+            checkpoint,
+            staging: [
+                device.pinned_staging(STAGING_BYTES)?,
+                device.pinned_staging(STAGING_BYTES)?,
+            ],
+            next: 0,
+            raw: Vec::new(),
+            total: checkpoint.total_bytes(),
+            loaded: 0,
+            started: now,
+            last_report: now,
+        })
+    }
+
+    /// A stacked matrix: each part's rows uploaded after the previous part's.
+    fn matrix(&mut self, m: &MatrixPlan) -> Result<GpuLinear, ModelError> {
+        let mut weight = self.device.alloc::<bf16>(m.out() * m.inner)?;
+        let mut row = 0;
+        for part in &m.parts {
+            self.upload(&part.name, &[part.rows, m.inner], &mut weight, row * m.inner)?;
+            row += part.rows;
+        }
+        Ok(GpuLinear {
+            weight,
+            out: m.out(),
+            inner: m.inner,
+        })
+    }
+
+    /// Tensor `name` (of `shape`) into `dst` from element `offset` on, chunk by chunk.
+    fn upload(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        dst: &mut DeviceBuffer<bf16>,
+        offset: usize,
+    ) -> Result<(), ModelError> {
+        let entry = self.checkpoint.entry(name, shape)?.clone();
+        let width = entry.dtype.bytes();
+        let per_chunk = STAGING_BYTES / size_of::<bf16>();
+        let elements = entry.elements();
+        let mut done = 0;
+        while done < elements {
+            let count = per_chunk.min(elements - done);
+            let staging = &mut self.staging[self.next];
+            self.next ^= 1;
+            let out = &mut staging.bytes_mut()?[..count * size_of::<bf16>()];
+            let start = (done * width) as u64;
+            if entry.dtype == Dtype::Bf16 {
+                self.checkpoint.read(&entry, start, out)?;
+            } else {
+                self.raw.resize(count * width, 0);
+                self.checkpoint.read(&entry, start, &mut self.raw)?;
+                to_bf16_bytes(entry.dtype, &self.raw, out);
+            }
+            self.device
+                .upload_staged(dst, offset + done, staging, count * size_of::<bf16>())?;
+            done += count;
+            self.loaded += (count * width) as u64;
+            self.report(false);
+        }
+        Ok(())
+    }
+
+    /// A progress line every few seconds (and a last one at the end).
+    fn report(&mut self, last: bool) {
+        if !last && self.last_report.elapsed() < Duration::from_secs(3) {
+            return;
+        }
+        self.last_report = Instant::now();
+        let seconds = self.started.elapsed().as_secs_f64();
+        let gb_per_s = self.loaded as f64 / seconds.max(1e-9) / 1e9;
+        tracing::info!(
+            loaded_gb = self.loaded as f64 / 1e9,
+            total_gb = self.total as f64 / 1e9,
+            gb_per_s,
+            seconds,
+            "{}",
+            if last { "weights streamed to the GPU" } else { "streaming weights to the GPU" }
+        );
+    }
 }
