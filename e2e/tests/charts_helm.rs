@@ -160,6 +160,7 @@ fn agreed_cluster_rules() -> Vec<PolicyRule> {
         rule(&[""], &["services"], &crud),
         rule(&[""], &["pods"], &["get", "list", "watch"]),
         rule(&["autoscaling"], &["horizontalpodautoscalers"], &crud),
+        rule(&["networking.k8s.io"], &["networkpolicies"], &crud),
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
         rule(&[""], &["events"], &["create", "patch"]),
     ]
