@@ -261,6 +261,7 @@ fn values_schema_rejects_bad_values_naming_the_field() {
             "podSecurityContext",
         ),
         ("cacheHostPath=var/cache", "cacheHostPath"),
+        ("artifactCache=nfs", "artifactCache"),
         (
             "prometheusRule.thresholds.kvSaturatedRatio=1.5",
             "kvSaturatedRatio",
@@ -338,7 +339,9 @@ fn default_render_is_least_privilege_and_restricted() {
             "--leader-election-namespace",
             "fused-system",
             "--cache-host-path",
-            "/var/cache/fusedmodel"
+            "/var/cache/fusedmodel",
+            "--artifact-cache",
+            "emptyDir"
         ]
     );
     let security = container

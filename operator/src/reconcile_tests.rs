@@ -278,3 +278,44 @@ async fn the_legacy_finalizer_is_removed_and_nothing_else_is_touched() {
     );
     assert_eq!(action, Action::await_change());
 }
+
+/// A writer collecting formatted log lines, for the span test.
+#[derive(Clone, Default)]
+struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_log_line_of_a_reconcile_names_the_object() {
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    run(Scenario::InvalidSpec).await;
+    let text = String::from_utf8(lines.0.lock().expect("lines").clone()).expect("UTF-8");
+    println!("{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("invalid spec"))
+        .expect("the reconcile logged the invalid spec");
+    assert!(
+        line.contains("reconcile{object=") && line.contains(NAME) && line.contains("tenant-a"),
+        "{line}"
+    );
+}
