@@ -192,7 +192,10 @@ async fn examples_become_the_expected_deployment_service_and_autoscaler() {
         cache.empty_dir.is_some() && cache.host_path.is_none(),
         "the default cache is a per-Pod emptyDir"
     );
-    let security = pod.security_context.as_ref().expect("a Pod security context");
+    let security = pod
+        .security_context
+        .as_ref()
+        .expect("a Pod security context");
     assert_eq!(security.run_as_non_root, Some(true));
     assert_eq!(
         security.seccomp_profile.as_ref().map(|p| p.type_.as_str()),

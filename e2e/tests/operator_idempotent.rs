@@ -11,8 +11,7 @@ use fused_crds::FusedModel;
 use fused_operator::{Context, Metrics, OperatorConfig, reconcile};
 use kube::api::{Patch, PatchParams};
 use kube::client::ClientBuilder;
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use operator_support::*;
 use serde_json::json;
 
@@ -44,10 +43,7 @@ fn writes(calls: &[String]) -> Vec<&String> {
 }
 
 async fn recording_client(kubeconfig: &std::path::Path) -> (Client, CallLog) {
-    let parsed = Kubeconfig::read_from(kubeconfig).expect("read the kubeconfig");
-    let config = Config::from_custom_kubeconfig(parsed, &KubeConfigOptions::default())
-        .await
-        .expect("client config");
+    let config = client_config(kubeconfig).await;
     let log = CallLog::default();
     let recorder = log.clone();
     let layer =

@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use kube::Client;
 use kube::client::ClientBuilder;
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 
 use fused_operator::leader::{LeaderElector, LeaseTiming};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -133,10 +132,7 @@ where
 }
 
 async fn stalling_client(kubeconfig: &std::path::Path) -> (Client, Arc<AtomicBool>) {
-    let parsed = Kubeconfig::read_from(kubeconfig).expect("read the kubeconfig");
-    let config = Config::from_custom_kubeconfig(parsed, &KubeConfigOptions::default())
-        .await
-        .expect("client config");
+    let config = client_config(kubeconfig).await;
     let stall = Arc::new(AtomicBool::new(false));
     let flag = stall.clone();
     let layer = tower::layer::layer_fn(move |inner| StallLeasePuts {

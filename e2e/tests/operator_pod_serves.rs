@@ -255,13 +255,11 @@ async fn the_generated_pod_serves_a_chat_request() {
             (Some(value), _) => value.clone(),
             (None, Some(from)) => {
                 let selector = from.secret_key_ref.as_ref().expect("a secretKeyRef");
-                let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
-                    client.clone(),
-                    ns,
-                )
-                .get(&selector.name)
-                .await
-                .expect("the referenced Secret");
+                let secret =
+                    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+                        .get(&selector.name)
+                        .await
+                        .expect("the referenced Secret");
                 let bytes = secret.data.unwrap()[&selector.key].0.clone();
                 String::from_utf8(bytes).unwrap()
             }
@@ -271,7 +269,10 @@ async fn the_generated_pod_serves_a_chat_request() {
     }
     let args_text = container.args.clone().unwrap_or_default().join(" ");
     assert!(!args_text.contains(API_KEY), "the key is not an argument");
-    println!("daemon container: {:?}", command.get_args().collect::<Vec<_>>());
+    println!(
+        "daemon container: {:?}",
+        command.get_args().collect::<Vec<_>>()
+    );
     let log_path = dir.path().join("daemon.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let child = command
@@ -326,7 +327,11 @@ async fn the_generated_pod_serves_a_chat_request() {
         .send()
         .await
         .expect("chat request without the key");
-    assert_eq!(refused.status(), 401, "the API key from the Secret is required");
+    assert_eq!(
+        refused.status(),
+        401,
+        "the API key from the Secret is required"
+    );
     let response = http
         .post(format!("{base}/v1/chat/completions"))
         .bearer_auth(API_KEY)
@@ -375,7 +380,10 @@ async fn the_generated_pod_serves_a_chat_request() {
     );
     assert!(exit.success(), "{exit}");
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    assert!(!log.contains(API_KEY), "the daemon's log shows the key:\n{log}");
+    assert!(
+        !log.contains(API_KEY),
+        "the daemon's log shows the key:\n{log}"
+    );
     operator.stop().await;
 }
 

@@ -18,6 +18,7 @@ use crate::config::OperatorConfig;
 use crate::context::Context;
 use crate::labels::{LEGACY_FINALIZER, TEMPLATE_HASH_ANNOTATION};
 use crate::metrics::Metrics;
+use crate::observe;
 use crate::service;
 use crate::workload;
 
@@ -150,16 +151,7 @@ impl Scenario {
         let desired = workload::deployment(&model, &config()).ok();
         let hash = desired
             .as_ref()
-            .and_then(|d| {
-                d.spec
-                    .as_ref()?
-                    .template
-                    .metadata
-                    .as_ref()?
-                    .annotations
-                    .clone()
-            })
-            .and_then(|a| a.get(TEMPLATE_HASH_ANNOTATION).cloned())
+            .and_then(observe::template_hash)
             .unwrap_or_default();
         let deployment_with = |status: Value| {
             let mut deployment = serde_json::to_value(desired.clone()).expect("json");

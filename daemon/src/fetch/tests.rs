@@ -245,6 +245,34 @@ fn weights() -> Vec<u8> {
         .collect()
 }
 
+/// [`weights`] served at `files/model.gguf` (after `delay`), a scratch directory with the cache
+/// at `cache/` in it, and the weights' digest.
+struct Fixture {
+    bytes: Vec<u8>,
+    server: TestServer,
+    dir: tempfile::TempDir,
+    cache_dir: std::path::PathBuf,
+    digest: String,
+    uri: String,
+}
+
+fn served_weights(delay: Duration) -> Fixture {
+    let bytes = weights();
+    let server = TestServer::start(&[("model.gguf", &bytes)], delay);
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("cache");
+    let digest = Sha256Digest::of(&bytes).to_hex();
+    let uri = server.url("files/model.gguf");
+    Fixture {
+        bytes,
+        server,
+        dir,
+        cache_dir,
+        digest,
+        uri,
+    }
+}
+
 fn opts() -> FetchOptions {
     FetchOptions::default()
 }
@@ -263,12 +291,14 @@ fn entries(dir: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn http_artifact_is_verified_cached_and_linked() {
-    let bytes = weights();
-    let server = TestServer::start(&[("model.gguf", &bytes)], Duration::ZERO);
-    let dir = tempfile::tempdir().unwrap();
-    let cache_dir = dir.path().join("cache");
-    let digest = Sha256Digest::of(&bytes).to_hex();
-    let uri = server.url("files/model.gguf");
+    let Fixture {
+        bytes,
+        server,
+        dir,
+        cache_dir,
+        digest,
+        uri,
+    } = served_weights(Duration::ZERO);
 
     let first_link = dir.path().join("pod-a/model");
     let first = fetch(&uri, Some(&digest), &cache_dir, &first_link, &opts())
@@ -333,12 +363,14 @@ async fn wrong_digest_is_a_typed_mismatch_and_leaves_nothing_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_fetching_at_once_share_one_download() {
-    let bytes = weights();
-    let server = TestServer::start(&[("model.gguf", &bytes)], Duration::from_millis(300));
-    let dir = tempfile::tempdir().unwrap();
-    let cache_dir = dir.path().join("cache");
-    let digest = Sha256Digest::of(&bytes).to_hex();
-    let uri = server.url("files/model.gguf");
+    let Fixture {
+        bytes,
+        server,
+        dir,
+        cache_dir,
+        digest,
+        uri,
+    } = served_weights(Duration::from_millis(300));
     let replicas: Vec<_> = (0..4)
         .map(|replica| {
             let (uri, digest, cache_dir) = (uri.clone(), digest.clone(), cache_dir.clone());
@@ -517,12 +549,14 @@ fn run_writes_the_reason_to_the_termination_log() {
 
 #[tokio::test]
 async fn a_tampered_cache_entry_is_hashed_again_and_fetched_anew() {
-    let bytes = weights();
-    let server = TestServer::start(&[("model.gguf", &bytes)], Duration::ZERO);
-    let dir = tempfile::tempdir().unwrap();
-    let cache_dir = dir.path().join("cache");
-    let digest = Sha256Digest::of(&bytes).to_hex();
-    let uri = server.url("files/model.gguf");
+    let Fixture {
+        bytes,
+        server,
+        dir,
+        cache_dir,
+        digest,
+        uri,
+    } = served_weights(Duration::ZERO);
     let link = dir.path().join("pod-a/model");
     let first = fetch(&uri, Some(&digest), &cache_dir, &link, &opts())
         .await
