@@ -28,7 +28,18 @@ pub mod reason {
     pub const UNSCHEDULABLE: &str = "Unschedulable";
     /// Replicas run the current spec but not all are ready.
     pub const REPLICAS_NOT_READY: &str = "ReplicasNotReady";
+    /// The artifact is larger than the size limit (written by `fused-daemon fetch`).
+    pub const ARTIFACT_TOO_LARGE: &str = "ArtifactTooLarge";
+    /// The artifact's source is a link-local or metadata address (written by the fetch).
+    pub const ARTIFACT_FORBIDDEN_ADDRESS: &str = "ArtifactForbiddenAddress";
 }
+
+/// Artifact failures that retrying cannot heal, only a spec change: they make `Degraded` True.
+pub const DEGRADING_ARTIFACT_FAILURES: &[&str] = &[
+    ARTIFACT_DIGEST_MISMATCH,
+    reason::ARTIFACT_TOO_LARGE,
+    reason::ARTIFACT_FORBIDDEN_ADDRESS,
+];
 
 /// Reasons that mean someone has to act; their transitions are Warning events.
 pub const WARNING_REASONS: &[&str] = &[
@@ -201,15 +212,18 @@ pub fn progressing(findings: &Findings<'_>) -> Draft {
     )
 }
 
-/// `Degraded`: True when someone has to act (a bad spec, a name conflict, a digest mismatch, a
-/// stuck rollout).
+/// `Degraded`: True when someone has to act (a bad spec, a name conflict, an artifact failure
+/// only a spec change heals, a stuck rollout).
 pub fn degraded(findings: &Findings<'_>) -> Draft {
     let (state, reason, message) = if let Some(message) = findings.invalid() {
         (State::True, condition_reason::INVALID_SPEC, message)
     } else if let Some(message) = findings.conflict() {
         (State::True, condition_reason::NAME_CONFLICT, message)
-    } else if let Some((ARTIFACT_DIGEST_MISMATCH, message)) = findings.artifact_failure() {
-        (State::True, ARTIFACT_DIGEST_MISMATCH, message)
+    } else if let Some((reason, message)) = findings
+        .artifact_failure()
+        .filter(|(reason, _)| DEGRADING_ARTIFACT_FAILURES.contains(reason))
+    {
+        (State::True, reason, message)
     } else if let Rollout::Stuck(message) = &findings.observed.rollout {
         (
             State::True,
@@ -287,6 +301,49 @@ impl State {
             Self::True => "True",
             Self::False => "False",
             Self::Unknown => "Unknown",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observed_with(artifacts: Artifacts) -> Observed {
+        Observed {
+            replicas: 1,
+            ready_replicas: 0,
+            rollout: Rollout::InProgress("starting".into()),
+            artifacts,
+            scheduling: Scheduling::Scheduled,
+        }
+    }
+
+    #[test]
+    fn only_failures_a_spec_change_heals_degrade() {
+        for (reason, degrades) in [
+            (ARTIFACT_DIGEST_MISMATCH, true),
+            (reason::ARTIFACT_TOO_LARGE, true),
+            (reason::ARTIFACT_FORBIDDEN_ADDRESS, true),
+            ("ArtifactUnreachable", false),
+            ("ArtifactAccessDenied", false),
+        ] {
+            let observed = observed_with(Artifacts::Failed {
+                reason: reason.into(),
+                message: "m".into(),
+            });
+            let findings = Findings {
+                problems: &[],
+                conflicts: &[],
+                observed: &observed,
+            };
+            let (_, state, degraded_reason, _) = degraded(&findings);
+            assert_eq!(state == State::True, degrades, "{reason}");
+            if degrades {
+                assert_eq!(degraded_reason, reason);
+            }
+            let (_, state, ready_reason, _) = ready(1, &findings);
+            assert_eq!((state, ready_reason.as_str()), (State::False, reason));
         }
     }
 }
