@@ -73,7 +73,18 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     init_logging();
     match Cli::parse().command {
-        Command::Serve(args) => serve::run(*args),
+        Command::Serve(args) => {
+            // Shared locks on the fetched artifacts it serves: the fetch step's cache eviction
+            // leaves them alone while this process runs.
+            let _held: Vec<fetch::EntryHold> = args
+                .model
+                .iter()
+                .map(std::path::PathBuf::from)
+                .chain(args.patch_tokenizer.clone())
+                .filter_map(|path| fetch::hold_entry(&path))
+                .collect();
+            serve::run(*args)
+        }
         Command::Vocab(args) => fused_daemon::vocab::cli::run(args),
         Command::Logits { model, a, b, out } => {
             // Weights only: reference fixtures may carry placeholder tokenizers.
