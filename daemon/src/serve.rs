@@ -433,7 +433,7 @@ fn gpu_kv_pool_bytes(gpu: &Gpu, utilization: f64) -> anyhow::Result<usize> {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let gpu = open_gpu(args.device);
-    let (model, config, codec, default_name) = load(&args, gpu.is_none())?;
+    let (model, config, codec, default_name) = load(&args, gpu.is_some())?;
     let max_context = args.max_context.min(config.max_positions);
     let (model, kv) = forward_and_kv(gpu, model, &config, max_context, &args)?;
     let kv_stats = kv.stats();

@@ -20,9 +20,16 @@ use super::live::{Ending, Limits, LiveRequest};
 use super::{EngineError, Event, GenerateRequest, Permit};
 use crate::kv::KvManager;
 use crate::metrics::Metrics;
-use crate::model::{Forward, LogitsWanted, SeqChunk};
+use crate::model::{Forward, Logits, LogitsWanted, SeqChunk};
 use crate::sched::{Batch, RequestId, Scheduler, SeqRequest, StepOutcome};
 use crate::tokenizer::Codec;
+use rayon::prelude::*;
+
+/// Sampling items from which delivery (sampling, detokenizing, stop strings) runs in parallel.
+const PARALLEL_DELIVERY: usize = 16;
+
+/// What delivering one token did: the request goes on (`None`), ended, or failed.
+type Delivered = Result<Option<Ending>, EngineError>;
 
 /// Iterations in a row that may fail before the engine reports itself failing (not ready, new
 /// requests refused with 503).
@@ -354,14 +361,12 @@ impl Worker {
         }
         let logits = self.parts.model.forward(&chunks, &self.parts.kv)?;
         drop(chunks);
-        let mut outcomes = Vec::new();
         let now = Instant::now();
-        for (index, item) in batch.items.iter().enumerate() {
+        let delivered = self.deliver_all(batch, &logits);
+        let mut outcomes = Vec::with_capacity(delivered.len());
+        for (index, delivered) in delivered {
+            let item = &batch.items[index];
             let Some(live) = self.live.get_mut(&item.id.0) else {
-                continue;
-            };
-            let Some(delivered) = live.deliver(logits.picked(index), logits.rows(index).next())
-            else {
                 continue;
             };
             self.parts.metrics.generation_tokens.inc();
@@ -406,6 +411,29 @@ impl Worker {
             });
         }
         Ok(outcomes)
+    }
+
+    /// Samples, detokenizes and streams each sampling item's token: `(item index, result)` in
+    /// batch order. Large batches spread the work over the CPU's cores (each request's output
+    /// is independent), so turning tokens into text does not lengthen the iteration.
+    fn deliver_all(&mut self, batch: &Batch, logits: &Logits) -> Vec<(usize, Delivered)> {
+        let index_of: HashMap<u64, usize> = (batch.items.iter().enumerate())
+            .map(|(index, item)| (item.id.0, index))
+            .collect();
+        let mut targets: Vec<(usize, &mut LiveRequest)> = (self.live.iter_mut())
+            .filter_map(|(id, live)| index_of.get(id).map(|&index| (index, live)))
+            .collect();
+        let deliver = |(index, live): &mut (usize, &mut LiveRequest)| {
+            let delivered = live.deliver(logits.picked(*index), logits.rows(*index).next());
+            delivered.map(|delivered| (*index, delivered))
+        };
+        let mut delivered: Vec<(usize, Delivered)> = if targets.len() >= PARALLEL_DELIVERY {
+            targets.par_iter_mut().filter_map(deliver).collect()
+        } else {
+            targets.iter_mut().filter_map(deliver).collect()
+        };
+        delivered.sort_unstable_by_key(|(index, _)| *index);
+        delivered
     }
 
     /// Records a request's end in the metrics and its log line.

@@ -131,7 +131,10 @@ impl Checkpoint {
     /// `name`'s entry, checked to have `shape`.
     pub fn entry(&self, name: &str, shape: &[usize]) -> Result<&TensorEntry, ModelError> {
         let entry = self.tensors.get(name).ok_or_else(|| {
-            ModelError::Format(format!("{}: tensor `{name}` is missing", self.dir.display()))
+            ModelError::Format(format!(
+                "{}: tensor `{name}` is missing",
+                self.dir.display()
+            ))
         })?;
         if entry.shape != shape {
             return Err(ModelError::Format(format!(
@@ -176,15 +179,14 @@ fn read_header(
         .map_err(|e| ModelError::io(path, e))?;
     let header_bytes = u64::from_le_bytes(len);
     if header_bytes > MAX_HEADER_BYTES {
-        return Err(bad(format!("a header of {header_bytes} bytes is not a safetensors file")));
+        return Err(bad(format!(
+            "a header of {header_bytes} bytes is not a safetensors file"
+        )));
     }
     let mut header = vec![0u8; header_bytes as usize];
     file.read_exact_at(&mut header, 8)
         .map_err(|e| ModelError::io(path, e))?;
-    let file_bytes = file
-        .metadata()
-        .map_err(|e| ModelError::io(path, e))?
-        .len();
+    let file_bytes = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
     let data_start = 8 + header_bytes;
     let parsed: HashMap<String, serde_json::Value> =
         serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
@@ -204,7 +206,10 @@ fn read_header(
             })?;
         let [begin, end] = raw.data_offsets;
         let elements: u64 = raw.shape.iter().map(|&d| d as u64).product();
-        if end < begin || end - begin != elements * dtype.bytes() as u64 || data_start + end > file_bytes {
+        if end < begin
+            || end - begin != elements * dtype.bytes() as u64
+            || data_start + end > file_bytes
+        {
             return Err(bad(format!(
                 "`{name}`: data offsets {begin}..{end} do not hold {elements} {:?} elements inside the file",
                 dtype
@@ -248,7 +253,10 @@ pub fn to_bf16_bytes(dtype: Dtype, raw: &[u8], out: &mut [u8]) {
     match dtype {
         Dtype::Bf16 => out[..raw.len()].copy_from_slice(raw),
         Dtype::F16 | Dtype::F32 => {
-            for (value, dst) in decode_f32(dtype, raw).into_iter().zip(out.chunks_exact_mut(2)) {
+            for (value, dst) in decode_f32(dtype, raw)
+                .into_iter()
+                .zip(out.chunks_exact_mut(2))
+            {
                 dst.copy_from_slice(&bf16::from_f32(value).to_le_bytes());
             }
         }
@@ -287,9 +295,18 @@ mod tests {
     fn sharded_headers_locate_every_tensor_and_data_converts_to_bf16() {
         let dir = tempfile::tempdir().expect("tempdir");
         let a = [1.5f32, -2.0, 3.25, 0.1];
-        let b: Vec<u8> = [0.5f32, -0.75].iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect();
-        write(&dir.path().join("one.safetensors"), &[("a", "F32", vec![2, 2], f32_bytes(&a))]);
-        write(&dir.path().join("two.safetensors"), &[("b", "F16", vec![2], b)]);
+        let b: Vec<u8> = [0.5f32, -0.75]
+            .iter()
+            .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+            .collect();
+        write(
+            &dir.path().join("one.safetensors"),
+            &[("a", "F32", vec![2, 2], f32_bytes(&a))],
+        );
+        write(
+            &dir.path().join("two.safetensors"),
+            &[("b", "F16", vec![2], b)],
+        );
         std::fs::write(
             dir.path().join("model.safetensors.index.json"),
             r#"{"weight_map": {"a": "one.safetensors", "b": "two.safetensors"}}"#,
@@ -303,23 +320,36 @@ mod tests {
         ckpt.read(entry, 8, &mut raw).expect("second half");
         let mut out = vec![0u8; 4];
         to_bf16_bytes(entry.dtype, &raw, &mut out);
-        let back: Vec<f32> = out.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+        let back: Vec<f32> = out
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect();
         assert_eq!(back, vec![3.25, bf16::from_f32(0.1).to_f32()]);
         assert!(matches!(ckpt.entry("a", &[4]), Err(ModelError::Format(_))));
         assert!(matches!(ckpt.entry("c", &[1]), Err(ModelError::Format(_))));
-        assert!(ckpt.read(entry, 12, &mut raw).is_err(), "no read past a tensor");
+        assert!(
+            ckpt.read(entry, 12, &mut raw).is_err(),
+            "no read past a tensor"
+        );
     }
 
     #[test]
     fn bad_files_are_refused_with_the_reason() {
         let dir = tempfile::tempdir().expect("tempdir");
-        write(&dir.path().join("model.safetensors"), &[("i", "I64", vec![1], vec![0; 8])]);
+        write(
+            &dir.path().join("model.safetensors"),
+            &[("i", "I64", vec![1], vec![0; 8])],
+        );
         let err = Checkpoint::open(dir.path()).expect_err("I64 is not a float");
         assert!(err.to_string().contains("only BF16, F16 and F32"), "{err}");
-        write(&dir.path().join("model.safetensors"), &[("x", "F32", vec![3], vec![0; 8])]);
+        write(
+            &dir.path().join("model.safetensors"),
+            &[("x", "F32", vec![3], vec![0; 8])],
+        );
         let err = Checkpoint::open(dir.path()).expect_err("8 bytes are not 3 f32");
         assert!(err.to_string().contains("data offsets"), "{err}");
-        std::fs::write(dir.path().join("model.safetensors"), u64::MAX.to_le_bytes()).expect("write");
+        std::fs::write(dir.path().join("model.safetensors"), u64::MAX.to_le_bytes())
+            .expect("write");
         assert!(Checkpoint::open(dir.path()).is_err());
         std::fs::write(
             dir.path().join("model.safetensors.index.json"),

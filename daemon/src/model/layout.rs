@@ -85,7 +85,10 @@ pub fn llama(cfg: &ModelConfig) -> LlamaPlan {
                 o: MatrixPlan::single(format!("{p}.self_attn.o_proj.weight"), h, q),
                 mlp_norm: format!("{p}.post_attention_layernorm.weight"),
                 gate_up: MatrixPlan {
-                    parts: vec![part("mlp.gate_proj.weight", f), part("mlp.up_proj.weight", f)],
+                    parts: vec![
+                        part("mlp.gate_proj.weight", f),
+                        part("mlp.up_proj.weight", f),
+                    ],
                     inner: h,
                 },
                 down: MatrixPlan::single(format!("{p}.mlp.down_proj.weight"), h, f),
@@ -111,8 +114,14 @@ mod tests {
         assert_eq!(plan.blocks.len(), 32);
         let b = &plan.blocks[3];
         assert_eq!((b.qkv.out(), b.qkv.inner), (3 * 4096, 4096));
-        assert_eq!(b.qkv.parts[1].name, "model.layers.3.self_attn.k_proj.weight");
-        assert_eq!((b.gate_up.out(), b.down.out(), b.down.inner), (2 * 11008, 4096, 11008));
+        assert_eq!(
+            b.qkv.parts[1].name,
+            "model.layers.3.self_attn.k_proj.weight"
+        );
+        assert_eq!(
+            (b.gate_up.out(), b.down.out(), b.down.inner),
+            (2 * 11008, 4096, 11008)
+        );
         assert_eq!(plan.embed.out(), 32000);
         assert!(plan.head_is_separate(&cfg, false), "Llama-2 is untied");
         let tied = ModelConfig::preset("smollm2-135m").expect("preset");

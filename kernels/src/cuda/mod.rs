@@ -42,10 +42,10 @@ pub use device::{GpuDevice, GpuTimer};
 pub use elementwise::{FillElement, NormRows};
 pub use error::CudaError;
 pub use graph::Graph;
-pub use staging::PinnedStaging;
 pub use kernels::{Kernels, SOURCES};
 pub use linear::{GEMV_MAX_ROWS, Linear, LinearOut, LinearShape};
 pub use memory::{
     DeviceBuffer, DeviceSlice, DeviceSliceMut, DeviceView, DeviceViewMut, Element, IndexBuffer,
     Indices,
 };
+pub use staging::PinnedStaging;

@@ -71,14 +71,18 @@ impl GpuDevice {
     ) -> Result<(), CudaError> {
         let dst = dst.view_mut();
         let element = size_of::<T>();
-        if bytes % element != 0 || bytes > staging.len() {
+        if !bytes.is_multiple_of(element) || bytes > staging.len() {
             return Err(CudaError::Invalid(format!(
                 "a staged upload of {bytes} bytes from a {}-byte buffer into {}-byte elements",
                 staging.len(),
                 element
             )));
         }
-        check_len("staged upload destination", dst.len(), offset + bytes / element)?;
+        check_len(
+            "staged upload destination",
+            dst.len(),
+            offset + bytes / element,
+        )?;
         if bytes == 0 {
             return Ok(());
         }
@@ -89,10 +93,8 @@ impl GpuDevice {
         // allocation behind `dst` (checked above; the view borrows it); the source is page-locked
         // memory owned by `staging`, which `bytes_mut` hands out only after the event recorded
         // below has completed, so it is not written while the copy reads it.
-        unsafe {
-            result::memcpy_htod_async(address, &source[..bytes], self.stream().cu_stream())
-        }
-        .during("cuMemcpyHtoDAsync")?;
+        unsafe { result::memcpy_htod_async(address, &source[..bytes], self.stream().cu_stream()) }
+            .during("cuMemcpyHtoDAsync")?;
         staging
             .uploaded
             .record(self.stream())

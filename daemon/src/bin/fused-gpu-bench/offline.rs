@@ -102,17 +102,20 @@ pub fn run(
     let run_batch = |count: usize| -> anyhow::Result<(usize, f64)> {
         runtime.block_on(async {
             let started = Instant::now();
-            let mut streams = Vec::with_capacity(count);
+            // All at once, as concurrent clients would: each submission waits for the engine's
+            // acknowledgement, so awaiting them one by one would add one iteration per request.
+            let mut submissions = Vec::with_capacity(count);
             for i in 0..count {
                 let permit = handle
                     .admit(1)
                     .map_err(|e| anyhow::anyhow!("admission: {e}"))?;
-                let stream = handle
-                    .submit(permit, request(i))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("submit: {e}"))?;
-                streams.push(stream);
+                submissions.push(handle.submit(permit, request(i)));
             }
+            let streams = futures::future::join_all(submissions)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!("submit: {e}"))?;
             let mut tasks = Vec::new();
             for mut stream in streams {
                 tasks.push(tokio::spawn(async move {

@@ -270,7 +270,12 @@ impl<'a> Streamer<'a> {
         let mut weight = self.device.alloc::<bf16>(m.out() * m.inner)?;
         let mut row = 0;
         for part in &m.parts {
-            self.upload(&part.name, &[part.rows, m.inner], &mut weight, row * m.inner)?;
+            self.upload(
+                &part.name,
+                &[part.rows, m.inner],
+                &mut weight,
+                row * m.inner,
+            )?;
             row += part.rows;
         }
         Ok(GpuLinear {
@@ -329,7 +334,11 @@ impl<'a> Streamer<'a> {
             gb_per_s,
             seconds,
             "{}",
-            if last { "weights streamed to the GPU" } else { "streaming weights to the GPU" }
+            if last {
+                "weights streamed to the GPU"
+            } else {
+                "streaming weights to the GPU"
+            }
         );
     }
 }
