@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use super::handle::{EngineHandle, Health};
 use super::live::{Ending, Limits, LiveRequest};
+use super::masks::MaskThread;
 use super::{EngineError, Event, GenerateRequest, Permit};
 use crate::kv::KvManager;
 use crate::metrics::Metrics;
@@ -82,6 +83,7 @@ pub fn spawn(parts: EngineParts) -> std::io::Result<(EngineHandle, JoinHandle<()
                 stalls_seen: 0,
                 consecutive_failures: 0,
                 health: health.clone(),
+                masks: None,
             };
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| worker.run()));
             if outcome.is_err() {
@@ -118,6 +120,8 @@ struct Worker {
     stalls_seen: u64,
     consecutive_failures: u32,
     health: Arc<Health>,
+    /// Computes constrained choices' masks during the forward pass (started when first needed).
+    masks: Option<MaskThread>,
 }
 
 impl Worker {
@@ -323,6 +327,18 @@ impl Worker {
                 }
             }
         }
+        // Constrained choices lend their guides to the mask thread for the forward pass.
+        let lent: Vec<(u64, crate::guide::Guide)> = (batch.items.iter())
+            .filter(|item| item.samples)
+            .filter_map(|item| {
+                let guide = self.live.get_mut(&item.id.0)?.lend_guide()?;
+                Some((item.id.0, guide))
+            })
+            .collect();
+        let masks = match lent.is_empty() {
+            true => None,
+            false => Some(self.start_masks(lent)?),
+        };
         let mut chunks = Vec::with_capacity(batch.items.len());
         for item in &batch.items {
             let live = self
@@ -352,15 +368,35 @@ impl Worker {
                 logits,
             });
         }
-        let logits = self.parts.model.forward(&chunks, &self.parts.kv)?;
+        let logits = self.parts.model.forward(&chunks, &self.parts.kv);
         drop(chunks);
+        let mut masks = match masks {
+            Some(thread) => self.collect_masks(thread)?,
+            None => HashMap::new(),
+        };
+        let logits = logits?;
         let mut outcomes = Vec::new();
         let now = Instant::now();
         for (index, item) in batch.items.iter().enumerate() {
             let Some(live) = self.live.get_mut(&item.id.0) else {
                 continue;
             };
-            let Some(delivered) = live.deliver(logits.picked(index), logits.rows(index).next())
+            let mask = match masks.remove(&item.id.0).transpose() {
+                Ok(mask) => mask,
+                Err(error) => {
+                    if let Some(live) = self.live.remove(&item.id.0) {
+                        self.parts.metrics.finished("error");
+                        live.fail(error.into());
+                    }
+                    outcomes.push(StepOutcome {
+                        id: item.id,
+                        finished: true,
+                    });
+                    continue;
+                }
+            };
+            let Some(delivered) =
+                live.deliver(logits.picked(index), logits.rows(index).next(), mask)
             else {
                 continue;
             };
@@ -406,6 +442,37 @@ impl Worker {
             });
         }
         Ok(outcomes)
+    }
+
+    /// Hands lent guides to the mask thread (started on first use); returns it, to collect.
+    fn start_masks(
+        &mut self,
+        lent: Vec<(u64, crate::guide::Guide)>,
+    ) -> Result<MaskThread, EngineError> {
+        let thread = match self.masks.take() {
+            Some(thread) => thread,
+            None => MaskThread::spawn()
+                .map_err(|e| EngineError::Internal(format!("starting the mask thread: {e}")))?,
+        };
+        thread.start(lent)?;
+        Ok(thread)
+    }
+
+    /// Waits for the masks, gives each guide back to its choice; the masks by engine id.
+    fn collect_masks(
+        &mut self,
+        thread: MaskThread,
+    ) -> Result<HashMap<u64, Result<crate::guide::TokenMask, crate::guide::GuideError>>, EngineError>
+    {
+        let computed = thread.finish()?;
+        self.masks = Some(thread);
+        Ok(computed
+            .into_iter()
+            .filter_map(|c| {
+                self.live.get_mut(&c.id)?.return_guide(c.guide);
+                Some((c.id, c.mask))
+            })
+            .collect())
     }
 
     /// Records a request's end in the metrics and its log line.
