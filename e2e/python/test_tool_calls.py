@@ -29,7 +29,12 @@ TOOLS = [
         "function": {
             "name": "get_time",
             "description": "The local time in a city.",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}}, "required": ["city"]},
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 40}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
         },
     },
 ]

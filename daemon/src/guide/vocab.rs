@@ -193,7 +193,10 @@ mod tests {
             .collect();
         // SentencePiece spells a leading space that its decoder strips.
         let spelled = String::from_utf8(bytes).unwrap();
-        assert!(spelled == text || spelled == format!(" {text}"), "{spelled:?} {ids:?}");
+        assert!(
+            spelled == text || spelled == format!(" {text}"),
+            "{spelled:?} {ids:?}"
+        );
         for &eos in codec.eos_ids() {
             assert!(vocab.trie.is_special_token(eos));
         }

@@ -16,7 +16,7 @@ use super::error::ApiError;
 use super::logprobs::{chat_logprobs, completion_logprobs};
 use super::protocol::{
     ChatChunk, ChatChunkChoice, ChatDelta, ChatLogprobs, CompletionChoice, CompletionLogprobs,
-    CompletionResponse, StopReasonOut, ToolCallDelta, Usage,
+    CompletionResponse, StopReasonOut, Usage,
 };
 use super::tools::{Piece, ToolPlan, ToolStream};
 use super::validate::GenerationParams;
@@ -114,7 +114,7 @@ fn piece_delta(piece: Piece) -> ChatDelta {
         Piece::Calls(calls) => ChatDelta {
             role: None,
             content: None,
-            tool_calls: Some(calls.into_iter().collect::<Vec<ToolCallDelta>>()),
+            tool_calls: Some(calls),
         },
     }
 }

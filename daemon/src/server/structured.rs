@@ -65,7 +65,7 @@ pub fn guide_spec(f: &StructuredFields) -> Result<Option<(GuideSpec, String)>, A
     if found.len() > 1 {
         let names: Vec<&str> = found.iter().map(|(_, field)| field.as_str()).collect();
         return Err(ApiError::invalid_param(
-            &names[1].to_owned(),
+            names[1],
             format!(
                 "only one output constraint per request; got {}",
                 names.join(", ")
