@@ -11,7 +11,7 @@ OUT=${1:-$ROOT/results/structured}
 IN_LEN=${IN_LEN:-64} OUT_LEN=${OUT_LEN:-64} CONC=${CONC:-16} ROUNDS=${ROUNDS:-3}
 PORT=${PORT:-18240}
 mkdir -p "$OUT"
-build_bins
+[ -n "${SKIP_BUILD:-}" ] || build_bins  # SKIP_BUILD=1: measure the binaries already built
 TEXT=$(medical_text)
 SCHEMA='{"type": "object", "properties": {"notes": {"type": "array", "minItems": 1000, "items": {"type": "string", "maxLength": 40}}}, "required": ["notes"]}'
 FORMAT="{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"name\": \"notes\", \"schema\": $SCHEMA, \"strict\": true}}}"

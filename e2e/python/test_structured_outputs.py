@@ -103,7 +103,12 @@ def test_vllm_guided_fields_constrain_the_output(client):
 
 
 def test_a_streamed_schema_output_is_the_whole_object(client):
-    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 30}}, "required": ["answer"]}
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "maxLength": 30}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
     chunks = list(
         client.chat.completions.create(
             model=MODEL_NAME,
