@@ -313,6 +313,12 @@ async fn a_stop_string_ends_the_request_as_stop_with_its_latency_recorded() {
     assert!(chars.len() >= 8, "enough text to cut: {full:?}");
     let stop: String = chars[chars.len() / 2..chars.len() / 2 + 3].iter().collect();
     let cut = full.find(&stop).unwrap();
+    // The engine records a finish right after sending its last event: wait for the first one.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while finished(&metrics, "length") < 1 {
+        assert!(Instant::now() < deadline, "the first request is never counted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let e2e_before = metrics.e2e.get_sample_count();
     let mut stopped = submit(
         &engine,
