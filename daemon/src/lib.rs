@@ -16,6 +16,7 @@ pub mod guide;
 pub mod kv;
 pub mod metrics;
 pub mod model;
+pub mod otlp;
 pub mod sched;
 pub mod serve;
 pub mod server;

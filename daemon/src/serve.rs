@@ -132,6 +132,11 @@ pub struct ServeArgs {
     /// connection is closed and its request cancelled.
     #[arg(long, default_value_t = 60)]
     pub write_timeout_s: u64,
+    /// Export spans (each request's, with the engine's per choice under it) to this
+    /// OpenTelemetry collector traces URL over OTLP/HTTP, e.g.
+    /// `http://otel-collector:4318/v1/traces`. Off by default.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    pub otlp_traces_endpoint: Option<String>,
     /// No log line per finished request (by default each request logs its id, finish reason,
     /// token counts and timings, as vLLM does).
     #[arg(long)]

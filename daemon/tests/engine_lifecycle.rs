@@ -124,6 +124,7 @@ fn start_with(max_seqs: usize, budget: usize, kind: Kind) -> Option<Engine> {
 fn request(prompt_len: usize, max_new_tokens: usize) -> GenerateRequest {
     GenerateRequest {
         request_id: format!("test-{prompt_len}-{max_new_tokens}"),
+        span: tracing::Span::none(),
         prompt: (0..prompt_len as u32).map(|i| 20 + i * 7 % 480).collect(),
         sampling: SamplingParams::greedy(),
         n: 1,
@@ -316,7 +317,10 @@ async fn a_stop_string_ends_the_request_as_stop_with_its_latency_recorded() {
     // The engine records a finish right after sending its last event: wait for the first one.
     let deadline = Instant::now() + Duration::from_secs(20);
     while finished(&metrics, "length") < 1 {
-        assert!(Instant::now() < deadline, "the first request is never counted");
+        assert!(
+            Instant::now() < deadline,
+            "the first request is never counted"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let e2e_before = metrics.e2e.get_sample_count();

@@ -33,6 +33,8 @@ pub(super) enum Ending {
 
 pub(super) struct LiveRequest {
     pub request_id: Arc<str>,
+    /// The request's span on the server, parent of this choice's engine span.
+    pub span: tracing::Span,
     /// Which choice of its request this is.
     pub index: usize,
     /// Prompt followed by every generated token.
@@ -75,6 +77,7 @@ impl LiveRequest {
         sampling.seed = sampling.seed.map(|s| s.wrapping_add(index as u64));
         Self {
             request_id: Arc::from(request.request_id.as_str()),
+            span: request.span.clone(),
             index,
             sampler: Sampler::new(sampling, &request.prompt),
             guide: request.guide.clone(),

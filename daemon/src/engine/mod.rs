@@ -36,6 +36,9 @@ pub struct GenerateRequest {
     /// The request's id (the client's `x-request-id`, or one made up): on every engine log line
     /// about this request.
     pub request_id: String,
+    /// The request's span on the server (`Span::none()` outside one): the engine's spans of
+    /// its choices are its children, so a trace shows the request end to end.
+    pub span: tracing::Span,
     pub prompt: Vec<u32>,
     pub sampling: SamplingParams,
     /// Choices (OpenAI's `n`); choice `i` samples with seed `seed + i`.

@@ -554,7 +554,8 @@ impl Worker {
     }
 }
 
-/// The span every engine log line about one choice is written in.
+/// The span every engine log line about one choice is written in: a child of the request's
+/// span on the server (a root span when there is none), naming the request id either way.
 fn request_span(live: &LiveRequest) -> tracing::Span {
-    tracing::info_span!("request", id = %live.request_id, choice = live.index)
+    tracing::info_span!(parent: &live.span, "engine", request_id = %live.request_id, choice = live.index)
 }

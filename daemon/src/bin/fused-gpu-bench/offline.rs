@@ -82,6 +82,7 @@ pub fn run(
     let vocab = cfg.vocab_size as u32;
     let request = |i: usize| GenerateRequest {
         request_id: format!("offline-{i}"),
+        span: tracing::Span::none(),
         prompt: (0..w.prompt as u32)
             .map(|t| (t.wrapping_mul(2_654_435_761) ^ (i as u32).wrapping_mul(40_503)) % vocab)
             .collect(),
