@@ -109,6 +109,13 @@ fn conditions(desired: i32, findings: &Findings<'_>, generation: Option<i64>) ->
         make(condition_type::READY, State::False, reason, message.clone())
     } else if let Some((reason, message)) = &unschedulable {
         make(condition_type::READY, State::False, reason, message.clone())
+    } else if let Some(stalled) = &observed.stalled {
+        make(
+            condition_type::READY,
+            State::False,
+            &stalled.reason,
+            stalled.message.clone(),
+        )
     } else if let Rollout::Stuck(message) = &observed.rollout {
         make(
             condition_type::READY,
@@ -192,6 +199,14 @@ fn conditions(desired: i32, findings: &Findings<'_>, generation: Option<i64>) ->
             State::True,
             ARTIFACT_DIGEST_MISMATCH,
             message.clone(),
+        )
+    } else if let Some(stalled) = &observed.stalled {
+        // A container that cannot run (image, crash loop): the kubelet retries, someone acts.
+        make(
+            condition_type::DEGRADED,
+            State::True,
+            &stalled.reason,
+            stalled.message.clone(),
         )
     } else if let Rollout::Stuck(message) = &observed.rollout {
         make(

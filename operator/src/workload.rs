@@ -264,6 +264,9 @@ fn pod_template(
         resources: Some(resources(spec, true)),
         security_context: Some(security_context()),
         volume_mounts: Some(vec![cache_mount(true), artifacts_mount(true)]),
+        // A daemon that exits on a fatal error says why on its last log lines: they become the
+        // container's termination message, which the status reports.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     };
     Ok(PodTemplateSpec {
