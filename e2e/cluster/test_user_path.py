@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -25,9 +26,10 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import (
-    CONTAINERD_SOCK, DAEMON_IMAGE, EXAMPLE, KUBECONFIG, MODEL_FILE, NODE_IP, ROOT, condition, get,
-    items, kubectl, run, timed, wait_for,
+    CONTAINERD_SOCK, DAEMON_IMAGE, EXAMPLE, MODEL_FILE, NODE_IP, ROOT, condition, get, items, kubectl,
+    run, timed, wait_for,
 )
+from pod_discovery import PodDiscovery
 
 NAME = "smollm2-135m"
 SERVED = "smollm2-135m-instruct"
@@ -148,28 +150,26 @@ class TestUserPath:
         prometheus = os.environ.get("FUSED_PROMETHEUS_BIN", "/usr/bin/prometheus")
         assert os.access(prometheus, os.X_OK), f"{prometheus} missing: run scripts/setup-prometheus.sh"
         jobs = yaml.safe_load(SCRAPE_JOB.read_text())
-        kubeconfig = yaml.safe_load(KUBECONFIG.read_text())
-        cluster = kubeconfig["clusters"][0]["cluster"]
-        (tmp_path / "ca.crt").write_bytes(
-            __import__("base64").b64decode(cluster["certificate-authority-data"]))
+        # Debian's Prometheus is built without Kubernetes discovery: the real Pods' metadata
+        # reaches it over http_sd in the labels Kubernetes SD (role: pod) gives; the shipped
+        # relabelling and the scraping are Prometheus' own.
+        discovery = PodDiscovery(ns)
         for job in jobs:
+            assert job.pop("kubernetes_sd_configs") == [{"role": "pod"}], job
+            job["http_sd_configs"] = [{"url": discovery.url, "refresh_interval": "1s"}]
             job["scrape_interval"] = job["scrape_timeout"] = "1s"
-            for sd in job["kubernetes_sd_configs"]:
-                # Outside the cluster: where the API server is and how to log in (in a Pod,
-                # Prometheus uses its ServiceAccount); everything else is the shipped job.
-                sd["api_server"] = cluster["server"]
-                sd["tls_config"] = {"ca_file": str(tmp_path / "ca.crt")}
-                sd["authorization"] = {"credentials": kubeconfig["users"][0]["user"]["token"]}
-                sd["namespaces"] = {"names": [ns]}
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(
             {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "scrape_configs": jobs}))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
         proc = subprocess.Popen(
             [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp_path / 'data'}", "--web.listen-address=127.0.0.1:29090"],
+             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
             stdout=open(tmp_path / "prometheus.log", "wb"), stderr=subprocess.STDOUT)
         try:
-            api = "http://127.0.0.1:29090/api/v1"
-            wait_for("Prometheus ready", lambda: _get_ok("http://127.0.0.1:29090/-/ready"), 60)
+            api = f"http://127.0.0.1:{port}/api/v1"
+            wait_for("Prometheus ready", lambda: _get_ok(f"http://127.0.0.1:{port}/-/ready"), 60)
 
             def up_targets():
                 targets = httpx.get(f"{api}/targets", timeout=10).json()["data"]["activeTargets"]
@@ -195,6 +195,7 @@ class TestUserPath:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+            discovery.close()
 
     def test_spec_change_rolls_out_without_a_failed_request(self, class_namespace, tmp_path):
         ns = class_namespace

@@ -7,6 +7,7 @@
 mod admin;
 pub mod error;
 mod generate;
+pub mod hand_off;
 mod openai;
 pub mod protocol;
 mod stop;
