@@ -18,9 +18,12 @@ EXAMPLE_MODEL = yaml.safe_load(EXAMPLE.read_text())
 
 
 def apply_variant(ns: str, name: str, change) -> float:
-    """Applies the example named `name`, changed by `change(spec)`; returns when it was applied."""
+    """Applies the example named `name` (100m of CPU), changed by `change(spec)`; returns when it
+    was applied."""
     model = copy.deepcopy(EXAMPLE_MODEL)
     model["metadata"]["name"] = name
+    # Little CPU: these Pods never serve, and may linger while their namespace goes.
+    model["spec"]["resources"]["cpu"] = "100m"
     change(model["spec"])
     kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(model))
     return time.monotonic()
