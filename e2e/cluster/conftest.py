@@ -1,13 +1,15 @@
-"""Fixtures of the real-cluster suite: a one-node Kubernetes on this machine (scripts/cluster-up.sh:
-containerd, kubelet, kube-proxy, bridge CNI, control plane), the images built from the repository's
-Dockerfiles (scripts/build-images.sh), and both charts installed with Helm as a user would. Pods
-are real: the kubelet pulls nothing (the images are in its containerd), runs the init containers,
-probes, kills and restarts containers; requests go through kube-proxy's Service rules.
+"""Fixtures of the real-cluster suite: a one-node Kubernetes on this machine with the operator,
+brought up by the README's command, `scripts/cluster-up.sh --operator` (containerd, kubelet,
+kube-proxy, bridge CNI and the control plane; the images built from the repository's Dockerfiles
+by scripts/build-images.sh; both charts installed with Helm). Pods are real: the kubelet pulls
+nothing (the images are in its containerd), runs the init containers, probes, kills and restarts
+containers; requests go through kube-proxy's Service rules.
 
-The suite starts the cluster itself and stops it at the end, unless one was already running
-(then it is left running). `FUSED_CLUSTER_KEEP=1` leaves a cluster it started running, for a look
-around after a failure. Test classes marked `incremental` are one user journey: once a step
-fails, the later steps are reported as failed-before-running (xfail) with the step that broke.
+The suite stops the cluster at the end if it started it (a cluster that was already running is
+left running); `FUSED_CLUSTER_KEEP=1` leaves it running anyway, for a look around after a failure
+(objects, events and Pod descriptions of a failed test's namespace are saved under
+$FUSED_TEST_LOGS/cluster). Test classes marked `incremental` are one user journey: once a step
+fails, the later steps are reported as not run (xfail) with the step that broke.
 """
 
 from __future__ import annotations
