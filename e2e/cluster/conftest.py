@@ -130,10 +130,29 @@ def operator():
     assert proc.returncode == 0, f"scripts/cluster-up.sh --operator failed:\n{proc.stdout}\n{proc.stderr}"
     timed(f"cluster-up.sh --operator ({'already running' if was_up else 'started'})", t)
     kubectl("rollout", "status", "deployment/fused-operator", "-n", OPERATOR_NAMESPACE, "--timeout=120s")
+    pids = {p.stem: int(p.read_text()) for p in (CLUSTER_DIR / "pids").glob("*.pid")}
     yield
     if not was_up and os.environ.get("FUSED_CLUSTER_KEEP") != "1":
         proc = subprocess.run([str(SCRIPTS / "cluster-down.sh")], text=True, capture_output=True)
         assert proc.returncode == 0, f"scripts/cluster-down.sh failed:\n{proc.stderr}"
+        assert_host_clean(pids)
+
+
+def assert_host_clean(pids: dict[str, int]) -> None:
+    """What cluster-up.sh started is gone: its processes, bridge, Pod network namespaces,
+    iptables chains and mounts."""
+    alive = {name: pid for name, pid in pids.items() if Path(f"/proc/{pid}").exists()}
+    assert not alive, f"still running after cluster-down.sh: {alive}"
+    assert subprocess.run(["ip", "link", "show", "fusedk8s0"], capture_output=True).returncode != 0, \
+        "bridge fusedk8s0 left behind"
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "cni-" not in netns, f"Pod network namespaces left behind: {netns}"
+    for table in ("filter", "nat", "mangle"):
+        rules = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True).stdout
+        assert "KUBE-" not in rules, f"KUBE-* rules left in {table}:\n{rules}"
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    left = [m for m in mounts if m.startswith((str(CLUSTER_DIR), "/run/fused-k8s"))]
+    assert not left, f"mounts left behind: {left}"
 
 
 def namespace_for(request):

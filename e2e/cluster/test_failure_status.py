@@ -10,6 +10,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import EXAMPLE, condition, get, kubectl, node_http_server, timed, wait_for
@@ -64,6 +65,19 @@ def test_a_daemon_that_exits_is_a_crash_loop_with_its_last_words(namespace, tmp_
         degraded = wait_for("Degraded=True/CrashLoopBackOff", condition_with(
             namespace, name, "Degraded", "True", {"CrashLoopBackOff"}), 120)
         timed("daemon exiting -> Degraded/CrashLoopBackOff", t)
+        # Between back-offs the kubelet starts the daemon again: the status must not flap.
+        restarts, _ = daemon_attempts(namespace, name)
+        seen = set()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            seen.add(condition(get("fm", name, namespace), "Degraded").get("reason"))
+            now, waiting = daemon_attempts(namespace, name)
+            if now > restarts and waiting == "CrashLoopBackOff":
+                break  # one whole attempt: started, ran, failed, back-off again
+            time.sleep(0.3)
+        else:
+            pytest.fail("the kubelet did not try the daemon again within 90 s")
+        assert seen == {"CrashLoopBackOff"}, f"Degraded flapped across a restart: {seen}"
     finally:
         server.terminate()
         server.wait()
@@ -77,6 +91,13 @@ def test_a_daemon_that_exits_is_a_crash_loop_with_its_last_words(namespace, tmp_
     assert last["message"].strip().splitlines()[-1] in message, (last, message)
     assert "bad checkpoint: /artifacts/model: unknown magic" in message, message
     assert condition(get("fm", name, namespace), "ArtifactsReady")["status"] == "True"
+
+
+def daemon_attempts(namespace: str, name: str) -> tuple[int, str | None]:
+    """The daemon container's restart count and waiting reason (None while it runs)."""
+    pods = json.loads(kubectl("get", "pods", "-n", namespace, "-l", f"fused.dev/model={name}", "-o", "json"))["items"]
+    (daemon,) = [c for p in pods for c in p["status"].get("containerStatuses", []) if c["name"] == "daemon"]
+    return daemon["restartCount"], (daemon["state"].get("waiting") or {}).get("reason")
 
 
 def test_a_pod_that_needs_a_gpu_is_not_scheduled_for_lack_of_gpus(namespace):

@@ -191,31 +191,55 @@ fn rollout_finished(status: &DeploymentStatus) -> bool {
     })
 }
 
-/// The first container of `pod` waiting for a [`STALLED_REASONS`] reason. Fetch containers in
-/// a crash loop are left to [`artifacts`], which reads their `Artifact…` reasons.
+/// Failed runs after which a container that is running again but not ready is still in its
+/// crash loop: the kubelet's `CrashLoopBackOff` shows only between attempts, and the status would
+/// otherwise flap with every attempt. One failure (a killed container restarting) is not a loop.
+const CRASH_LOOP_RESTARTS: i32 = 2;
+
+/// The first container of `pod` waiting for a [`STALLED_REASONS`] reason, or started again but
+/// not ready after [`CRASH_LOOP_RESTARTS`] failed runs. Fetch containers in a crash loop are left
+/// to [`artifacts`], which reads their `Artifact…` reasons.
 fn stalled(pod: &Pod) -> Option<Stalled> {
     let status = pod.status.as_ref()?;
     let pod_name = pod.metadata.name.as_deref().unwrap_or("?");
     let inits = status.init_container_statuses.iter().flatten();
     let mains = status.container_statuses.iter().flatten();
     inits.chain(mains).find_map(|container| {
-        let waiting = container.state.as_ref()?.waiting.as_ref()?;
-        let reason = waiting.reason.as_deref()?;
-        let crash_loop = reason == "CrashLoopBackOff";
+        let state = container.state.as_ref()?;
+        let last_failure = container
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .filter(|t| t.exit_code != 0);
+        let (reason, detail) = match &state.waiting {
+            Some(waiting) => (
+                waiting.reason.as_deref()?,
+                waiting.message.clone().unwrap_or_default(),
+            ),
+            None if !container.ready
+                && container.restart_count >= CRASH_LOOP_RESTARTS
+                && last_failure.is_some() =>
+            {
+                (
+                    "CrashLoopBackOff",
+                    format!(
+                        "started again after {} restarts, not ready",
+                        container.restart_count
+                    ),
+                )
+            }
+            None => return None,
+        };
         if !STALLED_REASONS.contains(&reason)
-            || (crash_loop && container.name.starts_with("fetch-"))
+            || (reason == "CrashLoopBackOff" && container.name.starts_with("fetch-"))
         {
             return None;
         }
         let mut message = format!("Pod {pod_name}, container {}: {reason}", container.name);
-        if let Some(kubelet) = waiting.message.as_deref().filter(|m| !m.is_empty()) {
-            message.push_str(&format!(" ({kubelet})"));
+        if !detail.is_empty() {
+            message.push_str(&format!(" ({detail})"));
         }
-        if let Some(last) = container
-            .last_state
-            .as_ref()
-            .and_then(|s| s.terminated.as_ref())
-        {
+        if let Some(last) = last_failure {
             let said = last.message.as_deref().map(str::trim).unwrap_or_default();
             message.push_str(&format!("; it exited with code {}", last.exit_code));
             if !said.is_empty() {
@@ -524,6 +548,30 @@ mod tests {
         for pods in [&fetch_loop[..], &starting, &old] {
             assert_eq!(observe(Some(&current), pods, 1).stalled, None, "{pods:?}");
         }
+        // Between back-offs the container runs again: still the loop after two failures, not
+        // after one (a killed daemon restarting), and not once it is ready.
+        let running = |restarts: i32, ready: bool| {
+            pod(
+                "h",
+                json!({"containerStatuses": [{"name": "daemon", "ready": ready,
+                    "restartCount": restarts, "image": "i", "imageID": "",
+                    "state": {"running": {}},
+                    "lastState": {"terminated": {"exitCode": 1, "message": "Error: x"}}}]}),
+            )
+        };
+        assert!(matches!(
+            observe(Some(&current), &[running(2, false)], 1).stalled,
+            Some(Stalled { reason, message }) if reason == "CrashLoopBackOff"
+                && message.ends_with("(started again after 2 restarts, not ready); it exited with code 1: Error: x")
+        ));
+        assert_eq!(
+            observe(Some(&current), &[running(1, false)], 1).stalled,
+            None
+        );
+        assert_eq!(
+            observe(Some(&current), &[running(5, true)], 1).stalled,
+            None
+        );
     }
 
     #[test]
