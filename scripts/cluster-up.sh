@@ -52,7 +52,6 @@ wait_until() { # <name> <timeout-s> <command...>: polls every 0.5 s; on timeout 
 [ "$(id -u)" = 0 ] || { echo "cluster-up: needs root (containerd, kubelet, iptables, a bridge)" >&2; exit 1; }
 "$ROOT/scripts/setup-k8s.sh" --node >/dev/null
 mkdir -p "$PIDS" "$LOGS" "$CLUSTER_DIR/pki" "$CLUSTER_DIR/cni/net.d" "$CONTAINERD_DIR" "$RUN_DIR"
-install -d -o 65532 -g 65532 -m 0755 "$NODE_CACHE_DIR"
 
 # --- host settings this cluster needs; the values found are restored by cluster-down.sh
 [ -f "$CLUSTER_DIR/sysctl.orig" ] || for key in net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables \

@@ -10,8 +10,9 @@ pub mod validate;
 
 pub use crd_yaml::{CRD_CHART_PATH, render_crd_yaml};
 pub use spec::{
-    AutoscalingSpec, BaseModel, FusedModel, FusedModelSpec, KV_PAGE_BYTES, KvCacheSpec, KvLayout,
-    PatchTokenizer, ResourcesSpec, SchedulerSpec, WeightsFormat,
+    ArtifactsSpec, AutoscalingSpec, BaseModel, FusedModel, FusedModelSpec, KV_PAGE_BYTES,
+    KvCacheSpec, KvLayout, NetworkPolicySpec, PatchTokenizer, ResourcesSpec, SchedulerSpec,
+    SecretKeyRef, SecretRef, WeightsFormat,
 };
 pub use status::{FusedModelStatus, condition, condition_reason, condition_type};
 pub use validate::SpecError;

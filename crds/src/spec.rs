@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -110,10 +111,69 @@ pub struct FusedModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub served_model_name: Option<String>,
-    /// Daemon container image override; defaults to the operator's daemon image.
+    /// Daemon container image override; defaults to the operator's daemon image. Only images
+    /// the operator's image policy allows are served (`--allowed-image`); any other is reported
+    /// as `InvalidSpec`. The artifact fetch step always runs the operator's own fetch image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub image: Option<String>,
+    /// The Secret key holding the API key clients must send (`Authorization: Bearer …`); given
+    /// to the daemon as an environment variable from the Secret, never as an argument.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret_ref: Option<SecretKeyRef>,
+    /// How artifacts are fetched: credentials and a size limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<ArtifactsSpec>,
+    /// A NetworkPolicy admitting only the listed clients to the endpoint; absent means no policy
+    /// is written (the namespace's own policies apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
+}
+
+/// A key of a Secret in the FusedModel's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A Secret in the FusedModel's namespace, as a whole.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// How the artifacts (`baseModel`, `patchTokenizer`) are fetched.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactsSpec {
+    /// A Secret whose keys become environment variables of the fetch step only (`HF_TOKEN`,
+    /// `GOOGLE_OAUTH_ACCESS_TOKEN`, …); the serving container never sees them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+    /// Largest artifact accepted, in bytes (default and ceiling: the operator's
+    /// `--max-artifact-bytes`); a bigger download is aborted as `ArtifactTooLarge`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_bytes: Option<i64>,
+}
+
+/// The NetworkPolicy in front of the model's replicas.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Clients allowed to reach the HTTP port (NetworkPolicy peers: pod and namespace
+    /// selectors, IP blocks); everything else is refused. Include your metrics scraper.
+    #[schemars(length(min = 1))]
+    pub allowed_clients: Vec<NetworkPolicyPeer>,
 }
 
 /// Where the base weights come from.

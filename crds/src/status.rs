@@ -69,6 +69,8 @@ pub mod condition_reason {
     pub const DIGEST_MISMATCH: &str = "DigestMismatch";
     /// The patch tokenizer was built for another base tokenizer.
     pub const TOKENIZER_MISMATCH: &str = "TokenizerMismatch";
+    /// An object the operator would write exists and is not owned by this FusedModel.
+    pub const NAME_CONFLICT: &str = "NameConflict";
 }
 
 impl FusedModelStatus {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use fused_daemon::kv::{Geometry, KvBudget, KvConfig, KvLayout, KvManager};
-use fused_daemon::model::kv_access::{KvAccess, SlotId};
+use fused_daemon::kv::{KvAccess, SlotId};
 
 /// What one iteration computes over the batch, after the KV is ready.
 trait Compute {
@@ -278,9 +278,9 @@ mod gpu {
         CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg,
     };
     use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
+    use fused_daemon::kv::SlotId;
     use fused_daemon::kv::backend::cuda::cuda_context;
     use fused_daemon::kv::{KvConfig, KvLayout, KvManager};
-    use fused_daemon::model::kv_access::SlotId;
 
     use super::{Compute, Row, Scenario, compare, fit_to};
 

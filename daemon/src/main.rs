@@ -71,15 +71,20 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        // Colours only on a terminal: in a container the log is the termination message.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+    init_logging();
     match Cli::parse().command {
-        Command::Serve(args) => serve::run(*args),
+        Command::Serve(args) => {
+            // Shared locks on the fetched artifacts it serves: the fetch step's cache eviction
+            // leaves them alone while this process runs.
+            let _held: Vec<fetch::EntryHold> = args
+                .model
+                .iter()
+                .map(std::path::PathBuf::from)
+                .chain(args.patch_tokenizer.clone())
+                .filter_map(|path| fetch::hold_entry(&path))
+                .collect();
+            serve::run(*args)
+        }
         Command::Vocab(args) => fused_daemon::vocab::cli::run(args),
         Command::Logits { model, a, b, out } => {
             // Weights only: reference fixtures may carry placeholder tokenizers.
@@ -125,5 +130,26 @@ fn main() -> anyhow::Result<()> {
             println!("{}", out.display());
             Ok(())
         }
+    }
+}
+
+/// Log lines on stderr: `RUST_LOG` filters (default `info`); `FUSED_LOG_FORMAT=json` writes one
+/// JSON object per line (span fields such as `request_id` included) for log pipelines; colours
+/// only on a terminal.
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("FUSED_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
     }
 }

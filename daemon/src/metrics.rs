@@ -33,7 +33,7 @@ const RATIO_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.
 /// `finished_reason` values of `vllm:request_success_total`.
 pub const FINISH_REASONS: [&str; 4] = ["stop", "length", "abort", "error"];
 /// `reason` values of `fused_requests_rejected_total`.
-pub const REJECT_REASONS: [&str; 4] = ["queue_full", "draining", "stopped", "invalid"];
+pub const REJECT_REASONS: [&str; 5] = ["queue_full", "draining", "stopped", "unhealthy", "invalid"];
 
 /// Every series the daemon exports, already labelled with the served model name.
 pub struct Metrics {
@@ -60,6 +60,8 @@ pub struct Metrics {
     pub vocab_base_tokens: IntCounter,
     pub vocab_patched_tokens: IntCounter,
     pub requests_rejected: IntCounterVec,
+    pub engine_failures: IntCounter,
+    pub connections_refused: IntCounter,
 }
 
 impl Metrics {
@@ -209,6 +211,14 @@ impl Metrics {
                 "Prompt tokens the (patched) tokenizer produced.",
             )?,
             requests_rejected,
+            engine_failures: counter(
+                "fused_engine_failures_total",
+                "Engine iterations that failed (every request in the batch got an error).",
+            )?,
+            connections_refused: counter(
+                "fused_http_connections_refused_total",
+                "Connections closed on accept because --max-connections were open.",
+            )?,
             registry,
         })
     }

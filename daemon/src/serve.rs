@@ -11,12 +11,13 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
 use crate::engine::{self, EngineParts};
-use crate::kv::{KvConfig, KvLayout, KvManager};
+use crate::kv::{KvConfig, KvManager};
 use crate::metrics::Metrics;
 use crate::model::gguf::GgufFile;
 use crate::model::{Forward, Model, ModelConfig};
 use crate::sched::{Policy, Scheduler, SchedulerConfig, TokenBudget};
 use crate::server::hand_off::{self, HandOff};
+use crate::server::listener::ConnectionLimits;
 use crate::server::{self, AppState};
 use crate::tokenizer::Codec;
 
@@ -109,12 +110,33 @@ pub struct ServeArgs {
     /// Name clients use in `model`; default: the model file's stem.
     #[arg(long)]
     pub served_model_name: Option<String>,
-    /// Require `Authorization: Bearer <key>` on the API routes.
-    #[arg(long, env = "FUSED_API_KEY")]
+    /// Require `Authorization: Bearer <key>` on the API routes (`/v1/*`, `/tokenize`,
+    /// `/detokenize`). Prefer the environment variable: arguments show in `ps`. `/health`,
+    /// `/ready` and `/version` stay open (probes); `/metrics` too unless `--protect-metrics`.
+    #[arg(long, env = "FUSED_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Require the API key on `/metrics` too (Prometheus then scrapes with a bearer token).
+    #[arg(long, requires = "api_key")]
+    pub protect_metrics: bool,
     /// Seconds in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_s: u64,
+    /// Open HTTP connections at most; more are closed on accept (descriptors and memory stay
+    /// bounded, probes keep working).
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Seconds a client may take to send a request's headers; idle keep-alive connections are
+    /// closed after this too.
+    #[arg(long, default_value_t = 30)]
+    pub http_timeout_s: u64,
+    /// Seconds a response write may make no progress (a client that stops reading) before the
+    /// connection is closed and its request cancelled.
+    #[arg(long, default_value_t = 60)]
+    pub write_timeout_s: u64,
+    /// No log line per finished request (by default each request logs its id, finish reason,
+    /// token counts and timings, as vLLM does).
+    #[arg(long)]
+    pub disable_log_requests: bool,
 }
 
 /// Where the default model lives: `$FUSED_MODEL_CACHE` or `~/.cache/fusedmodel/models`.
@@ -129,12 +151,14 @@ pub fn model_cache_dir() -> PathBuf {
     base.join("fusedmodel").join("models")
 }
 
-/// The model (`None` for dummy weights that the GPU generates itself), its shape, its tokenizer
-/// and a display name.
+/// The model's host weights — `None` when the GPU makes them itself (dummy weights) or streams
+/// them from the checkpoint (an HF directory, no patch tokenizer) — its shape, its tokenizer and
+/// a display name.
 fn load(
     args: &ServeArgs,
-    host_dummy: bool,
+    on_gpu: bool,
 ) -> anyhow::Result<(Option<Model>, ModelConfig, Codec, String)> {
+    let host_dummy = !on_gpu;
     let started = Instant::now();
     let (model, config, codec, name) = match args.load_format {
         LoadFormat::Dummy => {
@@ -188,9 +212,15 @@ fn load(
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "model".into());
             tracing::info!(model = %path.display(), "loading weights");
-            let (model, codec) = open_model(&path, args.tokenizer.as_deref())?;
-            let config = model.config.clone();
-            (Some(model), config, codec, name)
+            if on_gpu && streams_to_gpu(args, &path) {
+                let config = ModelConfig::from_hf_json(&path.join("config.json"))?;
+                let codec = Codec::from_path(args.tokenizer.as_deref().unwrap_or(&path))?;
+                (None, config, codec, name)
+            } else {
+                let (model, codec) = open_model(&path, args.tokenizer.as_deref())?;
+                let config = model.config.clone();
+                (Some(model), config, codec, name)
+            }
         }
     };
     let (mut model, codec) = (model, codec);
@@ -216,6 +246,12 @@ fn load(
         "model loaded"
     );
     Ok((model, config, codec, name))
+}
+
+/// Whether the GPU loads `path` itself, streaming the checkpoint to the device (an HF directory
+/// without a patch tokenizer; a patch needs the host's embedding and head).
+fn streams_to_gpu(args: &ServeArgs, path: &Path) -> bool {
+    args.load_format == LoadFormat::Auto && path.is_dir() && args.patch_tokenizer.is_none()
 }
 
 /// A model and its tokenizer (its own, or `tokenizer`) from a GGUF file or an HF directory.
@@ -302,18 +338,42 @@ fn open_gpu(device: Device) -> Option<Gpu> {
     }
 }
 
+/// The KV region's shape for `forward` (its element size comes from the model's KV dtype).
+fn kv_config(
+    args: &ServeArgs,
+    forward: &dyn Forward,
+    max_context: usize,
+) -> anyhow::Result<KvConfig> {
+    let config = forward.config();
+    Ok(KvConfig {
+        max_seqs: args.max_seqs,
+        max_context_len: max_context,
+        page_bytes: args.kv_block_size,
+        layout: args.kv_layout.parse()?,
+        pool_bytes: args.kv_memory_mib << 20,
+        eager: args.eager_kv,
+        ..KvConfig::for_model(
+            config.layers,
+            config.kv_heads,
+            config.head_dim,
+            forward.kv_element_bytes(),
+        )
+    })
+}
+
 /// The forward pass and the KV region on the chosen device.
 fn forward_and_kv(
     gpu: Option<Gpu>,
     model: Option<Model>,
     config: &ModelConfig,
-    kv_config: &KvConfig,
+    max_context: usize,
     args: &ServeArgs,
 ) -> anyhow::Result<(Box<dyn Forward>, KvManager)> {
     match gpu {
         None => {
             let model = model.context("no host weights were loaded")?;
-            let kv = KvManager::cpu(kv_config).context("reserving the KV region")?;
+            let kv_config = kv_config(args, &model, max_context)?;
+            let kv = KvManager::cpu(&kv_config).context("reserving the KV region")?;
             Ok((Box::new(model), kv))
         }
         #[cfg(feature = "cuda")]
@@ -322,16 +382,24 @@ fn forward_and_kv(
             let options = GpuOptions {
                 graphs: !args.no_cuda_graphs,
                 max_graph_batch: args.max_seqs.next_power_of_two(),
-                max_context: kv_config.max_context_len,
+                max_context,
+                max_batch_tokens: match token_budget(args)? {
+                    TokenBudget::Fixed(tokens) => tokens,
+                    TokenBudget::Auto { max, .. } => max,
+                },
+                max_seqs: args.max_seqs,
                 ..GpuOptions::default()
             };
-            let forward = match model {
-                Some(model) => GpuModel::from_host(gpu.clone(), &model, options)?,
-                None => GpuModel::dummy(gpu.clone(), config.clone(), args.seed, options)?,
+            let forward = match (model, args.load_format, &args.model) {
+                (Some(model), _, _) => GpuModel::from_host(gpu.clone(), &model, options)?,
+                (None, LoadFormat::Auto, Some(dir)) => {
+                    GpuModel::from_checkpoint(gpu.clone(), config.clone(), Path::new(dir), options)?
+                }
+                (None, _, _) => GpuModel::dummy(gpu.clone(), config.clone(), args.seed, options)?,
             };
             let kv_config = KvConfig {
                 pool_bytes: gpu_kv_pool_bytes(&gpu, args.gpu_memory_utilization)?,
-                ..kv_config.clone()
+                ..kv_config(args, &forward, max_context)?
             };
             let kv = KvManager::cuda(&kv_config, gpu.context().clone())
                 .context("reserving the KV region in GPU memory")?;
@@ -339,7 +407,7 @@ fn forward_and_kv(
         }
         #[cfg(not(feature = "cuda"))]
         Some(never) => {
-            let _ = (config, args);
+            let _ = (config, max_context, args);
             match never {}
         }
     }
@@ -366,24 +434,9 @@ fn gpu_kv_pool_bytes(gpu: &Gpu, utilization: f64) -> anyhow::Result<usize> {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let gpu = open_gpu(args.device);
-    let (model, config, codec, default_name) = load(&args, gpu.is_none())?;
+    let (model, config, codec, default_name) = load(&args, gpu.is_some())?;
     let max_context = args.max_context.min(config.max_positions);
-    let layout: KvLayout = args.kv_layout.parse()?;
-    let kv_config = KvConfig {
-        max_seqs: args.max_seqs,
-        max_context_len: max_context,
-        page_bytes: args.kv_block_size,
-        layout,
-        pool_bytes: args.kv_memory_mib << 20,
-        eager: args.eager_kv,
-        ..KvConfig::for_model(
-            config.layers,
-            config.kv_heads,
-            config.head_dim,
-            if gpu.is_some() { 2 } else { 4 },
-        )
-    };
-    let (model, kv) = forward_and_kv(gpu, model, &config, &kv_config, &args)?;
+    let (model, kv) = forward_and_kv(gpu, model, &config, max_context, &args)?;
     let kv_stats = kv.stats();
     tracing::info!(
         backend = kv_stats.backend,
@@ -397,9 +450,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let scheduler = Scheduler::new(SchedulerConfig {
         token_budget: token_budget(&args)?,
         max_num_seqs: args.max_seqs,
-        max_queue: args.max_queue,
+        // Admission (`capacity` below) is the one bound on queued requests; the scheduler's
+        // queue never refuses what admission let in.
+        max_queue: args.max_seqs + args.max_queue,
         policy,
-        ..SchedulerConfig::sarathi_default()
     })?;
     let served_model_name = args.served_model_name.clone().unwrap_or(default_name);
     let metrics = Arc::new(Metrics::new(
@@ -413,16 +467,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         kv,
         scheduler,
         metrics: metrics.clone(),
+        codec: codec.clone(),
         eos_ids: codec.eos_ids().to_vec(),
+        max_context,
         capacity: args.max_seqs + args.max_queue,
+        log_requests: !args.disable_log_requests,
     })?;
     let state = Arc::new(AppState {
         engine: engine.clone(),
+        tokenizer: server::tokenize::TokenizerPool::new(codec.clone()),
         codec,
         metrics,
         served_model_name,
         max_context,
-        api_key: args.api_key.clone(),
+        api_key: args.api_key.as_deref().map(server::ApiKey::new),
+        protect_metrics: args.protect_metrics,
         ready: Default::default(),
         started: std::time::SystemTime::now(),
     });
@@ -430,11 +489,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(serve_http(&args, state))?;
+    let served = runtime.block_on(serve_http(&args, state));
     engine.shutdown();
-    if engine_thread.join().is_err() {
-        bail!("the engine thread panicked");
+    if engine_thread.join().is_err() || engine.has_panicked() {
+        bail!("the engine thread panicked; exiting so that the replica is restarted");
     }
+    served?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -466,17 +526,30 @@ async fn serve_http(args: &ServeArgs, state: Arc<AppState>) -> anyhow::Result<()
         closing.settle(hand_off::QUIET, drain).await;
         drain_state.engine.start_draining();
     };
+    let limits = ConnectionLimits {
+        max_connections: args.max_connections,
+        header_read_timeout: Duration::from_secs(args.http_timeout_s),
+        write_timeout: Duration::from_secs(args.write_timeout_s),
+    };
+    let refused = {
+        let metrics = state.metrics.clone();
+        move || metrics.connections_refused.inc()
+    };
     let app = server::router(state.clone()).layer(axum::middleware::from_fn_with_state(
         hand_off,
         hand_off::mark,
     ));
-    let mut server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .into_future(),
-    );
+    let mut server = tokio::spawn(server::listener::serve(
+        listener, app, limits, refused, shutdown,
+    ));
+    let engine = state.engine.clone();
     tokio::select! {
-        result = &mut server => result??,
+        result = &mut server => result?,
+        () = engine.stopped() => {
+            // In-flight requests already got their error; give their responses a moment.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            bail!("the engine stopped");
+        }
         _ = async {
             let _ = signalled.wait_for(|s| *s).await;
             tokio::time::sleep(drain).await;

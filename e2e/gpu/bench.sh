@@ -16,7 +16,7 @@ status=0
 tail -3 "$out/kernel-check.txt"
 hf="$(mktemp -d /tmp/fused-hf.XXXX)"
 "$bin/fused-gpu-bench" --only "check,$parts" --hf-dir "$hf" --json "$out/results.jsonl" \
-  --token-budget "${BUDGETS:-4096,8192}" \
+  --token-budget "${BUDGETS:-4096,8192}" --tokenizer "$here/tok" \
   > "$out/bench.txt" 2>&1 || status=1
 python3 "$here/hf_logits.py" "$hf" > "$out/hf-check.txt" 2>&1 || status=1
 rm -rf "$hf"

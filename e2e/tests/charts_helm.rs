@@ -160,6 +160,7 @@ fn agreed_cluster_rules() -> Vec<PolicyRule> {
         rule(&[""], &["services"], &crud),
         rule(&[""], &["pods"], &["get", "list", "watch"]),
         rule(&["autoscaling"], &["horizontalpodautoscalers"], &crud),
+        rule(&["networking.k8s.io"], &["networkpolicies"], &crud),
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
         rule(&[""], &["events"], &["create", "patch"]),
     ]
@@ -260,6 +261,7 @@ fn values_schema_rejects_bad_values_naming_the_field() {
             "podSecurityContext",
         ),
         ("cacheHostPath=var/cache", "cacheHostPath"),
+        ("artifactCache=nfs", "artifactCache"),
         (
             "prometheusRule.thresholds.kvSaturatedRatio=1.5",
             "kvSaturatedRatio",
@@ -337,7 +339,9 @@ fn default_render_is_least_privilege_and_restricted() {
             "--leader-election-namespace",
             "fused-system",
             "--cache-host-path",
-            "/var/cache/fusedmodel"
+            "/var/cache/fusedmodel",
+            "--artifact-cache",
+            "emptyDir"
         ]
     );
     let security = container

@@ -168,8 +168,13 @@ async fn examples_become_the_expected_deployment_service_and_autoscaler() {
         Some("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
     );
     assert_eq!(
-        flag(&fetch_args, "--cache-dir"),
-        Some("/var/cache/fusedmodel")
+        flag(&fetch_args, "--cache-dir").map(str::to_owned),
+        Some(format!("/var/cache/fusedmodel/tenants/{ns}"))
+    );
+    assert_eq!(
+        fetch.image.as_deref(),
+        Some(TEST_DAEMON_IMAGE),
+        "the fetch step runs the operator's image"
     );
     assert_eq!(flag(&fetch_args, "--out-link"), Some("/artifacts/model"));
     assert_eq!(
@@ -181,9 +186,21 @@ async fn examples_become_the_expected_deployment_service_and_autoscaler() {
         .as_ref()
         .unwrap()
         .iter()
-        .find_map(|v| v.host_path.as_ref())
-        .expect("a hostPath cache volume");
-    assert_eq!(cache.path, "/var/cache/fusedmodel");
+        .find(|v| v.name == "artifact-cache")
+        .expect("the artifact cache volume");
+    assert!(
+        cache.empty_dir.is_some() && cache.host_path.is_none(),
+        "the default cache is a per-Pod emptyDir"
+    );
+    let security = pod
+        .security_context
+        .as_ref()
+        .expect("a Pod security context");
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(
+        security.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
+    );
     assert!(pod.node_selector.is_none() && pod.tolerations.is_none());
 
     let service = wait_for("Service smollm2-135m", WAIT, || async {

@@ -14,6 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fused_crds::{FusedModel, condition_type};
+use fused_operator::OperatorConfig;
+use fused_operator::config::ArtifactCache;
 use fused_operator::workload::TERMINATION_GRACE_S;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use kube::Api;
@@ -85,7 +87,14 @@ impl LocalPod {
             .volume_mounts
             .iter()
             .flatten()
-            .map(|m| (m.mount_path.clone(), self.volume_dir(&m.name)))
+            .map(|m| {
+                let dir = self.volume_dir(&m.name);
+                let dir = match &m.sub_path {
+                    Some(sub) => dir.join(sub),
+                    None => dir,
+                };
+                (m.mount_path.clone(), dir)
+            })
             .collect();
         let termination_log = self
             .root
@@ -167,13 +176,32 @@ async fn the_generated_pod_serves_a_chat_request() {
     let client = cluster.client().expect("client");
     let ns = "op-serves";
     create_namespace(&client, ns).await;
-    let operator = RunningOperator::start_default(&client, ns).await;
+    // The node cache as a hostPath (the opt-in), so the test can look into it.
+    let mut config = OperatorConfig::with_daemon_image(TEST_DAEMON_IMAGE);
+    config.artifact_cache = ArtifactCache::HostPath;
+    let operator = RunningOperator::start(&client, ns, config).await;
     let models: Api<FusedModel> = Api::namespaced(client.clone(), ns);
+
+    // The endpoint's API key, in a Secret the Pod refers to.
+    const API_KEY: &str = "sk-pod-serves-2f8e61";
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "smollm2-api-key"},
+        "stringData": {"apiKey": API_KEY}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+        .create(&Default::default(), &secret)
+        .await
+        .expect("create the API key Secret");
 
     // The CPU example, with the weights at a file:// URI on this machine; the example's pinned
     // digest must match the cached file.
     let mut model = example("smollm2-135m-cpu");
     model.spec.base_model.uri = format!("file://{}", local_model().display());
+    model.spec.api_key_secret_ref = Some(fused_crds::SecretKeyRef {
+        name: "smollm2-api-key".into(),
+        key: "apiKey".into(),
+    });
     create_model(&client, ns, &model).await;
     let (pod, spec) = pod_spec_of(&client, ns, "smollm2-135m").await;
 
@@ -196,7 +224,7 @@ async fn the_generated_pod_serves_a_chat_request() {
             "a successful fetch writes no termination message"
         );
     }
-    let cached: Vec<_> = std::fs::read_dir(node_cache.join("sha256"))
+    let cached: Vec<_> = std::fs::read_dir(node_cache.join("tenants").join(ns).join("sha256"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
@@ -221,7 +249,30 @@ async fn the_generated_pod_serves_a_chat_request() {
     replace_flag(args, "--host", "127.0.0.1");
     replace_flag(args, "--port", &port.to_string());
     let (mut command, _) = local.command(&container);
-    println!("daemon container: {command:?}");
+    // The kubelet resolves the container's environment, Secret references included.
+    for var in container.env.iter().flatten() {
+        let value = match (&var.value, &var.value_from) {
+            (Some(value), _) => value.clone(),
+            (None, Some(from)) => {
+                let selector = from.secret_key_ref.as_ref().expect("a secretKeyRef");
+                let secret =
+                    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+                        .get(&selector.name)
+                        .await
+                        .expect("the referenced Secret");
+                let bytes = secret.data.unwrap()[&selector.key].0.clone();
+                String::from_utf8(bytes).unwrap()
+            }
+            (None, None) => String::new(),
+        };
+        command.env(&var.name, value);
+    }
+    let args_text = container.args.clone().unwrap_or_default().join(" ");
+    assert!(!args_text.contains(API_KEY), "the key is not an argument");
+    println!(
+        "daemon container: {:?}",
+        command.get_args().collect::<Vec<_>>()
+    );
     let log_path = dir.path().join("daemon.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let child = command
@@ -264,14 +315,27 @@ async fn the_generated_pod_serves_a_chat_request() {
     let health = http.get(format!("{base}/health")).send().await.unwrap();
     assert!(health.status().is_success());
 
+    let chat = json!({
+        "model": "smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 16,
+        "temperature": 0
+    });
+    let refused = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&chat)
+        .send()
+        .await
+        .expect("chat request without the key");
+    assert_eq!(
+        refused.status(),
+        401,
+        "the API key from the Secret is required"
+    );
     let response = http
         .post(format!("{base}/v1/chat/completions"))
-        .json(&json!({
-            "model": "smollm2-135m-instruct",
-            "messages": [{"role": "user", "content": "What is the capital of France?"}],
-            "max_tokens": 16,
-            "temperature": 0
-        }))
+        .bearer_auth(API_KEY)
+        .json(&chat)
         .send()
         .await
         .expect("chat request");
@@ -315,6 +379,11 @@ async fn the_generated_pod_serves_a_chat_request() {
         stopping.elapsed().as_secs_f64()
     );
     assert!(exit.success(), "{exit}");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        !log.contains(API_KEY),
+        "the daemon's log shows the key:\n{log}"
+    );
     operator.stop().await;
 }
 

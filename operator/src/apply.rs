@@ -1,13 +1,19 @@
 //! Writing child objects only when they differ: the live object is read, and a server-side
-//! apply (field manager `fused-operator`, forced) is sent only if some field of the desired
-//! object is missing from it or has another value. Fields the API server adds (defaults,
-//! status, metadata) are ignored, quantities are compared by value, and empty lists and maps
-//! in the desired object match absent ones (the server drops them).
+//! apply (field manager `fused-operator`) is sent only if some field of the desired object is
+//! missing from it or has another value. Fields the API server adds (defaults, status,
+//! metadata) are ignored, quantities are compared by value, and empty lists and maps in the
+//! desired object match absent ones (the server drops them).
+//!
+//! Must not: take over an object it does not own. A live object without the desired object's
+//! controller owner reference is left untouched and reported ([`Applied::NotOurs`]); only our
+//! own objects are applied with `force` (to win fields back from a `kubectl edit`), and a
+//! missing object is created by an apply without `force`, so one created meanwhile by someone
+//! else makes the apply fail instead of being adopted.
 
 use std::fmt::Debug;
 
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Resource};
+use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -23,13 +29,17 @@ pub enum Applied<K> {
     Unchanged(K),
     /// The desired object was applied; this is what the server returned.
     Written(K),
+    /// An object of that name exists and is not ours: nothing was written. The message names
+    /// it and says how to resolve the conflict.
+    NotOurs(String),
 }
 
 impl<K> Applied<K> {
-    /// The object as it now is on the server.
-    pub fn into_object(self) -> K {
+    /// The object as it now is on the server, when it is ours.
+    pub fn into_object(self) -> Option<K> {
         match self {
-            Self::Unchanged(object) | Self::Written(object) => object,
+            Self::Unchanged(object) | Self::Written(object) => Some(object),
+            Self::NotOurs(_) => None,
         }
     }
 
@@ -39,21 +49,77 @@ impl<K> Applied<K> {
     }
 }
 
-/// Server-side applies `desired` as `name` unless the live object already holds every field.
+/// Server-side applies `desired` as `name` unless the live object already holds every field,
+/// or is not ours (see the module's contract).
 pub async fn apply_if_changed<K>(api: &Api<K>, name: &str, desired: &K) -> Result<Applied<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+{
+    apply_if_changed_with(api, name, desired, &()).await
+}
+
+/// [`apply_if_changed`] for resources whose type is known at run time (the autoscaler).
+pub async fn apply_if_changed_with<K>(
+    api: &Api<K>,
+    name: &str,
+    desired: &K,
+    dynamic: &K::DynamicType,
+) -> Result<Applied<K>>
 where
     K: Resource + Clone + Debug + Serialize + DeserializeOwned,
 {
     let wanted = serde_json::to_value(desired).map_err(Error::serialize("a desired object"))?;
+    let mut params = PatchParams::apply(FIELD_MANAGER);
     if let Some(live) = api.get_opt(name).await? {
+        if !same_controller(&live, desired) {
+            return Ok(Applied::NotOurs(not_ours(&live, dynamic)));
+        }
         let have = serde_json::to_value(&live).map_err(Error::serialize("a live object"))?;
         if contains(&have, &wanted) {
             return Ok(Applied::Unchanged(live));
         }
+        params = params.force();
     }
-    let params = PatchParams::apply(FIELD_MANAGER).force();
     let written = api.patch(name, &params, &Patch::Apply(&wanted)).await?;
     Ok(Applied::Written(written))
+}
+
+/// Whether `live` has the controller owner reference `desired` carries.
+pub fn same_controller<K: Resource>(live: &K, desired: &K) -> bool {
+    let controller = |object: &K| {
+        object
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.uid.clone())
+    };
+    controller(desired).is_some_and(|uid| controller(live).as_ref() == Some(&uid))
+}
+
+/// Whether `object` is controlled by the object with `uid`.
+pub fn controlled_by<K: Resource>(object: &K, uid: Option<&str>) -> bool {
+    object
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
+}
+
+fn not_ours<K: Resource>(live: &K, dynamic: &K::DynamicType) -> String {
+    let owner = live
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map_or_else(
+            || "it has no controller".to_owned(),
+            |o| format!("it is controlled by {} {}", o.kind, o.name),
+        );
+    format!(
+        "{} {}/{} already exists and is not owned by this FusedModel ({owner}); the operator \
+         leaves it alone: delete or rename it, or give the FusedModel another name",
+        K::kind(dynamic),
+        live.namespace().unwrap_or_default(),
+        live.name_any()
+    )
 }
 
 /// Whether `live` holds every field of `desired` with the same value.
@@ -107,8 +173,35 @@ fn is_empty(value: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::contains;
+    use super::{contains, same_controller};
+    use k8s_openapi::api::core::v1::Service;
     use serde_json::json;
+
+    #[test]
+    fn only_the_same_controller_counts_as_ours() {
+        let service = |owners: serde_json::Value| -> Service {
+            serde_json::from_value(json!({"metadata": {"name": "m", "ownerReferences": owners}}))
+                .expect("a Service")
+        };
+        let owner = |uid: &str, controller: bool| {
+            json!({"apiVersion": "fused.dev/v1alpha1", "kind": "FusedModel", "name": "m",
+                   "uid": uid, "controller": controller})
+        };
+        let desired = service(json!([owner("u1", true)]));
+        assert!(same_controller(
+            &service(json!([owner("u1", true)])),
+            &desired
+        ));
+        assert!(!same_controller(&service(json!([])), &desired));
+        assert!(!same_controller(
+            &service(json!([owner("u2", true)])),
+            &desired
+        ));
+        assert!(!same_controller(
+            &service(json!([owner("u1", false)])),
+            &desired
+        ));
+    }
 
     #[test]
     fn server_added_fields_do_not_count_as_changes() {

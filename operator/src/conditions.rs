@@ -28,24 +28,77 @@ pub mod reason {
     pub const UNSCHEDULABLE: &str = "Unschedulable";
     /// Replicas run the current spec but not all are ready.
     pub const REPLICAS_NOT_READY: &str = "ReplicasNotReady";
+    /// The artifact is larger than the size limit (written by `fused-daemon fetch`).
+    pub const ARTIFACT_TOO_LARGE: &str = "ArtifactTooLarge";
+    /// The artifact's source is a link-local or metadata address (written by the fetch).
+    pub const ARTIFACT_FORBIDDEN_ADDRESS: &str = "ArtifactForbiddenAddress";
 }
+
+/// Artifact failures that retrying cannot heal, only a spec change: they make `Degraded` True.
+pub const DEGRADING_ARTIFACT_FAILURES: &[&str] = &[
+    ARTIFACT_DIGEST_MISMATCH,
+    reason::ARTIFACT_TOO_LARGE,
+    reason::ARTIFACT_FORBIDDEN_ADDRESS,
+];
 
 /// Reasons that mean someone has to act; their transitions are Warning events.
 pub const WARNING_REASONS: &[&str] = &[
     condition_reason::INVALID_SPEC,
+    condition_reason::NAME_CONFLICT,
     condition_reason::INSUFFICIENT_GPU,
     reason::UNSCHEDULABLE,
     reason::PROGRESS_DEADLINE_EXCEEDED,
     ARTIFACT_DIGEST_MISMATCH,
 ];
 
-/// What the spec checks found (empty: none) and what the cluster shows.
+/// What the spec checks found (empty: none), names held by objects that are not ours, and
+/// what the cluster shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Findings<'a> {
     /// Spec problems (see `spec_check`).
     pub problems: &'a [String],
+    /// Objects the operator would write that exist and are not owned by the FusedModel.
+    pub conflicts: &'a [String],
     /// The cluster's view.
     pub observed: &'a Observed,
+}
+
+impl Findings<'_> {
+    /// The spec problems as one message, if any.
+    fn invalid(&self) -> Option<String> {
+        (!self.problems.is_empty()).then(|| self.problems.join("; "))
+    }
+
+    /// The name conflicts as one message, if any.
+    fn conflict(&self) -> Option<String> {
+        (!self.conflicts.is_empty()).then(|| self.conflicts.join("; "))
+    }
+
+    /// The failed artifact's reason and message, if any.
+    fn artifact_failure(&self) -> Option<(&str, String)> {
+        match &self.observed.artifacts {
+            Artifacts::Failed { reason, message } => Some((reason.as_str(), message.clone())),
+            _ => None,
+        }
+    }
+
+    /// The scheduler's refusal (`InsufficientGPU` or `Unschedulable`) and message, if any.
+    fn unschedulable(&self) -> Option<(&'static str, String)> {
+        match &self.observed.scheduling {
+            Scheduling::Unschedulable {
+                insufficient_gpu,
+                message,
+            } => Some((
+                if *insufficient_gpu {
+                    condition_reason::INSUFFICIENT_GPU
+                } else {
+                    reason::UNSCHEDULABLE
+                },
+                message.clone(),
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// The new status of `model`, keeping each condition's `lastTransitionTime` unless its status
@@ -61,85 +114,65 @@ pub fn status(model: &FusedModel, findings: &Findings<'_>, now: Time) -> FusedMo
     status.ready_replicas = observed.ready_replicas;
     status.selector = Some(labels::selector_string(&name));
     status.endpoint = Some(endpoint(&name, &namespace));
-    for condition in conditions(model.spec.replicas, findings, generation) {
+    let conditions = [
+        ready(model.spec.replicas, findings),
+        progressing(findings),
+        degraded(findings),
+        artifacts_ready(findings),
+        scheduled(findings),
+    ];
+    for (type_, state, reason, message) in conditions {
+        let condition = Condition {
+            type_: type_.to_owned(),
+            status: state.as_str().to_owned(),
+            reason,
+            message,
+            observed_generation: generation,
+            last_transition_time: Time(Default::default()),
+        };
         status.set_condition(condition, now.clone());
     }
     status
 }
 
-fn conditions(desired: i32, findings: &Findings<'_>, generation: Option<i64>) -> Vec<Condition> {
-    let observed = findings.observed;
-    let make = |type_: &str, state: State, reason: &str, message: String| Condition {
-        type_: type_.to_owned(),
-        status: state.as_str().to_owned(),
-        reason: reason.to_owned(),
-        message,
-        observed_generation: generation,
-        last_transition_time: Time(Default::default()),
-    };
-    let invalid = (!findings.problems.is_empty()).then(|| findings.problems.join("; "));
-    let artifact_failure = match &observed.artifacts {
-        Artifacts::Failed { reason, message } => Some((reason.as_str(), message.clone())),
-        _ => None,
-    };
-    let unschedulable = match &observed.scheduling {
-        Scheduling::Unschedulable {
-            insufficient_gpu,
-            message,
-        } => Some((
-            if *insufficient_gpu {
-                condition_reason::INSUFFICIENT_GPU
-            } else {
-                reason::UNSCHEDULABLE
-            },
-            message.clone(),
-        )),
-        _ => None,
-    };
+/// A condition before its generation and time are filled in: type, status, reason, message.
+pub type Draft = (&'static str, State, String, String);
 
-    // Ready: the first thing that stops the endpoint from serving the current spec.
-    let ready = if let Some(message) = &invalid {
-        make(
-            condition_type::READY,
-            State::False,
-            condition_reason::INVALID_SPEC,
-            message.clone(),
-        )
-    } else if let Some((reason, message)) = &artifact_failure {
-        make(condition_type::READY, State::False, reason, message.clone())
-    } else if let Some((reason, message)) = &unschedulable {
-        make(condition_type::READY, State::False, reason, message.clone())
+/// `Ready`: the first thing that stops the endpoint from serving the current spec.
+pub fn ready(desired: i32, findings: &Findings<'_>) -> Draft {
+    let observed = findings.observed;
+    let (state, reason, message): (State, &str, String) = if let Some(message) = findings.invalid()
+    {
+        (State::False, condition_reason::INVALID_SPEC, message)
+    } else if let Some(message) = findings.conflict() {
+        (State::False, condition_reason::NAME_CONFLICT, message)
+    } else if let Some((reason, message)) = findings.artifact_failure() {
+        (State::False, reason, message)
+    } else if let Some((reason, message)) = findings.unschedulable() {
+        (State::False, reason, message)
     } else if let Some(stalled) = &observed.stalled {
-        make(
-            condition_type::READY,
+        // A container that cannot run (image, crash loop), as the kubelet reports it.
+        (
             State::False,
-            &stalled.reason,
+            stalled.reason.as_str(),
             stalled.message.clone(),
         )
     } else if let Rollout::Stuck(message) = &observed.rollout {
-        make(
-            condition_type::READY,
+        (
             State::False,
             reason::PROGRESS_DEADLINE_EXCEEDED,
             message.clone(),
         )
     } else if let Rollout::InProgress(message) = &observed.rollout {
-        make(
-            condition_type::READY,
-            State::False,
-            condition_reason::ROLLING_OUT,
-            message.clone(),
-        )
+        (State::False, condition_reason::ROLLING_OUT, message.clone())
     } else if desired == 0 {
-        make(
-            condition_type::READY,
+        (
             State::False,
             condition_reason::SCALED_TO_ZERO,
             "no replica runs: scale the FusedModel up to serve".into(),
         )
     } else if observed.ready_replicas < desired {
-        make(
-            condition_type::READY,
+        (
             State::False,
             reason::REPLICAS_NOT_READY,
             format!(
@@ -148,8 +181,7 @@ fn conditions(desired: i32, findings: &Findings<'_>, generation: Option<i64>) ->
             ),
         )
     } else {
-        make(
-            condition_type::READY,
+        (
             State::True,
             condition_reason::AVAILABLE,
             format!(
@@ -158,131 +190,122 @@ fn conditions(desired: i32, findings: &Findings<'_>, generation: Option<i64>) ->
             ),
         )
     };
+    (condition_type::READY, state, reason.to_owned(), message)
+}
 
-    let progressing = match (&invalid, &observed.rollout) {
-        (Some(message), _) => make(
-            condition_type::PROGRESSING,
-            State::False,
-            condition_reason::INVALID_SPEC,
-            message.clone(),
-        ),
-        (None, Rollout::InProgress(message)) => make(
-            condition_type::PROGRESSING,
-            State::True,
-            condition_reason::ROLLING_OUT,
-            message.clone(),
-        ),
-        (None, Rollout::Stuck(message)) => make(
-            condition_type::PROGRESSING,
+/// `Progressing`: True while a rollout is under way.
+pub fn progressing(findings: &Findings<'_>) -> Draft {
+    let (state, reason, message) = match (findings.invalid(), &findings.observed.rollout) {
+        (Some(message), _) => (State::False, condition_reason::INVALID_SPEC, message),
+        (None, Rollout::InProgress(message)) => {
+            (State::True, condition_reason::ROLLING_OUT, message.clone())
+        }
+        (None, Rollout::Stuck(message)) => (
             State::False,
             reason::PROGRESS_DEADLINE_EXCEEDED,
             message.clone(),
         ),
-        (None, Rollout::Complete) => make(
-            condition_type::PROGRESSING,
+        (None, Rollout::Complete) => (
             State::False,
             reason::ROLLOUT_COMPLETE,
             "every replica runs the current spec".into(),
         ),
     };
+    (
+        condition_type::PROGRESSING,
+        state,
+        reason.to_owned(),
+        message,
+    )
+}
 
-    let degraded = if let Some(message) = &invalid {
-        make(
-            condition_type::DEGRADED,
-            State::True,
-            condition_reason::INVALID_SPEC,
-            message.clone(),
-        )
-    } else if let Some((ARTIFACT_DIGEST_MISMATCH, message)) = &artifact_failure {
-        make(
-            condition_type::DEGRADED,
-            State::True,
-            ARTIFACT_DIGEST_MISMATCH,
-            message.clone(),
-        )
-    } else if let Some(stalled) = &observed.stalled {
+/// `Degraded`: True when someone has to act (a bad spec, a name conflict, an artifact failure
+/// only a spec change heals, a container that cannot run, a stuck rollout).
+pub fn degraded(findings: &Findings<'_>) -> Draft {
+    let (state, reason, message) = if let Some(message) = findings.invalid() {
+        (State::True, condition_reason::INVALID_SPEC, message)
+    } else if let Some(message) = findings.conflict() {
+        (State::True, condition_reason::NAME_CONFLICT, message)
+    } else if let Some((reason, message)) = findings
+        .artifact_failure()
+        .filter(|(reason, _)| DEGRADING_ARTIFACT_FAILURES.contains(reason))
+    {
+        (State::True, reason, message)
+    } else if let Some(stalled) = &findings.observed.stalled {
         // A container that cannot run (image, crash loop): the kubelet retries, someone acts.
-        make(
-            condition_type::DEGRADED,
+        (
             State::True,
-            &stalled.reason,
+            stalled.reason.as_str(),
             stalled.message.clone(),
         )
-    } else if let Rollout::Stuck(message) = &observed.rollout {
-        make(
-            condition_type::DEGRADED,
+    } else if let Rollout::Stuck(message) = &findings.observed.rollout {
+        (
             State::True,
             reason::PROGRESS_DEADLINE_EXCEEDED,
             message.clone(),
         )
     } else {
-        make(
-            condition_type::DEGRADED,
+        (
             State::False,
             reason::AS_EXPECTED,
             "nothing needs attention".into(),
         )
     };
+    (condition_type::DEGRADED, state, reason.to_owned(), message)
+}
 
-    let artifacts = match &observed.artifacts {
-        Artifacts::Ready => make(
-            condition_type::ARTIFACTS_READY,
+/// `ArtifactsReady`: True once every current replica fetched and verified its artifacts.
+pub fn artifacts_ready(findings: &Findings<'_>) -> Draft {
+    let (state, reason, message): (State, &str, String) = match &findings.observed.artifacts {
+        Artifacts::Ready => (
             State::True,
             reason::VERIFIED,
             "every replica of the current spec has its artifacts, digests verified".into(),
         ),
-        Artifacts::Failed { reason, message } => make(
-            condition_type::ARTIFACTS_READY,
-            State::False,
-            reason,
-            message.clone(),
-        ),
-        Artifacts::Fetching(message) => make(
-            condition_type::ARTIFACTS_READY,
-            State::False,
-            condition_reason::DOWNLOADING,
-            message.clone(),
-        ),
-        Artifacts::Unknown(message) => make(
-            condition_type::ARTIFACTS_READY,
-            State::Unknown,
-            reason::PENDING,
-            message.clone(),
-        ),
+        Artifacts::Failed { reason, message } => (State::False, reason, message.clone()),
+        Artifacts::Fetching(message) => {
+            (State::False, condition_reason::DOWNLOADING, message.clone())
+        }
+        Artifacts::Unknown(message) => (State::Unknown, reason::PENDING, message.clone()),
     };
+    (
+        condition_type::ARTIFACTS_READY,
+        state,
+        reason.to_owned(),
+        message,
+    )
+}
 
-    let scheduled = match &observed.scheduling {
-        Scheduling::NoReplicas => make(
-            condition_type::SCHEDULED,
+/// `Scheduled`: True once every current replica is on a node (or none is wanted).
+pub fn scheduled(findings: &Findings<'_>) -> Draft {
+    let (state, reason, message): (State, &str, String) = match &findings.observed.scheduling {
+        Scheduling::NoReplicas => (
             State::True,
             condition_reason::SCALED_TO_ZERO,
             "no replica is wanted".into(),
         ),
-        Scheduling::Scheduled => make(
-            condition_type::SCHEDULED,
+        Scheduling::Scheduled => (
             State::True,
             reason::ALL_SCHEDULED,
             "every replica of the current spec is on a node".into(),
         ),
-        Scheduling::Pending(message) => make(
-            condition_type::SCHEDULED,
-            State::False,
-            reason::PENDING,
-            message.clone(),
-        ),
+        Scheduling::Pending(message) => (State::False, reason::PENDING, message.clone()),
         Scheduling::Unschedulable { .. } => {
-            let (reason, message) = unschedulable.clone().unwrap_or_default();
-            make(condition_type::SCHEDULED, State::False, reason, message)
+            let (reason, message) = findings.unschedulable().unwrap_or_default();
+            (State::False, reason, message)
         }
     };
-
-    vec![ready, progressing, degraded, artifacts, scheduled]
+    (condition_type::SCHEDULED, state, reason.to_owned(), message)
 }
 
-#[derive(Debug, Clone, Copy)]
-enum State {
+/// A condition's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// `True`.
     True,
+    /// `False`.
     False,
+    /// `Unknown`.
     Unknown,
 }
 
@@ -292,6 +315,70 @@ impl State {
             Self::True => "True",
             Self::False => "False",
             Self::Unknown => "Unknown",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::Stalled;
+
+    fn observed_with(artifacts: Artifacts) -> Observed {
+        Observed {
+            replicas: 1,
+            ready_replicas: 0,
+            rollout: Rollout::InProgress("starting".into()),
+            artifacts,
+            scheduling: Scheduling::Scheduled,
+            stalled: None,
+        }
+    }
+
+    #[test]
+    fn a_container_that_cannot_run_degrades_and_is_why_it_is_not_ready() {
+        let mut observed = observed_with(Artifacts::Ready);
+        observed.stalled = Some(Stalled {
+            reason: "ImagePullBackOff".into(),
+            message: "Pod p, container daemon: ImagePullBackOff".into(),
+        });
+        let findings = Findings {
+            problems: &[],
+            conflicts: &[],
+            observed: &observed,
+        };
+        let (_, state, reason, message) = degraded(&findings);
+        assert_eq!((state, reason.as_str()), (State::True, "ImagePullBackOff"));
+        assert_eq!(message, "Pod p, container daemon: ImagePullBackOff");
+        let (_, state, reason, _) = ready(1, &findings);
+        assert_eq!((state, reason.as_str()), (State::False, "ImagePullBackOff"));
+    }
+
+    #[test]
+    fn only_failures_a_spec_change_heals_degrade() {
+        for (reason, degrades) in [
+            (ARTIFACT_DIGEST_MISMATCH, true),
+            (reason::ARTIFACT_TOO_LARGE, true),
+            (reason::ARTIFACT_FORBIDDEN_ADDRESS, true),
+            ("ArtifactUnreachable", false),
+            ("ArtifactAccessDenied", false),
+        ] {
+            let observed = observed_with(Artifacts::Failed {
+                reason: reason.into(),
+                message: "m".into(),
+            });
+            let findings = Findings {
+                problems: &[],
+                conflicts: &[],
+                observed: &observed,
+            };
+            let (_, state, degraded_reason, _) = degraded(&findings);
+            assert_eq!(state == State::True, degrades, "{reason}");
+            if degrades {
+                assert_eq!(degraded_reason, reason);
+            }
+            let (_, state, ready_reason, _) = ready(1, &findings);
+            assert_eq!((state, ready_reason.as_str()), (State::False, reason));
         }
     }
 }

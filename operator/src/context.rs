@@ -8,7 +8,7 @@ use kube::runtime::events::{Recorder, Reporter};
 
 use crate::autoscaler::HpaVersion;
 use crate::config::OperatorConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::labels::MANAGED_BY;
 use crate::metrics::Metrics;
 
@@ -34,6 +34,7 @@ impl Context {
         config: OperatorConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
+        config.check().map_err(Error::Config)?;
         let hpa_version = HpaVersion::discover(&client).await?;
         match hpa_version {
             Some(version) => tracing::info!(api = version.api_version(), "autoscaler API"),

@@ -1,7 +1,10 @@
-//! The reconciler: for each FusedModel, check the spec, apply the Deployment, Service and
-//! autoscaler when they differ from what is live, read back the workload and its Pods, and write
-//! the status (and an Event per condition transition) when it changed. A finalizer deletes the
-//! children in order when the FusedModel goes. `run` drives it with a kube-runtime `Controller`.
+//! The reconciler: for each FusedModel, check the spec, apply the Deployment, Service,
+//! autoscaler and NetworkPolicy when they differ from what is live (never taking over an
+//! object it does not own), read back the workload and its Pods, and write the status (and an
+//! Event per condition transition) when it changed. Children go with the FusedModel through
+//! their owner references (garbage collection): no finalizer, so a FusedModel never blocks the
+//! deletion of its namespace, even with the operator gone. `run` drives it with a kube-runtime
+//! `Controller`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,24 +13,28 @@ use fused_crds::FusedModel;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::events::{Event, EventType};
-use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::events::Event;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
+use tracing::instrument;
 
-use crate::apply::apply_if_changed;
+use crate::apply::{Applied, apply_if_changed, apply_if_changed_with, controlled_by};
 use crate::autoscaler::{self, HpaVersion};
 use crate::conditions::{self, Findings};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::events;
-use crate::labels::{self, FIELD_MANAGER, FINALIZER, MANAGED_BY, MANAGED_BY_LABEL, MODEL_LABEL};
+use crate::labels::{
+    self, FIELD_MANAGER, LEGACY_FINALIZER, MANAGED_BY, MANAGED_BY_LABEL, MODEL_LABEL,
+};
+use crate::network_policy;
 use crate::observe;
 use crate::service;
 use crate::spec_check;
@@ -37,21 +44,23 @@ use crate::workload;
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// Pause before retrying a reconcile that failed.
 pub const RETRY: Duration = Duration::from_secs(10);
+/// Pause before looking again at a name held by an object that is not ours (it is not
+/// watched: its deletion sends no event).
+pub const CONFLICT_RETRY: Duration = Duration::from_secs(60);
 
 /// Reconciles one FusedModel.
+#[instrument(skip_all, fields(object = %ObjectRef::from_obj(&*model), generation = model.metadata.generation))]
 pub async fn reconcile(model: Arc<FusedModel>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.reconciles.inc();
     let started = Instant::now();
-    let (_, namespace) = labels::name_and_namespace(&model)?;
-    let api: Api<FusedModel> = Api::namespaced(ctx.client.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, model, |event| async {
-        match event {
-            finalizer::Event::Apply(model) => apply(&model, &ctx).await,
-            finalizer::Event::Cleanup(model) => cleanup(&model, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    let result = if model.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
+        drop_legacy_finalizer(&model, &ctx).await
+    } else if model.metadata.deletion_timestamp.is_some() {
+        // Garbage collection removes the children through their owner references.
+        Ok(Action::await_change())
+    } else {
+        apply(&model, &ctx).await
+    };
     ctx.metrics
         .duration
         .observe(started.elapsed().as_secs_f64());
@@ -64,8 +73,30 @@ pub fn error_policy(model: Arc<FusedModel>, error: &Error, ctx: Arc<Context>) ->
         .errors
         .with_label_values(&[error.metric_label()])
         .inc();
-    tracing::warn!(model = %model.name_any(), namespace = ?model.namespace(), %error, "reconcile failed");
+    tracing::warn!(object = %ObjectRef::from_obj(&*model), %error, "reconcile failed");
     Action::requeue(RETRY)
+}
+
+/// Removes the `fused.dev/cleanup` finalizer earlier versions put on FusedModels (a merge
+/// patch carrying the resourceVersion, so a concurrent change of the finalizers is not
+/// overwritten: the server answers 409 and the reconcile is retried).
+async fn drop_legacy_finalizer(model: &FusedModel, ctx: &Context) -> Result<Action> {
+    let (name, namespace) = labels::name_and_namespace(model)?;
+    let kept: Vec<&String> = model
+        .finalizers()
+        .iter()
+        .filter(|f| *f != LEGACY_FINALIZER)
+        .collect();
+    let patch = json!({"metadata": {
+        "finalizers": kept,
+        "resourceVersion": model.resource_version(),
+    }});
+    Api::<FusedModel>::namespaced(ctx.client.clone(), &namespace)
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    tracing::info!("removed the legacy finalizer {LEGACY_FINALIZER}");
+    // The patch is a change: the watch brings the object back for a normal reconcile.
+    Ok(Action::await_change())
 }
 
 async fn apply(model: &FusedModel, ctx: &Context) -> Result<Action> {
@@ -73,20 +104,29 @@ async fn apply(model: &FusedModel, ctx: &Context) -> Result<Action> {
     let client = &ctx.client;
     let problems = spec_check::problems(model, &ctx.config);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let mut conflicts = Vec::new();
     let deployment = if problems.is_empty() {
         let desired = workload::deployment(model, &ctx.config)?;
         let applied = apply_if_changed(&deployments, &name, &desired).await?;
-        ctx.metrics.count_apply("Deployment", applied.written());
+        record(ctx, "Deployment", &applied, &mut conflicts);
         let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
         let service = apply_if_changed(&services, &name, &service::service(model)?).await?;
-        ctx.metrics.count_apply("Service", service.written());
-        if let Some(version) = ctx.hpa_version {
-            reconcile_autoscaler(model, client, &namespace, version, ctx).await?;
+        record(ctx, "Service", &service, &mut conflicts);
+        if let Some(version) = ctx.hpa_version
+            && let Some(hpa) = reconcile_autoscaler(model, &namespace, version, ctx).await?
+        {
+            record(ctx, "HorizontalPodAutoscaler", &hpa, &mut conflicts);
         }
-        Some(applied.into_object())
+        if let Some(policy) = reconcile_network_policy(model, &namespace, ctx).await? {
+            record(ctx, "NetworkPolicy", &policy, &mut conflicts);
+        }
+        applied.into_object()
     } else {
-        tracing::info!(model = %name, %namespace, ?problems, "invalid spec: the workload is left as it is");
-        deployments.get_opt(&name).await?
+        tracing::info!(?problems, "invalid spec: the workload is left as it is");
+        deployments
+            .get_opt(&name)
+            .await?
+            .filter(|d| controlled_by(d, model.uid().as_deref()))
     };
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let pods = pods
@@ -96,6 +136,7 @@ async fn apply(model: &FusedModel, ctx: &Context) -> Result<Action> {
     let observed = observe::observe(deployment.as_ref(), &pods, model.spec.replicas);
     let findings = Findings {
         problems: &problems,
+        conflicts: &conflicts,
         observed: &observed,
     };
     let status = conditions::status(model, &findings, Time(Timestamp::now()));
@@ -119,86 +160,92 @@ async fn apply(model: &FusedModel, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
-    Ok(if problems.is_empty() {
-        Action::requeue(RESYNC)
-    } else {
+    Ok(if !problems.is_empty() {
         // Only a spec change can fix the spec: wait for one instead of retrying.
         Action::await_change()
+    } else if !conflicts.is_empty() {
+        tracing::info!(?conflicts, "names held by objects that are not ours");
+        Action::requeue(CONFLICT_RETRY)
+    } else {
+        Action::requeue(RESYNC)
     })
 }
 
-/// Applies the autoscaler when the spec asks for one, deletes it when it no longer does.
+/// Counts an apply in the metrics, or keeps the conflict it met.
+fn record<K>(ctx: &Context, kind: &str, applied: &Applied<K>, conflicts: &mut Vec<String>) {
+    match applied {
+        Applied::NotOurs(message) => conflicts.push(message.clone()),
+        Applied::Unchanged(_) | Applied::Written(_) => {
+            ctx.metrics.count_apply(kind, applied.written());
+        }
+    }
+}
+
+/// Applies the autoscaler when the spec asks for one, deletes ours when it no longer does.
 async fn reconcile_autoscaler(
     model: &FusedModel,
-    client: &Client,
     namespace: &str,
     version: HpaVersion,
     ctx: &Context,
-) -> Result<()> {
-    let (name, _) = labels::name_and_namespace(model)?;
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), namespace, &version.api_resource());
+) -> Result<Option<Applied<DynamicObject>>> {
+    let resource = version.api_resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, &resource);
     match autoscaler::autoscaler(model, version)? {
         Some(desired) => {
-            let applied = apply_if_changed(&api, &name, &desired).await?;
-            ctx.metrics
-                .count_apply("HorizontalPodAutoscaler", applied.written());
+            let (name, _) = labels::name_and_namespace(model)?;
+            Ok(Some(
+                apply_if_changed_with(&api, &name, &desired, &resource).await?,
+            ))
         }
         None => {
-            let live = api.get_opt(&name).await?;
-            let ours = live.is_some_and(|hpa| {
-                hpa.owner_references()
-                    .iter()
-                    .any(|o| Some(&o.uid) == model.meta().uid.as_ref())
-            });
-            if ours {
-                delete_if_present(&api, &name).await?;
-            }
+            delete_if_ours(&api, model).await?;
+            Ok(None)
         }
     }
-    Ok(())
 }
 
-/// Deletes the children explicitly, autoscaler first (so it stops scaling), then the Service
-/// (so traffic stops), then the Deployment. Garbage collection would get there too, through the
-/// owner references, but only as fast as its queue and only where it runs.
-async fn cleanup(model: &FusedModel, ctx: &Context) -> Result<Action> {
-    let (name, namespace) = labels::name_and_namespace(model)?;
-    let client = &ctx.client;
-    if let Some(version) = ctx.hpa_version {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), &namespace, &version.api_resource());
-        delete_if_present(&api, &name).await?;
+/// Applies the NetworkPolicy when the spec asks for one, deletes ours when it no longer does.
+async fn reconcile_network_policy(
+    model: &FusedModel,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<Option<Applied<NetworkPolicy>>> {
+    let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
+    match network_policy::network_policy(model)? {
+        Some(desired) => {
+            let (name, _) = labels::name_and_namespace(model)?;
+            Ok(Some(apply_if_changed(&api, &name, &desired).await?))
+        }
+        None => {
+            delete_if_ours(&api, model).await?;
+            Ok(None)
+        }
     }
-    delete_if_present(
-        &Api::<Service>::namespaced(client.clone(), &namespace),
-        &name,
-    )
-    .await?;
-    delete_if_present(
-        &Api::<Deployment>::namespaced(client.clone(), &namespace),
-        &name,
-    )
-    .await?;
-    let event = Event {
-        type_: EventType::Normal,
-        reason: "Deleted".into(),
-        note: Some("deleted the autoscaler, Service and Deployment".into()),
-        action: events::ACTION.into(),
-        secondary: None,
-    };
-    publish(ctx, model, vec![event]).await;
-    tracing::info!(model = %name, %namespace, "cleaned up");
-    Ok(Action::await_change())
 }
 
-async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<()>
+/// Deletes the object named like `model` if `model` controls it; the delete carries the
+/// object's uid as a precondition, so an object recreated meanwhile by someone else stays.
+async fn delete_if_ours<K>(api: &Api<K>, model: &FusedModel) -> Result<()>
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
 {
-    match api.delete(name, &DeleteParams::background()).await {
+    let (name, _) = labels::name_and_namespace(model)?;
+    let Some(live) = api.get_opt(&name).await? else {
+        return Ok(());
+    };
+    if !controlled_by(&live, model.uid().as_deref()) {
+        return Ok(());
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: live.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match api.delete(&name, &params).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -224,10 +271,12 @@ pub async fn run(
     let deployments: Api<Deployment> = scoped_api(&client, namespace.as_deref());
     let services: Api<Service> = scoped_api(&client, namespace.as_deref());
     let pods: Api<Pod> = scoped_api(&client, namespace.as_deref());
+    let policies: Api<NetworkPolicy> = scoped_api(&client, namespace.as_deref());
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     Controller::new(models, watcher::Config::default())
         .owns(deployments, managed.clone())
-        .owns(services, managed)
+        .owns(services, managed.clone())
+        .owns(policies, managed)
         .watches(pods, watcher::Config::default().labels(MODEL_LABEL), |pod: Pod| {
             let name = pod.labels().get(MODEL_LABEL)?.clone();
             let namespace = pod.namespace()?;

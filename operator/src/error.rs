@@ -7,9 +7,6 @@ pub enum Error {
     /// A call to the Kubernetes API failed.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    /// Adding or removing the finalizer, or the work inside it, failed.
-    #[error("{0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     /// A desired object could not be turned into JSON (a bug, not bad input).
     #[error("serializing {what}: {source}")]
     Serialize {
@@ -25,6 +22,9 @@ pub enum Error {
     /// The spec breaks a rule (caught by the spec checks before any object is built).
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
+    /// The operator's configuration is inconsistent (a flag needs another).
+    #[error("operator configuration: {0}")]
+    Config(String),
     /// A Lease operation of the leader election failed.
     #[error("leader election on Lease {lease}: {source}")]
     LeaderElection {
@@ -41,14 +41,10 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Kube(_) => "kube",
-            Self::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
-                _ => "finalizer",
-            },
             Self::Serialize { .. } => "serialize",
             Self::MissingField(_) => "missing_field",
             Self::InvalidSpec(_) => "invalid_spec",
+            Self::Config(_) => "config",
             Self::LeaderElection { .. } => "leader_election",
         }
     }

@@ -11,8 +11,10 @@ use crate::error::{Error, Result};
 
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "fused-operator";
-/// Finalizer the operator puts on each FusedModel to clean up before it goes.
-pub const FINALIZER: &str = "fused.dev/cleanup";
+/// Finalizer earlier versions put on each FusedModel; the operator now removes it (owner
+/// references and garbage collection remove the children, and a finalizer would block the
+/// namespace's deletion whenever the operator is not running).
+pub const LEGACY_FINALIZER: &str = "fused.dev/cleanup";
 /// Label carrying the owning FusedModel's name, on the workload, its Pods and the Service.
 pub const MODEL_LABEL: &str = "fused.dev/model";
 /// Label marking objects this operator manages.

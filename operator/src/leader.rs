@@ -2,7 +2,10 @@
 //! the Lease every retry period; another instance takes it over once the holder's record has not
 //! changed for a lease duration (judged on the local clock, so clock skew between nodes does not
 //! matter); updates carry the resourceVersion so two candidates cannot both win. Only the leader
-//! reconciles. It knows nothing about FusedModels.
+//! reconciles, and only until its renew deadline (shorter than the lease) passes without a
+//! successful renewal: every renewal attempt is cut off at that deadline, so a hung request
+//! cannot keep an old leader working after a successor may have taken over. It knows nothing
+//! about FusedModels.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -26,6 +29,26 @@ pub struct LeaseTiming {
     pub retry_period: Duration,
 }
 
+impl LeaseTiming {
+    /// Checks that a leader stops before others may take over: the renew deadline is shorter
+    /// than the lease, and the retry period shorter than the renew deadline.
+    pub fn check(&self) -> Result<(), String> {
+        if self.renew_deadline >= self.lease_duration {
+            return Err(format!(
+                "the renew deadline ({:?}) must be shorter than the lease duration ({:?})",
+                self.renew_deadline, self.lease_duration
+            ));
+        }
+        if self.retry_period >= self.renew_deadline {
+            return Err(format!(
+                "the retry period ({:?}) must be shorter than the renew deadline ({:?})",
+                self.retry_period, self.renew_deadline
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for LeaseTiming {
     fn default() -> Self {
         Self {
@@ -45,6 +68,8 @@ pub struct LeaderElector {
     identity: String,
     timing: LeaseTiming,
     observed: Mutex<Option<Observation>>,
+    /// When the last successful acquire or renew started (we held the Lease at least then).
+    renewed_at: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// The last holder record seen, and when it was first seen.
@@ -55,7 +80,8 @@ struct Observation {
 }
 
 impl LeaderElector {
-    /// A candidate named `identity` for the Lease `namespace/lease`.
+    /// A candidate named `identity` for the Lease `namespace/lease`; `timing` must pass
+    /// [`LeaseTiming::check`] (the binary checks it at start).
     pub fn new(
         client: Client,
         namespace: &str,
@@ -70,6 +96,7 @@ impl LeaderElector {
             identity: identity.to_owned(),
             timing,
             observed: Mutex::new(None),
+            renewed_at: Mutex::new(None),
         }
     }
 
@@ -80,6 +107,18 @@ impl LeaderElector {
 
     /// One attempt to acquire or renew; `true` when this candidate holds the Lease afterwards.
     pub async fn try_acquire_or_renew(&self) -> Result<bool> {
+        let started = tokio::time::Instant::now();
+        let held = self.acquire_or_renew_once().await?;
+        if held {
+            *self
+                .renewed_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(started);
+        }
+        Ok(held)
+    }
+
+    async fn acquire_or_renew_once(&self) -> Result<bool> {
         let now = MicroTime(Timestamp::now());
         let Some(lease) = self
             .api
@@ -142,26 +181,36 @@ impl LeaderElector {
         }
     }
 
-    /// Renews the Lease every retry period; returns when leadership is lost (another holder
-    /// took it, or renewing failed for the renew deadline).
+    /// Renews the Lease every retry period; returns when leadership is lost: another holder
+    /// took it, or no renewal succeeded within the renew deadline of the last one (an attempt
+    /// still hanging then is abandoned).
     pub async fn hold(&self) {
-        let mut last_renewal = Instant::now();
         loop {
             tokio::time::sleep(self.timing.retry_period).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewal = Instant::now(),
-                Ok(false) => {
+            let deadline = self.renew_deadline();
+            match tokio::time::timeout_at(deadline, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
                     tracing::error!(lease = %self.lease, "another instance took the leader Lease");
                     return;
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "renewing the leader Lease");
-                    if last_renewal.elapsed() > self.timing.renew_deadline {
-                        tracing::error!(lease = %self.lease, "could not renew the leader Lease in time");
-                        return;
-                    }
-                }
+                Ok(Err(error)) => tracing::warn!(%error, "renewing the leader Lease"),
+                Err(_) => {}
             }
+            if tokio::time::Instant::now() >= self.renew_deadline() {
+                tracing::error!(lease = %self.lease, deadline = ?self.timing.renew_deadline, "could not renew the leader Lease within the renew deadline");
+                return;
+            }
+        }
+    }
+
+    /// Runs `work` while this candidate leads (call after [`acquire`](Self::acquire)):
+    /// `Some(output)` when it finishes first, `None` when leadership was lost first, in which
+    /// case `work` is dropped at once, so nothing it does outlives the renew deadline.
+    pub async fn run_while_leading<F: std::future::Future>(&self, work: F) -> Option<F::Output> {
+        tokio::select! {
+            output = work => Some(output),
+            () = self.hold() => None,
         }
     }
 
@@ -192,6 +241,18 @@ impl LeaderElector {
             .map_err(|e| self.error(e))?;
         tracing::info!(lease = %self.lease, "released the leader Lease");
         Ok(())
+    }
+
+    /// When leading ends without another successful renewal: the renew deadline after the last
+    /// one (now, if there was none).
+    fn renew_deadline(&self) -> tokio::time::Instant {
+        let renewed_at = *self
+            .renewed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        renewed_at.map_or_else(tokio::time::Instant::now, |at| {
+            at + self.timing.renew_deadline
+        })
     }
 
     /// Whether the holder's record has stayed the same for its lease duration, as seen here.

@@ -4,7 +4,8 @@
 //! subresource; and reports what it sees in the FusedModel's status and Events.
 //!
 //! - [`controller`]: `reconcile`, `error_policy`, `run` — the one entry point;
-//! - [`workload`], [`service`], [`autoscaler`]: the desired children (pure);
+//! - [`workload`], [`fetch_step`], [`pod_security`], [`service`], [`autoscaler`],
+//!   [`network_policy`]: the desired children (pure);
 //! - [`spec_check`]: spec problems the schema cannot catch;
 //! - [`observe`], [`conditions`], [`events`]: from the cluster's view to status and Events;
 //! - [`apply`]: server-side apply only when something differs;
@@ -19,16 +20,24 @@ pub mod context;
 pub mod controller;
 pub mod error;
 pub mod events;
+pub mod fetch_step;
 pub mod http;
 pub mod labels;
 pub mod leader;
 pub mod metrics;
+pub mod network_policy;
 pub mod observe;
+pub mod pod_security;
 pub mod quantity;
 pub mod rbac;
 pub mod service;
 pub mod spec_check;
 pub mod workload;
+
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod reconcile_tests;
 
 pub use config::OperatorConfig;
 pub use context::Context;

@@ -79,12 +79,14 @@ async fn main() -> anyhow::Result<()> {
         .or_else(|| std::fs::read_to_string(IN_CLUSTER_NAMESPACE).ok())
         .map(|ns| ns.trim().to_owned())
         .unwrap_or_else(|| "default".to_owned());
+    let timing = LeaseTiming::default();
+    timing.check().map_err(anyhow::Error::msg)?;
     let elector = LeaderElector::new(
         client.clone(),
         &namespace,
         &cli.lease_name,
         &default_identity(),
-        LeaseTiming::default(),
+        timing,
     );
     tracing::info!(identity = elector.identity(), lease = %cli.lease_name, %namespace, "waiting to lead");
     tokio::select! {
@@ -98,9 +100,14 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("starting the controller")?,
     );
-    let outcome = tokio::select! {
-        () = controller::run(ctx, stopped(stop_rx.clone())) => Ok(()),
-        () = elector.hold() => Err(anyhow::anyhow!("lost the leader Lease; exiting so a restart can campaign again")),
+    let outcome = match elector
+        .run_while_leading(controller::run(ctx, stopped(stop_rx.clone())))
+        .await
+    {
+        Some(()) => Ok(()),
+        None => Err(anyhow::anyhow!(
+            "lost the leader Lease; stopped reconciling, exiting so a restart can campaign again"
+        )),
     };
     metrics.leader.set(0);
     if let Err(error) = elector.release().await {

@@ -106,17 +106,7 @@ pub fn observe(deployment: Option<&Deployment>, pods: &[Pod], desired_replicas: 
     let status = deployment
         .and_then(|d| d.status.clone())
         .unwrap_or_default();
-    let template_hash = deployment.and_then(|d| {
-        d.spec
-            .as_ref()?
-            .template
-            .metadata
-            .as_ref()?
-            .annotations
-            .as_ref()?
-            .get(TEMPLATE_HASH_ANNOTATION)
-            .cloned()
-    });
+    let template_hash = deployment.and_then(template_hash);
     let current: Vec<&Pod> = pods
         .iter()
         .filter(|pod| pod.metadata.deletion_timestamp.is_none())
@@ -138,6 +128,20 @@ pub fn observe(deployment: Option<&Deployment>, pods: &[Pod], desired_replicas: 
         scheduling: scheduling(&current, desired_replicas),
         stalled: current.iter().find_map(|pod| stalled(pod)),
     }
+}
+
+/// The template hash annotation of a Deployment's Pod template.
+pub fn template_hash(deployment: &Deployment) -> Option<String> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(TEMPLATE_HASH_ANNOTATION)
+        .cloned()
 }
 
 /// `kubectl rollout status`'s reading of a Deployment.

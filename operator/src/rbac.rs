@@ -39,6 +39,13 @@ pub const RULES: &[(&str, &[&str], &[&str])] = &[
             "get", "list", "watch", "create", "patch", "update", "delete",
         ],
     ),
+    (
+        "networking.k8s.io",
+        &["networkpolicies"],
+        &[
+            "get", "list", "watch", "create", "patch", "update", "delete",
+        ],
+    ),
     ("events.k8s.io", &["events"], &["create", "patch"]),
     ("", &["events"], &["create", "patch"]),
     (

@@ -1,15 +1,16 @@
 //! Spec problems the CRD schema cannot catch on Kubernetes 1.20 (no CEL): the cross-field rules
 //! of `FusedModelSpec::validate`, plus those that need the operator's configuration or
 //! Kubernetes naming rules: a KV budget too small for one page per sequence, a name that cannot
-//! name a Service, a `pvc://` URI without a path. Each problem is a sentence naming the fields;
+//! name a Service, a `pvc://` URI without a path, a `spec.image` the image policy does not
+//! allow, an artifact size limit above the operator's. Each problem is a sentence naming the fields;
 //! the operator reports them as `Degraded` / `InvalidSpec` and writes no workload.
 
 use fused_crds::FusedModel;
 use kube::ResourceExt;
 
 use crate::config::OperatorConfig;
+use crate::fetch_step::fetch_source;
 use crate::quantity;
-use crate::workload::fetch_source;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -38,6 +39,29 @@ pub fn problems(model: &FusedModel, config: &OperatorConfig) -> Vec<String> {
     }
     if let Some(problem) = kv_budget_problem(model, config) {
         problems.push(problem);
+    }
+    if let Some(image) = &spec.image
+        && !config.image_allowed(image)
+    {
+        problems.push(format!(
+            "spec.image {image:?} is not allowed by the operator's image policy (allowed: the \
+             daemon image {:?}{}); remove spec.image, or ask the platform team to allow it \
+             (--allowed-image)",
+            config.daemon_image,
+            if config.allowed_images.is_empty() {
+                String::new()
+            } else {
+                format!(" and {}", config.allowed_images.join(", "))
+            }
+        ));
+    }
+    if let Some(max_bytes) = spec.artifacts.as_ref().and_then(|a| a.max_bytes)
+        && u64::try_from(max_bytes).is_ok_and(|bytes| bytes > config.max_artifact_bytes)
+    {
+        problems.push(format!(
+            "spec.artifacts.maxBytes ({max_bytes}) exceeds the operator's limit of {} bytes",
+            config.max_artifact_bytes
+        ));
     }
     problems
 }
@@ -147,6 +171,44 @@ mod tests {
         let found = problems(&m, &config());
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains("resources.memory 512Mi"), "{}", found[0]);
+    }
+
+    #[test]
+    fn images_outside_the_policy_are_invalid_specs() {
+        let spec = |image: &str| {
+            serde_json::json!({
+                "baseModel": {"uri": "file:///m.gguf", "format": "gguf"},
+                "image": image,
+                "resources": {"gpus": 0}
+            })
+        };
+        let found = problems(&model("m", spec("evil.example/rewrite-cache:1")), &config());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("spec.image \"evil.example/rewrite-cache:1\" is not allowed")
+                && found[0].contains("daemon:test"),
+            "{}",
+            found[0]
+        );
+        assert!(problems(&model("m", spec("daemon:test")), &config()).is_empty());
+        let mut open = config();
+        open.allow_any_image = true;
+        assert!(problems(&model("m", spec("evil.example/rewrite-cache:1")), &open).is_empty());
+    }
+
+    #[test]
+    fn a_size_limit_above_the_operators_is_invalid() {
+        let m = model(
+            "m",
+            serde_json::json!({
+                "baseModel": {"uri": "file:///m.gguf", "format": "gguf"},
+                "artifacts": {"maxBytes": 1_i64 << 50},
+                "resources": {"gpus": 0}
+            }),
+        );
+        let found = problems(&m, &config());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("spec.artifacts.maxBytes"), "{}", found[0]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
-//! The daemon workload of one FusedModel: a Deployment whose Pods fetch the artifacts into the
-//! node-local cache (init containers running `fused-daemon fetch`) and then run
-//! `fused-daemon serve` with flags from the spec. Pure functions of the spec and the operator's
-//! configuration; it must not call the API server.
+//! The daemon workload of one FusedModel: a Deployment whose Pods fetch the artifacts (the
+//! init containers of [`crate::fetch_step`]) and then run `fused-daemon serve` with flags from
+//! the spec, under the security contexts of [`crate::pod_security`]. Pure functions of the spec
+//! and the operator's configuration; it must not call the API server.
 
 use std::collections::BTreeMap;
 
@@ -10,9 +10,9 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, ExecAction, HTTPGetAction, HostPathVolumeSource,
-    Lifecycle, LifecycleHandler, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
-    Probe, ResourceRequirements, SecurityContext, Volume, VolumeMount,
+    Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, Lifecycle,
+    LifecycleHandler, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -21,7 +21,12 @@ use sha2::{Digest, Sha256};
 
 use crate::config::OperatorConfig;
 use crate::error::{Error, Result};
+use crate::fetch_step::{
+    self, ARTIFACTS_VOLUME, MODEL_PATH, PATCH_TOKENIZER_PATH, artifacts_mount,
+    read_only_cache_mount,
+};
 use crate::labels::{self, TEMPLATE_HASH_ANNOTATION};
+use crate::pod_security;
 
 /// Name of the serving container.
 pub const DAEMON_CONTAINER: &str = "daemon";
@@ -29,22 +34,6 @@ pub const DAEMON_CONTAINER: &str = "daemon";
 pub const HTTP_PORT: i32 = 8000;
 /// Name of [`HTTP_PORT`] on the container and the Service.
 pub const HTTP_PORT_NAME: &str = "http";
-/// Where the node-local cache is mounted in the Pod.
-pub const CACHE_MOUNT: &str = "/var/cache/fusedmodel";
-/// Per-Pod directory holding the links to the fetched artifacts.
-pub const ARTIFACTS_MOUNT: &str = "/artifacts";
-/// Link to the verified base model.
-pub const MODEL_PATH: &str = "/artifacts/model";
-/// Link to the verified patch tokenizer.
-pub const PATCH_TOKENIZER_PATH: &str = "/artifacts/patch-tokenizer";
-/// Where a `pvc://<claim>/<path>` artifact's claim is mounted (then `/pvc/<claim>/<path>`).
-pub const PVC_MOUNT_ROOT: &str = "/pvc";
-/// Init container fetching the base model.
-pub const FETCH_MODEL: &str = "fetch-model";
-/// Init container fetching the patch tokenizer.
-pub const FETCH_PATCH_TOKENIZER: &str = "fetch-patch-tokenizer";
-/// The file a failing fetch writes `Reason: message` to (the container's terminationMessagePath).
-pub const TERMINATION_LOG: &str = "/dev/termination-log";
 /// Extended resource the NVIDIA device plugin advertises.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// preStop sleep: time for endpoints to drop the Pod before the daemon stops accepting.
@@ -55,43 +44,17 @@ pub const DRAIN_TIMEOUT_S: i64 = 120;
 pub const TERMINATION_GRACE_S: i64 = PRE_STOP_SLEEP_S + DRAIN_TIMEOUT_S + 10;
 /// Deployment progress deadline: downloading large weights takes a while.
 pub const PROGRESS_DEADLINE_S: i32 = 1800;
+/// Environment variable the daemon reads its API key from (`fused-daemon serve --api-key`).
+pub const API_KEY_ENV: &str = "FUSED_API_KEY";
+/// Where the serving container's writable scratch directory (an emptyDir) is mounted.
+pub const SCRATCH_MOUNT: &str = "/tmp";
 
-const CACHE_VOLUME: &str = "artifact-cache";
-const ARTIFACTS_VOLUME: &str = "artifacts";
-
-/// An artifact as an init container fetches it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchSource {
-    /// URI given to `fused-daemon fetch` (`pvc://` rewritten to `file:///pvc/…`).
-    pub uri: String,
-    /// PersistentVolumeClaim to mount read-only for a `pvc://` URI.
-    pub claim: Option<String>,
-}
-
-/// How `fused-daemon fetch` reaches `uri`; a `pvc://` URI without a path inside the claim is an
-/// error message.
-pub fn fetch_source(uri: &str) -> Result<FetchSource, String> {
-    let Some(rest) = uri.strip_prefix("pvc://") else {
-        return Ok(FetchSource {
-            uri: uri.to_owned(),
-            claim: None,
-        });
-    };
-    match rest.split_once('/') {
-        Some((claim, path)) if !claim.is_empty() && !path.is_empty() => Ok(FetchSource {
-            uri: format!("file://{PVC_MOUNT_ROOT}/{claim}/{path}"),
-            claim: Some(claim.to_owned()),
-        }),
-        _ => Err(format!(
-            "{uri}: expected pvc://<claim>/<path inside the claim>"
-        )),
-    }
-}
+const SCRATCH_VOLUME: &str = "scratch";
 
 /// The Deployment serving `model`.
 pub fn deployment(model: &FusedModel, config: &OperatorConfig) -> Result<Deployment> {
-    let (name, _) = labels::name_and_namespace(model)?;
-    let mut template = pod_template(model, &name, config)?;
+    let (name, namespace) = labels::name_and_namespace(model)?;
+    let mut template = pod_template(model, &name, &namespace, config)?;
     let hash = template_hash(&template)?;
     template
         .metadata
@@ -132,98 +95,92 @@ pub fn template_hash(template: &PodTemplateSpec) -> Result<String> {
 fn pod_template(
     model: &FusedModel,
     name: &str,
+    namespace: &str,
     config: &OperatorConfig,
 ) -> Result<PodTemplateSpec> {
     let spec = &model.spec;
-    let image = spec
-        .image
-        .clone()
-        .unwrap_or_else(|| config.daemon_image.clone());
     let mut volumes = vec![
-        Volume {
-            name: CACHE_VOLUME.into(),
-            host_path: Some(HostPathVolumeSource {
-                path: config.cache_host_path.clone(),
-                type_: Some("DirectoryOrCreate".into()),
-            }),
-            ..Volume::default()
-        },
+        fetch_step::cache_volume(config)?,
         Volume {
             name: ARTIFACTS_VOLUME.into(),
             empty_dir: Some(Default::default()),
             ..Volume::default()
         },
+        Volume {
+            name: SCRATCH_VOLUME.into(),
+            empty_dir: Some(Default::default()),
+            ..Volume::default()
+        },
     ];
-    let mut init_containers = Vec::new();
-    let mut artifacts = vec![(
-        FETCH_MODEL,
-        &spec.base_model.uri,
-        spec.base_model.sha256.as_deref(),
-        MODEL_PATH,
-    )];
-    if let Some(patch) = &spec.patch_tokenizer {
-        artifacts.push((
-            FETCH_PATCH_TOKENIZER,
-            &patch.uri,
-            Some(patch.sha256.as_str()),
-            PATCH_TOKENIZER_PATH,
-        ));
-    }
-    for (container, uri, sha256, out_link) in artifacts {
-        let source = fetch_source(uri).map_err(Error::InvalidSpec)?;
-        let mut mounts = vec![cache_mount(false), artifacts_mount(false)];
-        if let Some(claim) = &source.claim {
-            let volume = format!("pvc-{}", volumes.len());
-            volumes.push(Volume {
-                name: volume.clone(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: claim.clone(),
-                    read_only: Some(true),
-                }),
-                ..Volume::default()
-            });
-            mounts.push(VolumeMount {
-                name: volume,
-                mount_path: format!("{PVC_MOUNT_ROOT}/{claim}"),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            });
-        }
-        let mut args = vec!["fetch".to_owned(), "--uri".into(), source.uri];
-        if let Some(sha256) = sha256 {
-            args.extend(["--sha256".into(), sha256.to_owned()]);
-        }
-        args.extend([
-            "--cache-dir".into(),
-            CACHE_MOUNT.into(),
-            "--out-link".into(),
-            out_link.into(),
-            "--termination-log".into(),
-            TERMINATION_LOG.into(),
-        ]);
-        init_containers.push(Container {
-            name: container.into(),
-            image: Some(image.clone()),
-            command: Some(vec!["fused-daemon".into()]),
-            args: Some(args),
-            volume_mounts: Some(mounts),
-            resources: Some(resources(spec, false)),
-            security_context: Some(security_context()),
-            termination_message_path: Some(TERMINATION_LOG.into()),
-            termination_message_policy: Some("FallbackToLogsOnError".into()),
-            ..Container::default()
-        });
-    }
+    let init_containers = fetch_step::fetch_containers(model, namespace, config, &mut volumes)?;
+    Ok(PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels::labels(name)),
+            annotations: Some(BTreeMap::from([
+                ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+                ("prometheus.io/port".to_owned(), HTTP_PORT.to_string()),
+                ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
+            ])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            init_containers: Some(init_containers),
+            containers: vec![daemon_container(spec, name, namespace, config)],
+            volumes: Some(volumes),
+            node_selector: spec.resources.node_selector.clone(),
+            tolerations: spec.resources.tolerations.clone(),
+            termination_grace_period_seconds: Some(TERMINATION_GRACE_S),
+            security_context: Some(pod_security::pod_security_context(config.run_as_user)),
+            // The daemon talks to no API server: no token in its Pods.
+            automount_service_account_token: Some(false),
+            ..PodSpec::default()
+        }),
+    })
+}
+
+/// The serving container: `spec.image` (or the daemon image), the cache and the artifacts
+/// read-only, a scratch emptyDir, and the API key from its Secret.
+fn daemon_container(
+    spec: &FusedModelSpec,
+    name: &str,
+    namespace: &str,
+    config: &OperatorConfig,
+) -> Container {
     let http_get = |path: &str| HTTPGetAction {
         path: Some(path.into()),
         port: IntOrString::String(HTTP_PORT_NAME.into()),
         ..HTTPGetAction::default()
     };
-    let daemon = Container {
+    let mut env = vec![EnvVar {
+        // Compiled GPU kernels go to the scratch directory: the root filesystem is read-only.
+        name: "FUSED_KERNEL_CACHE".into(),
+        value: Some(format!("{SCRATCH_MOUNT}/fused-kernels")),
+        ..EnvVar::default()
+    }];
+    if let Some(secret) = &spec.api_key_secret_ref {
+        env.push(EnvVar {
+            name: API_KEY_ENV.into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.name.clone(),
+                    key: secret.key.clone(),
+                    optional: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+    }
+    Container {
         name: DAEMON_CONTAINER.into(),
-        image: Some(image),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| config.daemon_image.clone()),
+        ),
         command: Some(vec!["fused-daemon".into()]),
         args: Some(daemon_args(spec, name)),
+        env: Some(env),
         ports: Some(vec![ContainerPort {
             name: Some(HTTP_PORT_NAME.into()),
             container_port: HTTP_PORT,
@@ -262,33 +219,21 @@ fn pod_template(
             ..Lifecycle::default()
         }),
         resources: Some(resources(spec, true)),
-        security_context: Some(security_context()),
-        volume_mounts: Some(vec![cache_mount(true), artifacts_mount(true)]),
+        security_context: Some(pod_security::container_security_context()),
+        volume_mounts: Some(vec![
+            read_only_cache_mount(namespace),
+            artifacts_mount(true),
+            VolumeMount {
+                name: SCRATCH_VOLUME.into(),
+                mount_path: SCRATCH_MOUNT.into(),
+                ..VolumeMount::default()
+            },
+        ]),
         // A daemon that exits on a fatal error says why on its last log lines: they become the
         // container's termination message, which the status reports.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
-    };
-    Ok(PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(labels::labels(name)),
-            annotations: Some(BTreeMap::from([
-                ("prometheus.io/scrape".to_owned(), "true".to_owned()),
-                ("prometheus.io/port".to_owned(), HTTP_PORT.to_string()),
-                ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
-            ])),
-            ..ObjectMeta::default()
-        }),
-        spec: Some(PodSpec {
-            init_containers: Some(init_containers),
-            containers: vec![daemon],
-            volumes: Some(volumes),
-            node_selector: spec.resources.node_selector.clone(),
-            tolerations: spec.resources.tolerations.clone(),
-            termination_grace_period_seconds: Some(TERMINATION_GRACE_S),
-            ..PodSpec::default()
-        }),
-    })
+    }
 }
 
 /// `fused-daemon serve` flags for `spec` (see `fused-daemon serve --help`).
@@ -349,7 +294,7 @@ pub fn daemon_args(spec: &FusedModelSpec, name: &str) -> Vec<String> {
 }
 
 /// Requests and limits of one container: CPU and memory from the spec, GPUs for the daemon.
-fn resources(spec: &FusedModelSpec, with_gpus: bool) -> ResourceRequirements {
+pub(crate) fn resources(spec: &FusedModelSpec, with_gpus: bool) -> ResourceRequirements {
     let mut amounts = BTreeMap::new();
     if let Some(cpu) = &spec.resources.cpu {
         amounts.insert("cpu".to_owned(), cpu.clone());
@@ -371,39 +316,11 @@ fn resources(spec: &FusedModelSpec, with_gpus: bool) -> ResourceRequirements {
     }
 }
 
-fn security_context() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Capabilities::default()
-        }),
-        ..SecurityContext::default()
-    }
-}
-
-// `readOnly: false` is left out: the API server omits it, and the live object must match.
-fn cache_mount(read_only: bool) -> VolumeMount {
-    VolumeMount {
-        name: CACHE_VOLUME.into(),
-        mount_path: CACHE_MOUNT.into(),
-        read_only: read_only.then_some(true),
-        ..VolumeMount::default()
-    }
-}
-
-fn artifacts_mount(read_only: bool) -> VolumeMount {
-    VolumeMount {
-        name: ARTIFACTS_VOLUME.into(),
-        mount_path: ARTIFACTS_MOUNT.into(),
-        read_only: read_only.then_some(true),
-        ..VolumeMount::default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ArtifactCache;
+    use crate::fetch_step::fetch_source;
     use fused_crds::FusedModelSpec;
 
     fn model(spec: serde_json::Value) -> FusedModel {
@@ -422,26 +339,217 @@ mod tests {
             .expect("a pod spec")
     }
 
-    #[test]
-    fn spec_image_overrides_the_operator_image_in_every_container() {
-        let config = OperatorConfig::with_daemon_image("operator/default:1");
-        let base = serde_json::json!({"baseModel": {"uri": "file:///m.gguf", "format": "gguf"}});
-        let default = pod_spec(&deployment(&model(base.clone()), &config).expect("builds"));
-        assert_eq!(
-            default.containers[0].image.as_deref(),
-            Some("operator/default:1")
-        );
-        let mut custom = base;
-        custom["image"] = "team/daemon:dev".into();
-        let custom = pod_spec(&deployment(&model(custom), &config).expect("builds"));
-        let images: Vec<_> = custom
-            .init_containers
+    fn containers(pod: &PodSpec) -> Vec<&Container> {
+        pod.init_containers
             .iter()
             .flatten()
-            .chain(&custom.containers)
-            .map(|c| c.image.as_deref())
-            .collect();
-        assert_eq!(images, [Some("team/daemon:dev"), Some("team/daemon:dev")]);
+            .chain(&pod.containers)
+            .collect()
+    }
+
+    #[test]
+    fn the_fetch_step_runs_the_operator_image_whatever_spec_image_says() {
+        let mut config = OperatorConfig::with_daemon_image("operator/default:1");
+        config.fetch_image = Some("operator/fetch:1".into());
+        let mut spec = serde_json::json!({
+            "baseModel": {"uri": "file:///m.gguf", "format": "gguf"},
+            "patchTokenizer": {"uri": "file:///p", "sha256": "a".repeat(64)}
+        });
+        let default = pod_spec(&deployment(&model(spec.clone()), &config).expect("builds"));
+        spec["image"] = "team/daemon:dev".into();
+        let custom = pod_spec(&deployment(&model(spec), &config).expect("builds"));
+        let images = |pod: &PodSpec| -> Vec<(String, Option<String>)> {
+            containers(pod)
+                .iter()
+                .map(|c| (c.name.clone(), c.image.clone()))
+                .collect()
+        };
+        let fetch = |daemon: &str| {
+            vec![
+                (
+                    "fetch-model".to_owned(),
+                    Some("operator/fetch:1".to_owned()),
+                ),
+                (
+                    "fetch-patch-tokenizer".to_owned(),
+                    Some("operator/fetch:1".to_owned()),
+                ),
+                ("daemon".to_owned(), Some(daemon.to_owned())),
+            ]
+        };
+        assert_eq!(images(&default), fetch("operator/default:1"));
+        assert_eq!(images(&custom), fetch("team/daemon:dev"));
+        // Without --fetch-image, the fetch step runs the configured daemon image.
+        config.fetch_image = None;
+        let custom = serde_json::json!({"image": "team/daemon:dev",
+            "baseModel": {"uri": "file:///m.gguf", "format": "gguf"}});
+        let pod = pod_spec(&deployment(&model(custom), &config).expect("builds"));
+        assert_eq!(
+            pod.init_containers.expect("init")[0].image.as_deref(),
+            Some("operator/default:1")
+        );
+    }
+
+    #[test]
+    fn only_the_fetch_step_writes_the_cache_and_only_its_namespace_directory() {
+        let base = serde_json::json!({"baseModel": {"uri": "file:///m.gguf", "format": "gguf"}});
+        for cache in [
+            ArtifactCache::EmptyDir,
+            ArtifactCache::Pvc,
+            ArtifactCache::HostPath,
+        ] {
+            let mut config = OperatorConfig::with_daemon_image("d:1");
+            config.artifact_cache = cache;
+            config.cache_claim = Some("model-cache".into());
+            let pod = pod_spec(&deployment(&model(base.clone()), &config).expect("builds"));
+            let fetch = &pod.init_containers.as_ref().expect("init")[0];
+            let args = fetch.args.clone().expect("args");
+            assert!(
+                args.windows(2)
+                    .any(|w| w == ["--cache-dir", "/var/cache/fusedmodel/tenants/ns"]),
+                "{args:?}"
+            );
+            let daemon = &pod.containers[0];
+            let cache_mounts: Vec<&VolumeMount> = daemon
+                .volume_mounts
+                .iter()
+                .flatten()
+                .filter(|m| m.name == "artifact-cache")
+                .collect();
+            assert_eq!(cache_mounts.len(), 1, "{cache:?}");
+            assert_eq!(cache_mounts[0].read_only, Some(true));
+            assert_eq!(cache_mounts[0].sub_path.as_deref(), Some("tenants/ns"));
+            assert_eq!(
+                cache_mounts[0].mount_path,
+                "/var/cache/fusedmodel/tenants/ns"
+            );
+            assert!(
+                daemon
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .filter(|m| m.name != "scratch")
+                    .all(|m| m.read_only == Some(true)),
+                "the serving container writes only its scratch directory"
+            );
+            let volume = &pod.volumes.as_ref().expect("volumes")[0];
+            match cache {
+                ArtifactCache::EmptyDir => assert!(volume.empty_dir.is_some()),
+                ArtifactCache::Pvc => assert_eq!(
+                    volume
+                        .persistent_volume_claim
+                        .as_ref()
+                        .map(|c| c.claim_name.as_str()),
+                    Some("model-cache")
+                ),
+                ArtifactCache::HostPath => assert!(volume.host_path.is_some()),
+            }
+        }
+    }
+
+    #[test]
+    fn daemon_pods_meet_the_restricted_pod_security_standard() {
+        let spec = serde_json::json!({
+            "baseModel": {"uri": "pvc://weights/m.gguf", "format": "gguf"},
+            "patchTokenizer": {"uri": "https://x/p", "sha256": "a".repeat(64)},
+            "resources": {"gpus": 1}
+        });
+        let mut config = OperatorConfig::with_daemon_image("d:1");
+        config.cache_claim = Some("cache".into());
+        for cache in [ArtifactCache::EmptyDir, ArtifactCache::Pvc] {
+            config.artifact_cache = cache;
+            let pod = pod_spec(&deployment(&model(spec.clone()), &config).expect("builds"));
+            assert_eq!(
+                pod_security::restricted_violations(&pod),
+                Vec::<String>::new(),
+                "{cache:?}"
+            );
+            let context = pod.security_context.clone().expect("pod context");
+            assert_eq!(context.run_as_user, Some(65532));
+            assert_eq!(context.fs_group, Some(65532));
+            for container in containers(&pod) {
+                let context = container.security_context.clone().expect("context");
+                assert_eq!(context.read_only_root_filesystem, Some(true));
+            }
+        }
+        // hostPath is the operator's opt-in: the one rule it breaks is the volume type.
+        config.artifact_cache = ArtifactCache::HostPath;
+        let pod = pod_spec(&deployment(&model(spec), &config).expect("builds"));
+        assert_eq!(
+            pod_security::restricted_violations(&pod),
+            [
+                "volume artifact-cache: type hostPath is not allowed (only configMap, csi, \
+              downwardAPI, emptyDir, ephemeral, persistentVolumeClaim, projected, secret)"
+            ]
+        );
+        // And the checker does catch what the operator used to write.
+        let mut old = pod.clone();
+        old.security_context = None;
+        for container in old.init_containers.iter_mut().flatten() {
+            container.security_context = None;
+        }
+        let found = pod_security::restricted_violations(&old);
+        assert!(
+            found
+                .iter()
+                .any(|v| v.contains("initContainer fetch-model: runAsNonRoot")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn secrets_reach_the_containers_as_references_never_as_values() {
+        let spec = serde_json::json!({
+            "baseModel": {"uri": "hf://org/model", "format": "safetensors"},
+            "apiKeySecretRef": {"name": "model-api-key", "key": "token"},
+            "artifacts": {"credentialsSecretRef": {"name": "hub-credentials"}, "maxBytes": 1000}
+        });
+        let config = OperatorConfig::with_daemon_image("d:1");
+        let pod = pod_spec(&deployment(&model(spec), &config).expect("builds"));
+        let daemon = &pod.containers[0];
+        let api_key = daemon
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "FUSED_API_KEY")
+            .expect("the API key variable");
+        assert_eq!(api_key.value, None);
+        let selector = api_key
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("a secretKeyRef");
+        assert_eq!(
+            (selector.name.as_str(), selector.key.as_str()),
+            ("model-api-key", "token")
+        );
+        assert!(
+            daemon.env_from.is_none(),
+            "credentials are for fetching only"
+        );
+        let fetch = &pod.init_containers.as_ref().expect("init")[0];
+        let from = fetch.env_from.clone().expect("credentials");
+        assert_eq!(
+            from[0].secret_ref.as_ref().map(|s| s.name.as_str()),
+            Some("hub-credentials")
+        );
+        assert!(
+            fetch
+                .env
+                .iter()
+                .flatten()
+                .all(|e| e.name != "FUSED_API_KEY"),
+            "the fetch step does not see the API key"
+        );
+        let args = fetch.args.clone().expect("args");
+        assert!(
+            args.windows(2).any(|w| w == ["--max-bytes", "1000"]),
+            "{args:?}"
+        );
+        for container in containers(&pod) {
+            let args = container.args.clone().unwrap_or_default().join(" ");
+            assert!(!args.contains("--api-key"), "{args}");
+        }
     }
 
     #[test]

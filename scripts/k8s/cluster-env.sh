@@ -19,10 +19,6 @@ PROXY_METRICS_PORT=20249; PROXY_HEALTHZ_PORT=20256
 # An HTTP server on the node serving the model cache read-only to Pods (examples/ fetch from it).
 FILES_PORT=28090
 FILES_DIR=${FUSED_MODEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fusedmodel/models}
-# The node-local artifact cache (the operator's --cache-host-path, set by values-local.yaml), owned by
-# the images' user 65532: a directory the kubelet creates for a hostPath is root's, and the
-# non-root fetch could not write it.
-NODE_CACHE_DIR=$CLUSTER_DIR/node-cache
 KUBECONFIG_PATH=$CLUSTER_DIR/kubeconfig
 # Processes in the order they start; cluster-down.sh stops them in reverse.
 CLUSTER_PROCESSES=(containerd etcd apiserver controller-manager scheduler kubelet kube-proxy files)

@@ -38,8 +38,8 @@ struct Args {
     sweep_loads: Vec<f64>,
     #[arg(long, default_value_t = 128)]
     max_num_seqs: usize,
-    /// Tokens of KV reserved one step ahead for each sequence that decodes next (0 = off).
-    #[arg(long, default_value_t = 1)]
+    /// Tokens of KV the KV manager maps ahead of each reservation (its look-ahead; 0 = off).
+    #[arg(long, default_value_t = fused_daemon::kv::DEFAULT_LOOKAHEAD_TOKENS)]
     lookahead: usize,
     /// KV pool in GiB (default: 90 % of an H200's 141 GB minus 14.5 GB of weights).
     #[arg(long, default_value_t = 104.0)]
@@ -64,20 +64,22 @@ fn setups(args: &Args) -> Result<Vec<SimSetup>> {
         bail!("--kv-gib must be a positive number, got {}", args.kv_gib);
     }
     let pool_bytes = (args.kv_gib * (1u64 << 30) as f64) as u64;
-    let kv = KvShape::from_bytes(
-        pool_bytes,
-        MISTRAL_7B_KV_BYTES_PER_TOKEN,
-        args.tokens_per_page,
-        args.max_context,
-    );
+    let kv = KvShape {
+        lookahead_tokens: args.lookahead,
+        ..KvShape::from_bytes(
+            pool_bytes,
+            MISTRAL_7B_KV_BYTES_PER_TOKEN,
+            args.tokens_per_page,
+            args.max_context,
+        )
+    };
     let target = Duration::from_millis(args.tbt_target_ms);
     Ok(args
         .runs
         .iter()
         .map(|spec| {
-            let mut scheduler =
+            let scheduler =
                 spec.scheduler_config(args.max_num_seqs, target, (args.auto_min, args.auto_max));
-            scheduler.decode_lookahead = args.lookahead;
             SimSetup {
                 label: spec.label(target),
                 scheduler,

@@ -1,53 +1,98 @@
-//! One request's state inside the engine: its known tokens (prompt, then generated), sampler,
-//! stop rules, event channel and timestamps.
+//! One choice's state inside the engine: its known tokens (prompt, then generated), sampler,
+//! output text, timestamps and admission permit — and the one place that decides when it ends:
+//! EOS, stop token ids, stop strings, max tokens or the context length.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{Event, FinishReason, GenerateRequest};
+use super::output::{OutputText, Released};
+use super::{EngineError, Event, FinishReason, GenerateRequest, Permit, StopReason};
 use crate::model::LogitsWanted;
 use crate::model::sampling::{Sampled, Sampler};
+use crate::tokenizer::Codec;
+
+/// What the engine knows of the model and tokenizer when it makes a [`LiveRequest`].
+pub(super) struct Limits<'a> {
+    pub codec: &'a Arc<Codec>,
+    pub eos_ids: &'a [u32],
+    /// Tokens of context per sequence (prompt plus output).
+    pub max_context: usize,
+}
+
+/// How a request ended, for the metrics and the request's log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ending {
+    Finished(FinishReason),
+    /// The client went away.
+    Gone,
+}
 
 pub(super) struct LiveRequest {
+    pub request_id: Arc<str>,
+    /// Which choice of its request this is.
+    pub index: usize,
     /// Prompt followed by every generated token.
     pub tokens: Vec<u32>,
     pub prompt_len: usize,
     sampler: Sampler,
     max_new_tokens: usize,
     min_tokens: usize,
-    stop_ids: Vec<u32>,
+    max_context: usize,
+    stop_token_ids: Vec<u32>,
+    /// EOS ids, unless the request ignores EOS.
+    eos_ids: Vec<u32>,
+    output: OutputText,
     events: UnboundedSender<Event>,
+    /// This choice's admission place: given back when the engine drops the request, that is when
+    /// its generation ends, however fast the client reads.
+    _permit: Permit,
     pub arrival: Instant,
     pub first_scheduled: Option<Instant>,
     pub last_token_at: Option<Instant>,
-}
-
-/// What happened when a sampled token was delivered.
-pub(super) enum Delivery {
-    Continue,
-    Finished(FinishReason),
-    /// The client is gone: cancel the request.
-    Gone,
+    /// Forward passes that processed part of the prompt (chunked prefill), recomputes included.
+    pub prefill_chunks: usize,
 }
 
 impl LiveRequest {
-    pub fn new(request: GenerateRequest, eos_ids: &[u32], events: UnboundedSender<Event>) -> Self {
-        let mut stop_ids = request.stop_token_ids;
-        if !request.ignore_eos {
-            stop_ids.extend_from_slice(eos_ids);
-        }
+    /// Choice `index` of `request`.
+    pub fn new(
+        request: &GenerateRequest,
+        index: usize,
+        limits: &Limits<'_>,
+        events: UnboundedSender<Event>,
+        permit: Permit,
+    ) -> Self {
+        let mut sampling = request.sampling.clone();
+        // Choices of one seeded request differ from each other but stay reproducible.
+        sampling.seed = sampling.seed.map(|s| s.wrapping_add(index as u64));
         Self {
-            sampler: Sampler::new(request.sampling, &request.prompt),
+            request_id: Arc::from(request.request_id.as_str()),
+            index,
+            sampler: Sampler::new(sampling, &request.prompt),
             prompt_len: request.prompt.len(),
-            tokens: request.prompt,
+            tokens: request.prompt.clone(),
             max_new_tokens: request.max_new_tokens,
             min_tokens: request.min_tokens,
-            stop_ids,
+            max_context: limits.max_context,
+            stop_token_ids: request.stop_token_ids.clone(),
+            eos_ids: if request.ignore_eos {
+                Vec::new()
+            } else {
+                limits.eos_ids.to_vec()
+            },
+            output: OutputText::new(
+                limits.codec,
+                request.skip_special_tokens,
+                request.stop.clone(),
+            ),
             events,
+            _permit: permit,
             arrival: request.arrival,
             first_scheduled: None,
             last_token_at: None,
+            prefill_chunks: 0,
         }
     }
 
@@ -64,34 +109,95 @@ impl LiveRequest {
         }
     }
 
-    /// Takes the token the model picked (`Some`) or samples one from the logits row, sends it,
-    /// and says whether the request is done.
-    pub fn deliver(&mut self, picked: Option<u32>, logits: Option<&[f32]>) -> Option<Delivery> {
+    /// The client is gone (its stream was dropped).
+    pub fn is_gone(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    /// Takes the token the model picked (`Some`) or samples one from the logits row, streams
+    /// the text it completes, and decides whether the choice has ended (then its last events
+    /// are sent). `None` when the model returned nothing for this request.
+    pub fn deliver(
+        &mut self,
+        picked: Option<u32>,
+        logits: Option<&[f32]>,
+    ) -> Option<Result<Option<Ending>, EngineError>> {
         let sampled = match (picked, logits) {
             (Some(token), _) => self.sampler.record(token),
             (None, Some(row)) => self.sampler.sample(row),
             (None, None) => return None,
         };
-        Some(self.send_token(sampled))
+        Some(self.take(sampled))
     }
 
-    fn send_token(&mut self, sampled: Sampled) -> Delivery {
+    fn take(&mut self, sampled: Sampled) -> Result<Option<Ending>, EngineError> {
         let token = sampled.token;
         self.tokens.push(token);
-        if self.events.send(Event::Token(sampled)).is_err() {
-            return Delivery::Gone;
-        }
+        let released = self.output.push(sampled)?;
         let generated = self.generated();
-        if generated >= self.min_tokens && self.stop_ids.contains(&token) {
-            Delivery::Finished(FinishReason::Stop)
-        } else if generated >= self.max_new_tokens {
-            Delivery::Finished(FinishReason::Length)
+        let ended = if let Some(stop) = &released.stop {
+            Some((FinishReason::Stop, Some(StopReason::Text(stop.clone()))))
+        } else if generated >= self.min_tokens && self.stop_token_ids.contains(&token) {
+            Some((FinishReason::Stop, Some(StopReason::Token(token))))
+        } else if generated >= self.min_tokens && self.eos_ids.contains(&token) {
+            Some((FinishReason::Stop, None))
+        } else if generated >= self.max_new_tokens || self.tokens.len() >= self.max_context {
+            Some((FinishReason::Length, None))
         } else {
-            Delivery::Continue
-        }
+            None
+        };
+        let Some((reason, stop_reason)) = ended else {
+            return Ok(self.send_output(released).then_some(Ending::Gone));
+        };
+        let last = if released.stop.is_some() {
+            released
+        } else {
+            let mut tail = self.output.finish()?;
+            tail.text.insert_str(0, &released.text);
+            tail.tokens.splice(0..0, released.tokens);
+            tail
+        };
+        // A stop string in the flushed tail also ends the output as a stop.
+        let (reason, stop_reason) = match &last.stop {
+            Some(stop) if stop_reason.is_none() || reason == FinishReason::Length => {
+                (FinishReason::Stop, Some(StopReason::Text(stop.clone())))
+            }
+            _ => (reason, stop_reason),
+        };
+        let index = self.index;
+        let _ = self.events.send(Event::Output {
+            index,
+            text: last.text,
+            tokens: last.tokens,
+        });
+        let _ = self.events.send(Event::Finished {
+            index,
+            reason,
+            stop_reason,
+            completion_tokens: generated,
+        });
+        Ok(Some(Ending::Finished(reason)))
     }
 
-    pub fn send(&self, event: Event) {
-        let _ = self.events.send(event);
+    /// Sends released output, if any; true if the client is gone.
+    fn send_output(&self, released: Released) -> bool {
+        if released.is_empty() {
+            return self.is_gone();
+        }
+        self.events
+            .send(Event::Output {
+                index: self.index,
+                text: released.text,
+                tokens: released.tokens,
+            })
+            .is_err()
+    }
+
+    /// Ends the choice with an error (the client gets it as its last event).
+    pub fn fail(self, error: EngineError) {
+        let _ = self.events.send(Event::Failed {
+            index: self.index,
+            error,
+        });
     }
 }

@@ -1,39 +1,61 @@
 //! The engine: one thread that owns the model, the KV memory and the scheduler, runs one batch
-//! per iteration, and streams sampled tokens back to the async server through channels.
+//! per iteration, samples, turns tokens into text, decides when each request ends, and streams
+//! the output back to the async server through one channel per request.
 //!
-//! Must not: block the async runtime (the server only sends commands and reads token events),
-//! parse HTTP, or detokenize (text is the server's job).
+//! - `handle`: the async side (admission permits, submit with acknowledgement, the stream that
+//!   cancels its request when dropped);
+//! - `worker`: the thread's loop (commands, schedule, forward, deliver, metrics, health);
+//! - `live`: one choice's state and the one place that decides its finish (EOS, stop ids, stop
+//!   strings, max tokens, context length);
+//! - `output`: streaming detokenisation with stop strings held back (`stop`);
+//! - [`EngineError`]: every refusal and failure, typed.
+//!
+//! Must not: block the async runtime (the server only sends commands and reads events), parse
+//! HTTP or format responses (the server's job), or let the scheduler decide a finish (it only
+//! frees what the engine reports finished).
 
+mod error;
 mod handle;
 mod live;
+mod output;
+mod stop;
 mod worker;
 
-pub use handle::{AdmissionError, EngineHandle, Permit, RequestStream};
-pub use worker::{EngineParts, spawn};
+pub use error::EngineError;
+pub use handle::{EngineHandle, Permit, RequestStream};
+pub use worker::{EngineParts, MAX_CONSECUTIVE_FAILURES, spawn};
 
 use crate::model::sampling::{Sampled, SamplingParams};
 
-/// What the server asks the engine to generate.
+/// What the server asks the engine to generate: `n` choices of one prompt.
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
+    /// The request's id (the client's `x-request-id`, or one made up): on every engine log line
+    /// about this request.
+    pub request_id: String,
     pub prompt: Vec<u32>,
     pub sampling: SamplingParams,
-    /// Tokens to generate at most (the server already bounded it by the context).
+    /// Choices (OpenAI's `n`); choice `i` samples with seed `seed + i`.
+    pub n: usize,
+    /// Tokens to generate at most per choice (the engine also stops at the context length).
     pub max_new_tokens: usize,
     /// EOS and stop ids are ignored until this many tokens were generated.
     pub min_tokens: usize,
     pub stop_token_ids: Vec<u32>,
+    /// Stop strings: the output ends before the first of them (never shown to the client).
+    pub stop: Vec<String>,
     pub ignore_eos: bool,
+    pub skip_special_tokens: bool,
     /// When the server received the request (TTFT and queue time count from here).
     pub arrival: std::time::Instant,
 }
 
-/// Why a generation ended.
+/// Why a choice ended (OpenAI's `finish_reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// EOS or a stop token id.
+    /// EOS, a stop token id or a stop string.
     Stop,
-    /// `max_new_tokens` or the context length.
+    /// `max_tokens` or the context length.
     Length,
 }
 
@@ -46,15 +68,30 @@ impl FinishReason {
     }
 }
 
-/// What the engine streams back for one request.
+/// What ended a [`FinishReason::Stop`] other than EOS (vLLM's `stop_reason`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    Token(u32),
+    Text(String),
+}
+
+/// What the engine streams back for one request, choice by choice (`index`).
 #[derive(Debug, Clone)]
 pub enum Event {
-    Token(Sampled),
-    /// The last event of a successful generation (after its last token).
-    Finished(FinishReason),
-    /// The engine gave up on the request; the message is safe to show the client.
-    Failed {
-        message: String,
-        overloaded: bool,
+    /// Text that is final (no stop string can still begin in it) and the tokens sampled since
+    /// the last output. `text` may be empty on the last output of a choice.
+    Output {
+        index: usize,
+        text: String,
+        tokens: Vec<Sampled>,
     },
+    /// The choice ended (after its last output).
+    Finished {
+        index: usize,
+        reason: FinishReason,
+        stop_reason: Option<StopReason>,
+        completion_tokens: usize,
+    },
+    /// The engine gave up on the choice.
+    Failed { index: usize, error: EngineError },
 }

@@ -1,7 +1,11 @@
-//! The engine thread's loop: take commands, let the scheduler compose a batch, wait for its KV
-//! pages, run the forward pass, sample, stream tokens, report back, update metrics.
+//! The engine thread's loop: take commands, drop requests whose client left, let the scheduler
+//! compose a batch, wait for its KV pages, run the forward pass, deliver tokens, report finishes
+//! back to the scheduler, update metrics — and keep the engine's health honest: a panic stops
+//! the engine (every in-flight request gets an error, the process is told to exit), and
+//! [`MAX_CONSECUTIVE_FAILURES`] failed iterations in a row mark it failing (not ready).
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -9,22 +13,38 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 
-use super::handle::EngineHandle;
-use super::live::{Delivery, LiveRequest};
-use super::{Event, GenerateRequest};
+use super::handle::{EngineHandle, Health};
+use super::live::{Ending, Limits, LiveRequest};
+use super::{EngineError, Event, GenerateRequest, Permit};
 use crate::kv::KvManager;
 use crate::metrics::Metrics;
-use crate::model::{Forward, LogitsWanted, SeqChunk};
-use crate::sched::{AddError, Batch, RequestId, Scheduler, SeqRequest, StepOutcome};
+use crate::model::{Forward, Logits, LogitsWanted, SeqChunk};
+use crate::sched::{Batch, RequestId, Scheduler, SeqRequest, StepOutcome};
+use crate::tokenizer::Codec;
+use rayon::prelude::*;
+
+/// Sampling items from which delivery (sampling, detokenizing, stop strings) runs in parallel.
+const PARALLEL_DELIVERY: usize = 16;
+
+/// What delivering one token did: the request goes on (`None`), ended, or failed.
+type Delivered = Result<Option<Ending>, EngineError>;
+
+/// Iterations in a row that may fail before the engine reports itself failing (not ready, new
+/// requests refused with 503).
+pub const MAX_CONSECUTIVE_FAILURES: u32 = 3;
 
 pub(super) enum Command {
     Submit {
-        id: u64,
-        request: GenerateRequest,
+        /// One engine id per choice.
+        ids: Vec<u64>,
+        request: Box<GenerateRequest>,
+        permits: Vec<Permit>,
         events: UnboundedSender<Event>,
+        accepted: oneshot::Sender<Result<(), EngineError>>,
     },
-    Cancel(u64),
+    Cancel(Vec<u64>),
     Shutdown,
 }
 
@@ -35,23 +55,29 @@ pub struct EngineParts {
     pub kv: KvManager,
     pub scheduler: Scheduler,
     pub metrics: Arc<Metrics>,
+    /// The served tokenizer: output text and stop strings are the engine's business.
+    pub codec: Arc<Codec>,
     /// Token ids that end a generation unless the request ignores EOS.
     pub eos_ids: Vec<u32>,
-    /// Requests admitted at once at most (running plus queued).
+    /// Tokens of context per sequence (prompt plus output).
+    pub max_context: usize,
+    /// Places admitted at once at most (running plus queued choices).
     pub capacity: usize,
+    /// Log one line per finished request (vLLM logs requests unless `--disable-log-requests`).
+    pub log_requests: bool,
 }
 
 /// Starts the engine thread. Joining the handle returns once it stopped and unmapped its KV.
 pub fn spawn(parts: EngineParts) -> std::io::Result<(EngineHandle, JoinHandle<()>)> {
     let (commands, inbox) = mpsc::channel();
-    let alive = Arc::new(AtomicBool::new(true));
+    let health = Arc::new(Health::default());
     let handle = EngineHandle {
         commands,
         in_flight: Arc::new(AtomicUsize::new(0)),
         capacity: parts.capacity,
         next_id: Arc::new(AtomicU64::new(1)),
         draining: Arc::new(AtomicBool::new(false)),
-        alive: alive.clone(),
+        health: health.clone(),
     };
     let thread = std::thread::Builder::new()
         .name("fused-engine".into())
@@ -61,9 +87,28 @@ pub fn spawn(parts: EngineParts) -> std::io::Result<(EngineHandle, JoinHandle<()
                 live: HashMap::new(),
                 inbox,
                 stalls_seen: 0,
+                consecutive_failures: 0,
+                health: health.clone(),
             };
-            worker.run();
-            alive.store(false, Ordering::Release);
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| worker.run()));
+            if outcome.is_err() {
+                health.panicked.store(true, Ordering::Release);
+                tracing::error!(
+                    in_flight = worker.live.len(),
+                    "the engine thread panicked; failing in-flight requests and stopping"
+                );
+                for (_, live) in worker.live.drain() {
+                    live.fail(EngineError::Panicked);
+                }
+            }
+            // Refuse what is still in the inbox: nobody will run it.
+            for command in worker.inbox.try_iter() {
+                if let Command::Submit { accepted, .. } = command {
+                    let _ = accepted.send(Err(EngineError::Stopped));
+                }
+            }
+            health.stopped.store(true, Ordering::Release);
+            health.stopped_notify.notify_waiters();
             let Worker { parts, .. } = worker;
             if let Err(e) = parts.kv.shutdown() {
                 tracing::error!(error = %e, "KV shutdown failed");
@@ -74,9 +119,12 @@ pub fn spawn(parts: EngineParts) -> std::io::Result<(EngineHandle, JoinHandle<()
 
 struct Worker {
     parts: EngineParts,
+    /// Every choice the engine holds, by engine id.
     live: HashMap<u64, LiveRequest>,
     inbox: mpsc::Receiver<Command>,
     stalls_seen: u64,
+    consecutive_failures: u32,
+    health: Arc<Health>,
 }
 
 impl Worker {
@@ -100,47 +148,79 @@ impl Worker {
             for command in commands {
                 match command {
                     Command::Submit {
-                        id,
+                        ids,
                         request,
+                        permits,
                         events,
-                    } => self.submit(id, request, events),
-                    Command::Cancel(id) => self.cancel(id),
+                        accepted,
+                    } => {
+                        let result = self.submit(&ids, &request, permits, &events);
+                        if accepted.send(result).is_err() {
+                            // The client left before hearing back.
+                            self.cancel(&ids);
+                        }
+                    }
+                    Command::Cancel(ids) => self.cancel(&ids),
                     Command::Shutdown => return,
                 }
             }
+            self.cancel_departed();
             self.step();
         }
     }
 
-    fn submit(&mut self, id: u64, request: GenerateRequest, events: UnboundedSender<Event>) {
-        let seq = SeqRequest {
-            id: RequestId(id),
-            prompt_len: request.prompt.len(),
-            max_new_tokens: request.max_new_tokens,
+    /// Queues every choice of a request, or none of them.
+    fn submit(
+        &mut self,
+        ids: &[u64],
+        request: &GenerateRequest,
+        permits: Vec<Permit>,
+        events: &UnboundedSender<Event>,
+    ) -> Result<(), EngineError> {
+        let limits = Limits {
+            codec: &self.parts.codec,
+            eos_ids: &self.parts.eos_ids,
+            max_context: self.parts.max_context,
         };
-        let live = LiveRequest::new(request, &self.parts.eos_ids, events);
-        match self.parts.scheduler.add(seq) {
-            Ok(()) => {
-                self.live.insert(id, live);
+        let mut added = Vec::with_capacity(ids.len());
+        for ((index, &id), permit) in ids.iter().enumerate().zip(permits) {
+            let seq = SeqRequest {
+                id: RequestId(id),
+                prompt_len: request.prompt.len(),
+            };
+            if let Err(error) = self.parts.scheduler.add(seq) {
+                for id in added {
+                    self.parts.scheduler.cancel(RequestId(id));
+                    self.live.remove(&id);
+                }
+                let error = EngineError::Refused(error);
+                self.parts.metrics.rejected(error.metric_label());
+                return Err(error);
             }
-            Err(e) => {
-                let overloaded = matches!(e, AddError::QueueFull { .. });
-                self.parts
-                    .metrics
-                    .rejected(if overloaded { "queue_full" } else { "invalid" });
-                live.send(Event::Failed {
-                    message: e.to_string(),
-                    overloaded,
-                });
+            let live = LiveRequest::new(request, index, &limits, events.clone(), permit);
+            self.live.insert(id, live);
+            added.push(id);
+        }
+        Ok(())
+    }
+
+    fn cancel(&mut self, ids: &[u64]) {
+        for id in ids {
+            if let Some(live) = self.live.remove(id) {
+                self.parts.scheduler.cancel(RequestId(*id));
+                self.end(&live, Ending::Gone);
             }
         }
     }
 
-    fn cancel(&mut self, id: u64) {
-        if self.live.remove(&id).is_some() {
-            self.parts.scheduler.cancel(RequestId(id));
-            self.parts.metrics.finished("abort");
-        }
+    /// Requests whose client is gone leave before they cost another iteration (a queued one
+    /// never reaches its prefill).
+    fn cancel_departed(&mut self) {
+        let gone: Vec<u64> = (self.live.iter())
+            .filter(|(_, live)| live.is_gone())
+            .map(|(id, _)| *id)
+            .collect();
+        self.cancel(&gone);
     }
 
     /// One iteration.
@@ -162,29 +242,24 @@ impl Worker {
         }
         let started = Instant::now();
         let outcomes = match self.run_batch(&batch) {
-            Ok(outcomes) => outcomes,
-            Err(message) => {
-                tracing::error!(%message, "batch failed; failing its requests");
+            Ok(outcomes) => {
+                self.iteration_succeeded();
+                outcomes
+            }
+            Err(error) => {
+                self.iteration_failed(&error);
                 for item in &batch.items {
                     if let Some(live) = self.live.remove(&item.id.0) {
-                        live.send(Event::Failed {
-                            message: message.clone(),
-                            overloaded: false,
-                        });
                         self.parts.metrics.finished("error");
+                        live.fail(error.clone());
                     }
                     self.parts.scheduler.cancel(item.id);
                 }
                 Vec::new()
             }
         };
-        let finished = self.parts.scheduler.complete(&mut self.parts.kv, &outcomes);
-        for id in finished {
-            // The scheduler also finishes a request at max_new_tokens; the engine already did.
-            if let Some(live) = self.live.remove(&id.0) {
-                self.finish(live, super::FinishReason::Length);
-            }
-        }
+        // The scheduler frees exactly the requests the engine reported finished.
+        self.parts.scheduler.complete(&mut self.parts.kv, &outcomes);
         let seconds = started.elapsed().as_secs_f64();
         self.parts.scheduler.observe_iteration(
             batch.prefill_tokens(),
@@ -200,6 +275,26 @@ impl Worker {
         self.update_gauges();
     }
 
+    fn iteration_succeeded(&mut self) {
+        if self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES {
+            tracing::info!("the engine recovered: iterations succeed again");
+        }
+        self.consecutive_failures = 0;
+        self.health.failing.store(false, Ordering::Release);
+    }
+
+    fn iteration_failed(&mut self, error: &EngineError) {
+        self.consecutive_failures += 1;
+        self.parts.metrics.engine_failures.inc();
+        tracing::error!(%error, consecutive = self.consecutive_failures, "batch failed; failing its requests");
+        if self.consecutive_failures == MAX_CONSECUTIVE_FAILURES {
+            tracing::error!(
+                "{MAX_CONSECUTIVE_FAILURES} iterations failed in a row: not ready, refusing new requests"
+            );
+            self.health.failing.store(true, Ordering::Release);
+        }
+    }
+
     /// Preempted, cancelled and aborted requests of this batch.
     fn settle_departures(&mut self, batch: &Batch) {
         self.parts
@@ -208,32 +303,31 @@ impl Worker {
             .inc_by(batch.preempted.len() as u64);
         for (id, reason) in &batch.aborted {
             if let Some(live) = self.live.remove(&id.0) {
-                live.send(Event::Failed {
-                    message: reason.to_string(),
-                    overloaded: false,
-                });
                 self.parts.metrics.finished("error");
+                let _span = request_span(&live).entered();
+                tracing::warn!(%reason, "aborted by the scheduler");
+                live.fail(EngineError::Aborted(reason.clone()));
             }
         }
     }
 
-    /// Waits for the batch's KV, runs the model, samples and streams. Returns the outcomes of
-    /// the sampling items.
-    fn run_batch(&mut self, batch: &Batch) -> Result<Vec<StepOutcome>, String> {
+    /// Waits for the batch's KV, runs the model, delivers tokens. Returns the outcomes of the
+    /// sampling items.
+    fn run_batch(&mut self, batch: &Batch) -> Result<Vec<StepOutcome>, EngineError> {
         let now = Instant::now();
         for item in &batch.items {
-            self.parts
-                .kv
-                .wait_ready(item.slot, item.end_pos())
-                .map_err(|e| format!("KV cache: {e}"))?;
-            if let Some(live) = self.live.get_mut(&item.id.0)
-                && live.first_scheduled.is_none()
-            {
-                live.first_scheduled = Some(now);
-                self.parts
-                    .metrics
-                    .queue_time
-                    .observe((now - live.arrival).as_secs_f64());
+            self.parts.kv.wait_ready(item.slot, item.end_pos())?;
+            if let Some(live) = self.live.get_mut(&item.id.0) {
+                if !item.is_decode {
+                    live.prefill_chunks += 1;
+                }
+                if live.first_scheduled.is_none() {
+                    live.first_scheduled = Some(now);
+                    self.parts
+                        .metrics
+                        .queue_time
+                        .observe((now - live.arrival).as_secs_f64());
+                }
             }
         }
         let mut chunks = Vec::with_capacity(batch.items.len());
@@ -241,17 +335,17 @@ impl Worker {
             let live = self
                 .live
                 .get(&item.id.0)
-                .ok_or_else(|| format!("{} has no engine state", item.id))?;
+                .ok_or_else(|| EngineError::Internal(format!("{} has no engine state", item.id)))?;
             let tokens = live
                 .tokens
                 .get(item.start_pos..item.end_pos())
                 .ok_or_else(|| {
-                    format!(
+                    EngineError::Internal(format!(
                         "{} has no tokens at {}..{}",
                         item.id,
                         item.start_pos,
                         item.end_pos()
-                    )
+                    ))
                 })?;
             let logits = if item.samples {
                 live.wants()
@@ -265,20 +359,14 @@ impl Worker {
                 logits,
             });
         }
-        let logits = self
-            .parts
-            .model
-            .forward(&chunks, &self.parts.kv)
-            .map_err(|e| e.to_string())?;
+        let logits = self.parts.model.forward(&chunks, &self.parts.kv)?;
         drop(chunks);
-        let mut outcomes = Vec::new();
         let now = Instant::now();
-        for (index, item) in batch.items.iter().enumerate() {
+        let delivered = self.deliver_all(batch, &logits);
+        let mut outcomes = Vec::with_capacity(delivered.len());
+        for (index, delivered) in delivered {
+            let item = &batch.items[index];
             let Some(live) = self.live.get_mut(&item.id.0) else {
-                continue;
-            };
-            let Some(delivery) = live.deliver(logits.picked(index), logits.rows(index).next())
-            else {
                 continue;
             };
             self.parts.metrics.generation_tokens.inc();
@@ -301,17 +389,19 @@ impl Worker {
                     .observe((now - previous).as_secs_f64()),
             }
             live.last_token_at = Some(now);
-            let finished = match delivery {
-                Delivery::Continue => false,
-                Delivery::Finished(reason) => {
+            let finished = match delivered {
+                Ok(None) => false,
+                Ok(Some(ending)) => {
                     if let Some(live) = self.live.remove(&item.id.0) {
-                        self.finish(live, reason);
+                        self.end(&live, ending);
                     }
                     true
                 }
-                Delivery::Gone => {
-                    self.live.remove(&item.id.0);
-                    self.parts.metrics.finished("abort");
+                Err(error) => {
+                    if let Some(live) = self.live.remove(&item.id.0) {
+                        self.parts.metrics.finished("error");
+                        live.fail(error);
+                    }
                     true
                 }
             };
@@ -323,11 +413,54 @@ impl Worker {
         Ok(outcomes)
     }
 
-    fn finish(&self, live: LiveRequest, reason: super::FinishReason) {
+    /// Samples, detokenizes and streams each sampling item's token: `(item index, result)` in
+    /// batch order. Large batches spread the work over the CPU's cores (each request's output
+    /// is independent), so turning tokens into text does not lengthen the iteration.
+    fn deliver_all(&mut self, batch: &Batch, logits: &Logits) -> Vec<(usize, Delivered)> {
+        let index_of: HashMap<u64, usize> = (batch.items.iter().enumerate())
+            .map(|(index, item)| (item.id.0, index))
+            .collect();
+        let mut targets: Vec<(usize, &mut LiveRequest)> = (self.live.iter_mut())
+            .filter_map(|(id, live)| index_of.get(id).map(|&index| (index, live)))
+            .collect();
+        let deliver = |(index, live): &mut (usize, &mut LiveRequest)| {
+            let delivered = live.deliver(logits.picked(*index), logits.rows(*index).next());
+            delivered.map(|delivered| (*index, delivered))
+        };
+        let mut delivered: Vec<(usize, Delivered)> = if targets.len() >= PARALLEL_DELIVERY {
+            targets.par_iter_mut().filter_map(deliver).collect()
+        } else {
+            targets.iter_mut().filter_map(deliver).collect()
+        };
+        delivered.sort_unstable_by_key(|(index, _)| *index);
+        delivered
+    }
+
+    /// Records a request's end in the metrics and its log line.
+    fn end(&self, live: &LiveRequest, ending: Ending) {
         let m = &self.parts.metrics;
-        m.e2e.observe(live.arrival.elapsed().as_secs_f64());
-        m.finished(reason.as_str());
-        live.send(Event::Finished(reason));
+        let reason = match ending {
+            Ending::Finished(reason) => {
+                m.e2e.observe(live.arrival.elapsed().as_secs_f64());
+                reason.as_str()
+            }
+            Ending::Gone => "abort",
+        };
+        m.finished(reason);
+        if self.parts.log_requests {
+            let _span = request_span(live).entered();
+            tracing::info!(
+                finish_reason = reason,
+                prompt_tokens = live.prompt_len,
+                completion_tokens = live.generated(),
+                prefill_chunks = live.prefill_chunks,
+                queue_s = live
+                    .first_scheduled
+                    .map(|at| (at - live.arrival).as_secs_f64()),
+                e2e_s = live.arrival.elapsed().as_secs_f64(),
+                "request finished"
+            );
+        }
     }
 
     fn update_gauges(&mut self) {
@@ -348,4 +481,9 @@ impl Worker {
             m.kv_map_seconds.observe(seconds.as_secs_f64());
         }
     }
+}
+
+/// The span every engine log line about one choice is written in.
+fn request_span(live: &LiveRequest) -> tracing::Span {
+    tracing::info_span!("request", id = %live.request_id, choice = live.index)
 }

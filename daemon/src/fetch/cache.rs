@@ -1,13 +1,18 @@
-//! The node-local artifact cache, shared by every daemon replica on a node (a hostPath):
+//! The artifact cache of one namespace, shared by the replicas that mount it (a hostPath or a
+//! PersistentVolumeClaim; an emptyDir holds one Pod's):
 //!
 //! ```text
-//! <root>/sha256/<hex>     verified artifacts (a file or a directory), never modified
-//! <root>/uri/<hex(uri)>   symlink to ../sha256/<hex> for artifacts fetched without a pinned digest
-//! <root>/locks/<key>      one lock file per artifact: one replica downloads, the others wait
-//! <root>/tmp/<key>.<pid>  downloads in progress, renamed into sha256/ once verified
+//! <root>/sha256/<hex>        verified artifacts (a file or a directory), content-addressed
+//! <root>/uri/<hex(scope,uri)> symlink to ../sha256/<hex> for artifacts fetched without a digest
+//! <root>/used/<hex>          its modification time is the entry's last use (for eviction)
+//! <root>/locks/<key>         one lock file per artifact: one replica downloads, the others wait
+//! <root>/tmp/<key>           a download in progress, renamed into sha256/ once verified
+//! <root>/tmp/<key>.state/    how to resume it (outside the artifact, so not part of its digest)
 //! ```
 //!
-//! It must not download anything: it only stages, commits and links.
+//! An unpinned artifact is keyed by its URI and a scope (the operator passes the namespace, and
+//! the fetch image for `file://` URIs), so the same URI meaning different bytes elsewhere never
+//! shares an entry. It must not download anything: it only stages, commits and links.
 
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
@@ -27,16 +32,16 @@ pub enum CacheKey {
 }
 
 impl CacheKey {
-    /// The key of an artifact at `uri`, pinned to `sha256` if given.
-    pub fn new(uri: &str, sha256: Option<Sha256Digest>) -> Self {
+    /// The key of an artifact at `uri` as seen in `scope`, pinned to `sha256` if given.
+    pub fn new(uri: &str, scope: &str, sha256: Option<Sha256Digest>) -> Self {
         match sha256 {
             Some(digest) => Self::Pinned(digest),
-            None => Self::Uri(Sha256Digest::of(uri.as_bytes())),
+            None => Self::Uri(Sha256Digest::of(format!("{scope}\n{uri}").as_bytes())),
         }
     }
 
     /// A file name for this key (lock and staging files).
-    fn file_name(&self) -> String {
+    pub fn file_name(&self) -> String {
         match self {
             Self::Pinned(digest) => format!("sha256-{digest}"),
             Self::Uri(uri_digest) => format!("uri-{uri_digest}"),
@@ -59,7 +64,7 @@ pub struct CacheLock {
 impl Cache {
     /// Opens (creating its directories) the cache at `root`.
     pub fn open(root: &Path) -> Result<Self, FetchError> {
-        for sub in ["sha256", "uri", "locks", "tmp"] {
+        for sub in ["sha256", "uri", "used", "locks", "tmp"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(FetchError::cache(&dir))?;
         }
@@ -68,25 +73,31 @@ impl Cache {
         })
     }
 
+    /// The cache's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Blocks until this process holds the lock of `key` (an `flock` on `locks/<key>`).
     pub fn lock(&self, key: &CacheKey) -> Result<CacheLock, FetchError> {
-        let path = self.root.join("locks").join(key.file_name());
+        self.lock_named(&key.file_name(), true)?.ok_or_else(|| {
+            FetchError::cache(self.root.join("locks"))(std::io::Error::other("lock"))
+        })
+    }
+
+    /// Takes the lock `locks/<name>`, waiting for it when `wait`, else `None` if it is held.
+    pub fn lock_named(&self, name: &str, wait: bool) -> Result<Option<CacheLock>, FetchError> {
+        let path = self.root.join("locks").join(name);
         let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
             .map_err(FetchError::cache(&path))?;
-        loop {
-            // SAFETY: flock on a file descriptor this function owns; no memory is touched.
-            let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if result == 0 {
-                return Ok(CacheLock { _file: file });
-            }
-            let error = std::io::Error::last_os_error();
-            if error.kind() != std::io::ErrorKind::Interrupted {
-                return Err(FetchError::cache(&path)(error));
-            }
+        match flock(&file, libc::LOCK_EX | if wait { 0 } else { libc::LOCK_NB }) {
+            Ok(true) => Ok(Some(CacheLock { _file: file })),
+            Ok(false) => Ok(None),
+            Err(error) => Err(FetchError::cache(&path)(error)),
         }
     }
 
@@ -99,18 +110,63 @@ impl Cache {
         path.exists().then_some(path)
     }
 
-    /// A fresh, empty staging path for `key` (earlier leftovers of this key, from a fetcher
-    /// that died, are removed first). Call with the key's lock held.
-    pub fn staging(&self, key: &CacheKey) -> Result<PathBuf, FetchError> {
+    /// The staging path of `key` and the directory of its resume state. What an earlier
+    /// fetcher of the key left there is kept, to be resumed. Call with the key's lock held.
+    pub fn staging(&self, key: &CacheKey) -> (PathBuf, PathBuf) {
         let tmp = self.root.join("tmp");
-        let prefix = format!("{}.", key.file_name());
+        let name = key.file_name();
+        (tmp.join(&name), tmp.join(format!("{name}.state")))
+    }
+
+    /// Removes what dead fetchers left in `tmp/` more than `max_age` ago (a download nobody
+    /// resumed); the staging of a key whose lock is held (a fetch in progress) stays.
+    pub fn remove_stale_staging(&self, max_age: std::time::Duration) -> Result<(), FetchError> {
+        let tmp = self.root.join("tmp");
         let entries = fs::read_dir(&tmp).map_err(FetchError::cache(&tmp))?;
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                remove_path(&entry.path())?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let age = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
+            if age.is_none_or(|age| age < max_age) {
+                continue;
             }
+            // `<key>`, `<key>.state`, or an older version's `<key>.<pid>`.
+            let key = name.split('.').next().unwrap_or_default();
+            let Some(_lock) = self.lock_named(key, false)? else {
+                continue;
+            };
+            tracing::info!(path = %entry.path().display(), "removing a stale download");
+            remove_path(&entry.path())?;
         }
-        Ok(tmp.join(format!("{prefix}{}", std::process::id())))
+        Ok(())
+    }
+
+    /// Removes the entry of `digest` (one that failed verification, or an eviction): it is
+    /// renamed away first, so no reader sees it half-deleted.
+    pub fn remove_entry(&self, digest: &Sha256Digest) -> Result<(), FetchError> {
+        let entry = self.entry(digest);
+        let doomed = self
+            .root
+            .join("tmp")
+            .join(format!("removing-{digest}.{}", std::process::id()));
+        match fs::rename(&entry, &doomed) {
+            Ok(()) => remove_path(&doomed)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(FetchError::cache(&entry)(e)),
+        }
+        let _ = fs::remove_file(self.root.join("used").join(digest.to_hex()));
+        Ok(())
+    }
+
+    /// Records that the entry of `digest` was used now (its `used/` stamp).
+    pub fn touch(&self, digest: &Sha256Digest) -> Result<(), FetchError> {
+        let stamp = self.root.join("used").join(digest.to_hex());
+        File::create(&stamp)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            .map_err(FetchError::cache(&stamp))
     }
 
     /// Moves the verified `staged` file or directory into `sha256/<digest>` (keeping an entry
@@ -136,7 +192,8 @@ impl Cache {
         Ok(entry)
     }
 
-    fn entry(&self, digest: &Sha256Digest) -> PathBuf {
+    /// The path of the entry of `digest`.
+    pub fn entry(&self, digest: &Sha256Digest) -> PathBuf {
         self.root.join("sha256").join(digest.to_hex())
     }
 
@@ -160,7 +217,26 @@ pub fn replace_symlink(target: &Path, link: &Path) -> Result<(), FetchError> {
     fs::rename(&temporary, link).map_err(FetchError::cache(link))
 }
 
-fn remove_path(path: &Path) -> Result<(), FetchError> {
+/// `flock(2)` with `operation`; `Ok(false)` when `LOCK_NB` found the lock held.
+pub fn flock(file: &File, operation: i32) -> std::io::Result<bool> {
+    loop {
+        // SAFETY: flock on a file descriptor `file` owns for the whole call; no memory is
+        // touched.
+        let result = unsafe { libc::flock(file.as_raw_fd(), operation) };
+        if result == 0 {
+            return Ok(true);
+        }
+        let error = std::io::Error::last_os_error();
+        match error.kind() {
+            std::io::ErrorKind::Interrupted => {}
+            std::io::ErrorKind::WouldBlock => return Ok(false),
+            _ => return Err(error),
+        }
+    }
+}
+
+/// Removes a file or a directory tree; a missing path is fine.
+pub fn remove_path(path: &Path) -> Result<(), FetchError> {
     let result = if path.is_dir() && !path.is_symlink() {
         fs::remove_dir_all(path)
     } else {

@@ -3,6 +3,8 @@
 //! `find . -type f -printf '%P\n' | LC_ALL=C sort | xargs -d '\n' sha256sum` prints).
 
 use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -39,6 +41,23 @@ impl Sha256Digest {
         Self::of(manifest.as_bytes())
     }
 
+    /// The digest of what is at `path` now: a file's bytes, or a directory's manifest (every
+    /// file below it; a symlink or anything but files and directories is an error, since the
+    /// cache never holds one).
+    pub fn of_entry(path: &Path) -> std::io::Result<Self> {
+        let metadata = std::fs::symlink_metadata(path)?;
+        if metadata.is_file() {
+            return hash_file(path);
+        }
+        let mut files = Vec::new();
+        collect_files(path, "", &mut files)?;
+        let manifest = files
+            .into_iter()
+            .map(|(relative, file)| Ok((relative, hash_file(&file)?)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Self::of_manifest(&manifest))
+    }
+
     /// Lowercase hex.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
@@ -55,6 +74,47 @@ impl fmt::Debug for Sha256Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "sha256:{}", self.to_hex())
     }
+}
+
+fn hash_file(path: &Path) -> std::io::Result<Sha256Digest> {
+    let mut file = std::fs::File::open(path)?;
+    let mut digest = StreamingDigest::default();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            return Ok(digest.finish());
+        }
+        digest.update(&buffer[..read]);
+    }
+}
+
+fn collect_files(
+    dir: &Path,
+    prefix: &str,
+    files: &mut Vec<(String, PathBuf)>,
+) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let relative = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            collect_files(&entry.path(), &relative, files)?;
+        } else if kind.is_file() {
+            files.push((relative, entry.path()));
+        } else {
+            return Err(std::io::Error::other(format!(
+                "{} is neither a file nor a directory",
+                entry.path().display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A running SHA-256 over bytes as they stream past.

@@ -19,6 +19,10 @@ pub const REASON_INVALID_URI: &str = "ArtifactInvalidUri";
 pub const REASON_INVALID_DIGEST: &str = "ArtifactInvalidDigest";
 /// Reason written when the node-local cache cannot be written.
 pub const REASON_CACHE_ERROR: &str = "ArtifactCacheError";
+/// Reason written when the artifact is larger than `--max-bytes`.
+pub const REASON_TOO_LARGE: &str = "ArtifactTooLarge";
+/// Reason written when the source is (or resolves to) a link-local or metadata address.
+pub const REASON_FORBIDDEN_ADDRESS: &str = "ArtifactForbiddenAddress";
 
 /// Why fetching an artifact failed.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +77,26 @@ pub enum FetchError {
         /// The digest of what arrived.
         actual: String,
     },
+    /// The artifact is larger than the limit; what was downloaded was removed.
+    #[error(
+        "{location}: the artifact exceeds the limit of {limit} bytes (--max-bytes, spec.artifacts.maxBytes)"
+    )]
+    TooLarge {
+        /// What was being transferred.
+        location: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The source is a link-local or cloud metadata address.
+    #[error(
+        "{location}: {address} is a link-local or cloud metadata address, which artifacts may not come from (the operator's --fetch-allow-link-local allows it)"
+    )]
+    ForbiddenAddress {
+        /// The URL.
+        location: String,
+        /// The address it is, or resolves to.
+        address: String,
+    },
     /// Reading or writing the node-local cache failed.
     #[error("cache {path}: {source}")]
     Cache {
@@ -95,6 +119,8 @@ impl FetchError {
             Self::Unreachable { .. } => REASON_UNREACHABLE,
             Self::DigestMismatch { .. } => REASON_DIGEST_MISMATCH,
             Self::Cache { .. } => REASON_CACHE_ERROR,
+            Self::TooLarge { .. } => REASON_TOO_LARGE,
+            Self::ForbiddenAddress { .. } => REASON_FORBIDDEN_ADDRESS,
         }
     }
 
@@ -110,6 +136,12 @@ impl FetchError {
             message.truncate(end);
         }
         message
+    }
+
+    /// Whether a later attempt may resume what was transferred so far (a broken connection),
+    /// so the staged bytes are kept.
+    pub fn resumable(&self) -> bool {
+        matches!(self, Self::Unreachable { .. })
     }
 
     /// A cache I/O error on `path`.

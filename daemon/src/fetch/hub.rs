@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::digest::Sha256Digest;
 use super::error::FetchError;
 use super::plan::{Part, Plan, safe_relative_path};
-use super::transfer::{HttpGet, Source};
+use super::transfer::{Http, HttpGet, Source};
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
@@ -45,7 +45,7 @@ struct LfsInfo {
 
 /// The plan for `hf://{repo}@{revision}[/{path}]`.
 pub async fn plan(
-    client: &reqwest::Client,
+    client: &Http,
     repo: &str,
     revision: &str,
     path: Option<&str>,

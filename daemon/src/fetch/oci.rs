@@ -4,6 +4,8 @@
 //! `GET /v2/{repository}/blobs/{digest}` per layer, each verified against its digest. Anonymous
 //! pulls use the registry's bearer-token challenge (`WWW-Authenticate: Bearer realm=…`). One
 //! layer is a file; several are a directory. An image index resolves to its first manifest.
+//! A manifest asked for by digest (`@sha256:…`, or an index's entry) must hash to that digest:
+//! the registry is not trusted to serve what was pinned.
 //! `localhost` / `127.0.0.1` registries are spoken to over plain HTTP, all others over HTTPS.
 //!
 //! Not exercised by the tests (no registry is reachable from CI); see docs/OPERATOR.md.
@@ -14,7 +16,7 @@ use serde::Deserialize;
 use super::digest::Sha256Digest;
 use super::error::FetchError;
 use super::plan::{Part, Plan, safe_relative_path};
-use super::transfer::{HttpGet, Source, check_status};
+use super::transfer::{Http, HttpGet, Source, check_status};
 
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
      application/vnd.oci.image.index.v1+json, \
@@ -47,7 +49,7 @@ struct TokenAnswer {
 
 /// The plan for `oci://{registry}/{repository}` at `reference`.
 pub async fn plan(
-    client: &reqwest::Client,
+    client: &Http,
     registry: &str,
     repository: &str,
     reference: &str,
@@ -108,7 +110,7 @@ pub async fn plan(
 }
 
 async fn get_manifest(
-    client: &reqwest::Client,
+    client: &Http,
     base: &str,
     reference: &str,
     token: &mut Option<String>,
@@ -118,8 +120,11 @@ async fn get_manifest(
         location: location.clone(),
         detail,
     };
+    let url = parse_url(&location)?;
+    client.policy.check_host(&url).await?;
     let mut request = client
-        .get(parse_url(&location)?)
+        .client
+        .get(url)
         .header(reqwest::header::ACCEPT, MANIFEST_TYPES);
     if let Some(bearer) = token.as_deref() {
         request = request.bearer_auth(bearer);
@@ -139,15 +144,26 @@ async fn get_manifest(
         return Box::pin(get_manifest(client, base, reference, token)).await;
     }
     response = check_status(&location, response).await?;
-    response
-        .json()
+    let bytes = response
+        .bytes()
         .await
-        .map_err(|e| unreachable(format!("unexpected manifest: {e}")))
+        .map_err(|e| unreachable(e.to_string()))?;
+    if let Some(pinned) = reference.strip_prefix("sha256:") {
+        let actual = Sha256Digest::of(&bytes);
+        if Sha256Digest::from_hex(pinned)? != actual {
+            return Err(FetchError::DigestMismatch {
+                location,
+                expected: pinned.to_owned(),
+                actual: actual.to_hex(),
+            });
+        }
+    }
+    serde_json::from_slice(&bytes).map_err(|e| unreachable(format!("unexpected manifest: {e}")))
 }
 
 /// Answers a `Bearer realm="…",service="…",scope="…"` challenge with an anonymous token.
 async fn anonymous_token(
-    client: &reqwest::Client,
+    client: &Http,
     challenge: &str,
     location: &str,
 ) -> Result<String, FetchError> {

@@ -4,7 +4,7 @@
 
 use super::digest::Sha256Digest;
 use super::error::FetchError;
-use super::transfer::{HttpGet, Source};
+use super::transfer::{Http, HttpGet, Source};
 use super::uri::ArtifactUri;
 use super::{hub, local, object_store, oci};
 
@@ -37,7 +37,7 @@ pub enum Plan {
 }
 
 /// Resolves `uri` into a plan (listing a Hub repository or reading an OCI manifest when needed).
-pub async fn resolve(uri: &ArtifactUri, client: &reqwest::Client) -> Result<Plan, FetchError> {
+pub async fn resolve(uri: &ArtifactUri, client: &Http) -> Result<Plan, FetchError> {
     match uri {
         ArtifactUri::File(path) => local::plan(path),
         ArtifactUri::Http(url) => Ok(Plan::File(Part::unverified(Source::Http(HttpGet::new(

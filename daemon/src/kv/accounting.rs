@@ -24,7 +24,7 @@ use super::KvError;
 use super::backend::PageId;
 use super::geometry::Geometry;
 use super::ready::ReadyMarks;
-use crate::model::kv_access::SlotId;
+use crate::kv::SlotId;
 
 /// One physical change, in virtual page numbers of the region.
 #[derive(Debug, Clone, PartialEq, Eq)]

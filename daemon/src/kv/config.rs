@@ -10,6 +10,10 @@ pub const PAGE_GRANULE_BYTES: usize = 2 << 20;
 
 /// Default page size: one 2 MiB granule, as vAttention and the `FusedModel` default.
 pub const DEFAULT_PAGE_BYTES: usize = PAGE_GRANULE_BYTES;
+/// Tokens of growth mapped ahead of each reservation by default: a decode step finds the page
+/// of its next few tokens mapped (the only look-ahead in the daemon; the scheduler claims only
+/// what a batch needs).
+pub const DEFAULT_LOOKAHEAD_TOKENS: usize = 16;
 
 /// How a region's bytes are ordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +86,7 @@ impl KvConfig {
             layout: KvLayout::PerLayer,
             pool_bytes: 1 << 30,
             eager: false,
-            lookahead_tokens: 16,
+            lookahead_tokens: DEFAULT_LOOKAHEAD_TOKENS,
         }
     }
 

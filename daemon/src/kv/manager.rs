@@ -21,7 +21,7 @@ use super::geometry::Geometry;
 use super::mapper::{LatencySamples, Mapper};
 use super::stats::KvStats;
 use super::{KvBudget, KvError};
-use crate::model::kv_access::{KvAccess, LayerKv, SlotId};
+use crate::kv::{KvAccess, LayerKv, SlotId};
 
 /// One model's KV region: accounting, mapper thread and backend.
 pub struct KvManager {

@@ -7,10 +7,13 @@
 //! - `mapper` (with its `page_table`): the thread that maps what the next iteration needs while
 //!   this one computes; `ready`: which of its jobs makes which pages usable;
 //! - [`KvManager`] ties them together for the scheduler ([`KvBudget`]) and the forward pass
-//!   ([`KvAccess`](crate::model::kv_access::KvAccess)); [`KvStats`] are its counters.
+//!   ([`KvAccess`], the narrow interface the model reads and writes K/V through, with the
+//!   [`SlotId`] that names a sequence's row); [`KvStats`] are its counters.
 //!
-//! Must not: know about requests, tokens' contents or the model's maths.
+//! Must not: know about requests, tokens' contents or the model's maths (it is the bottom layer:
+//! the model and the scheduler import it, it imports neither).
 
+mod access;
 mod accounting;
 pub mod backend;
 pub mod config;
@@ -23,13 +26,14 @@ pub mod stats;
 #[cfg(test)]
 mod tests;
 
-pub use config::{DEFAULT_PAGE_BYTES, KvConfig, KvLayout, PAGE_GRANULE_BYTES};
+pub use access::{KvAccess, LayerKv, SlotId};
+pub use config::{
+    DEFAULT_LOOKAHEAD_TOKENS, DEFAULT_PAGE_BYTES, KvConfig, KvLayout, PAGE_GRANULE_BYTES,
+};
 pub use geometry::Geometry;
 pub use manager::KvManager;
 pub use mapper::LatencySamples;
 pub use stats::KvStats;
-
-use crate::model::kv_access::SlotId;
 
 /// Why the KV memory could not do what was asked.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 
 use super::{KvBudget, KvConfig, KvError, KvLayout, KvManager};
-use crate::model::kv_access::{KvAccess, SlotId};
+use crate::kv::{KvAccess, SlotId};
 
 /// Reads and writes region bytes at absolute addresses (host pointers or device addresses).
 pub(crate) trait RegionMemory {

@@ -4,7 +4,7 @@
 use std::cell::UnsafeCell;
 
 use super::config::ModelConfig;
-use super::kv_access::{KvAccess, LayerKv, SlotId};
+use crate::kv::{KvAccess, LayerKv, SlotId};
 
 pub struct DenseKv {
     /// `[slot][layer][K|V][max_len][kv_dim]` f32.

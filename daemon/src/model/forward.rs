@@ -7,8 +7,8 @@ use rayon::prelude::*;
 
 use super::Model;
 use super::ModelError;
-use super::kv_access::{KvAccess, LayerKv, SlotId};
 use super::weights::{Block, Linear, Mlp, Norm};
+use crate::kv::{KvAccess, LayerKv, SlotId};
 
 /// Which logits a sequence of the batch wants back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,13 +3,14 @@
 //!
 //! Must not: schedule, own KV memory, or know about HTTP.
 
+pub mod checkpoint;
 pub mod config;
 pub mod cuda;
 pub mod dense_kv;
 pub mod dummy;
 pub mod forward;
 pub mod gguf;
-pub mod kv_access;
+pub mod layout;
 pub mod safetensors;
 pub mod sampling;
 pub mod weights;
@@ -51,14 +52,16 @@ impl ModelError {
 }
 
 /// What the engine runs each iteration: the CPU [`Model`] or, with feature `cuda`, the GPU model
-/// ([`cuda::GpuModel`]). Both read and write K/V through [`KvAccess`](kv_access::KvAccess).
+/// ([`cuda::GpuModel`]). Both read and write K/V through [`KvAccess`](crate::kv::KvAccess).
 pub trait Forward: Send {
     fn config(&self) -> &ModelConfig;
+    /// Bytes of one element of the K/V this model writes to the KV region (its K/V dtype).
+    fn kv_element_bytes(&self) -> usize;
     /// One batched varlen pass; see [`Model::forward`] for the contract.
     fn forward(
         &mut self,
         chunks: &[SeqChunk<'_>],
-        kv: &dyn kv_access::KvAccess,
+        kv: &dyn crate::kv::KvAccess,
     ) -> Result<Logits, ModelError>;
 }
 
@@ -67,10 +70,15 @@ impl Forward for Model {
         &self.config
     }
 
+    /// f32: the CPU pass writes K/V as it computes them.
+    fn kv_element_bytes(&self) -> usize {
+        size_of::<f32>()
+    }
+
     fn forward(
         &mut self,
         chunks: &[SeqChunk<'_>],
-        kv: &dyn kv_access::KvAccess,
+        kv: &dyn crate::kv::KvAccess,
     ) -> Result<Logits, ModelError> {
         Model::forward(self, chunks, kv)
     }

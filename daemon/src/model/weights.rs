@@ -7,6 +7,7 @@ use fused_kernels::cpu::QuantMatrix;
 
 use super::ModelError;
 use super::config::{Arch, ModelConfig};
+use super::layout::{self, MatrixPlan};
 
 /// Where weights come from. Names are HF checkpoint names (`model.layers.0.self_attn.q_proj.weight`,
 /// `h.0.attn.c_attn.weight`); `shape` is the shape the HF checkpoint stores.
@@ -160,56 +161,48 @@ impl Weights {
 }
 
 fn load_llama(cfg: &ModelConfig, src: &mut dyn TensorSource) -> Result<Weights, ModelError> {
-    let (h, q, kv, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
+    let plan = layout::llama(cfg);
     let rms = |src: &mut dyn TensorSource, name: &str| -> Result<Norm, ModelError> {
         Ok(Norm::Rms {
-            weight: src.tensor(name, &[h])?,
+            weight: src.tensor(name, &[cfg.hidden])?,
             eps: cfg.norm_eps,
         })
     };
-    let mut blocks = Vec::with_capacity(cfg.layers);
-    for l in 0..cfg.layers {
-        let p = format!("model.layers.{l}");
-        let mut weight =
-            |name: &str, shape: &[usize]| src.linear_weight(&format!("{p}.{name}"), shape);
-        let qkv = Linear::stacked(
-            q + 2 * kv,
-            vec![
-                weight("self_attn.q_proj.weight", &[q, h])?,
-                weight("self_attn.k_proj.weight", &[kv, h])?,
-                weight("self_attn.v_proj.weight", &[kv, h])?,
-            ],
-        );
-        let gate_up = Linear::stacked(
-            2 * f,
-            vec![
-                weight("mlp.gate_proj.weight", &[f, h])?,
-                weight("mlp.up_proj.weight", &[f, h])?,
-            ],
-        );
-        let o = Linear::stacked(h, vec![weight("self_attn.o_proj.weight", &[h, q])?]);
-        let down = Linear::stacked(h, vec![weight("mlp.down_proj.weight", &[h, f])?]);
+    let matrix = |src: &mut dyn TensorSource, m: &MatrixPlan| -> Result<Linear, ModelError> {
+        let parts = (m.parts.iter())
+            .map(|p| src.linear_weight(&p.name, &[p.rows, m.inner]))
+            .collect::<Result<_, _>>()?;
+        Ok(Linear::stacked(m.out(), parts))
+    };
+    let mut blocks = Vec::with_capacity(plan.blocks.len());
+    for b in &plan.blocks {
         blocks.push(Block {
-            attn_norm: rms(src, &format!("{p}.input_layernorm.weight"))?,
-            qkv,
-            o,
-            mlp_norm: rms(src, &format!("{p}.post_attention_layernorm.weight"))?,
-            mlp: Mlp::SwiGlu { gate_up, down },
+            attn_norm: rms(src, &b.attn_norm)?,
+            qkv: matrix(src, &b.qkv)?,
+            o: matrix(src, &b.o)?,
+            mlp_norm: rms(src, &b.mlp_norm)?,
+            mlp: Mlp::SwiGlu {
+                gate_up: matrix(src, &b.gate_up)?,
+                down: matrix(src, &b.down)?,
+            },
         });
     }
-    let vocab_shape = [cfg.vocab_size, h];
-    let (embed, embed_packed) = src.linear_weight("model.embed_tokens.weight", &vocab_shape)?;
-    let (lm_head, lm_head_packed) = if cfg.tie_embeddings && !src.contains("lm_head.weight") {
-        (None, embed_packed)
-    } else {
-        let (head, packed) = src.linear_weight("lm_head.weight", &vocab_shape)?;
+    let embed_part = &plan.embed.parts[0];
+    let (embed, embed_packed) =
+        src.linear_weight(&embed_part.name, &[embed_part.rows, plan.embed.inner])?;
+    let head_part = &plan.lm_head.parts[0];
+    let (lm_head, lm_head_packed) = if plan.head_is_separate(cfg, src.contains(&head_part.name)) {
+        let (head, packed) =
+            src.linear_weight(&head_part.name, &[head_part.rows, plan.lm_head.inner])?;
         (Some(head), packed)
+    } else {
+        (None, embed_packed)
     };
     Ok(Weights {
         embed,
         positions: None,
         blocks,
-        final_norm: rms(src, "model.norm.weight")?,
+        final_norm: rms(src, &plan.final_norm)?,
         lm_head,
         lm_head_packed,
     })

@@ -3,7 +3,7 @@
 //! Must not: decide anything; these are plain records passed between scheduler and engine.
 
 use super::request::RequestId;
-use crate::model::kv_access::SlotId;
+use crate::kv::SlotId;
 
 /// One sequence's share of an iteration: positions `start_pos..start_pos + num_tokens` of its
 /// known tokens (prompt followed by generated tokens) go through the forward pass.

@@ -81,7 +81,6 @@ impl Scheduler {
                 }
             }
         }
-        self.reserve_lookahead(kv, &batch);
         self.record_batch(&batch);
         self.in_flight = Some(batch.items.clone());
         Ok(batch)
@@ -276,19 +275,6 @@ impl Scheduler {
     fn abort_head(&mut self, kv: &mut dyn KvBudget, reason: AbortReason, batch: &mut Batch) {
         if let Some(seq) = self.waiting.pop_front() {
             self.abort(kv, seq, reason, &mut batch.aborted);
-        }
-    }
-
-    /// Best effort: every sequence that samples this iteration decodes the next one, so claim
-    /// `decode_lookahead` more tokens now and let the mapper map them while this step computes.
-    /// A refusal is ignored; the exact need is claimed (with preemption) next iteration.
-    fn reserve_lookahead(&self, kv: &mut dyn KvBudget, batch: &Batch) {
-        if self.config.decode_lookahead == 0 {
-            return;
-        }
-        for item in batch.items.iter().filter(|item| item.samples) {
-            // Ignored on purpose: lookahead must never preempt or abort anything.
-            let _ = kv.reserve(item.slot, item.end_pos() + self.config.decode_lookahead);
         }
     }
 

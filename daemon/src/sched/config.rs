@@ -75,21 +75,16 @@ pub struct SchedulerConfig {
     /// Most requests waiting for admission; [`crate::sched::Scheduler::add`] refuses beyond it.
     pub max_queue: usize,
     pub policy: Policy,
-    /// Tokens of KV reserved beyond what the batch needs for every sequence that will decode
-    /// next iteration, so the background mapper maps the next step's page while this step
-    /// computes. Best effort: never causes a preemption. 0 turns it off.
-    pub decode_lookahead: usize,
 }
 
 impl SchedulerConfig {
-    /// Sarathi-Serve's defaults: budget 512, 128 sequences, one token of lookahead.
+    /// Sarathi-Serve's defaults: budget 512, 128 sequences.
     pub fn sarathi_default() -> Self {
         SchedulerConfig {
             token_budget: TokenBudget::Fixed(512),
             max_num_seqs: 128,
             max_queue: 1024,
             policy: Policy::Sarathi,
-            decode_lookahead: 1,
         }
     }
 

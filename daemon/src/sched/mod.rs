@@ -1,14 +1,16 @@
 //! Sarathi-Serve scheduling: per-iteration token budget, decodes first, chunked prefills fill
 //! the rest. A pure function of (state, budget, KV accounting) → batch; no model, no threads.
 //!
-//! Must not: see token contents, run the model, map memory, or drop a request silently: every
+//! Must not: see token contents, run the model, map memory, decide when a request ends (the
+//! engine reports every finish in a [`StepOutcome`]; the scheduler only frees its slot), or
+//! drop a request silently: every
 //! request the scheduler accepted ends as finished (returned by [`Scheduler::complete`]),
 //! cancelled (`Batch::cancelled`) or aborted with a reason (`Batch::aborted`).
 //!
 //! # Protocol (driven by the engine thread)
 //!
 //! ```text
-//! scheduler.add(SeqRequest { id, prompt_len, max_new_tokens })?;   // any time; cancel(id) too
+//! scheduler.add(SeqRequest { id, prompt_len })?;   // any time; cancel(id) too
 //! loop {
 //!     let batch = scheduler.schedule(&mut kv)?;   // reserves KV for every item (+ lookahead)
 //!     for item in &batch.items { kv.wait_ready(item.slot, item.end_pos()) }
@@ -51,9 +53,9 @@
 //! [`Scheduler::schedule`] calls `KvBudget::reserve(slot, end_pos)` for every item before it
 //! hands the batch out, so the KV manager's mapper starts mapping while the engine prepares the
 //! forward pass; new requests get their whole prompt reserved at admission, so the mapper can
-//! map later chunks' pages during earlier chunks. With `decode_lookahead = k` (default 1), every
-//! item that samples also reserves `end_pos + k` tokens, best effort (a refusal is ignored and
-//! never preempts), so the page the *next* decode step writes is mapped during *this* step.
+//! map later chunks' pages during earlier chunks. Mapping *further* ahead (the page the next decode
+//! step writes) is the KV manager's own look-ahead (`KvConfig::lookahead_tokens`): the scheduler
+//! only ever claims what the batch needs.
 
 mod batch;
 mod budget;

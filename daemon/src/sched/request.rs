@@ -2,7 +2,7 @@
 //!
 //! Must not: touch KV memory; [`Seq`] only records which slot it holds.
 
-use crate::model::kv_access::SlotId;
+use crate::kv::SlotId;
 
 /// Identifies one request for its whole life (queued, running, preempted, finished).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -18,11 +18,9 @@ impl std::fmt::Display for RequestId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeqRequest {
     pub id: RequestId,
-    /// Prompt length in tokens (after the patch tokenizer).
+    /// Prompt length in tokens (after the patch tokenizer). How many tokens it generates is
+    /// the engine's business: it reports the finish in a [`StepOutcome`](super::StepOutcome).
     pub prompt_len: usize,
-    /// The request finishes at the latest when it has generated this many tokens, even if the
-    /// engine does not say so (the engine may finish it earlier: EOS, stop strings).
-    pub max_new_tokens: usize,
 }
 
 /// Where a running sequence is in its life.
@@ -96,7 +94,6 @@ mod tests {
         let mut seq = Seq::new(SeqRequest {
             id: RequestId(7),
             prompt_len: 100,
-            max_new_tokens: 50,
         });
         assert_eq!(seq.remaining(), 100);
         // The prefill sampled token 1, then four decodes sampled tokens 2..=5: the last

@@ -20,8 +20,6 @@ pub enum AddError {
     Duplicate(RequestId),
     #[error("{0} has an empty prompt")]
     EmptyPrompt(RequestId),
-    #[error("{0} asks for no new tokens")]
-    ZeroMaxNewTokens(RequestId),
 }
 
 /// A call the scheduler cannot serve in its current state.
@@ -93,9 +91,6 @@ impl Scheduler {
         if request.prompt_len == 0 {
             return Err(AddError::EmptyPrompt(request.id));
         }
-        if request.max_new_tokens == 0 {
-            return Err(AddError::ZeroMaxNewTokens(request.id));
-        }
         if self.live.contains(&request.id) {
             return Err(AddError::Duplicate(request.id));
         }
@@ -135,8 +130,8 @@ impl Scheduler {
 
     /// Applies the results of the batch from the last [`Scheduler::schedule`]: every item's
     /// tokens are now in KV; each sampling item produced one token. A request finishes when its
-    /// outcome says so or when it reaches `max_new_tokens`; its slot is released and its id
-    /// returned. A sampling item without an outcome counts as a token produced, not finished;
+    /// outcome says so (the engine alone decides when a request ends); its slot is released and
+    /// its id returned. A sampling item without an outcome counts as a token produced, not finished;
     /// outcomes for other ids are ignored. Does nothing when no batch is in flight.
     pub fn complete(&mut self, kv: &mut dyn KvBudget, outcomes: &[StepOutcome]) -> Vec<RequestId> {
         let Some(items) = self.in_flight.take() else {
@@ -160,7 +155,7 @@ impl Scheduler {
             let engine_finished = outcomes
                 .iter()
                 .any(|outcome| outcome.id == item.id && outcome.finished);
-            if engine_finished || seq.generated >= seq.request.max_new_tokens {
+            if engine_finished {
                 let seq = self.running.remove(index);
                 self.leave(kv, &seq);
                 self.stats.finished_total += 1;

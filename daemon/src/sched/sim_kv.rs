@@ -1,10 +1,26 @@
 //! Page accounting without memory: a fixed pool of pages handed to slots, for the simulator
-//! and the scheduler's tests. Enforces the same [`KvBudget`] contract as the real KV manager.
+//! and the scheduler's tests. Enforces the same [`KvBudget`] contract as the real KV manager,
+//! and models its look-ahead: after each admission or reservation a slot also takes up to
+//! `lookahead_tokens` more tokens' pages from the free list (never by trimming), and those
+//! surplus pages are trimmed again, largest surplus first, when another slot needs them.
 //!
-//! Must not: map anything or hold per-token state; a slot is just a count of pages.
+//! Must not: map anything or hold per-token state; a slot is just counts of pages.
 
+use crate::kv::SlotId;
 use crate::kv::{KvBudget, KvError};
-use crate::model::kv_access::SlotId;
+
+/// Pages one live slot holds: `needed` for its reserved tokens, `held` with look-ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SlotPages {
+    needed: usize,
+    held: usize,
+}
+
+impl SlotPages {
+    fn surplus(&self) -> usize {
+        self.held - self.needed
+    }
+}
 
 /// A pool of `total_pages` pages of `tokens_per_page` tokens shared by `slots` sequences.
 #[derive(Debug, Clone)]
@@ -12,13 +28,15 @@ pub struct SimKv {
     tokens_per_page: usize,
     total_pages: usize,
     max_tokens_per_slot: usize,
-    /// Pages held by each slot; `None` is a free slot.
-    slot_pages: Vec<Option<usize>>,
+    lookahead_tokens: usize,
+    /// `None` is a free slot.
+    slots: Vec<Option<SlotPages>>,
     free_pages: usize,
 }
 
 impl SimKv {
-    /// `max_tokens_per_slot` is the slot's capacity (the model's context length).
+    /// `max_tokens_per_slot` is the slot's capacity (the model's context length); no look-ahead
+    /// (see [`with_lookahead`](Self::with_lookahead)).
     pub fn new(
         tokens_per_page: usize,
         total_pages: usize,
@@ -40,9 +58,16 @@ impl SimKv {
             tokens_per_page,
             total_pages,
             max_tokens_per_slot,
-            slot_pages: vec![None; slots],
+            lookahead_tokens: 0,
+            slots: vec![None; slots],
             free_pages: total_pages,
         })
+    }
+
+    /// The same pool with the KV manager's look-ahead (`KvConfig::lookahead_tokens`).
+    pub fn with_lookahead(mut self, lookahead_tokens: usize) -> Self {
+        self.lookahead_tokens = lookahead_tokens;
+        self
     }
 
     pub fn total_pages(&self) -> usize {
@@ -51,15 +76,16 @@ impl SimKv {
 
     /// Slots currently given to sequences.
     pub fn slots_in_use(&self) -> usize {
-        self.slot_pages
-            .iter()
-            .filter(|pages| pages.is_some())
-            .count()
+        self.slots.iter().filter(|pages| pages.is_some()).count()
     }
 
-    /// Pages `slot` holds, or `None` if the slot is free or does not exist.
+    /// Pages `slot` holds (look-ahead included), or `None` if the slot is free or unknown.
     pub fn pages_held(&self, slot: SlotId) -> Option<usize> {
-        self.slot_pages.get(slot as usize).copied().flatten()
+        self.slots
+            .get(slot as usize)
+            .copied()
+            .flatten()
+            .map(|pages| pages.held)
     }
 
     fn pages_for(&self, tokens: usize) -> usize {
@@ -76,14 +102,54 @@ impl SimKv {
         Ok(())
     }
 
-    fn take_pages(&mut self, needed: usize) -> Result<(), KvError> {
-        if needed > self.free_pages {
+    /// Free pages plus the look-ahead surplus of every slot but `except`.
+    fn available(&self, except: Option<usize>) -> usize {
+        let surplus: usize = (self.slots.iter().enumerate())
+            .filter(|(index, _)| Some(*index) != except)
+            .filter_map(|(_, pages)| pages.map(|p| p.surplus()))
+            .sum();
+        self.free_pages + surplus
+    }
+
+    /// Takes `needed` pages for slot `index`, trimming other slots' surplus when the free list
+    /// is short. On error nothing has changed.
+    fn take_pages(&mut self, index: usize, needed: usize) -> Result<(), KvError> {
+        let available = self.available(Some(index));
+        if needed > available {
             return Err(KvError::OutOfPages {
                 needed,
-                free: self.free_pages,
+                free: available,
             });
         }
+        while self.free_pages < needed {
+            let victim = (self.slots.iter_mut().enumerate())
+                .filter(|(other, _)| *other != index)
+                .filter_map(|(_, pages)| pages.as_mut())
+                .max_by_key(|pages| pages.surplus());
+            let Some(victim) = victim else { break };
+            let trimmed = victim.surplus().min(needed - self.free_pages);
+            victim.held -= trimmed;
+            self.free_pages += trimmed;
+        }
         self.free_pages -= needed;
+        Ok(())
+    }
+
+    /// Grows slot `index` to hold `tokens` (trimming others if needed), then adds look-ahead
+    /// pages from the free list only.
+    fn grow(&mut self, index: usize, tokens: usize) -> Result<(), KvError> {
+        let mut pages = self.slots[index].unwrap_or(SlotPages { needed: 0, held: 0 });
+        let wanted = self.pages_for(tokens);
+        if wanted > pages.held {
+            self.take_pages(index, wanted - pages.held)?;
+            pages.held = wanted;
+        }
+        pages.needed = pages.needed.max(wanted);
+        let ahead = self.pages_for((tokens + self.lookahead_tokens).min(self.max_tokens_per_slot));
+        let extra = ahead.saturating_sub(pages.held).min(self.free_pages);
+        self.free_pages -= extra;
+        pages.held += extra;
+        self.slots[index] = Some(pages);
         Ok(())
     }
 }
@@ -95,40 +161,33 @@ impl KvBudget for SimKv {
 
     fn can_admit(&self, tokens: usize) -> bool {
         tokens <= self.max_tokens_per_slot
-            && self.pages_for(tokens) <= self.free_pages
-            && self.slot_pages.iter().any(Option::is_none)
+            && self.pages_for(tokens) <= self.available(None)
+            && self.slots.iter().any(Option::is_none)
     }
 
     fn admit(&mut self, tokens: usize) -> Result<SlotId, KvError> {
         self.check_length(tokens)?;
         let index = self
-            .slot_pages
+            .slots
             .iter()
             .position(Option::is_none)
-            .ok_or(KvError::NoFreeSlot(self.slot_pages.len()))?;
-        let pages = self.pages_for(tokens);
-        self.take_pages(pages)?;
-        self.slot_pages[index] = Some(pages);
+            .ok_or(KvError::NoFreeSlot(self.slots.len()))?;
+        self.grow(index, tokens)?;
         // The constructor checked that every slot index fits a SlotId.
         Ok(index as SlotId)
     }
 
     fn reserve(&mut self, slot: SlotId, tokens: usize) -> Result<(), KvError> {
-        let held = self.pages_held(slot).ok_or(KvError::UnknownSlot(slot))?;
+        self.pages_held(slot).ok_or(KvError::UnknownSlot(slot))?;
         self.check_length(tokens)?;
-        let wanted = self.pages_for(tokens);
-        if wanted > held {
-            self.take_pages(wanted - held)?;
-            self.slot_pages[slot as usize] = Some(wanted);
-        }
-        Ok(())
+        self.grow(slot as usize, tokens)
     }
 
     fn release(&mut self, slot: SlotId) {
-        if let Some(entry) = self.slot_pages.get_mut(slot as usize)
+        if let Some(entry) = self.slots.get_mut(slot as usize)
             && let Some(pages) = entry.take()
         {
-            self.free_pages += pages;
+            self.free_pages += pages.held;
         }
     }
 
@@ -170,6 +229,24 @@ mod tests {
         assert_eq!(kv.pages_held(slot), Some(2));
         assert!(!kv.can_admit(1));
         assert!(matches!(kv.admit(1), Err(KvError::OutOfPages { .. })));
+    }
+
+    #[test]
+    fn lookahead_takes_free_pages_and_gives_them_back_when_needed() {
+        let mut kv = SimKv::new(16, 4, 2, 1000)
+            .expect("valid")
+            .with_lookahead(16);
+        let a = kv.admit(16).expect("room");
+        assert_eq!((kv.pages_held(a), kv.free_pages()), (Some(2), 2));
+        // The next page a decode writes is already held: no growth.
+        kv.reserve(a, 17).expect("held ahead");
+        assert_eq!((kv.pages_held(a), kv.free_pages()), (Some(3), 1));
+        // A new sequence needing 2 pages trims `a`'s surplus instead of failing.
+        assert!(kv.can_admit(32));
+        assert!(!kv.can_admit(33));
+        let b = kv.admit(32).expect("room after trimming look-ahead");
+        assert_eq!((kv.pages_held(a), kv.pages_held(b)), (Some(2), Some(2)));
+        assert!(kv.reserve(b, 33).is_err(), "needed pages are never trimmed");
     }
 
     #[test]

@@ -13,7 +13,6 @@ use serde_json::json;
 use super::error::ApiError;
 use super::protocol::{DetokenizeRequest, TokenizeRequest};
 use super::{AppState, unix_now};
-use crate::tokenizer::ChatMessage;
 
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     if state.engine.is_alive() {
@@ -72,14 +71,19 @@ pub async fn tokenize(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(req) = body?;
     state.check_model(req.model.as_deref())?;
-    let (text, add_special) = match (req.prompt, req.messages) {
-        (Some(prompt), None) => (prompt, req.add_special_tokens),
+    let encoded = match (req.prompt, req.messages) {
+        (Some(prompt), None) => {
+            state
+                .tokenizer
+                .encode(prompt, req.add_special_tokens, "prompt")
+                .await?
+        }
         (None, Some(messages)) => {
             let messages = super::openai::chat_messages(messages)?;
-            (
-                render_chat(&state, &messages, req.add_generation_prompt)?,
-                false,
-            )
+            state
+                .tokenizer
+                .encode_chat(messages, req.add_generation_prompt)
+                .await?
         }
         _ => {
             return Err(ApiError::bad_request(
@@ -87,10 +91,7 @@ pub async fn tokenize(
             ));
         }
     };
-    let tokens = state
-        .codec
-        .encode(&text, add_special)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let tokens = encoded.ids;
     Ok(Json(
         json!({"count": tokens.len(), "max_model_len": state.max_context, "tokens": tokens}),
     ))
@@ -112,10 +113,15 @@ pub async fn detokenize(
             format!("token id {bad} is outside the vocabulary"),
         ));
     }
+    let tokens = req.tokens;
     let prompt = state
-        .codec
-        .decode(&req.tokens, false)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .tokenizer
+        .run(move |codec| {
+            codec
+                .decode(&tokens, false)
+                .map_err(|e| ApiError::bad_request(e.to_string()))
+        })
+        .await?;
     Ok(Json(json!({"prompt": prompt})))
 }
 
@@ -124,21 +130,4 @@ pub async fn not_found() -> ApiError {
         status: StatusCode::NOT_FOUND,
         ..ApiError::bad_request("no such route")
     }
-}
-
-/// Renders the chat template, or explains why it cannot.
-pub fn render_chat(
-    state: &AppState,
-    messages: &[ChatMessage],
-    add_generation_prompt: bool,
-) -> Result<String, ApiError> {
-    if !state.codec.has_chat_template() {
-        return Err(ApiError::bad_request(
-            "this model has no chat template; use /v1/completions",
-        ));
-    }
-    state
-        .codec
-        .apply_chat_template(messages, add_generation_prompt)
-        .map_err(|e| ApiError::invalid_param("messages", e.to_string()))
 }

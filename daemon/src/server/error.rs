@@ -5,6 +5,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::engine::EngineError;
+use crate::sched::{AbortReason, AddError};
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -93,6 +96,7 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
 
+    /// The OpenAI error envelope.
     pub fn body(&self) -> serde_json::Value {
         json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
     }
@@ -116,9 +120,42 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Every engine refusal and failure, as the client sees it: capacity and health problems are a
+/// 503 with `Retry-After` (another replica may serve it), requests that can never fit are a 400,
+/// everything else a 500 whose message says what failed.
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> Self {
+        match &error {
+            EngineError::Overloaded { .. } | EngineError::Refused(AddError::QueueFull { .. }) => {
+                Self::overloaded(1)
+            }
+            EngineError::Draining | EngineError::Stopped | EngineError::Unhealthy => {
+                Self::unavailable(error.to_string())
+            }
+            EngineError::Aborted(
+                AbortReason::ExceedsKvCapacity { .. } | AbortReason::ExceedsTokenBudget { .. },
+            ) => Self {
+                code: Some("context_length_exceeded"),
+                ..Self::bad_request(error.to_string())
+            },
+            EngineError::Refused(_)
+            | EngineError::Aborted(AbortReason::Kv(_))
+            | EngineError::Kv(_)
+            | EngineError::Forward(_)
+            | EngineError::Detokenize(_)
+            | EngineError::Panicked
+            | EngineError::Internal(_) => Self::internal(error.to_string()),
+        }
+    }
+}
+
 /// Malformed JSON and wrong field types become a 400 in the envelope, not axum's plain text.
+/// A body over the size limit is a 413 before anything is parsed.
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
-        Self::bad_request(rejection.body_text())
+        Self {
+            status: rejection.status(),
+            ..Self::bad_request(rejection.body_text())
+        }
     }
 }

@@ -2,35 +2,27 @@
 //! tokenise, check the context, then answer as one JSON body or as an SSE stream that always
 //! ends with `data: [DONE]`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::ApiError;
-use super::generate::{self, ChoiceEvent, ChoiceOutput};
+use super::generate::{self, ChoiceOutput};
+use super::logprobs::{chat_logprobs, completion_logprobs};
 use super::protocol::*;
+use super::sse::{self, Head, Shape};
+use super::tokenize::Encoded;
 use super::validate::{GenerationParams, generation_params};
-use super::{AppState, admin, new_id, unix_now};
-use crate::engine::{AdmissionError, Permit};
-use crate::model::sampling::Sampled;
+use super::{AppState, RequestId, unix_now};
+use crate::engine::Permit;
 use crate::tokenizer::ChatMessage;
-
-/// Which endpoint a response is shaped for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shape {
-    Completion,
-    Chat,
-}
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    Extension(request_id): Extension<RequestId>,
     body: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body?;
@@ -46,8 +38,8 @@ pub async fn completions(
         .ok_or_else(|| ApiError::invalid_param("prompt", "`prompt` is required"))?;
     let permit = admit(&state, params.n)?;
     let prompt_ids = match prompt {
-        Prompt::Text(text) => encode(&state, &text, true)?,
-        Prompt::Texts(texts) if texts.len() == 1 => encode(&state, &texts[0], true)?,
+        Prompt::Text(text) => encode(&state, text).await?,
+        Prompt::Texts(mut texts) if texts.len() == 1 => encode(&state, texts.remove(0)).await?,
         Prompt::Tokens(ids) => ids,
         Prompt::TokenLists(mut lists) if lists.len() == 1 => lists.remove(0),
         Prompt::Texts(_) | Prompt::TokenLists(_) => {
@@ -66,11 +58,20 @@ pub async fn completions(
             format!("token id {bad} is outside the vocabulary"),
         ));
     }
-    respond(state, permit, prompt_ids, params, Shape::Completion).await
+    respond(
+        state,
+        &request_id,
+        permit,
+        prompt_ids,
+        params,
+        Shape::Completion,
+    )
+    .await
 }
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    Extension(request_id): Extension<RequestId>,
     body: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body?;
@@ -88,9 +89,9 @@ pub async fn chat_completions(
     let params = generation_params(req.sampling, logprobs, None, state.codec.vocab_size())?;
     let messages = chat_messages(req.messages.unwrap_or_default())?;
     let permit = admit(&state, params.n)?;
-    let text = admin::render_chat(&state, &messages, true)?;
-    let prompt_ids = encode(&state, &text, false)?;
-    respond(state, permit, prompt_ids, params, Shape::Chat).await
+    let encoded = state.tokenizer.encode_chat(messages, true).await?;
+    let prompt_ids = count_tokens(&state, encoded);
+    respond(state, &request_id, permit, prompt_ids, params, Shape::Chat).await
 }
 
 /// Checks the messages and flattens text parts; an empty list is a 400 naming `messages`.
@@ -133,36 +134,34 @@ pub fn chat_messages(messages: Vec<ChatMessageIn>) -> Result<Vec<ChatMessage>, A
 
 fn admit(state: &AppState, n: usize) -> Result<Permit, ApiError> {
     state.engine.admit(n).map_err(|e| {
-        state.metrics.rejected(match e {
-            AdmissionError::Full(_) => "queue_full",
-            AdmissionError::Draining => "draining",
-            AdmissionError::Stopped => "stopped",
-        });
-        match e {
-            AdmissionError::Full(_) => ApiError::overloaded(1),
-            AdmissionError::Draining | AdmissionError::Stopped => {
-                ApiError::unavailable(e.to_string())
-            }
-        }
+        state.metrics.rejected(e.metric_label());
+        ApiError::from(e)
     })
 }
 
-fn encode(state: &AppState, text: &str, add_special: bool) -> Result<Vec<u32>, ApiError> {
-    let ids = state
-        .codec
-        .encode(text, add_special)
-        .map_err(|e| ApiError::invalid_param("prompt", e.to_string()))?;
-    if state.codec.patch().is_some()
-        && let Ok(base) = state.codec.encode_base(text, add_special)
-    {
-        state.metrics.vocab_base_tokens.inc_by(base.len() as u64);
-        state.metrics.vocab_patched_tokens.inc_by(ids.len() as u64);
+async fn encode(state: &AppState, text: String) -> Result<Vec<u32>, ApiError> {
+    let encoded = state.tokenizer.encode(text, true, "prompt").await?;
+    Ok(count_tokens(state, encoded))
+}
+
+/// Counts the prompt for the vocabulary patch's token-reduction series; returns its ids.
+fn count_tokens(state: &AppState, encoded: Encoded) -> Vec<u32> {
+    if state.codec.patch().is_some() {
+        state
+            .metrics
+            .vocab_base_tokens
+            .inc_by(encoded.base_len as u64);
+        state
+            .metrics
+            .vocab_patched_tokens
+            .inc_by(encoded.ids.len() as u64);
     }
-    Ok(ids)
+    encoded.ids
 }
 
 async fn respond(
     state: Arc<AppState>,
+    request_id: &RequestId,
     permit: Permit,
     prompt: Vec<u32>,
     params: GenerationParams,
@@ -192,30 +191,36 @@ async fn respond(
         None => room,
     };
     let prompt_tokens = prompt.len();
-    let events = generate::start(&state, permit.split(), prompt, &params, max_new_tokens);
+    let request = generate::engine_request(&request_id.0, prompt, &params, max_new_tokens);
+    // Admission is decided here, before any response starts: a refusal is a plain 4xx/5xx.
+    let stream = state.engine.submit(permit, request).await.map_err(|e| {
+        state.metrics.rejected(e.metric_label());
+        ApiError::from(e)
+    })?;
     let head = Head {
-        id: new_id(if shape == Shape::Chat {
-            "chatcmpl"
-        } else {
-            "cmpl"
-        }),
+        id: format!(
+            "{}-{}",
+            if shape == Shape::Chat {
+                "chatcmpl"
+            } else {
+                "cmpl"
+            },
+            request_id.0
+        ),
         created: unix_now(),
         model: state.served_model_name.clone(),
     };
     if params.stream {
-        let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
-        tokio::spawn(stream_events(
+        return Ok(sse::response(
             state,
             head,
             shape,
             params,
             prompt_tokens,
-            events,
-            tx,
+            stream,
         ));
-        return Ok(Sse::new(ReceiverStream::new(rx)).into_response());
     }
-    let outputs = generate::collect(events, params.n).await?;
+    let outputs = generate::collect(stream, params.n).await?;
     let completion_tokens = outputs.iter().map(|o| o.completion_tokens).sum();
     let usage = Usage::new(prompt_tokens, completion_tokens);
     Ok(match shape {
@@ -235,6 +240,7 @@ async fn respond(
                         .map(|_| completion_logprobs(&state, &o.tokens, 0)),
                     text: o.text,
                     finish_reason: o.finish_reason,
+                    stop_reason: o.stop_reason.map(Into::into),
                 })
                 .collect(),
             usage: Some(usage),
@@ -259,170 +265,11 @@ async fn respond(
                         content: o.text,
                     },
                     finish_reason: o.finish_reason,
+                    stop_reason: o.stop_reason.map(Into::into),
                 })
                 .collect(),
             usage,
         })
         .into_response(),
     })
-}
-
-/// The fields every chunk of one response repeats.
-struct Head {
-    id: String,
-    created: u64,
-    model: String,
-}
-
-async fn stream_events(
-    state: Arc<AppState>,
-    head: Head,
-    shape: Shape,
-    params: GenerationParams,
-    prompt_tokens: usize,
-    mut events: mpsc::Receiver<ChoiceEvent>,
-    tx: mpsc::Sender<Result<SseEvent, Infallible>>,
-) {
-    let send = |value: serde_json::Value| {
-        let tx = tx.clone();
-        async move {
-            tx.send(Ok(SseEvent::default().data(value.to_string())))
-                .await
-                .is_ok()
-        }
-    };
-    let chunk = |choices: serde_json::Value, usage: Option<Usage>| {
-        let object = if shape == Shape::Chat {
-            "chat.completion.chunk"
-        } else {
-            "text_completion"
-        };
-        let mut value = serde_json::json!({"id": head.id, "object": object, "created": head.created, "model": head.model, "choices": choices});
-        if let Some(usage) = usage {
-            value["usage"] = serde_json::json!(usage);
-        }
-        value
-    };
-    if shape == Shape::Chat {
-        for index in 0..params.n {
-            let first = serde_json::json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
-            if !send(chunk(first, None)).await {
-                return;
-            }
-        }
-    }
-    let mut offsets = vec![0usize; params.n];
-    let (mut done, mut completion_tokens) = (0, 0);
-    while done < params.n {
-        let Some(event) = events.recv().await else {
-            break;
-        };
-        let choice = match event {
-            ChoiceEvent::Text {
-                index,
-                text,
-                tokens,
-            } => {
-                let logprobs = params.sampling.logprobs.map(|_| match shape {
-                    Shape::Completion => {
-                        serde_json::json!(completion_logprobs(&state, &tokens, offsets[index]))
-                    }
-                    Shape::Chat => serde_json::json!(chat_logprobs(&state, &tokens)),
-                });
-                offsets[index] += text.len();
-                match shape {
-                    Shape::Completion => {
-                        serde_json::json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": null})
-                    }
-                    Shape::Chat => {
-                        serde_json::json!({"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": null})
-                    }
-                }
-            }
-            ChoiceEvent::Done {
-                index,
-                reason,
-                completion_tokens: tokens,
-            } => {
-                done += 1;
-                completion_tokens += tokens;
-                match shape {
-                    Shape::Completion => {
-                        serde_json::json!({"index": index, "text": "", "logprobs": null, "finish_reason": reason})
-                    }
-                    Shape::Chat => {
-                        serde_json::json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": reason})
-                    }
-                }
-            }
-            ChoiceEvent::Error { error } => {
-                let _ = send(error.body()).await;
-                break;
-            }
-        };
-        if !send(chunk(serde_json::json!([choice]), None)).await {
-            return;
-        }
-    }
-    if done == params.n && params.include_usage {
-        let usage = Usage::new(prompt_tokens, completion_tokens);
-        if !send(chunk(serde_json::json!([]), Some(usage))).await {
-            return;
-        }
-    }
-    let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
-}
-
-fn token_text(state: &AppState, id: u32) -> String {
-    state.codec.decode(&[id], false).unwrap_or_default()
-}
-
-fn completion_logprobs(
-    state: &AppState,
-    tokens: &[Sampled],
-    start_offset: usize,
-) -> CompletionLogprobs {
-    let mut out = CompletionLogprobs::default();
-    let mut offset = start_offset;
-    for t in tokens {
-        let text = token_text(state, t.token);
-        out.text_offset.push(offset);
-        offset += text.len();
-        out.tokens.push(text);
-        out.token_logprobs.push(t.logprob.unwrap_or(0.0));
-        out.top_logprobs.push(
-            t.top
-                .iter()
-                .map(|&(id, lp)| (token_text(state, id), lp))
-                .collect(),
-        );
-    }
-    out
-}
-
-fn chat_logprobs(state: &AppState, tokens: &[Sampled]) -> ChatLogprobs {
-    let content = tokens
-        .iter()
-        .map(|t| {
-            let token = token_text(state, t.token);
-            ChatTokenLogprob {
-                bytes: token.as_bytes().to_vec(),
-                token,
-                logprob: t.logprob.unwrap_or(0.0),
-                top_logprobs: t
-                    .top
-                    .iter()
-                    .map(|&(id, logprob)| {
-                        let token = token_text(state, id);
-                        TopLogprob {
-                            bytes: token.as_bytes().to_vec(),
-                            token,
-                            logprob,
-                        }
-                    })
-                    .collect(),
-            }
-        })
-        .collect();
-    ChatLogprobs { content }
 }

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::StopReason;
+
 /// `prompt` of `/v1/completions`: a string, a list of strings, token ids, or lists of token ids.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -135,14 +137,35 @@ pub struct CompletionLogprobs {
     pub text_offset: Vec<usize>,
 }
 
+/// vLLM's `stop_reason`: the stop token id or stop string that ended a choice (null for EOS,
+/// length, or a choice still running).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum StopReasonOut {
+    Token(u32),
+    Text(String),
+}
+
+impl From<StopReason> for StopReasonOut {
+    fn from(reason: StopReason) -> Self {
+        match reason {
+            StopReason::Token(id) => StopReasonOut::Token(id),
+            StopReason::Text(text) => StopReasonOut::Text(text),
+        }
+    }
+}
+
+/// A completion choice; also the choice of a streamed completion chunk.
 #[derive(Debug, Clone, Serialize)]
 pub struct CompletionChoice {
     pub index: usize,
     pub text: String,
     pub logprobs: Option<CompletionLogprobs>,
     pub finish_reason: Option<&'static str>,
+    pub stop_reason: Option<StopReasonOut>,
 }
 
+/// A completion, or one chunk of a streamed completion (same shape, as in OpenAI's API).
 #[derive(Debug, Clone, Serialize)]
 pub struct CompletionResponse {
     pub id: String,
@@ -186,6 +209,7 @@ pub struct ChatChoice {
     pub message: ChatMessageOut,
     pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<&'static str>,
+    pub stop_reason: Option<StopReasonOut>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -212,6 +236,7 @@ pub struct ChatChunkChoice {
     pub delta: ChatDelta,
     pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<&'static str>,
+    pub stop_reason: Option<StopReasonOut>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -9,6 +9,13 @@ use crate::model::sampling::SamplingParams;
 pub const MAX_LOGPROBS: i64 = 20;
 /// Choices per request at most.
 pub const MAX_N: i64 = 16;
+/// Stop strings per request at most (OpenAI allows 4, vLLM sets no limit; every stop string is
+/// matched against the output after each token, so a hostile list must not be unbounded).
+pub const MAX_STOP_STRINGS: usize = 32;
+/// Bytes of one stop string at most.
+pub const MAX_STOP_BYTES: usize = 512;
+/// `logit_bias` entries at most (OpenAI documents 300 tokens; we take more, not unbounded).
+pub const MAX_LOGIT_BIAS: usize = 1024;
 
 /// A request's generation settings after validation.
 #[derive(Debug, Clone)]
@@ -98,7 +105,17 @@ pub fn generation_params(
         sampling.repetition_penalty = p;
     }
     sampling.seed = f.seed.map(|s| s as u64);
-    for (key, bias) in f.logit_bias.unwrap_or_default() {
+    let logit_bias = f.logit_bias.unwrap_or_default();
+    if logit_bias.len() > MAX_LOGIT_BIAS {
+        return Err(ApiError::invalid_param(
+            "logit_bias",
+            format!(
+                "`logit_bias` has {} entries; at most {MAX_LOGIT_BIAS} are allowed",
+                logit_bias.len()
+            ),
+        ));
+    }
+    for (key, bias) in logit_bias {
         let token = key
             .trim()
             .parse::<u32>()
@@ -111,6 +128,12 @@ pub fn generation_params(
                 )
             })?;
         let bias = in_range("logit_bias", bias, -100.0, 100.0, "in [-100, 100]")?;
+        if sampling.logit_bias.iter().any(|&(seen, _)| seen == token) {
+            return Err(ApiError::invalid_param(
+                "logit_bias",
+                format!("`logit_bias` names token {token} twice (as `{key}` and another spelling)"),
+            ));
+        }
         sampling.logit_bias.push((token, bias));
     }
     if let Some(k) = logprobs {
@@ -177,6 +200,24 @@ pub fn generation_params(
             "stop strings must not be empty",
         ));
     }
+    if stop.len() > MAX_STOP_STRINGS {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!(
+                "{} stop strings given; at most {MAX_STOP_STRINGS} are allowed",
+                stop.len()
+            ),
+        ));
+    }
+    if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!(
+                "a stop string of {} bytes; at most {MAX_STOP_BYTES} are allowed",
+                long.len()
+            ),
+        ));
+    }
     Ok(GenerationParams {
         sampling,
         max_tokens,
@@ -220,11 +261,34 @@ mod tests {
             (r#"{"logit_bias": {"1000": 1}}"#, "logit_bias"),
             (r#"{"logit_bias": {"dog": 1}}"#, "logit_bias"),
             (r#"{"logit_bias": {"-3": 1}}"#, "logit_bias"),
+            (r#"{"logit_bias": {"7": 1, "07": 2}}"#, "logit_bias"),
         ] {
             let err = check(json).unwrap_err();
             assert_eq!(err.param.as_deref(), Some(param), "{json}: {err:?}");
             assert_eq!(err.status, 400);
         }
+    }
+
+    #[test]
+    fn oversized_stop_and_logit_bias_lists_are_refused() {
+        let many_stops = serde_json::json!({"stop": vec!["x"; MAX_STOP_STRINGS + 1]});
+        let long_stop = serde_json::json!({"stop": "y".repeat(MAX_STOP_BYTES + 1)});
+        let bias: serde_json::Map<String, serde_json::Value> = (0..=MAX_LOGIT_BIAS)
+            .map(|id| (id.to_string(), serde_json::json!(1)))
+            .collect();
+        let many_biases = serde_json::json!({ "logit_bias": bias });
+        for (json, param) in [
+            (many_stops, "stop"),
+            (long_stop, "stop"),
+            (many_biases, "logit_bias"),
+        ] {
+            let f: SamplingFields = serde_json::from_value(json).unwrap();
+            let err = generation_params(f, None, Some(16), 100_000).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(param), "{err:?}");
+        }
+        let ok = serde_json::json!({"stop": vec!["x"; MAX_STOP_STRINGS]});
+        let f: SamplingFields = serde_json::from_value(ok).unwrap();
+        assert!(generation_params(f, None, Some(16), 100_000).is_ok());
     }
 
     #[test]

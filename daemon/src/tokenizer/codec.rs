@@ -223,6 +223,17 @@ impl Codec {
         })
     }
 
+    /// Text → ids as [`encode`](Self::encode), and how many base ids the text was before the
+    /// patch (the vocabulary patch's token reduction), from one tokenisation.
+    pub fn encode_counting_base(&self, text: &str, add_special: bool) -> Result<(Vec<u32>, usize)> {
+        let base = self.encode_base(text, add_special)?;
+        let base_len = base.len();
+        Ok(match &self.patch {
+            Some(patch) => (patch.patch_ids(&base), base_len),
+            None => (base, base_len),
+        })
+    }
+
     /// Text → base ids, ignoring any patch.
     pub fn encode_base(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         let encoding = self

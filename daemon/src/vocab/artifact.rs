@@ -215,6 +215,7 @@ impl PatchArtifact {
             path: path.clone(),
             reason,
         };
+        inside_dir(&self.dir, &path).map_err(bad)?;
         let bytes = std::fs::read(&path).map_err(VocabError::io(&path))?;
         let actual = sha256_hex(&bytes);
         if !same_digest(&info.sha256, &actual) {
@@ -377,13 +378,43 @@ impl PatchSpec {
                 return Err(format!("special id {id} is outside the vocabulary"));
             }
         }
-        if let Some(e) = &self.embeddings
-            && (e.hidden == 0 || e.file.contains('/') || e.file.contains(".."))
-        {
-            return Err("`embeddings` names a bad file or a zero hidden size".into());
+        if let Some(e) = &self.embeddings {
+            if e.hidden == 0 {
+                return Err("`embeddings.hidden` is zero".into());
+            }
+            if !is_plain_file_name(&e.file) {
+                return Err(format!(
+                    "`embeddings.file` {:?} must be a plain file name inside the patch directory \
+                     (no path, no `..`)",
+                    e.file
+                ));
+            }
         }
         Ok(())
     }
+}
+
+/// A file name with no directory part: not empty, not `.` or `..`, no slash, backslash or NUL.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
+/// Checks that `path` is a regular file whose real location (symlinks resolved) is directly
+/// in `dir`'s real location: a symlink in the patch directory must not lead out of it.
+fn inside_dir(dir: &Path, path: &Path) -> std::result::Result<(), String> {
+    let real_dir = std::fs::canonicalize(dir).map_err(|e| e.to_string())?;
+    let real = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
+    if real.parent() != Some(real_dir.as_path()) {
+        return Err(format!(
+            "resolves to {}, outside the patch directory {}",
+            real.display(),
+            real_dir.display()
+        ));
+    }
+    if !real.is_file() {
+        return Err("is not a regular file".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -491,6 +522,62 @@ mod tests {
                 .unwrap_err()
                 .contains("entries for a vocabulary")
         );
+    }
+
+    #[test]
+    fn the_embeddings_file_is_a_plain_name_inside_the_patch_directory() {
+        let good = toy_spec();
+        let with_file = |file: &str| {
+            let mut spec = good.clone();
+            spec.embeddings = Some(EmbeddingsInfo {
+                file: file.into(),
+                sha256: "0".repeat(64),
+                hidden: 3,
+                model: "toy".into(),
+            });
+            spec
+        };
+        assert_eq!(with_file(EMBEDDINGS_FILE).validate(), Ok(()));
+        for bad in [
+            "",
+            ".",
+            "..",
+            "/etc/passwd",
+            "../x",
+            "sub/rows.safetensors",
+            "a\\b",
+        ] {
+            let error = with_file(bad).validate().expect_err(bad);
+            assert!(error.contains("plain file name"), "{bad}: {error}");
+        }
+
+        // A symlink named like the embeddings file, leading out of the directory, is refused
+        // even when the file it points to has the recorded digest.
+        let dir = fixtures::scratch_dir("symlink-out");
+        let outside = fixtures::scratch_dir("symlink-target");
+        std::fs::create_dir_all(&outside).unwrap();
+        let rows = NewRows {
+            ids: good.ngrams.iter().map(|g| g.id).collect(),
+            hidden: 3,
+            input: vec![0.5; 3 * good.ngrams.len()],
+            output: vec![-0.5; 3 * good.ngrams.len()],
+        };
+        let info = save_rows(&outside, &rows, "toy".into()).unwrap();
+        let mut spec = good;
+        spec.embeddings = Some(info);
+        PatchArtifact::save(&dir, &spec).unwrap();
+        std::os::unix::fs::symlink(outside.join(EMBEDDINGS_FILE), dir.join(EMBEDDINGS_FILE))
+            .unwrap();
+        let error = PatchArtifact::load(&dir, None)
+            .unwrap()
+            .load_rows()
+            .expect_err("the rows live outside the patch");
+        assert!(
+            error.to_string().contains("outside the patch directory"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&outside).unwrap();
     }
 
     #[test]

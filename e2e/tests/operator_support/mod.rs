@@ -316,6 +316,14 @@ pub fn workspace_binary(name: &str, env_var: &str) -> PathBuf {
     path
 }
 
+/// A client configuration for `kubeconfig`, for tests that add layers to the client.
+pub async fn client_config(kubeconfig: &std::path::Path) -> kube::Config {
+    let parsed = kube::config::Kubeconfig::read_from(kubeconfig).expect("read the kubeconfig");
+    kube::Config::from_custom_kubeconfig(parsed, &kube::config::KubeConfigOptions::default())
+        .await
+        .expect("client config")
+}
+
 /// Who holds the operator's leader lease (`fused-operator`) in `leases`' namespace now.
 pub async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
     leases

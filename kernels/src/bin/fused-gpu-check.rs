@@ -7,8 +7,9 @@
 use fused_kernels::compare::rel_l2;
 use fused_kernels::cpu::{self, AttentionShape, RopeTable};
 use fused_kernels::cuda::{
-    AttentionBatch, Blas, CudaError, DecodeSplits, DeviceBuffer, GEMV_MAX_ROWS, GemmOut, GemvOut,
-    GemvShape, GpuDevice, Kernels, PREFILL_TILE_ROWS,
+    BatchArrays, BatchShape, Blas, CudaError, DecodeSplits, DeviceBatch, DeviceBuffer, DeviceView,
+    Element, GEMV_MAX_ROWS, GpuDevice, IndexBuffer, Kernels, Linear, LinearOut, LinearShape,
+    NormRows, PREFILL_TILE_ROWS, RopeTables,
 };
 use half::bf16;
 
@@ -77,34 +78,25 @@ impl Check<'_> {
         );
     }
 
-    fn buffer<T: Copy>(&self, data: &[T]) -> Result<DeviceBuffer, CudaError> {
-        let buf = self.dev.alloc(std::mem::size_of_val(data))?;
-        // SAFETY: the buffer was just sized for `data`.
-        unsafe { self.dev.upload(buf.ptr(), data) }?;
-        Ok(buf)
+    fn buffer<T: Element>(&self, data: &[T]) -> Result<DeviceBuffer<T>, CudaError> {
+        self.dev.upload_new(data)
     }
 
     /// An output buffer of `n` elements of `T`, all bits set (NaN).
-    fn poisoned<T>(&self, n: usize) -> Result<DeviceBuffer, CudaError> {
-        let bytes = n * std::mem::size_of::<T>();
-        let buf = self.dev.alloc(bytes)?;
-        // SAFETY: the buffer holds `bytes` bytes.
-        unsafe { self.dev.fill_bytes(buf.ptr(), 0xff, bytes) }?;
+    fn poisoned<T: Element>(&self, n: usize) -> Result<DeviceBuffer<T>, CudaError> {
+        let mut buf = self.dev.alloc(n)?;
+        self.dev.fill_bytes(&mut buf, 0xff)?;
         Ok(buf)
     }
 
-    fn read_f32(&self, buf: &DeviceBuffer, n: usize) -> Result<Vec<f32>, CudaError> {
-        let mut out = vec![0f32; n];
-        // SAFETY: callers read at most what they allocated.
-        unsafe { self.dev.download(buf.ptr(), &mut out) }?;
+    fn read<T: Element + Default>(&self, buf: &impl DeviceView<T>) -> Result<Vec<T>, CudaError> {
+        let mut out = vec![T::default(); buf.view().len()];
+        self.dev.download(buf, &mut out)?;
         Ok(out)
     }
 
-    fn read_bf16(&self, ptr: u64, n: usize) -> Result<Vec<f32>, CudaError> {
-        let mut out = vec![bf16::ZERO; n];
-        // SAFETY: callers read at most what they allocated.
-        unsafe { self.dev.download(ptr, &mut out) }?;
-        Ok(from_bf16(&out))
+    fn read_bf16(&self, buf: &impl DeviceView<bf16>) -> Result<Vec<f32>, CudaError> {
+        Ok(from_bf16(&self.read(buf)?))
     }
 
     fn gemm(&mut self, rows: usize, out: usize, inner: usize) -> Result<(), CudaError> {
@@ -114,84 +106,49 @@ impl Check<'_> {
         let mut want = vec![0.0; rows * out];
         cpu::linear(&x, &w, None, rows, out, &mut want);
         let (xd, wd) = (self.buffer(&to_bf16(&x))?, self.buffer(&to_bf16(&w))?);
-        let y = self.poisoned::<f32>(rows * out)?;
-        // SAFETY: shapes as allocated.
-        unsafe {
-            self.blas.linear(
-                xd.ptr(),
-                wd.ptr(),
-                y.ptr(),
-                rows,
-                out,
-                inner,
-                GemmOut::F32 { accumulate: false },
-            )
-        }?;
-        let got = self.read_f32(&y, rows * out)?;
+        let shape = LinearShape { rows, out, inner };
+        let mut y = self.poisoned::<f32>(rows * out)?;
+        self.blas
+            .gemm(Linear::new(&xd, &wd, LinearOut::f32(&mut y), shape)?)?;
+        let got = self.read(&y)?;
         self.report(
             &format!("gemm bf16->f32 {rows}x{out}x{inner}"),
             rel_l2(&got, &want),
             FP32_TOL,
         );
-        let acc = self.buffer(&y0)?;
-        // SAFETY: shapes as allocated.
-        unsafe {
-            self.blas.linear(
-                xd.ptr(),
-                wd.ptr(),
-                acc.ptr(),
-                rows,
-                out,
-                inner,
-                GemmOut::F32 { accumulate: true },
-            )
-        }?;
-        let got = self.read_f32(&acc, rows * out)?;
+        let mut acc = self.buffer(&y0)?;
+        self.blas
+            .gemm(Linear::new(&xd, &wd, LinearOut::add_f32(&mut acc), shape)?)?;
+        let got = self.read(&acc)?;
         let want_acc: Vec<f32> = want.iter().zip(&y0).map(|(a, b)| a + b).collect();
         self.report(
             &format!("gemm bf16 y+=xW^T {rows}x{out}x{inner}"),
             rel_l2(&got, &want_acc),
             FP32_TOL,
         );
-        let yb = self.poisoned::<bf16>(rows * out)?;
-        // SAFETY: shapes as allocated.
-        unsafe {
-            self.blas.linear(
-                xd.ptr(),
-                wd.ptr(),
-                yb.ptr(),
-                rows,
-                out,
-                inner,
-                GemmOut::Bf16,
-            )
-        }?;
-        let got = self.read_bf16(yb.ptr(), rows * out)?;
+        let mut yb = self.poisoned::<bf16>(rows * out)?;
+        self.blas
+            .gemm(Linear::new(&xd, &wd, LinearOut::bf16(&mut yb), shape)?)?;
+        let got = self.read_bf16(&yb)?;
         self.report(
             &format!("gemm bf16->bf16 {rows}x{out}x{inner}"),
             rel_l2(&got, &want),
             BF16_TOL,
         );
         if rows <= GEMV_MAX_ROWS {
-            let acc = self.buffer(&y0)?;
-            let yb = self.poisoned::<bf16>(rows * out)?;
-            let y = self.poisoned::<f32>(rows * out)?;
-            // SAFETY: shapes as allocated.
-            unsafe {
-                let (x, w) = (xd.ptr(), wd.ptr());
-                let set = GemmOut::F32 { accumulate: false };
-                let add = GemmOut::F32 { accumulate: true };
-                self.kernels.gemv(x, w, y.ptr(), rows, out, inner, set)?;
-                self.kernels.gemv(x, w, acc.ptr(), rows, out, inner, add)?;
-                self.kernels
-                    .gemv(x, w, yb.ptr(), rows, out, inner, GemmOut::Bf16)?;
-            }
+            let mut acc = self.buffer(&y0)?;
+            let mut yb = self.poisoned::<bf16>(rows * out)?;
+            let mut y = self.poisoned::<f32>(rows * out)?;
+            let k = &self.kernels;
+            k.gemv(Linear::new(&xd, &wd, LinearOut::f32(&mut y), shape)?)?;
+            k.gemv(Linear::new(&xd, &wd, LinearOut::add_f32(&mut acc), shape)?)?;
+            k.gemv(Linear::new(&xd, &wd, LinearOut::bf16(&mut yb), shape)?)?;
             let name = format!("gemv {rows}x{out}x{inner}");
-            let got = self.read_f32(&y, rows * out)?;
+            let got = self.read(&y)?;
             self.report(&format!("{name} ->f32"), rel_l2(&got, &want), FP32_TOL);
-            let got = self.read_f32(&acc, rows * out)?;
+            let got = self.read(&acc)?;
             self.report(&format!("{name} y+="), rel_l2(&got, &want_acc), FP32_TOL);
-            let got = self.read_bf16(yb.ptr(), rows * out)?;
+            let got = self.read_bf16(&yb)?;
             self.report(&format!("{name} ->bf16"), rel_l2(&got, &want), BF16_TOL);
         }
         Ok(())
@@ -208,28 +165,24 @@ impl Check<'_> {
         let mut act = vec![0.0; rows * out];
         cpu::silu_mul(&want, out, &mut act);
         let (xd, wd) = (self.buffer(&to_bf16(&x))?, self.buffer(&to_bf16(&w))?);
-        let stacked = GemvShape {
+        let stacked = LinearShape {
             rows,
             out: 2 * out,
             inner,
         };
-        let halves = GemvShape { out, ..stacked };
+        let halves = LinearShape { out, ..stacked };
         let default_blocks = self.kernels.gemv_min_blocks;
         for (split, min_blocks) in [("1", 0), ("default", default_blocks), ("8", usize::MAX)] {
             self.kernels.gemv_min_blocks = min_blocks;
-            let y = self.poisoned::<f32>(rows * 2 * out)?;
-            let y_act = self.poisoned::<bf16>(rows * out)?;
-            let set = GemvOut::Gemm(GemmOut::F32 { accumulate: false });
-            // SAFETY: shapes as allocated.
-            unsafe {
-                let k = &self.kernels;
-                k.gemv_fused(xd.ptr(), wd.ptr(), y.ptr(), stacked, set)?;
-                k.gemv_fused(xd.ptr(), wd.ptr(), y_act.ptr(), halves, GemvOut::SwiGlu)?;
-            }
+            let mut y = self.poisoned::<f32>(rows * 2 * out)?;
+            let mut y_act = self.poisoned::<bf16>(rows * out)?;
+            let k = &self.kernels;
+            k.gemv(Linear::new(&xd, &wd, LinearOut::f32(&mut y), stacked)?)?;
+            k.gemv_swiglu(&xd, &wd, &mut y_act, halves)?;
             let name = format!("gemv {rows}x{}x{inner} split {split}", 2 * out);
-            let got = self.read_f32(&y, rows * 2 * out)?;
+            let got = self.read(&y)?;
             self.report(&format!("{name} ->f32"), rel_l2(&got, &want), FP32_TOL);
-            let got = self.read_bf16(y_act.ptr(), rows * out)?;
+            let got = self.read_bf16(&y_act)?;
             self.report(&format!("{name} +SwiGLU"), rel_l2(&got, &act), BF16_TOL);
         }
         self.kernels.gemv_min_blocks = default_blocks;
@@ -244,14 +197,11 @@ impl Check<'_> {
     ) -> Result<(), CudaError> {
         let table = round_bf16(&self.rng.vec(vocab * hidden, -1.0, 1.0));
         let tokens: Vec<u32> = (0..rows).map(|_| self.rng.below(vocab) as u32).collect();
-        let (td, tabd) = (self.buffer(&tokens)?, self.buffer(&to_bf16(&table))?);
-        let x = self.poisoned::<f32>(rows * hidden)?;
-        // SAFETY: shapes as allocated; tokens below vocab.
-        unsafe {
-            self.kernels
-                .embed(td.ptr(), tabd.ptr(), x.ptr(), rows, hidden)
-        }?;
-        let got = self.read_f32(&x, rows * hidden)?;
+        let td = IndexBuffer::upload(self.dev, &tokens, vocab)?;
+        let tabd = self.buffer(&to_bf16(&table))?;
+        let mut x = self.poisoned::<f32>(rows * hidden)?;
+        self.kernels.embed(td.indices(), &tabd, &mut x, hidden)?;
+        let got = self.read(&x)?;
         let want: Vec<f32> = tokens
             .iter()
             .flat_map(|&t| table[t as usize * hidden..(t as usize + 1) * hidden].to_vec())
@@ -261,21 +211,13 @@ impl Check<'_> {
         let xs = self.rng.vec(rows * hidden, -2.0, 2.0);
         let weight = self.rng.vec(hidden, 0.5, 1.5);
         let map: Vec<u32> = (0..rows).rev().step_by(2).map(|r| r as u32).collect();
-        let (xd, wd, md) = (self.buffer(&xs)?, self.buffer(&weight)?, self.buffer(&map)?);
-        let out = self.poisoned::<bf16>(map.len() * hidden)?;
-        // SAFETY: shapes as allocated; mapped rows exist.
-        unsafe {
-            self.kernels.rms_norm(
-                xd.ptr(),
-                wd.ptr(),
-                out.ptr(),
-                Some(md.ptr()),
-                map.len(),
-                hidden,
-                1e-5,
-            )
-        }?;
-        let got = self.read_bf16(out.ptr(), map.len() * hidden)?;
+        let (xd, wd) = (self.buffer(&xs)?, self.buffer(&weight)?);
+        let md = IndexBuffer::upload(self.dev, &map, rows)?;
+        let mut out = self.poisoned::<bf16>(map.len() * hidden)?;
+        let gather = NormRows::Gather(md.indices());
+        self.kernels
+            .rms_norm(&xd, &wd, &mut out, gather, hidden, 1e-5)?;
+        let got = self.read_bf16(&out)?;
         let gathered: Vec<f32> = map
             .iter()
             .flat_map(|&r| xs[r as usize * hidden..(r as usize + 1) * hidden].to_vec())
@@ -293,10 +235,9 @@ impl Check<'_> {
     fn silu_and_argmax(&mut self, rows: usize, ffn: usize, vocab: usize) -> Result<(), CudaError> {
         let gu = round_bf16(&self.rng.vec(rows * 2 * ffn, -4.0, 4.0));
         let gd = self.buffer(&to_bf16(&gu))?;
-        let out = self.poisoned::<bf16>(rows * ffn)?;
-        // SAFETY: shapes as allocated.
-        unsafe { self.kernels.silu_mul(gd.ptr(), out.ptr(), rows, ffn) }?;
-        let got = self.read_bf16(out.ptr(), rows * ffn)?;
+        let mut out = self.poisoned::<bf16>(rows * ffn)?;
+        self.kernels.silu_mul(&gd, &mut out, rows, ffn)?;
+        let got = self.read_bf16(&out)?;
         let mut want = vec![0.0; rows * ffn];
         cpu::silu_mul(&gu, ffn, &mut want);
         self.report(
@@ -307,12 +248,9 @@ impl Check<'_> {
 
         let logits = self.rng.vec(rows * vocab, -10.0, 10.0);
         let ld = self.buffer(&logits)?;
-        let idx = self.poisoned::<u32>(rows)?;
-        // SAFETY: shapes as allocated.
-        unsafe { self.kernels.argmax(ld.ptr(), idx.ptr(), rows, vocab) }?;
-        let mut got = vec![0u32; rows];
-        // SAFETY: `rows` u32 allocated.
-        unsafe { self.dev.download(idx.ptr(), &mut got) }?;
+        let mut idx = self.poisoned::<u32>(rows)?;
+        self.kernels.argmax(&ld, &mut idx, rows, vocab)?;
+        let got = self.read(&idx)?;
         let want: Vec<u32> = logits
             .chunks_exact(vocab)
             .map(|row| {
@@ -336,10 +274,9 @@ impl Check<'_> {
 
     fn fill(&mut self) -> Result<(), CudaError> {
         let n = 1 << 20;
-        let buf = self.poisoned::<bf16>(n)?;
-        // SAFETY: `n` elements allocated.
-        unsafe { self.kernels.fill_uniform(buf.ptr(), n, 7, -0.5, 0.5, false) }?;
-        let got = self.read_bf16(buf.ptr(), n)?;
+        let mut buf = self.poisoned::<bf16>(n)?;
+        self.kernels.fill_uniform(&mut buf, 7, -0.5, 0.5)?;
+        let got = self.read_bf16(&buf)?;
         let mean = got.iter().map(|&x| f64::from(x)).sum::<f64>() / n as f64;
         let var = got.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / n as f64;
         let in_range = got.iter().all(|x| (-0.5..=0.5).contains(x));
@@ -370,14 +307,15 @@ impl Check<'_> {
         let max_pos = seqs.iter().map(|(s, n)| s + n).max().unwrap_or(1);
         let rope = RopeTable::new(d, 10_000.0, None, max_pos);
         // Region: per sequence max_pos positions; a position holds K then V then 16 spare bytes,
-        // like the interleaved layout's strided rows.
-        let stride = 2 * kv_dim * 2 + 16;
-        let region = self.poisoned::<u8>(seqs.len() * max_pos * stride)?;
-        let mut kv_ptrs = Vec::new();
-        for i in 0..seqs.len() {
-            let k = region.ptr() + (i * max_pos * stride) as u64;
-            kv_ptrs.extend([k, k + (kv_dim * 2) as u64]);
-        }
+        // like the interleaved layout's strided rows. `at(i, p, v)`: element offset of sequence
+        // i's K (v = 0) or V (v = 1) at position p.
+        let stride = 2 * kv_dim + 8;
+        let at = |i: usize, p: usize, v: usize| (i * max_pos + p) * stride + v * kv_dim;
+        let mut region = self.poisoned::<bf16>(seqs.len() * max_pos * stride)?;
+        let base = region.view().address();
+        let kv_ptrs: Vec<u64> = (0..seqs.len())
+            .flat_map(|i| [at(i, 0, 0), at(i, 0, 1)].map(|e| base + 2 * e as u64))
+            .collect();
         // History keys/values (positions before each chunk) are written by the host.
         let mut k_hist: Vec<Vec<f32>> = Vec::new();
         let mut v_hist: Vec<Vec<f32>> = Vec::new();
@@ -385,14 +323,11 @@ impl Check<'_> {
             let k = round_bf16(&self.rng.vec(start * kv_dim, -1.0, 1.0));
             let v = round_bf16(&self.rng.vec(start * kv_dim, -1.0, 1.0));
             for p in 0..start {
-                let row = to_bf16(&k[p * kv_dim..(p + 1) * kv_dim]);
-                let vrow = to_bf16(&v[p * kv_dim..(p + 1) * kv_dim]);
-                // SAFETY: inside the region: position p < max_pos of sequence i.
-                unsafe {
+                for (which, rows) in [(0, &k), (1, &v)] {
+                    let row = to_bf16(&rows[p * kv_dim..(p + 1) * kv_dim]);
+                    let e = at(i, p, which);
                     self.dev
-                        .upload(kv_ptrs[2 * i] + (p * stride) as u64, &row)?;
-                    self.dev
-                        .upload(kv_ptrs[2 * i + 1] + (p * stride) as u64, &vrow)?;
+                        .upload(&mut region.slice_mut(e..e + kv_dim)?, &row)?;
                 }
             }
             k_hist.push(k);
@@ -415,52 +350,73 @@ impl Check<'_> {
         }
         positions.extend([u32::MAX, u32::MAX]);
         row_chunk.extend([0, 0]);
-        let (cos, sin) = rope_tables(&rope, d, max_pos);
-        let bufs = [
-            self.buffer(&qkv)?,
-            self.buffer(&positions)?,
-            self.buffer(&row_chunk)?,
-            self.buffer(&kv_ptrs)?,
-            self.buffer(&cos)?,
-            self.buffer(&sin)?,
-            self.buffer(&q_start)?,
-            self.buffer(&lens)?,
-            self.buffer(&starts)?,
-        ];
-        let [
-            qkv_d,
-            pos_d,
-            chunk_d,
-            kv_d,
-            cos_d,
-            sin_d,
-            qs_d,
-            len_d,
-            start_d,
-        ] = &bufs;
-        let q = self.poisoned::<bf16>(rows * q_dim)?;
-        let batch = AttentionBatch {
-            chunk_q_start: qs_d.ptr(),
-            chunk_len: len_d.ptr(),
-            chunk_start: start_d.ptr(),
-            kv: kv_d.ptr(),
-            token_stride: stride,
-            heads,
-            kv_heads,
-            head_dim: d,
+        // Prefill tiles over the multi-token chunks, decodes for the single tokens.
+        let (mut tile_chunk, mut tile_row0, mut dec_row, mut dec_chunk) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (i, &(_, n)) in seqs.iter().enumerate() {
+            if n == 1 {
+                dec_row.push(q_start[i]);
+                dec_chunk.push(i as u32);
+            } else {
+                for r0 in (0..n).step_by(PREFILL_TILE_ROWS) {
+                    tile_chunk.push(i as u32);
+                    tile_row0.push(r0 as u32);
+                }
+            }
+        }
+        let tokens = vec![0u32; rows];
+        let lists = [
+            &tokens,
+            &positions,
+            &row_chunk,
+            &q_start,
+            &lens,
+            &starts,
+            &tile_chunk,
+            &tile_row0,
+            &dec_row,
+            &dec_chunk,
+            &Vec::new(),
+        ]
+        .map(|list| self.buffer(list));
+        let [tok, pos, chunk, qs, len, st, tc, tr, dr, dc, head] = lists;
+        let (tok, pos, chunk, qs, len, st) = (tok?, pos?, chunk?, qs?, len?, st?);
+        let (tc, tr, dr, dc, head) = (tc?, tr?, dr?, dc?, head?);
+        let kv_d = self.buffer(&kv_ptrs)?;
+        let arrays = BatchArrays {
+            tokens: tok.view(),
+            positions: pos.view(),
+            row_chunk: chunk.view(),
+            chunk_q_start: qs.view(),
+            chunk_len: len.view(),
+            chunk_start: st.view(),
+            tile_chunk: tc.view(),
+            tile_row0: tr.view(),
+            dec_row: dr.view(),
+            dec_chunk: dc.view(),
+            head_rows: head.view(),
+            kv: kv_d.view(),
         };
-        // SAFETY: shapes as allocated; every position is below max_pos.
-        unsafe {
-            self.kernels.rope_kv_write(
-                qkv_d.ptr(),
-                q.ptr(),
-                pos_d.ptr(),
-                chunk_d.ptr(),
-                &batch,
-                Some((cos_d.ptr(), sin_d.ptr())),
-                rows,
-            )
-        }?;
+        let batch_shape = BatchShape {
+            attention: shape,
+            token_stride: 2 * stride,
+            layers: 1,
+            vocab: 1,
+            positions: max_pos,
+            max_context: max_pos,
+        };
+        // SAFETY: the arrays were built above from `seqs`: tokens are 0 (< vocab 1), each row's
+        // position lies in its chunk (padding rows are u32::MAX), tiles and decodes index their
+        // chunks, and every chunk ends at or before `max_pos`; `kv_ptrs` address sequence `i`'s K
+        // and V rows in `region`, a live allocation of `max_pos` positions per sequence that
+        // nothing else touches until the checks below have read it back.
+        let batch = unsafe { DeviceBatch::new(arrays, batch_shape) }?;
+        let layer = batch.layer(0)?;
+        let tables = RopeTables::upload(self.dev, &rope, d)?;
+        let qkv_d = self.buffer(&qkv)?;
+        let mut q = self.poisoned::<bf16>(rows * q_dim)?;
+        self.kernels
+            .rope_kv_write(&layer, &qkv_d, &mut q, Some(&tables))?;
         // CPU reference of RoPE + scatter.
         let mut want_q = Vec::with_capacity(total * q_dim);
         let mut k_all = Vec::new();
@@ -483,27 +439,24 @@ impl Check<'_> {
             k_all.push(k);
             v_all.push(v);
         }
-        let got_q = self.read_bf16(q.ptr(), total * q_dim)?;
+        let got_q = self.read_bf16(&q.slice(0..total * q_dim)?)?;
         let name = format!("rope_q h{heads}/{kv_heads} d{d}");
         self.report(&name, rel_l2(&got_q, &want_q), BF16_TOL);
         let (mut got_kv, mut want_kv) = (Vec::new(), Vec::new());
         let mut pad_untouched = true;
         for (i, &(start, n)) in seqs.iter().enumerate() {
             for p in 0..start + n {
-                got_kv.extend(self.read_bf16(kv_ptrs[2 * i] + (p * stride) as u64, kv_dim)?);
-                got_kv.extend(self.read_bf16(kv_ptrs[2 * i + 1] + (p * stride) as u64, kv_dim)?);
-                want_kv.extend_from_slice(&k_all[i][p * kv_dim..(p + 1) * kv_dim]);
-                want_kv.extend_from_slice(&v_all[i][p * kv_dim..(p + 1) * kv_dim]);
+                for (which, rows) in [(0, &k_all[i]), (1, &v_all[i])] {
+                    let e = at(i, p, which);
+                    got_kv.extend(self.read_bf16(&region.slice(e..e + kv_dim)?)?);
+                    want_kv.extend_from_slice(&rows[p * kv_dim..(p + 1) * kv_dim]);
+                }
             }
             // Padding rows point at chunk 0, position 0 must be the real one; spare bytes of
             // every position stay poisoned.
-            let mut spare = [0u8; 16];
-            // SAFETY: inside the region.
-            unsafe {
-                self.dev
-                    .download(kv_ptrs[2 * i] + (2 * kv_dim * 2) as u64, &mut spare)?;
-            }
-            pad_untouched &= spare.iter().all(|&b| b == 0xff);
+            let spare = at(i, 0, 2);
+            let bits = self.read(&region.slice(spare..spare + 8)?)?;
+            pad_untouched &= bits.iter().all(|b| b.to_bits() == 0xffff);
         }
         let kv_err = if pad_untouched {
             rel_l2(&got_kv, &want_kv)
@@ -530,20 +483,7 @@ impl Check<'_> {
             row += n;
         }
         // Prefill kernel over the multi-token chunks, decode kernel over the single tokens.
-        let out = self.poisoned::<bf16>(rows * q_dim)?;
-        let (mut tile_chunk, mut tile_row0, mut dec_row, mut dec_chunk) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (i, &(_, n)) in seqs.iter().enumerate() {
-            if n == 1 {
-                dec_row.push(q_start[i]);
-                dec_chunk.push(i as u32);
-            } else {
-                for r0 in (0..n).step_by(PREFILL_TILE_ROWS) {
-                    tile_chunk.push(i as u32);
-                    tile_row0.push(r0 as u32);
-                }
-            }
-        }
+        let mut out = self.poisoned::<bf16>(rows * q_dim)?;
         let splits = DecodeSplits::plan(
             dec_row.len(),
             kv_heads,
@@ -551,38 +491,11 @@ impl Check<'_> {
             self.kernels.multiprocessors(),
         );
         let (po_n, pml_n) = splits.partial_sizes(dec_row.len(), heads, d);
-        let lists = [
-            self.buffer(&tile_chunk)?,
-            self.buffer(&tile_row0)?,
-            self.buffer(&dec_row)?,
-            self.buffer(&dec_chunk)?,
-            self.poisoned::<f32>(po_n)?,
-            self.poisoned::<f32>(pml_n)?,
-        ];
-        let [tc, tr, dr, dc, po, pml] = &lists;
-        // SAFETY: shapes as allocated; all keys were written above.
-        unsafe {
-            self.kernels.attention_prefill(
-                &batch,
-                q.ptr(),
-                out.ptr(),
-                tc.ptr(),
-                tr.ptr(),
-                tile_chunk.len(),
-            )?;
-            self.kernels.attention_decode(
-                &batch,
-                q.ptr(),
-                out.ptr(),
-                dr.ptr(),
-                dc.ptr(),
-                dec_row.len(),
-                splits,
-                po.ptr(),
-                pml.ptr(),
-            )?;
-        }
-        let got = self.read_bf16(out.ptr(), total * q_dim)?;
+        let (mut po, mut pml) = (self.poisoned::<f32>(po_n)?, self.poisoned::<f32>(pml_n)?);
+        self.kernels.attention_prefill(&layer, &q, &mut out)?;
+        self.kernels
+            .attention_decode(&layer, &q, &mut out, splits, &mut po, &mut pml)?;
+        let got = self.read_bf16(&out.slice(0..total * q_dim)?)?;
         let (mut gp, mut wp, mut gd, mut wd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut row = 0;
         for &(_, n) in seqs {
@@ -605,20 +518,6 @@ impl Check<'_> {
         self.report(&name, rel_l2(&gd, &wd), BF16_TOL);
         Ok(())
     }
-}
-
-fn rope_tables(rope: &RopeTable, d: usize, positions: usize) -> (Vec<f32>, Vec<f32>) {
-    // Recover cos/sin from the CPU table by rotating unit vectors: the GPU uses the same values.
-    let half = d / 2;
-    let (mut cos, mut sin) = (Vec::new(), Vec::new());
-    for p in 0..positions {
-        let mut unit = vec![0.0; d];
-        unit[..half].fill(1.0);
-        rope.apply(&mut unit, p);
-        cos.extend_from_slice(&unit[..half]);
-        sin.extend_from_slice(&unit[half..]);
-    }
-    (cos, sin)
 }
 
 fn run(seed: u64) -> Result<usize, CudaError> {

@@ -8,25 +8,17 @@ use std::ffi::c_void;
 
 use cudarc::cublas::{result, sys};
 
-use super::device::{DeviceBuffer, GpuDevice, no_panic};
+use super::device::{GpuDevice, no_panic};
 use super::error::{CudaError, as_i32};
+use super::linear::{Linear, LinearOut};
+use super::memory::DeviceBuffer;
 
 const WORKSPACE_BYTES: usize = 32 << 20;
-
-/// The element type (and mode) of a GEMM's output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GemmOut {
-    Bf16,
-    /// `accumulate`: `y += x · Wᵀ` instead of `y = x · Wᵀ`.
-    F32 {
-        accumulate: bool,
-    },
-}
 
 /// A cuBLAS handle on the device's stream.
 pub struct Blas {
     handle: sys::cublasHandle_t,
-    _workspace: DeviceBuffer,
+    workspace: DeviceBuffer<u8>,
 }
 
 // SAFETY: the handle is used from one thread at a time (the owner's); cuBLAS handles may move
@@ -54,67 +46,56 @@ fn check(call: &'static str, status: sys::cublasStatus_t) -> Result<(), CudaErro
 impl Blas {
     pub fn new(device: &GpuDevice) -> Result<Self, CudaError> {
         device.bind()?;
-        let workspace = device.alloc(WORKSPACE_BYTES)?;
+        let mut workspace = device.alloc::<u8>(WORKSPACE_BYTES)?;
+        let workspace_address = workspace.view_mut().address();
         no_panic("cuBLAS", || {
             let handle = result::create_handle().map_err(|e| CudaError::Blas {
                 call: "cublasCreate",
                 code: e.0 as u32,
                 name: format!("{:?}", e.0),
             })?;
-            let blas = Self {
-                handle,
-                _workspace: workspace,
-            };
+            let blas = Self { handle, workspace };
             // SAFETY: a live handle and the device's live stream.
             check("cublasSetStream", unsafe {
                 sys::cublasSetStream_v2(blas.handle, device.stream().cu_stream() as _)
             })?;
-            // SAFETY: the workspace lives as long as the handle (same struct).
+            // SAFETY: the workspace (`bytes()` long) lives as long as the handle (same struct) and
+            // only cuBLAS uses it.
             check("cublasSetWorkspace", unsafe {
                 sys::cublasSetWorkspace_v2(
                     blas.handle,
-                    blas._workspace.ptr() as *mut c_void,
-                    blas._workspace.bytes(),
+                    workspace_address as *mut c_void,
+                    blas.workspace.bytes(),
                 )
             })?;
             Ok(blas)
         })
     }
 
-    /// `y = x · Wᵀ` (or `y += x · Wᵀ`) for `x [rows, inner]`, `W [out, inner]`, `y [rows, out]`.
-    ///
-    /// # Safety
-    /// The pointers must address device buffers of those shapes (bf16 `x`, `W`; `y` as `kind`).
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn linear(
-        &self,
-        x: u64,
-        w: u64,
-        y: u64,
-        rows: usize,
-        out: usize,
-        inner: usize,
-        kind: GemmOut,
-    ) -> Result<(), CudaError> {
-        if rows == 0 {
+    /// `y = x · Wᵀ` with cuBLAS.
+    pub fn gemm(&self, layer: Linear<'_>) -> Result<(), CudaError> {
+        let Linear { x, w, y, shape } = layer;
+        if shape.rows == 0 {
             return Ok(());
         }
         let (m, n, k) = (
-            as_i32(out, "GEMM out")?,
-            as_i32(rows, "GEMM rows")?,
-            as_i32(inner, "GEMM inner")?,
+            as_i32(shape.out, "GEMM out")?,
+            as_i32(shape.rows, "GEMM rows")?,
+            as_i32(shape.inner, "GEMM inner")?,
         );
         let alpha = 1.0f32;
-        let (beta, c_type) = match kind {
-            GemmOut::Bf16 => (0.0f32, sys::cudaDataType::CUDA_R_16BF),
-            GemmOut::F32 { accumulate } => (
-                if accumulate { 1.0f32 } else { 0.0 },
-                sys::cudaDataType::CUDA_R_32F,
-            ),
+        let (beta, c_type, y) = match &y {
+            LinearOut::F32(y) => (0.0f32, sys::cudaDataType::CUDA_R_32F, y.address()),
+            LinearOut::AddF32(y) => (1.0f32, sys::cudaDataType::CUDA_R_32F, y.address()),
+            LinearOut::Bf16(y) => (0.0f32, sys::cudaDataType::CUDA_R_16BF, y.address()),
         };
         // Column-major view: yᵀ[out, rows] = W[out, inner] (W stored as Wᵀ col-major, so op T)
         // · xᵀ[inner, rows].
-        // SAFETY: per the contract; alpha/beta are host scalars (default pointer mode).
+        // SAFETY: `x`, `w` and `y` hold `rows × inner`, `out × inner` and `rows × out` elements
+        // of the types passed as their data types (`Linear::new` checked the extents; `c_type`
+        // follows `y`'s variant), with leading dimensions `inner` and `out` as stored; alpha and
+        // beta are host scalars (default pointer mode) that outlive the call, which only queues
+        // the GEMM.
         check("cublasGemmEx", unsafe {
             sys::cublasGemmEx(
                 self.handle,
@@ -124,10 +105,10 @@ impl Blas {
                 n,
                 k,
                 (&alpha as *const f32).cast(),
-                w as *const c_void,
+                w.address() as *const c_void,
                 sys::cudaDataType::CUDA_R_16BF,
                 k,
-                x as *const c_void,
+                x.address() as *const c_void,
                 sys::cudaDataType::CUDA_R_16BF,
                 k,
                 (&beta as *const f32).cast(),

@@ -9,6 +9,7 @@ use cudarc::driver::{CudaContext, CudaEvent, CudaStream, result, sys};
 
 use super::error::{CudaError, DriverResult};
 use super::graph::Graph;
+use super::memory::{DeviceBuffer, DeviceView, DeviceViewMut, Element, check_len};
 
 /// A GPU ready for kernels: context (event tracking off, so graphs can capture), one stream.
 pub struct GpuDevice {
@@ -125,69 +126,104 @@ impl GpuDevice {
         self.stream.synchronize().during("cuStreamSynchronize")
     }
 
-    /// `bytes` of device memory (at least 256, so that even an empty buffer has an address).
-    pub fn alloc(&self, bytes: usize) -> Result<DeviceBuffer, CudaError> {
+    /// `len` elements of device memory (uninitialised: a kernel or an upload writes them).
+    pub fn alloc<T: Element>(&self, len: usize) -> Result<DeviceBuffer<T>, CudaError> {
         self.bind()?;
-        let bytes = bytes.max(256);
-        // SAFETY: a plain allocation; the buffer frees it on drop.
-        let ptr = unsafe { result::malloc_sync(bytes) }.during("cuMemAlloc")?;
-        Ok(DeviceBuffer {
-            ptr,
-            bytes,
-            context: self.context.clone(),
-        })
+        DeviceBuffer::alloc(&self.context, len)
     }
 
-    /// Copies `data` to device address `dst` (stream-ordered; `data` may be dropped on return).
-    ///
-    /// # Safety
-    /// `dst` must address at least `size_of_val(data)` bytes of device memory.
-    pub unsafe fn upload<T: Copy>(&self, dst: u64, data: &[T]) -> Result<(), CudaError> {
-        if data.is_empty() {
+    /// A new buffer holding a copy of `data`.
+    pub fn upload_new<T: Element>(&self, data: &[T]) -> Result<DeviceBuffer<T>, CudaError> {
+        let mut buffer = self.alloc(data.len())?;
+        self.upload(&mut buffer, data)?;
+        Ok(buffer)
+    }
+
+    /// Fails unless the device side of a copy (`len` elements) holds the `count` copied; binds
+    /// the context; whether there is anything to copy.
+    fn ready_to_copy(&self, what: &str, len: usize, count: usize) -> Result<bool, CudaError> {
+        check_len(what, len, count)?;
+        self.bind()?;
+        Ok(count > 0)
+    }
+
+    /// Copies `data` into the first elements of `dst` (stream-ordered; `data` may be dropped on
+    /// return).
+    pub fn upload<T: Element>(
+        &self,
+        dst: &mut impl DeviceViewMut<T>,
+        data: &[T],
+    ) -> Result<(), CudaError> {
+        let dst = dst.view_mut();
+        if !self.ready_to_copy("upload destination", dst.len(), data.len())? {
             return Ok(());
         }
-        self.bind()?;
-        // SAFETY: per the contract; pageable host memory is staged before the call returns.
-        unsafe { result::memcpy_htod_async(dst, data, self.stream.cu_stream()) }
+        // SAFETY: `dst` is a live allocation of at least `data.len()` elements of `T` (checked
+        // above; the view borrows its buffer); pageable host memory is staged before the call
+        // returns, so `data` need not outlive it.
+        unsafe { result::memcpy_htod_async(dst.address(), data, self.stream.cu_stream()) }
             .during("cuMemcpyHtoDAsync")
     }
 
-    /// Copies device memory at `src` into `out`, after all work queued before it.
-    ///
-    /// # Safety
-    /// `src` must address at least `size_of_val(out)` readable bytes of device memory, and `T`
-    /// must be valid for any bit pattern.
-    pub unsafe fn download<T: Copy>(&self, src: u64, out: &mut [T]) -> Result<(), CudaError> {
-        if out.is_empty() {
+    /// Copies the first `out.len()` elements of `src` into `out`, after all work queued before.
+    pub fn download<T: Element>(
+        &self,
+        src: &impl DeviceView<T>,
+        out: &mut [T],
+    ) -> Result<(), CudaError> {
+        let src = src.view();
+        if !self.ready_to_copy("download source", src.len(), out.len())? {
             return Ok(());
         }
-        self.bind()?;
-        // SAFETY: per the contract.
-        unsafe { result::memcpy_dtoh_async(out, src, self.stream.cu_stream()) }
+        // SAFETY: `src` is a live allocation of at least `out.len()` elements (checked above);
+        // `T` is an `Element`, valid for whatever bits the device holds; the synchronisation
+        // below completes the copy before `out` is used again.
+        unsafe { result::memcpy_dtoh_async(out, src.address(), self.stream.cu_stream()) }
             .during("cuMemcpyDtoHAsync")?;
         self.synchronize()
     }
 
-    /// Sets `bytes` bytes at `dst` to `value` (used to poison outputs in checks).
-    ///
-    /// # Safety
-    /// `dst` must address at least `bytes` bytes of device memory.
-    pub unsafe fn fill_bytes(&self, dst: u64, value: u8, bytes: usize) -> Result<(), CudaError> {
+    /// Sets every byte of `dst` to `value` (used to poison outputs in checks).
+    pub fn fill_bytes<T: Element>(
+        &self,
+        dst: &mut impl DeviceViewMut<T>,
+        value: u8,
+    ) -> Result<(), CudaError> {
+        let dst = dst.view_mut();
         self.bind()?;
-        // SAFETY: per the contract.
-        unsafe { result::memset_d8_async(dst, value, bytes, self.stream.cu_stream()) }
-            .during("cuMemsetD8Async")
+        // SAFETY: the range is exactly the view's elements, inside a live allocation.
+        unsafe {
+            result::memset_d8_async(
+                dst.address(),
+                value,
+                dst.len() * size_of::<T>(),
+                self.stream.cu_stream(),
+            )
+        }
+        .during("cuMemsetD8Async")
     }
 
-    /// Device-to-device copy (the copy-bandwidth ceiling is measured with it).
-    ///
-    /// # Safety
-    /// Both ranges must be `bytes` long, valid and not overlapping.
-    pub unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<(), CudaError> {
+    /// Device-to-device copy of all of `src` into the start of `dst` (the copy-bandwidth ceiling
+    /// is measured with it).
+    pub fn copy<T: Element>(
+        &self,
+        dst: &mut impl DeviceViewMut<T>,
+        src: &impl DeviceView<T>,
+    ) -> Result<(), CudaError> {
+        let (dst, src) = (dst.view_mut(), src.view());
+        check_len("copy destination", dst.len(), src.len())?;
         self.bind()?;
-        // SAFETY: per the contract.
-        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
-            .during("cuMemcpyDtoDAsync")
+        // SAFETY: both ranges lie in live allocations (lengths checked above) and cannot overlap:
+        // `dst` is borrowed mutably while `src` is borrowed, so they are different buffers.
+        unsafe {
+            result::memcpy_dtod_async(
+                dst.address(),
+                src.address(),
+                src.len() * size_of::<T>(),
+                self.stream.cu_stream(),
+            )
+        }
+        .during("cuMemcpyDtoDAsync")
     }
 
     /// Starts capturing the stream's work into a graph (this thread's calls only).
@@ -238,50 +274,5 @@ impl GpuTimer {
         self.start
             .elapsed_ms(&self.end)
             .during("cuEventElapsedTime")
-    }
-}
-
-/// Device memory freed on drop.
-pub struct DeviceBuffer {
-    ptr: u64,
-    bytes: usize,
-    context: Arc<CudaContext>,
-}
-
-impl std::fmt::Debug for DeviceBuffer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DeviceBuffer({:#x}, {} bytes)", self.ptr, self.bytes)
-    }
-}
-
-impl DeviceBuffer {
-    /// The first byte's device address.
-    pub fn ptr(&self) -> u64 {
-        self.ptr
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-
-    /// The address `offset` bytes in, checked against the buffer's size.
-    pub fn at(&self, offset: usize) -> Result<u64, CudaError> {
-        if offset > self.bytes {
-            return Err(CudaError::Invalid(format!(
-                "offset {offset} is past the end of a {}-byte buffer",
-                self.bytes
-            )));
-        }
-        Ok(self.ptr + offset as u64)
-    }
-}
-
-impl Drop for DeviceBuffer {
-    fn drop(&mut self) {
-        // Errors cannot be returned from drop; a failed free leaks device memory only.
-        if self.context.bind_to_thread().is_ok() {
-            // SAFETY: our allocation, freed once; the stream's users synchronised before drop.
-            let _ = unsafe { result::free_sync(self.ptr) };
-        }
     }
 }

@@ -22,7 +22,13 @@ impl Graph {
     }
 
     /// Queues one replay on the capture stream.
-    pub fn launch(&self) -> Result<(), CudaError> {
+    ///
+    /// # Safety
+    /// Every buffer the captured kernels address is still allocated (the graph holds addresses,
+    /// not borrows), and what they read from device memory satisfies what the captured launches
+    /// assumed: for a forward pass, the batch arrays now in its buffer meet the contract of the
+    /// [`DeviceBatch`](super::DeviceBatch) it was captured with, with the same lengths.
+    pub unsafe fn launch(&self) -> Result<(), CudaError> {
         self.inner.launch().during("cuGraphLaunch")
     }
 }

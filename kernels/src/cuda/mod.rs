@@ -6,30 +6,46 @@
 //! [`Kernels::load`] runs (the cubin is cached on disk, keyed by source hash and architecture).
 //! [`GpuDevice::open`] says "no GPU" as an error, never a panic, so callers can fall back to CPU.
 //!
-//! - [`device`]: context, stream, device memory and copies;
-//! - [`compile`]: NVRTC → cubin, with the on-disk cache;
-//! - [`ops`]: typed launches of every kernel;
-//! - [`launch`]: `cuLaunchKernelEx` with programmatic dependent launch (sm_90 and later);
-//! - [`blas`]: cuBLAS bf16 GEMMs (`y = x · Wᵀ`, optionally accumulated into `f32`);
+//! - [`device`]: context, stream, copies; [`memory`]: typed device memory ([`DeviceBuffer<T>`],
+//!   views that know their length, [`Indices`] checked against a bound);
+//! - [`compile`]: NVRTC → cubin, with the on-disk cache; [`kernels`]: the loaded kernels, each
+//!   typed by its C prototype;
+//! - [`launch`]: the one launch helper (`cuLaunchKernelEx`, programmatic dependent launch on
+//!   sm_90 and later), type-checked against the prototypes;
+//! - [`elementwise`], [`linear`], [`attention`]: the wrappers, which check every operand's
+//!   length against the shape they are given — [`linear`] picks the GEMV or [`blas`] (cuBLAS);
+//!   [`attention`] holds [`DeviceBatch`], the one place a caller vouches for the KV region's
+//!   addresses and for indices in device memory;
 //! - [`graph`]: CUDA graph capture and replay.
 //!
-//! Must not: know about models, sequences or the KV manager; pointers are plain device
-//! addresses (`u64`) whose validity the caller guarantees.
+//! Must not: know about models, sequences or the KV manager.
 
+mod attention;
 mod blas;
 mod compile;
 mod device;
+mod elementwise;
 mod error;
 mod graph;
+mod kernels;
 mod launch;
-mod ops;
+mod linear;
+mod memory;
+mod staging;
 
-pub use blas::{Blas, GemmOut};
+pub use attention::{
+    BatchArrays, BatchShape, DecodeSplits, DeviceBatch, LayerBatch, PREFILL_TILE_ROWS, RopeTables,
+};
+pub use blas::Blas;
 pub use compile::{CacheStatus, compile_cubin};
-pub use device::{DeviceBuffer, GpuDevice, GpuTimer};
+pub use device::{GpuDevice, GpuTimer};
+pub use elementwise::{FillElement, NormRows};
 pub use error::CudaError;
 pub use graph::Graph;
-pub use ops::{
-    AttentionBatch, DecodeSplits, GEMV_MAX_ROWS, GemvOut, GemvShape, Kernels, PREFILL_TILE_ROWS,
-    SOURCES,
+pub use kernels::{Kernels, SOURCES};
+pub use linear::{GEMV_MAX_ROWS, Linear, LinearOut, LinearShape};
+pub use memory::{
+    DeviceBuffer, DeviceSlice, DeviceSliceMut, DeviceView, DeviceViewMut, Element, IndexBuffer,
+    Indices,
 };
+pub use staging::PinnedStaging;

@@ -10,7 +10,8 @@ use anyhow::Context;
 use fused_daemon::kv::{KvBudget, KvConfig, KvLayout, KvManager};
 use fused_daemon::model::cuda::{GpuModel, GpuOptions};
 use fused_daemon::model::{Forward, Logits, LogitsWanted, SeqChunk};
-use fused_kernels::cuda::{Blas, GemmOut, GpuDevice, Kernels};
+use fused_kernels::cuda::{Blas, GpuDevice, Kernels, Linear, LinearOut, LinearShape};
+use half::bf16;
 
 use crate::report::{Report, argmax};
 
@@ -29,36 +30,39 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn ceilings(device: &Arc<GpuDevice>, report: &mut Report) -> anyhow::Result<Ceilings> {
     let (kernels, _) = Kernels::load(device, None)?;
     let bytes = 4usize << 30;
-    let (src, dst) = (device.alloc(bytes)?, device.alloc(bytes)?);
-    // SAFETY: both buffers hold `bytes` bytes; random contents, never zeros.
-    unsafe { kernels.fill_uniform(src.ptr(), bytes / 4, 11, -1.0, 1.0, true)? };
+    let (mut src, mut dst) = (
+        device.alloc::<f32>(bytes / 4)?,
+        device.alloc::<f32>(bytes / 4)?,
+    );
+    // Random contents, never zeros.
+    kernels.fill_uniform(&mut src, 11, -1.0, 1.0)?;
     let timer = device.timer()?;
     let mut copy = Vec::new();
     for _ in 0..8 {
         timer.start()?;
-        // SAFETY: as above; the buffers do not overlap.
-        unsafe { device.copy(dst.ptr(), src.ptr(), bytes)? };
+        device.copy(&mut dst, &src)?;
         copy.push(f64::from(timer.stop_ms()?) * 1e-3);
     }
     let copy_bytes_per_s = 2.0 * bytes as f64 / median(copy[2..].to_vec());
     drop((src, dst));
     let n = 8192usize;
     let blas = Blas::new(device)?;
-    let (a, b, c) = (
-        device.alloc(n * n * 2)?,
-        device.alloc(n * n * 2)?,
-        device.alloc(n * n * 2)?,
+    let (mut a, mut b, mut c) = (
+        device.alloc::<bf16>(n * n)?,
+        device.alloc::<bf16>(n * n)?,
+        device.alloc::<bf16>(n * n)?,
     );
-    // SAFETY: n × n bf16 each.
-    unsafe {
-        kernels.fill_uniform(a.ptr(), n * n, 12, -1.0, 1.0, false)?;
-        kernels.fill_uniform(b.ptr(), n * n, 13, -1.0, 1.0, false)?;
-    }
+    kernels.fill_uniform(&mut a, 12, -1.0, 1.0)?;
+    kernels.fill_uniform(&mut b, 13, -1.0, 1.0)?;
+    let shape = LinearShape {
+        rows: n,
+        out: n,
+        inner: n,
+    };
     let mut gemm = Vec::new();
     for _ in 0..12 {
         timer.start()?;
-        // SAFETY: n × n bf16 operands and output.
-        unsafe { blas.linear(a.ptr(), b.ptr(), c.ptr(), n, n, n, GemmOut::Bf16)? };
+        blas.gemm(Linear::new(&a, &b, LinearOut::bf16(&mut c), shape)?)?;
         gemm.push(f64::from(timer.stop_ms()?) * 1e-3);
     }
     let gemm_flops_per_s = 2.0 * (n * n * n) as f64 / median(gemm[2..].to_vec());

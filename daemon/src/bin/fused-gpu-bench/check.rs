@@ -266,7 +266,6 @@ fn scenario(
         wrong as f64,
         0.0,
     );
-    drop(gpu);
     kv.shutdown()?;
     Ok(())
 }
@@ -347,6 +346,30 @@ fn hf_export(
         }],
         &kv,
     )?;
+    // The same checkpoint streamed from disk (f32 → bf16 on the way) is the same model: the
+    // logits must be bit for bit those of the uploaded host weights.
+    drop(gpu);
+    let mut streamed =
+        GpuModel::from_checkpoint(device.clone(), cfg.clone(), dir, GpuOptions::default())?;
+    let again = streamed.forward(
+        &[SeqChunk {
+            slot,
+            start_pos: 0,
+            tokens: &prompt,
+            logits: LogitsWanted::All,
+        }],
+        &kv,
+    )?;
+    let max_diff = (logits.data.iter().zip(&again.data))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    report.check(
+        "check",
+        "streamed checkpoint = uploaded weights (max |dlogit|)",
+        f64::from(max_diff),
+        0.0,
+    );
+    drop(streamed);
     let bytes: Vec<u8> = logits.data.iter().flat_map(|x| x.to_le_bytes()).collect();
     std::fs::write(dir.join("gpu_logits.f32"), bytes)?;
     std::fs::write(dir.join("prompt.json"), serde_json::to_string(&prompt)?)?;
@@ -357,7 +380,6 @@ fn hf_export(
         "tokens",
         &dir.display().to_string(),
     );
-    drop(gpu);
     kv.shutdown()?;
     Ok(())
 }

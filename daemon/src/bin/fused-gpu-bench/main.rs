@@ -57,6 +57,10 @@ struct Args {
     offline_prompt: usize,
     #[arg(long, default_value_t = 128)]
     offline_output: usize,
+    /// Tokenizer of the offline run (the engine detokenizes every output token, as when
+    /// serving): a tokenizer.json, an HF directory or a GGUF whose vocabulary covers the shape's.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// Scheduler token budgets of the offline run (comma-separated: one run each).
     #[arg(long, default_value = "4096")]
     token_budget: String,
@@ -153,6 +157,14 @@ fn main() -> anyhow::Result<()> {
                 .map(|b| b.trim().parse())
                 .collect::<Result<_, _>>()
                 .context("--token-budget: comma-separated numbers")?;
+            let tokenizer = args
+                .tokenizer
+                .as_deref()
+                .context("the offline part needs --tokenizer (the engine detokenizes output)")?;
+            let codec = Arc::new(
+                fused_daemon::tokenizer::Codec::from_path(tokenizer)
+                    .with_context(|| format!("loading {}", tokenizer.display()))?,
+            );
             for token_budget in budgets {
                 let workload = offline::Workload {
                     requests: args.offline_requests,
@@ -165,7 +177,7 @@ fn main() -> anyhow::Result<()> {
                     Some(model) => model,
                     None => dummy()?,
                 };
-                offline::run(&device, model, workload, &mut report)?;
+                offline::run(&device, model, codec.clone(), workload, &mut report)?;
             }
         }
     }

@@ -1,6 +1,7 @@
 //! (c) Offline throughput through the real serving path minus HTTP: the engine thread, the
 //! Sarathi scheduler, the CUDA KV region and the GPU model; all requests submitted at once,
-//! greedy, EOS ignored, every output token counted from the token events.
+//! greedy, EOS ignored, every output token detokenized by the engine (as when serving) and
+//! counted from the output events.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use fused_daemon::model::Forward;
 use fused_daemon::model::cuda::GpuModel;
 use fused_daemon::model::sampling::SamplingParams;
 use fused_daemon::sched::{Policy, Scheduler, SchedulerConfig, TokenBudget};
+use fused_daemon::tokenizer::Codec;
 use fused_kernels::cuda::GpuDevice;
 
 use crate::report::Report;
@@ -28,6 +30,7 @@ pub struct Workload {
 pub fn run(
     device: &Arc<GpuDevice>,
     mut model: GpuModel,
+    codec: Arc<Codec>,
     w: Workload,
     report: &mut Report,
 ) -> anyhow::Result<()> {
@@ -45,7 +48,12 @@ pub fn run(
         max_context_len: max_context,
         layout: KvLayout::Interleaved,
         pool_bytes,
-        ..KvConfig::for_model(cfg.layers, cfg.kv_heads, cfg.head_dim, 2)
+        ..KvConfig::for_model(
+            cfg.layers,
+            cfg.kv_heads,
+            cfg.head_dim,
+            model.kv_element_bytes(),
+        )
     };
     let kv = KvManager::cuda(&kv_config, device.context().clone())?;
     let stats = kv.stats();
@@ -54,7 +62,6 @@ pub fn run(
         max_num_seqs: w.requests,
         max_queue: w.requests,
         policy: Policy::Sarathi,
-        ..SchedulerConfig::sarathi_default()
     })?;
     let metrics = Arc::new(Metrics::new("bench", stats.page_bytes, stats.pages_total)?);
     let (handle, thread) = engine::spawn(EngineParts {
@@ -62,8 +69,11 @@ pub fn run(
         kv,
         scheduler,
         metrics,
+        codec,
         eos_ids: Vec::new(),
+        max_context,
         capacity: 2 * w.requests,
+        log_requests: false,
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -71,6 +81,7 @@ pub fn run(
         .build()?;
     let vocab = cfg.vocab_size as u32;
     let request = |i: usize| GenerateRequest {
+        request_id: format!("offline-{i}"),
         prompt: (0..w.prompt as u32)
             .map(|t| (t.wrapping_mul(2_654_435_761) ^ (i as u32).wrapping_mul(40_503)) % vocab)
             .collect(),
@@ -78,32 +89,44 @@ pub fn run(
             temperature: 0.0,
             ..SamplingParams::default()
         },
+        n: 1,
         max_new_tokens: w.output,
         min_tokens: 0,
         stop_token_ids: Vec::new(),
+        stop: Vec::new(),
         ignore_eos: true,
+        skip_special_tokens: true,
         arrival: Instant::now(),
     };
     // Warm-up: a few requests capture the decode graphs of small buckets and load cuBLAS kernels.
     let run_batch = |count: usize| -> anyhow::Result<(usize, f64)> {
         runtime.block_on(async {
             let started = Instant::now();
-            let mut streams = Vec::with_capacity(count);
+            // All at once, as concurrent clients would: each submission waits for the engine's
+            // acknowledgement, so awaiting them one by one would add one iteration per request.
+            let mut submissions = Vec::with_capacity(count);
             for i in 0..count {
                 let permit = handle
                     .admit(1)
                     .map_err(|e| anyhow::anyhow!("admission: {e}"))?;
-                streams.push(handle.submit(permit, request(i)));
+                submissions.push(handle.submit(permit, request(i)));
             }
+            let streams = futures::future::join_all(submissions)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!("submit: {e}"))?;
             let mut tasks = Vec::new();
             for mut stream in streams {
                 tasks.push(tokio::spawn(async move {
                     let mut tokens = 0usize;
                     while let Some(event) = stream.next().await {
                         match event {
-                            Event::Token(_) => tokens += 1,
-                            Event::Finished(_) => return Ok(tokens),
-                            Event::Failed { message, .. } => return Err(message),
+                            Event::Output {
+                                tokens: sampled, ..
+                            } => tokens += sampled.len(),
+                            Event::Finished { .. } => return Ok(tokens),
+                            Event::Failed { error, .. } => return Err(error.to_string()),
                         }
                     }
                     Err("the engine stopped".to_owned())

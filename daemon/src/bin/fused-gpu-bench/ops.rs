@@ -5,10 +5,12 @@
 use std::sync::Arc;
 
 use fused_daemon::model::ModelConfig;
+use fused_kernels::cpu::{AttentionShape, RopeTable};
 use fused_kernels::cuda::{
-    AttentionBatch, Blas, CudaError, DecodeSplits, GemmOut, GemvOut, GemvShape, GpuDevice, Kernels,
-    PREFILL_TILE_ROWS,
+    BatchArrays, BatchShape, Blas, CudaError, DecodeSplits, DeviceBatch, DeviceBuffer, GpuDevice,
+    Kernels, Linear, LinearOut, LinearShape, NormRows, PREFILL_TILE_ROWS, RopeTables,
 };
+use half::bf16;
 
 use crate::report::Report;
 
@@ -27,6 +29,33 @@ fn time_us(
     Ok(times[times.len() / 2])
 }
 
+/// What a timed layer writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Out {
+    F32,
+    AddF32,
+    Bf16,
+    Logits,
+}
+
+/// The timed layers' output buffers.
+struct Outputs {
+    f32: DeviceBuffer<f32>,
+    bf16: DeviceBuffer<bf16>,
+    logits: DeviceBuffer<f32>,
+}
+
+impl Outputs {
+    fn get(&mut self, kind: Out) -> LinearOut<'_> {
+        match kind {
+            Out::F32 => LinearOut::f32(&mut self.f32),
+            Out::AddF32 => LinearOut::add_f32(&mut self.f32),
+            Out::Bf16 => LinearOut::bf16(&mut self.bf16),
+            Out::Logits => LinearOut::f32(&mut self.logits),
+        }
+    }
+}
+
 pub fn run(
     device: &Arc<GpuDevice>,
     cfg: &ModelConfig,
@@ -42,55 +71,39 @@ pub fn run(
         cfg.vocab_size,
     );
     let rows_max = 4096usize;
-    let alloc = |bytes: usize| device.alloc(bytes);
-    let fill = |buf: u64, n: usize, f32: bool| {
-        // SAFETY: callers pass buffers of at least `n` elements.
-        unsafe { kernels.fill_uniform(buf, n, n as u64, -1.0, 1.0, f32) }
+    // Weights of one layer and the LM head, activations for 4096 rows; random, never zeros.
+    let matrix = |n: usize, seed: u64| -> anyhow::Result<DeviceBuffer<bf16>> {
+        let mut buf = device.alloc(n)?;
+        kernels.fill_uniform(&mut buf, seed, -1.0, 1.0)?;
+        Ok(buf)
     };
-    // Weights of one layer and the LM head, activations for 4096 rows.
-    let w_qkv = alloc((q + 2 * kv) * h * 2)?;
-    let w_o = alloc(h * q * 2)?;
-    let w_gu = alloc(2 * f * h * 2)?;
-    let w_down = alloc(h * f * 2)?;
-    let w_head = alloc(vocab * h * 2)?;
-    let x_bf = alloc(rows_max * f.max(h).max(q) * 2)?;
-    let y_f32 = alloc(rows_max * (q + 2 * kv).max(h) * 4)?;
-    let y_bf = alloc(rows_max * 2 * f * 2)?;
-    let logits = alloc(vocab * 4)?;
-    for (buf, n) in [
-        (&w_qkv, (q + 2 * kv) * h),
-        (&w_o, h * q),
-        (&w_gu, 2 * f * h),
-        (&w_down, h * f),
-        (&w_head, vocab * h),
-        (&x_bf, rows_max * f.max(h).max(q)),
-        (&y_bf, rows_max * 2 * f),
-    ] {
-        fill(buf.ptr(), n, false)?;
-    }
-    fill(y_f32.ptr(), rows_max * (q + 2 * kv).max(h), true)?;
-    let set = GemmOut::F32 { accumulate: false };
-    let acc = GemmOut::F32 { accumulate: true };
+    let w_qkv = matrix((q + 2 * kv) * h, 1)?;
+    let w_o = matrix(h * q, 2)?;
+    let w_gu = matrix(2 * f * h, 3)?;
+    let w_down = matrix(h * f, 4)?;
+    let w_head = matrix(vocab * h, 5)?;
+    let x_bf = matrix(rows_max * f.max(h).max(q), 6)?;
+    let mut y = Outputs {
+        f32: device.alloc(rows_max * (q + 2 * kv).max(h))?,
+        bf16: matrix(rows_max * 2 * f, 7)?,
+        logits: device.alloc(vocab)?,
+    };
+    kernels.fill_uniform(&mut y.f32, 8, -1.0, 1.0)?;
     let gemms = [
-        ("qkv", w_qkv.ptr(), q + 2 * kv, h, set),
-        ("o (+= residual)", w_o.ptr(), h, q, acc),
-        ("gate_up (bf16 out)", w_gu.ptr(), 2 * f, h, GemmOut::Bf16),
-        ("down (+= residual)", w_down.ptr(), h, f, acc),
-        ("lm_head", w_head.ptr(), vocab, h, set),
+        ("qkv", &w_qkv, q + 2 * kv, h, Out::F32),
+        ("o (+= residual)", &w_o, h, q, Out::AddF32),
+        ("gate_up (bf16 out)", &w_gu, 2 * f, h, Out::Bf16),
+        ("down (+= residual)", &w_down, h, f, Out::AddF32),
+        ("lm_head", &w_head, vocab, h, Out::Logits),
     ];
     for (name, w, out, inner, kind) in gemms {
-        let y = match kind {
-            GemmOut::Bf16 => y_bf.ptr(),
-            _ if name == "lm_head" => logits.ptr(),
-            _ => y_f32.ptr(),
-        };
+        let shape = |rows| LinearShape { rows, out, inner };
         let bytes = (out * inner * 2) as f64;
-        // SAFETY: every buffer holds at least the shapes used.
-        let gemv = time_us(device, || unsafe {
-            kernels.gemv(x_bf.ptr(), w, y, 1, out, inner, kind)
+        let gemv = time_us(device, || {
+            kernels.gemv(Linear::new(&x_bf, w, y.get(kind), shape(1))?)
         })?;
-        let cublas = time_us(device, || unsafe {
-            blas.linear(x_bf.ptr(), w, y, 1, out, inner, kind)
+        let cublas = time_us(device, || {
+            blas.gemm(Linear::new(&x_bf, w, y.get(kind), shape(1))?)
         })?;
         report.value(
             "ops",
@@ -103,11 +116,10 @@ pub fn run(
                 bytes / cublas / 1e6
             ),
         );
-        if name != "lm_head" {
+        if kind != Out::Logits {
             let n = rows_max;
-            // SAFETY: as above, 4096 rows.
-            let t = time_us(device, || unsafe {
-                blas.linear(x_bf.ptr(), w, y, n, out, inner, kind)
+            let t = time_us(device, || {
+                blas.gemm(Linear::new(&x_bf, w, y.get(kind), shape(n))?)
             })?;
             report.value(
                 "ops",
@@ -118,16 +130,15 @@ pub fn run(
             );
         }
     }
-    let norm_w = alloc(h * 4)?;
-    fill(norm_w.ptr(), h, true)?;
-    let shape = GemvShape {
+    let mut norm_w = device.alloc::<f32>(h)?;
+    kernels.fill_uniform(&mut norm_w, 9, 0.5, 1.5)?;
+    let shape = LinearShape {
         rows: 1,
         out: f,
         inner: h,
     };
-    // SAFETY: x_bf holds h bf16, w_gu 2f x h, y_bf f bf16.
-    let t = time_us(device, || unsafe {
-        kernels.gemv_fused(x_bf.ptr(), w_gu.ptr(), y_bf.ptr(), shape, GemvOut::SwiGlu)
+    let t = time_us(device, || {
+        kernels.gemv_swiglu(&x_bf, &w_gu, &mut y.bf16, shape)
     })?;
     let bytes = (2 * f * h * 2) as f64;
     report.value(
@@ -139,10 +150,14 @@ pub fn run(
     );
     // The GEMVs of few rows without the split over warps.
     let split = std::mem::replace(&mut kernels.gemv_min_blocks, 0);
-    for (name, w, inner) in [("o", w_o.ptr(), q), ("down", w_down.ptr(), f)] {
-        // SAFETY: x_bf holds `inner` bf16, y_f32 h f32.
-        let t = time_us(device, || unsafe {
-            kernels.gemv(x_bf.ptr(), w, y_f32.ptr(), 1, h, inner, acc)
+    for (name, w, inner) in [("o", &w_o, q), ("down", &w_down, f)] {
+        let shape = LinearShape {
+            rows: 1,
+            out: h,
+            inner,
+        };
+        let t = time_us(device, || {
+            kernels.gemv(Linear::new(&x_bf, w, y.get(Out::AddF32), shape)?)
         })?;
         let bytes = (h * inner * 2) as f64;
         report.value(
@@ -154,14 +169,13 @@ pub fn run(
         );
     }
     kernels.gemv_min_blocks = split;
+    let mut x_out = device.alloc::<bf16>(rows_max * h.max(f))?;
     for rows in [1usize, 4096] {
-        // SAFETY: y_f32 holds 4096 x h f32, x_bf 4096 x h bf16, y_bf 4096 x 2f bf16.
-        let norm = time_us(device, || unsafe {
-            kernels.rms_norm(y_f32.ptr(), norm_w.ptr(), x_bf.ptr(), None, rows, h, 1e-5)
+        let norm = time_us(device, || {
+            let first = NormRows::First(rows);
+            kernels.rms_norm(&y.f32, &norm_w, &mut x_out, first, h, 1e-5)
         })?;
-        let silu = time_us(device, || unsafe {
-            kernels.silu_mul(y_bf.ptr(), x_bf.ptr(), rows, f)
-        })?;
+        let silu = time_us(device, || kernels.silu_mul(&y.bf16, &mut x_out, rows, f))?;
         report.value("ops", &format!("rms_norm {rows} rows"), norm, "us", "");
         report.value("ops", &format!("silu_mul {rows} rows"), silu, "us", "");
     }
@@ -177,62 +191,65 @@ fn attention(
 ) -> anyhow::Result<()> {
     let n = 4096usize;
     let (q_dim, kv_dim, d) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
-    let stride = 2 * kv_dim * 2;
-    let region = device.alloc(n * stride)?;
-    let qkv = device.alloc(n * (q_dim + 2 * kv_dim) * 4)?;
-    let qb = device.alloc(n * q_dim * 2)?;
-    let out = device.alloc(n * q_dim * 2)?;
-    let half = d / 2;
-    let rope = device.alloc(n * half * 4)?;
-    // SAFETY: sizes as allocated.
-    unsafe {
-        kernels.fill_uniform(qkv.ptr(), n * (q_dim + 2 * kv_dim), 3, -1.0, 1.0, true)?;
-        kernels.fill_uniform(rope.ptr(), n * half, 4, -1.0, 1.0, true)?;
-    }
+    let region = device.alloc::<bf16>(n * 2 * kv_dim)?;
+    let mut qkv = device.alloc::<f32>(n * (q_dim + 2 * kv_dim))?;
+    kernels.fill_uniform(&mut qkv, 3, -1.0, 1.0)?;
+    let mut qb = device.alloc::<bf16>(n * q_dim)?;
+    let mut out = device.alloc::<bf16>(n * q_dim)?;
+    let rope = RopeTables::upload(device, &RopeTable::new(d, 10_000.0, None, n), d)?;
     let positions: Vec<u32> = (0..n as u32).collect();
     let zeros = vec![0u32; n];
     let tiles: Vec<u32> = (0..n.div_ceil(PREFILL_TILE_ROWS))
         .map(|t| (t * PREFILL_TILE_ROWS) as u32)
         .collect();
     let tile_chunk = vec![0u32; tiles.len()];
-    let kv_ptrs = [region.ptr(), region.ptr() + (kv_dim * 2) as u64];
-    let meta = |data: &[u32]| -> anyhow::Result<_> {
-        let buf = device.alloc(data.len() * 4)?;
-        // SAFETY: sized for `data`.
-        unsafe { device.upload(buf.ptr(), data)? };
-        Ok(buf)
-    };
+    let base = region.slice(0..1)?.address();
+    let kv_ptrs = [base, base + (kv_dim * 2) as u64];
     let (pos_d, zero_d, tiles_d, tc_d) = (
-        meta(&positions)?,
-        meta(&zeros)?,
-        meta(&tiles)?,
-        meta(&tile_chunk)?,
+        device.upload_new(&positions)?,
+        device.upload_new(&zeros)?,
+        device.upload_new(&tiles)?,
+        device.upload_new(&tile_chunk)?,
     );
-    let (len_d, start_d) = (meta(&[n as u32])?, meta(&[0])?);
-    let kv_d = device.alloc(16)?;
-    // SAFETY: 16 bytes.
-    unsafe { device.upload(kv_d.ptr(), &kv_ptrs)? };
-    let batch = AttentionBatch {
-        chunk_q_start: zero_d.ptr(),
-        chunk_len: len_d.ptr(),
-        chunk_start: start_d.ptr(),
-        kv: kv_d.ptr(),
-        token_stride: stride,
-        heads: cfg.heads,
-        kv_heads: cfg.kv_heads,
-        head_dim: d,
+    let (len_d, start_d, none) = (
+        device.upload_new(&[n as u32])?,
+        device.upload_new(&[0u32])?,
+        device.upload_new::<u32>(&[])?,
+    );
+    let kv_d = device.upload_new(&kv_ptrs)?;
+    let shape = BatchShape {
+        attention: AttentionShape {
+            heads: cfg.heads,
+            kv_heads: cfg.kv_heads,
+            head_dim: d,
+        },
+        token_stride: 2 * kv_dim * 2,
+        layers: 1,
+        vocab: 1,
+        positions: n,
+        max_context: n,
     };
-    // SAFETY: all buffers sized for n rows; the region for n positions.
-    let rope_t = time_us(device, || unsafe {
-        kernels.rope_kv_write(
-            qkv.ptr(),
-            qb.ptr(),
-            pos_d.ptr(),
-            zero_d.ptr(),
-            &batch,
-            Some((rope.ptr(), rope.ptr())),
-            n,
-        )
+    let prefill = BatchArrays {
+        tokens: zero_d.view(),
+        positions: pos_d.view(),
+        row_chunk: zero_d.view(),
+        chunk_q_start: zero_d.slice(0..1)?,
+        chunk_len: len_d.view(),
+        chunk_start: start_d.view(),
+        tile_chunk: tc_d.view(),
+        tile_row0: tiles_d.view(),
+        dec_row: none.view(),
+        dec_chunk: none.view(),
+        head_rows: none.view(),
+        kv: kv_d.view(),
+    };
+    // SAFETY: one chunk of n rows at positions 0..n (tokens 0, below vocab 1), in tiles of its
+    // rows; its K/V are `region`, a live allocation of n positions of K then V that nothing
+    // else touches while the timed kernels run.
+    let batch = unsafe { DeviceBatch::new(prefill, shape) }?;
+    let layer = batch.layer(0)?;
+    let rope_t = time_us(device, || {
+        kernels.rope_kv_write(&layer, &qkv, &mut qb, Some(&rope))
     })?;
     report.value(
         "ops",
@@ -244,17 +261,7 @@ fn attention(
     let flops = 4.0 * (cfg.heads * d) as f64 * (n * (n + 1) / 2) as f64;
     for occ3 in [false, true] {
         kernels.prefill_occupancy3 = occ3;
-        // SAFETY: as above.
-        let t = time_us(device, || unsafe {
-            kernels.attention_prefill(
-                &batch,
-                qb.ptr(),
-                out.ptr(),
-                tc_d.ptr(),
-                tiles_d.ptr(),
-                tiles.len(),
-            )
-        })?;
+        let t = time_us(device, || kernels.attention_prefill(&layer, &qb, &mut out))?;
         report.value(
             "ops",
             &format!(
@@ -267,29 +274,32 @@ fn attention(
         );
     }
     kernels.prefill_occupancy3 = false;
-    // One decode at context n: the chunk is the last position.
-    let (dlen, dstart) = (meta(&[1])?, meta(&[(n - 1) as u32])?);
-    let dbatch = AttentionBatch {
-        chunk_len: dlen.ptr(),
-        chunk_start: dstart.ptr(),
-        ..batch
+    // One decode at context n: the chunk is the last position, its row is row 0.
+    let (dlen, dstart) = (
+        device.upload_new(&[1u32])?,
+        device.upload_new(&[(n - 1) as u32])?,
+    );
+    let decode = BatchArrays {
+        tokens: zero_d.slice(0..1)?,
+        positions: dstart.view(),
+        row_chunk: zero_d.slice(0..1)?,
+        chunk_len: dlen.view(),
+        chunk_start: dstart.view(),
+        tile_chunk: none.view(),
+        tile_row0: none.view(),
+        dec_row: zero_d.slice(0..1)?,
+        dec_chunk: zero_d.slice(0..1)?,
+        ..prefill
     };
     let splits = DecodeSplits::plan(1, cfg.kv_heads, n, device.multiprocessors());
     let (po, pml) = splits.partial_sizes(1, cfg.heads, d);
-    let (po_d, pml_d) = (device.alloc(po * 4)?, device.alloc(pml * 4)?);
-    // SAFETY: as above; partials sized by the plan.
-    let t = time_us(device, || unsafe {
-        kernels.attention_decode(
-            &dbatch,
-            qb.ptr(),
-            out.ptr(),
-            zero_d.ptr(),
-            zero_d.ptr(),
-            1,
-            splits,
-            po_d.ptr(),
-            pml_d.ptr(),
-        )
+    let (mut po_d, mut pml_d) = (device.alloc::<f32>(po)?, device.alloc::<f32>(pml)?);
+    // SAFETY: one single-row chunk at position n - 1 over the same region, whose positions
+    // 0..n were written by the RoPE runs above; its row 0 is the decode's.
+    let batch = unsafe { DeviceBatch::new(decode, shape) }?;
+    let layer = batch.layer(0)?;
+    let t = time_us(device, || {
+        kernels.attention_decode(&layer, &qb, &mut out, splits, &mut po_d, &mut pml_d)
     })?;
     let bytes = (n * kv_dim * 2 * 2) as f64;
     report.value(

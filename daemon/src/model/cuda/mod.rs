@@ -1,7 +1,8 @@
 //! The GPU forward pass (feature `cuda`): bf16 weights in device memory, the KV region in GPU
 //! virtual memory (vAttention), cuBLAS GEMMs and the fused kernels of `fused_kernels::cuda`, CUDA
 //! graphs for decode iterations. [`plan`] (how a batch is laid out for the kernels) is plain host
-//! code and always compiled, so it is tested without a GPU.
+//! code and always compiled, so it is tested without a GPU; `pass` is the forward pass itself,
+//! step for step the CPU's `Model::forward`; `model` drives it (plan, upload, graphs, logits).
 //!
 //! Must not: schedule, sample, or own the KV region (the KV manager does).
 
@@ -9,6 +10,8 @@ pub mod plan;
 
 #[cfg(feature = "cuda")]
 mod model;
+#[cfg(feature = "cuda")]
+mod pass;
 #[cfg(feature = "cuda")]
 mod scratch;
 #[cfg(feature = "cuda")]
@@ -18,6 +21,8 @@ mod weights;
 pub use model::{GpuModel, GpuOptions};
 
 #[cfg(feature = "cuda")]
-pub(crate) fn device_error(error: fused_kernels::cuda::CudaError) -> super::ModelError {
-    super::ModelError::Device(error.to_string())
+impl From<fused_kernels::cuda::CudaError> for super::ModelError {
+    fn from(error: fused_kernels::cuda::CudaError) -> Self {
+        Self::Device(error.to_string())
+    }
 }

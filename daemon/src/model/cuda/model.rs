@@ -1,26 +1,29 @@
 //! [`GpuModel`]: the Llama-family forward pass on one GPU. Each call plans the batch on the host
-//! ([`BatchPlan`]), copies the plan to the device in one transfer, runs every layer's kernels on
-//! the device's stream and copies the wanted logits back. Decode-only batches replay a CUDA graph
-//! captured once per batch-size bucket: the plan's layout depends on the bucket only and KV
-//! addresses never move, so a graph stays valid as pages are mapped.
+//! ([`BatchPlan`]), copies the plan to the device in one transfer, queues the [`Pass`] (the CPU
+//! forward's steps, on the device's stream) and copies the wanted logits back. Decode-only
+//! batches replay a CUDA graph captured once per batch-size bucket (and KV layout and decode
+//! split): the plan's layout depends on the bucket only and KV addresses never move, so a graph
+//! stays valid as pages are mapped.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fused_kernels::cpu::RopeTable;
+use fused_kernels::cpu::{AttentionShape, RopeTable};
 use fused_kernels::cuda::{
-    AttentionBatch, Blas, CacheStatus, DecodeSplits, DeviceBuffer, GemmOut, GemvOut, GemvShape,
-    GpuDevice, Graph, Kernels, PREFILL_TILE_ROWS,
+    BatchArrays, BatchShape, Blas, CacheStatus, CudaError, DecodeSplits, DeviceBatch, DeviceBuffer,
+    GpuDevice, Graph, Kernels, PREFILL_TILE_ROWS, RopeTables,
 };
 
-use super::device_error;
+use super::pass::Pass;
 use super::plan::{BatchPlan, MetaOffsets};
 use super::scratch::{Needs, Scratch};
-use super::weights::{GpuWeights, upload};
+use super::weights::GpuWeights;
+use crate::kv::KvAccess;
+use crate::model::checkpoint::Checkpoint;
 use crate::model::config::ModelConfig;
 use crate::model::forward::{Logits, SeqChunk, check_chunks};
-use crate::model::kv_access::KvAccess;
 use crate::model::{Forward, LogitsWanted, Model, ModelError};
 
 /// How the GPU model runs.
@@ -34,6 +37,11 @@ pub struct GpuOptions {
     pub max_context: usize,
     /// Where compiled kernels are cached; `None` compiles every start.
     pub kernel_cache: Option<PathBuf>,
+    /// The largest batch the scheduler composes (its token budget) and the most sequences it
+    /// runs: the work buffers are sized for them at load, before the KV pool takes the free
+    /// memory, so no pass allocates later.
+    pub max_batch_tokens: usize,
+    pub max_seqs: usize,
     /// Fold SwiGLU into the gate/up GEMV of batches of up to
     /// [`GEMV_MAX_ROWS`](fused_kernels::cuda::GEMV_MAX_ROWS) rows (off: a separate kernel, as
     /// larger batches run; benchmarks compare the two).
@@ -46,6 +54,8 @@ impl Default for GpuOptions {
             graphs: true,
             max_graph_batch: 256,
             max_context: 4096,
+            max_batch_tokens: 4096,
+            max_seqs: 256,
             kernel_cache: default_kernel_cache(),
             fused_gemv: true,
         }
@@ -70,10 +80,10 @@ pub struct GpuModel {
     blas: Blas,
     weights: GpuWeights,
     /// `(cos, sin)` tables `[max_positions, head_dim / 2]` f32.
-    rope: (DeviceBuffer, DeviceBuffer),
+    rope: RopeTables,
     scratch: Scratch,
     options: GpuOptions,
-    graphs: HashMap<usize, Graph>,
+    graphs: HashMap<GraphKey, Graph>,
     cache_status: CacheStatus,
 }
 
@@ -90,29 +100,13 @@ impl std::fmt::Debug for GpuModel {
 // context first. Graph handles are not thread-affine, only not concurrently usable.
 unsafe impl Send for GpuModel {}
 
-/// Device addresses of one packed plan's arrays.
-#[derive(Debug, Clone, Copy)]
-struct MetaPtrs {
-    base: u64,
-    at: MetaOffsets,
-}
-
-impl MetaPtrs {
-    fn p(&self, offset: usize) -> u64 {
-        self.base + offset as u64
-    }
-}
-
-/// Counts that fix one pass's launches.
-#[derive(Debug, Clone, Copy)]
-struct Shape {
-    rows: usize,
-    chunks: usize,
-    tiles: usize,
-    decodes: usize,
-    head_rows: usize,
+/// What fixes a decode graph's launches besides the buffers (which only move when the graphs are
+/// dropped): the batch-size bucket, the KV layout's token stride and the decode split plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct GraphKey {
+    bucket: usize,
     token_stride: usize,
-    splits: DecodeSplits,
+    splits: (usize, usize),
 }
 
 impl GpuModel {
@@ -132,6 +126,20 @@ impl GpuModel {
             weights,
             options,
         )
+    }
+
+    /// Streams an HF safetensors checkpoint directory to the device (no host copy of the
+    /// weights; host memory stays at two 64 MiB staging buffers).
+    pub fn from_checkpoint(
+        device: Arc<GpuDevice>,
+        config: ModelConfig,
+        dir: &std::path::Path,
+        options: GpuOptions,
+    ) -> Result<Self, ModelError> {
+        let (kernels, cache_status) = load_kernels(&device, &options)?;
+        let checkpoint = Checkpoint::open(dir)?;
+        let weights = GpuWeights::stream(&device, &config, &checkpoint)?;
+        Self::assemble(device, config, kernels, cache_status, weights, options)
     }
 
     /// Seeded random weights generated on the device (no host copy; 7B shapes fit).
@@ -161,9 +169,27 @@ impl GpuModel {
                 config.head_dim, config.heads, config.kv_heads
             )));
         }
-        let rope = rope_tables(&device, &config)?;
-        let blas = Blas::new(&device).map_err(device_error)?;
-        let scratch = Scratch::new(&device, &config, Needs::default())?;
+        let table = RopeTable::new(
+            config.head_dim,
+            config.rope_theta,
+            config.rope_scaling,
+            config.max_positions,
+        );
+        let rope = RopeTables::upload(&device, &table, config.head_dim)?;
+        let blas = Blas::new(&device)?;
+        let needs = Needs::upper_bound(
+            &config,
+            options.max_batch_tokens,
+            options.max_seqs.max(options.max_graph_batch),
+            options.max_context,
+            device.multiprocessors(),
+        );
+        let scratch = Scratch::new(&device, &config, needs).map_err(|e| {
+            ModelError::Memory(format!(
+                "work buffers for batches of {} tokens and {} sequences: {e}",
+                options.max_batch_tokens, options.max_seqs
+            ))
+        })?;
         Ok(Self {
             config,
             device,
@@ -236,217 +262,78 @@ impl GpuModel {
             .filter(|&b| b <= self.options.max_graph_batch)
     }
 
-    fn shape(&self, plan: &BatchPlan, graph: bool) -> Shape {
-        let max_ctx = if graph {
+    /// The batch's bounds: the model's, the KV layout's, and the longest context the pass (or
+    /// the graph it is captured into) must cover.
+    fn batch_shape(&self, plan: &BatchPlan, graph: bool) -> BatchShape {
+        let cfg = &self.config;
+        let max_context = if graph {
             self.options.max_context.max(plan.max_ctx)
         } else {
             plan.max_ctx
         };
-        Shape {
-            rows: plan.rows(),
-            chunks: plan.chunks(),
-            tiles: plan.tile_chunk.len(),
-            decodes: plan.dec_row.len(),
-            head_rows: plan.head_rows.len(),
+        BatchShape {
+            attention: AttentionShape {
+                heads: cfg.heads,
+                kv_heads: cfg.kv_heads,
+                head_dim: cfg.head_dim,
+            },
             token_stride: plan.token_stride,
-            splits: DecodeSplits::plan(
-                plan.dec_row.len(),
-                self.config.kv_heads,
-                max_ctx,
-                self.device.multiprocessors(),
-            ),
+            layers: cfg.layers,
+            vocab: cfg.vocab_size,
+            positions: cfg.max_positions,
+            max_context,
         }
     }
+}
 
-    /// `y = x · Wᵀ`: the bandwidth-bound GEMV for a few rows, cuBLAS otherwise.
-    ///
-    /// # Safety
-    /// As [`Blas::linear`].
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn linear(
-        &self,
-        x: u64,
-        w: u64,
-        y: u64,
-        rows: usize,
-        out: usize,
-        inner: usize,
-        kind: GemmOut,
-    ) -> Result<(), ModelError> {
-        // SAFETY: per the contract.
-        unsafe {
-            if Kernels::gemv_fits(rows, inner) {
-                self.kernels.gemv(x, w, y, rows, out, inner, kind)
-            } else {
-                self.blas.linear(x, w, y, rows, out, inner, kind)
-            }
-        }
-        .map_err(device_error)
-    }
-
-    /// `act = silu(xn · W_gateᵀ) · (xn · W_upᵀ)`: one GEMV for small batches, else a GEMM into
-    /// `gate_up` and the SwiGLU kernel.
-    ///
-    /// # Safety
-    /// As [`Blas::linear`]; `gate_up` is `[2 ffn, hidden]`.
-    unsafe fn swiglu(&self, gate_up: u64, rows: usize) -> Result<(), ModelError> {
-        let (x, h, f) = (&self.scratch, self.config.hidden, self.config.ffn);
-        // SAFETY: per the contract.
-        unsafe {
-            if self.options.fused_gemv && Kernels::gemv_fits(rows, h) {
-                let shape = GemvShape {
-                    rows,
-                    out: f,
-                    inner: h,
-                };
-                self.kernels
-                    .gemv_fused(x.xn.ptr(), gate_up, x.act.ptr(), shape, GemvOut::SwiGlu)
-                    .map_err(device_error)
-            } else {
-                self.linear(
-                    x.xn.ptr(),
-                    gate_up,
-                    x.gate_up.ptr(),
-                    rows,
-                    2 * f,
-                    h,
-                    GemmOut::Bf16,
-                )?;
-                self.kernels
-                    .silu_mul(x.gate_up.ptr(), x.act.ptr(), rows, f)
-                    .map_err(device_error)
-            }
-        }
-    }
-
-    /// Queues every kernel of one pass (also what a graph captures).
-    fn launch(&self, m: MetaPtrs, s: Shape) -> Result<(), ModelError> {
-        let cfg = &self.config;
-        let (h, q_dim, kv_dim, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
-        let (k, w, x) = (&self.kernels, &self.weights, &self.scratch);
-        let eps = w.eps;
-        let rope = Some((self.rope.0.ptr(), self.rope.1.ptr()));
-        let at = m.at;
-        // SAFETY: every buffer was sized by `Scratch::ensure` for this shape, the plan's arrays
-        // were copied to `m`, and the engine made each chunk's KV positions ready.
-        unsafe {
-            k.embed(m.p(at.tokens), w.embed.ptr(), x.x.ptr(), s.rows, h)
-                .map_err(device_error)?;
-            for (layer, b) in w.blocks.iter().enumerate() {
-                let batch = AttentionBatch {
-                    chunk_q_start: m.p(at.chunk_q_start),
-                    chunk_len: m.p(at.chunk_len),
-                    chunk_start: m.p(at.chunk_start),
-                    kv: m.p(at.kv) + (layer * s.chunks * 16) as u64,
-                    token_stride: s.token_stride,
-                    heads: cfg.heads,
-                    kv_heads: cfg.kv_heads,
-                    head_dim: cfg.head_dim,
-                };
-                let acc = GemmOut::F32 { accumulate: true };
-                let set = GemmOut::F32 { accumulate: false };
-                k.rms_norm(
-                    x.x.ptr(),
-                    b.attn_norm.ptr(),
-                    x.xn.ptr(),
-                    None,
-                    s.rows,
-                    h,
-                    eps,
-                )
-                .map_err(device_error)?;
-                let width = q_dim + 2 * kv_dim;
-                self.linear(x.xn.ptr(), b.qkv.ptr(), x.qkv.ptr(), s.rows, width, h, set)?;
-                k.rope_kv_write(
-                    x.qkv.ptr(),
-                    x.q.ptr(),
-                    m.p(at.positions),
-                    m.p(at.row_chunk),
-                    &batch,
-                    rope,
-                    s.rows,
-                )
-                .map_err(device_error)?;
-                k.attention_prefill(
-                    &batch,
-                    x.q.ptr(),
-                    x.attn.ptr(),
-                    m.p(at.tile_chunk),
-                    m.p(at.tile_row0),
-                    s.tiles,
-                )
-                .map_err(device_error)?;
-                k.attention_decode(
-                    &batch,
-                    x.q.ptr(),
-                    x.attn.ptr(),
-                    m.p(at.dec_row),
-                    m.p(at.dec_chunk),
-                    s.decodes,
-                    s.splits,
-                    x.part_o.ptr(),
-                    x.part_ml.ptr(),
-                )
-                .map_err(device_error)?;
-                self.linear(x.attn.ptr(), b.o.ptr(), x.x.ptr(), s.rows, h, q_dim, acc)?;
-                k.rms_norm(
-                    x.x.ptr(),
-                    b.mlp_norm.ptr(),
-                    x.xn.ptr(),
-                    None,
-                    s.rows,
-                    h,
-                    eps,
-                )
-                .map_err(device_error)?;
-                self.swiglu(b.gate_up.ptr(), s.rows)?;
-                self.linear(x.act.ptr(), b.down.ptr(), x.x.ptr(), s.rows, h, f, acc)?;
-            }
-            k.rms_norm(
-                x.x.ptr(),
-                w.final_norm.ptr(),
-                x.xn.ptr(),
-                Some(m.p(at.head_rows)),
-                s.head_rows,
-                h,
-                eps,
-            )
-            .map_err(device_error)?;
-            let vocab = cfg.vocab_size;
-            let set = GemmOut::F32 { accumulate: false };
-            self.linear(
-                x.xn.ptr(),
-                w.lm_head(),
-                x.logits.ptr(),
-                s.head_rows,
-                vocab,
-                h,
-                set,
-            )?;
-            k.argmax(x.logits.ptr(), x.picked.ptr(), s.head_rows, vocab)
-                .map_err(device_error)?;
-        }
-        Ok(())
-    }
-
-    /// Runs the pass of `shape` from a graph of `bucket` (capturing it on first use).
-    fn replay(&mut self, bucket: usize, m: MetaPtrs, shape: Shape) -> Result<(), ModelError> {
-        if !self.graphs.contains_key(&bucket) {
-            self.device.begin_capture().map_err(device_error)?;
-            let launched = self.launch(m, shape);
+/// Runs `pass` from the graph of `key`, capturing it on first use.
+fn replay(
+    device: &GpuDevice,
+    graphs: &mut HashMap<GraphKey, Graph>,
+    key: GraphKey,
+    pass: impl FnOnce() -> Result<(), ModelError>,
+) -> Result<(), ModelError> {
+    let graph = match graphs.entry(key) {
+        Entry::Occupied(graph) => graph.into_mut(),
+        Entry::Vacant(slot) => {
+            device.begin_capture()?;
+            let launched = pass();
             // Always end the capture, so the stream leaves capture mode even after an error.
-            let captured = self.device.end_capture();
+            let captured = device.end_capture();
             launched?;
-            let graph = captured.map_err(device_error)?;
-            self.graphs.insert(bucket, graph);
+            slot.insert(captured?)
         }
-        match self.graphs.get(&bucket) {
-            Some(graph) => graph.launch().map_err(device_error),
-            None => Err(ModelError::Device(
-                "decode graph missing after capture".into(),
-            )),
-        }
-    }
+    };
+    // SAFETY: the graph was captured from a pass over this model's buffers and `meta`, which
+    // have not moved since (`Scratch::ensure` reports a move and the graphs are dropped then),
+    // with this key's bucket, token stride and decode splits; a bucket fixes every array length
+    // and offset of the padded plan, so `meta` now holds this step's plan in the captured
+    // layout, and it meets the `DeviceBatch` contract `forward` vouched for.
+    unsafe { graph.launch() }?;
+    Ok(())
+}
+
+/// Typed views of the plan's arrays in the packed buffer.
+fn batch_arrays<'a>(
+    meta: &'a DeviceBuffer<u8>,
+    at: &MetaOffsets,
+    plan: &BatchPlan,
+) -> Result<BatchArrays<'a>, CudaError> {
+    let u32s = |offset: usize, values: &[u32]| meta.cast_slice::<u32>(offset, values.len());
+    Ok(BatchArrays {
+        tokens: u32s(at.tokens, &plan.tokens)?,
+        positions: u32s(at.positions, &plan.positions)?,
+        row_chunk: u32s(at.row_chunk, &plan.row_chunk)?,
+        chunk_q_start: u32s(at.chunk_q_start, &plan.chunk_q_start)?,
+        chunk_len: u32s(at.chunk_len, &plan.chunk_len)?,
+        chunk_start: u32s(at.chunk_start, &plan.chunk_start)?,
+        tile_chunk: u32s(at.tile_chunk, &plan.tile_chunk)?,
+        tile_row0: u32s(at.tile_row0, &plan.tile_row0)?,
+        dec_row: u32s(at.dec_row, &plan.dec_row)?,
+        dec_chunk: u32s(at.dec_chunk, &plan.dec_chunk)?,
+        head_rows: u32s(at.head_rows, &plan.head_rows)?,
+        kv: meta.cast_slice::<u64>(at.kv, plan.kv.len())?,
+    })
 }
 
 impl GpuModel {
@@ -460,10 +347,9 @@ impl GpuModel {
     ) -> Result<Logits, ModelError> {
         let vocab = self.config.vocab_size;
         let greedy = chunks.iter().any(|c| c.logits == LogitsWanted::Greedy);
+        let head = &self.scratch.act.head;
         let mut ids = vec![0u32; if greedy { plan.head_rows.len() } else { 0 }];
-        // SAFETY: `picked` holds one u32 per head row of this pass.
-        unsafe { self.device.download(self.scratch.picked.ptr(), &mut ids) }
-            .map_err(device_error)?;
+        self.device.download(&head.picked, &mut ids)?;
         let mut picked = vec![None; if greedy { chunks.len() } else { 0 }];
         let mut spans = Vec::with_capacity(chunks.len());
         let mut runs: Vec<(usize, usize)> = Vec::new();
@@ -487,13 +373,9 @@ impl GpuModel {
         let mut data = vec![0.0f32; rows * vocab];
         let mut at = 0;
         for (first, count) in runs {
-            let src = self.scratch.logits.ptr() + (first * vocab * 4) as u64;
-            // SAFETY: the logits buffer holds every head row of this pass.
-            unsafe {
-                self.device
-                    .download(src, &mut data[at * vocab..(at + count) * vocab])
-            }
-            .map_err(device_error)?;
+            let src = head.logits.slice(first * vocab..(first + count) * vocab)?;
+            self.device
+                .download(&src, &mut data[at * vocab..(at + count) * vocab])?;
             at += count;
         }
         Ok(Logits {
@@ -509,37 +391,17 @@ fn load_kernels(
     device: &GpuDevice,
     options: &GpuOptions,
 ) -> Result<(Kernels, CacheStatus), ModelError> {
-    Kernels::load(device, options.kernel_cache.as_deref()).map_err(device_error)
-}
-
-/// The CPU's RoPE table as device arrays: rotating `(1, 0)` pairs yields exactly `(cos, sin)`.
-fn rope_tables(
-    device: &GpuDevice,
-    cfg: &ModelConfig,
-) -> Result<(DeviceBuffer, DeviceBuffer), ModelError> {
-    let table = RopeTable::new(
-        cfg.head_dim,
-        cfg.rope_theta,
-        cfg.rope_scaling,
-        cfg.max_positions,
-    );
-    let half = cfg.head_dim / 2;
-    let mut cos = Vec::with_capacity(cfg.max_positions * half);
-    let mut sin = Vec::with_capacity(cfg.max_positions * half);
-    let mut unit = vec![0.0f32; cfg.head_dim];
-    for pos in 0..cfg.max_positions {
-        unit[..half].fill(1.0);
-        unit[half..].fill(0.0);
-        table.apply(&mut unit, pos);
-        cos.extend_from_slice(&unit[..half]);
-        sin.extend_from_slice(&unit[half..]);
-    }
-    Ok((upload(device, &cos)?, upload(device, &sin)?))
+    Ok(Kernels::load(device, options.kernel_cache.as_deref())?)
 }
 
 impl Forward for GpuModel {
     fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// bf16: the KV region holds what `rope_kv_write` stores.
+    fn kv_element_bytes(&self) -> usize {
+        size_of::<half::bf16>()
     }
 
     fn forward(
@@ -548,18 +410,22 @@ impl Forward for GpuModel {
         kv: &dyn KvAccess,
     ) -> Result<Logits, ModelError> {
         check_chunks(chunks, self.config.vocab_size, self.config.max_positions)?;
-        self.device.bind().map_err(device_error)?;
+        self.device.bind()?;
         let bucket = self.bucket(chunks);
         let plan = BatchPlan::new(chunks, kv, self.config.layers, PREFILL_TILE_ROWS, bucket)?;
-        let shape = self.shape(&plan, bucket.is_some());
+        let shape = self.batch_shape(&plan, bucket.is_some());
+        let splits = DecodeSplits::plan(
+            plan.dec_row.len(),
+            self.config.kv_heads,
+            shape.max_context,
+            self.device.multiprocessors(),
+        );
         let (bytes, offsets) = plan.pack();
         let (part_o, part_ml) =
-            shape
-                .splits
-                .partial_sizes(shape.decodes, self.config.heads, self.config.head_dim);
+            splits.partial_sizes(plan.dec_row.len(), self.config.heads, self.config.head_dim);
         let needs = Needs {
-            rows: shape.rows,
-            head_rows: shape.head_rows,
+            rows: plan.rows(),
+            head_rows: plan.head_rows.len(),
             meta_bytes: bytes.len(),
             part_o,
             part_ml,
@@ -567,15 +433,42 @@ impl Forward for GpuModel {
         if self.scratch.ensure(&self.device, &self.config, needs)? {
             self.graphs.clear();
         }
-        let meta = MetaPtrs {
-            base: self.scratch.meta.ptr(),
-            at: offsets,
+        self.device.upload(&mut self.scratch.meta, &bytes)?;
+        let arrays = batch_arrays(&self.scratch.meta, &offsets, &plan)?;
+        // SAFETY: the arrays are `plan`'s, uploaded into `meta` just above (stream-ordered
+        // before any kernel reads them). `BatchPlan::new` derives every row, chunk, tile and
+        // decode index from the chunk list, so each is in range by construction (padding rows
+        // at `PAD_POSITION`, padding chunks empty); `check_chunks` refused tokens outside the
+        // vocabulary and positions past `max_positions`; `max_context` is at least the plan's
+        // longest context. The K/V addresses come from `KvAccess::layer_kv`, whose contract (the
+        // KV manager's) is that positions below a slot's ready length are mapped; the caller of
+        // `forward` (the engine) made positions `0..start + len` ready for each chunk and gave
+        // each chunk its own slot, and this call waits for the kernels (`fetch_logits`
+        // synchronises) before it returns, so the slots stay live while they run.
+        let batch = unsafe { DeviceBatch::new(arrays, shape) }?;
+        let pass = Pass {
+            config: &self.config,
+            kernels: &self.kernels,
+            blas: &self.blas,
+            weights: &self.weights,
+            rope: &self.rope,
+            batch,
+            splits,
+            fused_gemv: self.options.fused_gemv,
         };
-        // SAFETY: the meta buffer holds at least `bytes.len()` bytes (ensured above).
-        unsafe { self.device.upload(meta.base, &bytes) }.map_err(device_error)?;
+        let activations = &mut self.scratch.act;
         match bucket {
-            Some(bucket) => self.replay(bucket, meta, shape)?,
-            None => self.launch(meta, shape)?,
+            Some(bucket) => {
+                let key = GraphKey {
+                    bucket,
+                    token_stride: shape.token_stride,
+                    splits: (splits.split_len, splits.splits),
+                };
+                replay(&self.device, &mut self.graphs, key, || {
+                    pass.forward(activations)
+                })?;
+            }
+            None => pass.forward(activations)?,
         }
         self.fetch_logits(chunks, &plan)
     }

@@ -8,9 +8,9 @@
 //!
 //! Must not: launch kernels or own device memory.
 
+use crate::kv::KvAccess;
 use crate::model::ModelError;
 use crate::model::forward::{LogitsWanted, SeqChunk};
-use crate::model::kv_access::KvAccess;
 
 /// Position of a padding row.
 pub const PAD_POSITION: u32 = u32::MAX;
@@ -189,7 +189,7 @@ impl BatchPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::kv_access::{LayerKv, SlotId};
+    use crate::kv::{LayerKv, SlotId};
 
     /// Addresses that encode (slot, layer) so the test can see which went where.
     struct FakeKv;

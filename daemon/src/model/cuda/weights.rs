@@ -1,41 +1,58 @@
 //! The model's weights in GPU memory: matrices bf16 `[out, in]` (as the CPU's `f32` ones), norm
-//! weights `f32`. Either uploaded from host [`Weights`] (rounded to bf16 on the host) or generated
-//! on the device from a seed (`--load-format dummy` at 7B scale, which would not fit host RAM as
-//! `f32`).
+//! weights `f32`. Uploaded from host [`Weights`] (rounded to bf16 on the host), streamed from a
+//! safetensors checkpoint tensor by tensor through two page-locked buffers (host memory stays at
+//! the two buffers, whatever the model's size), or generated on the device from a seed
+//! (`--load-format dummy`).
 //!
 //! Must not: run layers (the model does).
 
-use fused_kernels::cuda::{DeviceBuffer, GpuDevice, Kernels};
+use std::time::{Duration, Instant};
+
+use fused_kernels::cuda::{DeviceBuffer, GpuDevice, Kernels, PinnedStaging};
 use half::bf16;
 use sha2::{Digest, Sha256};
 
 use crate::model::ModelError;
+use crate::model::checkpoint::{Checkpoint, Dtype, to_bf16_bytes};
 use crate::model::config::{Arch, ModelConfig};
+use crate::model::layout::{self, MatrixPlan};
 use crate::model::weights::{Linear, Mlp, Norm, Weights};
 
-use super::device_error;
+/// Bytes of one page-locked staging buffer (two alternate: one fills from disk while the other
+/// crosses to the device).
+const STAGING_BYTES: usize = 64 << 20;
+
+/// A dense layer without bias: `weight [out, inner]` bf16 (the CPU's [`Linear`], on the GPU).
+pub struct GpuLinear {
+    pub weight: DeviceBuffer<bf16>,
+    pub out: usize,
+    pub inner: usize,
+}
 
 pub struct GpuBlock {
-    pub attn_norm: DeviceBuffer,
-    pub qkv: DeviceBuffer,
-    pub o: DeviceBuffer,
-    pub mlp_norm: DeviceBuffer,
-    pub gate_up: DeviceBuffer,
-    pub down: DeviceBuffer,
+    pub attn_norm: DeviceBuffer<f32>,
+    pub qkv: GpuLinear,
+    pub o: GpuLinear,
+    pub mlp_norm: DeviceBuffer<f32>,
+    /// Gate rows, then up rows: `[2 ffn, hidden]`.
+    pub gate_up: GpuLinear,
+    pub down: GpuLinear,
 }
 
 pub struct GpuWeights {
-    pub embed: DeviceBuffer,
+    /// `[vocab, hidden]` bf16.
+    pub embed: DeviceBuffer<bf16>,
     pub blocks: Vec<GpuBlock>,
-    pub final_norm: DeviceBuffer,
+    pub final_norm: DeviceBuffer<f32>,
     /// `None`: tied to `embed`.
-    pub lm_head: Option<DeviceBuffer>,
+    pub lm_head: Option<DeviceBuffer<bf16>>,
     pub eps: f32,
 }
 
 impl GpuWeights {
-    pub fn lm_head(&self) -> u64 {
-        self.lm_head.as_ref().unwrap_or(&self.embed).ptr()
+    /// `[vocab, hidden]` bf16: the LM head, or the embedding it is tied to.
+    pub fn lm_head(&self) -> &DeviceBuffer<bf16> {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
     /// Bytes a decode step reads: every block's matrices and the LM head (one embedding row).
@@ -43,9 +60,10 @@ impl GpuWeights {
         let blocks: usize = self
             .blocks
             .iter()
-            .map(|b| b.qkv.bytes() + b.o.bytes() + b.gate_up.bytes() + b.down.bytes())
+            .flat_map(|b| [&b.qkv, &b.o, &b.gate_up, &b.down])
+            .map(|l| l.weight.bytes())
             .sum();
-        blocks + self.lm_head.as_ref().unwrap_or(&self.embed).bytes()
+        blocks + self.lm_head().bytes()
     }
 
     /// Uploads host weights of a Llama-family model.
@@ -58,10 +76,14 @@ impl GpuWeights {
                     "the CUDA forward pass has no bias terms (Llama family only)".into(),
                 ));
             }
-            matrix(&l.weight)
+            Ok(GpuLinear {
+                weight: matrix(&l.weight)?,
+                out: l.out,
+                inner: l.weight.len() / l.out.max(1),
+            })
         };
         let norm = |n: &Norm| match n {
-            Norm::Rms { weight, .. } => upload_f32(device, weight),
+            Norm::Rms { weight, .. } => Ok(device.upload_new(weight)?),
             Norm::Layer { .. } => Err(ModelError::Config(
                 "the CUDA forward pass has RMSNorm only (Llama family)".into(),
             )),
@@ -91,6 +113,49 @@ impl GpuWeights {
         })
     }
 
+    /// Streams a safetensors checkpoint (bf16, f16 or f32; single or sharded) to the device,
+    /// tensor by tensor in chunks of [`STAGING_BYTES`]; logs progress every few seconds.
+    pub fn stream(
+        device: &GpuDevice,
+        cfg: &ModelConfig,
+        checkpoint: &Checkpoint,
+    ) -> Result<Self, ModelError> {
+        check_llama(cfg)?;
+        let plan = layout::llama(cfg);
+        let mut streamer = Streamer::new(device, checkpoint)?;
+        let norm = |name: &str| -> Result<DeviceBuffer<f32>, ModelError> {
+            Ok(device.upload_new(&checkpoint.read_f32(name, &[cfg.hidden])?)?)
+        };
+        let mut blocks = Vec::with_capacity(plan.blocks.len());
+        for b in &plan.blocks {
+            blocks.push(GpuBlock {
+                attn_norm: norm(&b.attn_norm)?,
+                qkv: streamer.matrix(&b.qkv)?,
+                o: streamer.matrix(&b.o)?,
+                mlp_norm: norm(&b.mlp_norm)?,
+                gate_up: streamer.matrix(&b.gate_up)?,
+                down: streamer.matrix(&b.down)?,
+            });
+        }
+        let embed = streamer.matrix(&plan.embed)?.weight;
+        let has_head = checkpoint.contains(&plan.lm_head.parts[0].name);
+        let lm_head = if plan.head_is_separate(cfg, has_head) {
+            Some(streamer.matrix(&plan.lm_head)?.weight)
+        } else {
+            None
+        };
+        let weights = Self {
+            embed,
+            blocks,
+            final_norm: norm(&plan.final_norm)?,
+            lm_head,
+            eps: cfg.norm_eps,
+        };
+        device.synchronize()?;
+        streamer.report(true);
+        Ok(weights)
+    }
+
     /// Seeded random weights made on the device, distributed like the host's dummy weights
     /// (matrices uniform with the variance of N(0, 0.04²), norm weights uniform in [0.8, 1.2)).
     pub fn dummy(
@@ -102,40 +167,41 @@ impl GpuWeights {
         check_llama(cfg)?;
         let (h, q, kv, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
         let bound = 0.02 * 3f32.sqrt() * 2.0;
-        let fill = |name: &str, n: usize, norm: bool| -> Result<DeviceBuffer, ModelError> {
-            let elem = if norm { 4 } else { 2 };
-            let buf = device.alloc(n * elem).map_err(device_error)?;
-            let (lo, hi) = if norm { (0.8, 1.2) } else { (-bound, bound) };
-            // SAFETY: the buffer holds `n` elements of the filled type.
-            unsafe { kernels.fill_uniform(buf.ptr(), n, tensor_seed(seed, name), lo, hi, norm) }
-                .map_err(device_error)?;
-            Ok(buf)
+        let matrix = |name: &str, out: usize, inner: usize| -> Result<GpuLinear, ModelError> {
+            let mut weight = device.alloc::<bf16>(out * inner)?;
+            kernels.fill_uniform(&mut weight, tensor_seed(seed, name), -bound, bound)?;
+            Ok(GpuLinear { weight, out, inner })
+        };
+        let norm = |name: &str| -> Result<DeviceBuffer<f32>, ModelError> {
+            let mut weight = device.alloc::<f32>(h)?;
+            kernels.fill_uniform(&mut weight, tensor_seed(seed, name), 0.8, 1.2)?;
+            Ok(weight)
         };
         let mut blocks = Vec::with_capacity(cfg.layers);
         for l in 0..cfg.layers {
             let p = format!("model.layers.{l}");
             blocks.push(GpuBlock {
-                attn_norm: fill(&format!("{p}.input_layernorm.weight"), h, true)?,
-                qkv: fill(&format!("{p}.self_attn.qkv"), (q + 2 * kv) * h, false)?,
-                o: fill(&format!("{p}.self_attn.o_proj.weight"), h * q, false)?,
-                mlp_norm: fill(&format!("{p}.post_attention_layernorm.weight"), h, true)?,
-                gate_up: fill(&format!("{p}.mlp.gate_up"), 2 * f * h, false)?,
-                down: fill(&format!("{p}.mlp.down_proj.weight"), h * f, false)?,
+                attn_norm: norm(&format!("{p}.input_layernorm.weight"))?,
+                qkv: matrix(&format!("{p}.self_attn.qkv"), q + 2 * kv, h)?,
+                o: matrix(&format!("{p}.self_attn.o_proj.weight"), h, q)?,
+                mlp_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+                gate_up: matrix(&format!("{p}.mlp.gate_up"), 2 * f, h)?,
+                down: matrix(&format!("{p}.mlp.down_proj.weight"), h, f)?,
             });
         }
         let lm_head = if cfg.tie_embeddings {
             None
         } else {
-            Some(fill("lm_head.weight", cfg.vocab_size * h, false)?)
+            Some(matrix("lm_head.weight", cfg.vocab_size, h)?.weight)
         };
         let weights = Self {
-            embed: fill("model.embed_tokens.weight", cfg.vocab_size * h, false)?,
+            embed: matrix("model.embed_tokens.weight", cfg.vocab_size, h)?.weight,
             blocks,
-            final_norm: fill("model.norm.weight", h, true)?,
+            final_norm: norm("model.norm.weight")?,
             lm_head,
             eps: cfg.norm_eps,
         };
-        device.synchronize().map_err(device_error)?;
+        device.synchronize()?;
         Ok(weights)
     }
 }
@@ -160,23 +226,119 @@ fn tensor_seed(seed: u64, name: &str) -> u64 {
     u64::from_le_bytes(first)
 }
 
-fn upload_bf16(device: &GpuDevice, values: &[f32]) -> Result<DeviceBuffer, ModelError> {
+fn upload_bf16(device: &GpuDevice, values: &[f32]) -> Result<DeviceBuffer<bf16>, ModelError> {
     let host: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
-    upload(device, &host)
+    Ok(device.upload_new(&host)?)
 }
 
-fn upload_f32(device: &GpuDevice, values: &[f32]) -> Result<DeviceBuffer, ModelError> {
-    upload(device, values)
+/// Moves checkpoint tensors to the device through two alternating page-locked buffers: a chunk
+/// is read from disk (and converted to bf16) into one while the other's copy runs.
+struct Streamer<'a> {
+    device: &'a GpuDevice,
+    checkpoint: &'a Checkpoint,
+    staging: [PinnedStaging; 2],
+    next: usize,
+    /// Raw bytes of a chunk that is not bf16 yet.
+    raw: Vec<u8>,
+    total: u64,
+    loaded: u64,
+    started: Instant,
+    last_report: Instant,
 }
 
-pub(super) fn upload<T: Copy>(
-    device: &GpuDevice,
-    values: &[T],
-) -> Result<DeviceBuffer, ModelError> {
-    let buf = device
-        .alloc(std::mem::size_of_val(values))
-        .map_err(device_error)?;
-    // SAFETY: the buffer was sized for `values`.
-    unsafe { device.upload(buf.ptr(), values) }.map_err(device_error)?;
-    Ok(buf)
+impl<'a> Streamer<'a> {
+    fn new(device: &'a GpuDevice, checkpoint: &'a Checkpoint) -> Result<Self, ModelError> {
+        let now = Instant::now();
+        Ok(Self {
+            device,
+            checkpoint,
+            staging: [
+                device.pinned_staging(STAGING_BYTES)?,
+                device.pinned_staging(STAGING_BYTES)?,
+            ],
+            next: 0,
+            raw: Vec::new(),
+            total: checkpoint.total_bytes(),
+            loaded: 0,
+            started: now,
+            last_report: now,
+        })
+    }
+
+    /// A stacked matrix: each part's rows uploaded after the previous part's.
+    fn matrix(&mut self, m: &MatrixPlan) -> Result<GpuLinear, ModelError> {
+        let mut weight = self.device.alloc::<bf16>(m.out() * m.inner)?;
+        let mut row = 0;
+        for part in &m.parts {
+            self.upload(
+                &part.name,
+                &[part.rows, m.inner],
+                &mut weight,
+                row * m.inner,
+            )?;
+            row += part.rows;
+        }
+        Ok(GpuLinear {
+            weight,
+            out: m.out(),
+            inner: m.inner,
+        })
+    }
+
+    /// Tensor `name` (of `shape`) into `dst` from element `offset` on, chunk by chunk.
+    fn upload(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        dst: &mut DeviceBuffer<bf16>,
+        offset: usize,
+    ) -> Result<(), ModelError> {
+        let entry = self.checkpoint.entry(name, shape)?.clone();
+        let width = entry.dtype.bytes();
+        let per_chunk = STAGING_BYTES / size_of::<bf16>();
+        let elements = entry.elements();
+        let mut done = 0;
+        while done < elements {
+            let count = per_chunk.min(elements - done);
+            let staging = &mut self.staging[self.next];
+            self.next ^= 1;
+            let out = &mut staging.bytes_mut()?[..count * size_of::<bf16>()];
+            let start = (done * width) as u64;
+            if entry.dtype == Dtype::Bf16 {
+                self.checkpoint.read(&entry, start, out)?;
+            } else {
+                self.raw.resize(count * width, 0);
+                self.checkpoint.read(&entry, start, &mut self.raw)?;
+                to_bf16_bytes(entry.dtype, &self.raw, out);
+            }
+            self.device
+                .upload_staged(dst, offset + done, staging, count * size_of::<bf16>())?;
+            done += count;
+            self.loaded += (count * width) as u64;
+            self.report(false);
+        }
+        Ok(())
+    }
+
+    /// A progress line every few seconds (and a last one at the end).
+    fn report(&mut self, last: bool) {
+        if !last && self.last_report.elapsed() < Duration::from_secs(3) {
+            return;
+        }
+        self.last_report = Instant::now();
+        let seconds = self.started.elapsed().as_secs_f64();
+        let gb_per_s = self.loaded as f64 / seconds.max(1e-9) / 1e9;
+        tracing::info!(
+            loaded_gb = self.loaded as f64 / 1e9,
+            total_gb = self.total as f64 / 1e9,
+            gb_per_s,
+            seconds,
+            "{}",
+            if last {
+                "weights streamed to the GPU"
+            } else {
+                "streaming weights to the GPU"
+            }
+        );
+    }
 }

@@ -14,8 +14,8 @@ pub use cost::CostModel;
 pub use report::{SimReport, percentile};
 pub use trace::{RequestClass, TraceConfig, TraceError, TraceRequest};
 
+use crate::kv::SlotId;
 use crate::kv::{KvBudget, KvError};
-use crate::model::kv_access::SlotId;
 use crate::sched::{
     ConfigError, Policy, RequestId, SchedError, Scheduler, SchedulerConfig, SeqRequest, SimKv,
     StepOutcome, TokenBudget,
@@ -28,6 +28,8 @@ pub struct KvShape {
     pub total_pages: usize,
     /// One sequence's capacity (context length).
     pub max_tokens_per_slot: usize,
+    /// Tokens of growth the KV manager maps ahead of each reservation (its look-ahead).
+    pub lookahead_tokens: usize,
 }
 
 impl KvShape {
@@ -46,6 +48,7 @@ impl KvShape {
             tokens_per_page,
             total_pages: usize::try_from(pool_bytes / page_bytes).unwrap_or(usize::MAX),
             max_tokens_per_slot,
+            lookahead_tokens: crate::kv::DEFAULT_LOOKAHEAD_TOKENS,
         }
     }
 }
@@ -147,7 +150,6 @@ impl RunSpec {
             // The simulator measures queueing; it never refuses a request for a full queue.
             max_queue: usize::MAX,
             policy: self.policy,
-            decode_lookahead: 1,
         }
     }
 
@@ -182,7 +184,8 @@ pub fn run(trace: &[TraceRequest], setup: &SimSetup) -> Result<SimReport, SimErr
         setup.kv.total_pages,
         setup.scheduler.max_num_seqs,
         setup.kv.max_tokens_per_slot,
-    )?;
+    )?
+    .with_lookahead(setup.kv.lookahead_tokens);
     let mut tracked: Vec<Tracked> = trace
         .iter()
         .map(|request| Tracked {
@@ -206,7 +209,6 @@ pub fn run(trace: &[TraceRequest], setup: &SimSetup) -> Result<SimReport, SimErr
             let added = scheduler.add(SeqRequest {
                 id: RequestId(next_arrival as u64),
                 prompt_len: request.prompt_tokens,
-                max_new_tokens: request.output_tokens,
             });
             if added.is_err() {
                 report.rejected += 1;

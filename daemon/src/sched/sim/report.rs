@@ -25,7 +25,8 @@ pub struct SimReport {
     /// Mean token budget of the iterations (it moves in auto mode).
     pub mean_token_budget: f64,
     /// Pages decodes needed that were not yet reserved when their iteration was scheduled:
-    /// mapping on the critical path. `decode_lookahead` ≥ 1 makes this 0.
+    /// mapping on the critical path. The KV look-ahead (`KvShape::lookahead_tokens` ≥ 1) makes
+    /// this 0.
     pub late_decode_pages: u64,
 }
 

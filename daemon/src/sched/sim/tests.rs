@@ -182,6 +182,7 @@ fn impossible_requests_are_aborted_not_lost() {
         tokens_per_page: 32,
         total_pages: 32,
         max_tokens_per_slot: 16384,
+        lookahead_tokens: 0,
     };
     let report = run(&trace, &setup("sarathi:512", tiny)).expect("accounted for");
     let long_prompts = trace
@@ -211,7 +212,7 @@ fn lookahead_takes_decode_page_claims_off_the_critical_path() {
     let trace = reference_trace(0.5);
     let ahead = setup("sarathi:512", h200_kv());
     let mut just_in_time = ahead.clone();
-    just_in_time.scheduler.decode_lookahead = 0;
+    just_in_time.kv.lookahead_tokens = 0;
     let late_ahead = run(&trace, &ahead).expect("runs").late_decode_pages;
     let late_jit = run(&trace, &just_in_time).expect("runs").late_decode_pages;
     assert_eq!(late_ahead, 0);

@@ -162,9 +162,11 @@ fn checked_step(
         if item.samples {
             model.generated += 1;
             assert!(model.generated <= model.max_new_tokens);
+            // The stand-in engine ends a request at its length or when the bits say so.
             outcomes.push(StepOutcome {
                 id: item.id,
-                finished: (finish_bits >> (index % 64)) & 1 == 1,
+                finished: model.generated == model.max_new_tokens
+                    || (finish_bits >> (index % 64)) & 1 == 1,
             });
         }
     }
@@ -195,12 +197,12 @@ proptest! {
             max_num_seqs: setup.max_num_seqs,
             max_queue: 16,
             policy: setup.policy,
-            decode_lookahead: setup.lookahead,
         };
         let mut scheduler = Scheduler::new(config).expect("valid by construction");
         let pages = (setup.pool_tokens / setup.tokens_per_page).max(1);
         let mut kv = SimKv::new(setup.tokens_per_page, pages, setup.slots, setup.slot_capacity)
-            .expect("valid by construction");
+            .expect("valid by construction")
+            .with_lookahead(setup.lookahead);
         let mut expect: HashMap<RequestId, Expect> = HashMap::new();
         let mut ends = Ends::default();
         let mut added: Vec<RequestId> = Vec::new();
@@ -208,7 +210,7 @@ proptest! {
             match op {
                 Op::Add { prompt_len, max_new_tokens } => {
                     let id = RequestId(next_id);
-                    if scheduler.add(SeqRequest { id, prompt_len, max_new_tokens }).is_ok() {
+                    if scheduler.add(SeqRequest { id, prompt_len }).is_ok() {
                         added.push(id);
                         expect.insert(id, Expect { prompt_len, max_new_tokens, ..Expect::default() });
                     }

@@ -5,7 +5,8 @@
 pub struct StopMatcher {
     stops: Vec<String>,
     pending: String,
-    stopped: bool,
+    /// The stop string that matched.
+    stopped: Option<String>,
 }
 
 impl StopMatcher {
@@ -13,28 +14,29 @@ impl StopMatcher {
         Self {
             stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
             pending: String::new(),
-            stopped: false,
+            stopped: None,
         }
     }
 
-    pub fn stopped(&self) -> bool {
-        self.stopped
+    /// The stop string that matched, once one did.
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.as_deref()
     }
 
     /// Feeds a text delta; returns the text that is now safe to emit. After a stop string
-    /// matched, returns the text before it and [`stopped`](Self::stopped) turns true.
+    /// matched, returns the text before it and [`stopped`](Self::stopped) names it.
     pub fn push(&mut self, delta: &str) -> String {
-        if self.stopped {
+        if self.stopped.is_some() {
             return String::new();
         }
         self.pending.push_str(delta);
-        if let Some(cut) = self
+        if let Some((cut, stop)) = self
             .stops
             .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
-            .min()
+            .filter_map(|s| self.pending.find(s.as_str()).map(|at| (at, s)))
+            .min_by_key(|(at, _)| *at)
         {
-            self.stopped = true;
+            self.stopped = Some(stop.clone());
             let out = self.pending[..cut].to_owned();
             self.pending.clear();
             return out;
@@ -79,7 +81,7 @@ mod tests {
         let mut out = String::new();
         for d in deltas {
             out += &m.push(d);
-            if m.stopped() {
+            if m.stopped().is_some() {
                 return (out, true);
             }
         }
@@ -106,6 +108,9 @@ mod tests {
     #[test]
     fn earliest_of_several_stops_wins_and_unicode_is_safe() {
         assert_eq!(run(&["é!", "b"], &["aé!b"]), ("a".into(), true));
+        let mut m = StopMatcher::new(vec!["b".into(), "é!".into()]);
+        m.push("aé!b");
+        assert_eq!(m.stopped(), Some("é!"), "the earliest match is named");
         assert_eq!(run(&["日本"], &["x日", "y"]), ("x日y".into(), false));
     }
 }

@@ -1,4 +1,5 @@
-//! How the forward pass reads and writes K/V: the narrow interface the KV manager implements.
+//! How the forward pass reads and writes K/V: the narrow interface the KV manager implements,
+//! and the slot id that names one sequence's row of the KV region.
 
 /// Identifies one sequence's row of the KV region.
 pub type SlotId = u32;

@@ -1,0 +1,179 @@
+//! One forward pass queued on the device: the steps of the CPU's `Model::forward`
+//! (`model/forward.rs`), in its order and under its names — `embed`, then for each block `norm`,
+//! `attention`, `add_linear` (o), `norm`, `mlp`, `add_linear` (down), then `head` — with GPU
+//! kernels in place of the CPU ops. What a decode graph captures is one [`Pass::forward`].
+//!
+//! Must not: allocate, copy to or from the host, or lay the batch out (the plan does).
+
+use fused_kernels::cuda::{
+    Blas, DecodeSplits, DeviceBatch, DeviceBuffer, DeviceSlice, DeviceView, Kernels, Linear,
+    LinearOut, LinearShape, NormRows, RopeTables,
+};
+use half::bf16;
+
+use super::scratch::{Activations, AttentionBuffers, HeadBuffers, MlpBuffers};
+use super::weights::{GpuBlock, GpuLinear, GpuWeights};
+use crate::model::ModelError;
+use crate::model::config::ModelConfig;
+
+/// What one pass reads: the kernels, the weights and the batch on the device.
+pub(super) struct Pass<'a> {
+    pub config: &'a ModelConfig,
+    pub kernels: &'a Kernels,
+    pub blas: &'a Blas,
+    pub weights: &'a GpuWeights,
+    pub rope: &'a RopeTables,
+    pub batch: DeviceBatch<'a>,
+    /// How decode attention splits the keys (fixed for a graph's lifetime).
+    pub splits: DecodeSplits,
+    /// Fold SwiGLU into the gate/up GEMV when the batch is small enough for the GEMV.
+    pub fused_gemv: bool,
+}
+
+impl Pass<'_> {
+    /// Queues every kernel of the pass; the logits and greedy picks land in `s.head`.
+    pub fn forward(&self, s: &mut Activations) -> Result<(), ModelError> {
+        self.embed(&mut s.x)?;
+        for (layer, block) in self.weights.blocks.iter().enumerate() {
+            self.norm(&block.attn_norm, &s.x, &mut s.normed)?;
+            let attn = self.attention(layer, block, &s.normed, &mut s.attn)?;
+            self.add_linear(&block.o, &attn, &mut s.x)?;
+            self.norm(&block.mlp_norm, &s.x, &mut s.normed)?;
+            let hidden = self.mlp(block, &s.normed, &mut s.mlp)?;
+            self.add_linear(&block.down, &hidden, &mut s.x)?;
+        }
+        self.head(&s.x, &mut s.normed, &mut s.head)
+    }
+
+    fn rows(&self) -> usize {
+        self.batch.rows()
+    }
+
+    fn hidden(&self) -> usize {
+        self.config.hidden
+    }
+
+    fn embed(&self, x: &mut DeviceBuffer<f32>) -> Result<(), ModelError> {
+        let table = &self.weights.embed;
+        Ok(self
+            .kernels
+            .embed(self.batch.tokens(), table, x, self.hidden())?)
+    }
+
+    /// RMSNorm of the batch's rows of `x` into `out`.
+    fn norm(
+        &self,
+        weight: &DeviceBuffer<f32>,
+        x: &DeviceBuffer<f32>,
+        out: &mut DeviceBuffer<bf16>,
+    ) -> Result<(), ModelError> {
+        let rows = NormRows::First(self.rows());
+        let eps = self.weights.eps;
+        Ok(self
+            .kernels
+            .rms_norm(x, weight, out, rows, self.hidden(), eps)?)
+    }
+
+    /// QKV projection, RoPE, K/V written to the region, causal attention per sequence (prefill
+    /// tiles and split-KV decodes).
+    fn attention<'b>(
+        &self,
+        layer: usize,
+        block: &GpuBlock,
+        normed: &DeviceBuffer<bf16>,
+        a: &'b mut AttentionBuffers,
+    ) -> Result<DeviceSlice<'b, bf16>, ModelError> {
+        self.project(&block.qkv, normed, LinearOut::f32(&mut a.qkv))?;
+        let (k, batch) = (self.kernels, self.batch.layer(layer)?);
+        k.rope_kv_write(&batch, &a.qkv, &mut a.q, Some(self.rope))?;
+        k.attention_prefill(&batch, &a.q, &mut a.out)?;
+        k.attention_decode(
+            &batch,
+            &a.q,
+            &mut a.out,
+            self.splits,
+            &mut a.part_o,
+            &mut a.part_ml,
+        )?;
+        Ok(a.out.view())
+    }
+
+    /// `y = input · Wᵀ` (as `y` says: set, accumulated or bf16).
+    fn project(
+        &self,
+        layer: &GpuLinear,
+        input: &impl DeviceView<bf16>,
+        y: LinearOut<'_>,
+    ) -> Result<(), ModelError> {
+        let shape = LinearShape {
+            rows: self.rows(),
+            out: layer.out,
+            inner: layer.inner,
+        };
+        let layer = Linear::new(input, &layer.weight, y, shape)?;
+        Ok(self.kernels.linear(self.blas, layer)?)
+    }
+
+    /// `x += input · Wᵀ` (the residual add folded into the layer).
+    fn add_linear(
+        &self,
+        layer: &GpuLinear,
+        input: &impl DeviceView<bf16>,
+        x: &mut DeviceBuffer<f32>,
+    ) -> Result<(), ModelError> {
+        self.project(layer, input, LinearOut::add_f32(x))
+    }
+
+    /// The MLP up to (not including) its output projection: SwiGLU of the gate/up projection,
+    /// in one GEMV for a few rows.
+    fn mlp<'b>(
+        &self,
+        block: &GpuBlock,
+        normed: &DeviceBuffer<bf16>,
+        m: &'b mut MlpBuffers,
+    ) -> Result<DeviceSlice<'b, bf16>, ModelError> {
+        let (k, rows, gate_up) = (self.kernels, self.rows(), &block.gate_up);
+        let ffn = gate_up.out / 2;
+        if self.fused_gemv && Kernels::gemv_fits(rows, gate_up.inner) {
+            let shape = LinearShape {
+                rows,
+                out: ffn,
+                inner: gate_up.inner,
+            };
+            k.gemv_swiglu(normed, &gate_up.weight, &mut m.hidden, shape)?;
+        } else {
+            self.project(gate_up, normed, LinearOut::bf16(&mut m.gate_up))?;
+            k.silu_mul(&m.gate_up, &mut m.hidden, rows, ffn)?;
+        }
+        Ok(m.hidden.view())
+    }
+
+    /// Final norm and LM head over the rows the chunks asked for, and the device's greedy pick
+    /// of each.
+    fn head(
+        &self,
+        x: &DeviceBuffer<f32>,
+        normed: &mut DeviceBuffer<bf16>,
+        out: &mut HeadBuffers,
+    ) -> Result<(), ModelError> {
+        let (k, w, hidden) = (self.kernels, self.weights, self.hidden());
+        let rows = self.batch.head_rows();
+        let (count, vocab) = (rows.len(), self.config.vocab_size);
+        k.rms_norm(
+            x,
+            &w.final_norm,
+            normed,
+            NormRows::Gather(rows),
+            hidden,
+            w.eps,
+        )?;
+        let shape = LinearShape {
+            rows: count,
+            out: vocab,
+            inner: hidden,
+        };
+        let logits = LinearOut::f32(&mut out.logits);
+        k.linear(self.blas, Linear::new(normed, w.lm_head(), logits, shape)?)?;
+        Ok(k.argmax(&out.logits, &mut out.picked, count, vocab)?)
+    }
+}

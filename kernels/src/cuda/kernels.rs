@@ -1,0 +1,220 @@
+//! [`Kernels`]: the sources in `cu/` compiled for one device and loaded, each entry point typed by
+//! its C prototype (see [`launch`](super::launch)), with the knobs benchmarks turn. The launch
+//! wrappers live beside the kernels they drive: [`elementwise`](super::elementwise),
+//! [`linear`](super::linear), [`attention`](super::attention).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaStream, LaunchConfig};
+use cudarc::nvrtc::Ptx;
+use half::bf16;
+
+use super::compile::{CacheStatus, compile_cubin};
+use super::device::GpuDevice;
+use super::error::{CudaError, DriverResult, as_u32};
+use super::launch::{In, Kernel, Nullable, Out};
+use super::linear::OutVoid;
+
+/// The kernel sources, in the order they are concatenated for NVRTC.
+pub const SOURCES: [(&str, &str); 4] = [
+    ("common.cuh", include_str!("cu/common.cuh")),
+    ("elementwise.cu", include_str!("cu/elementwise.cu")),
+    ("attention.cu", include_str!("cu/attention.cu")),
+    ("gemv.cu", include_str!("cu/gemv.cu")),
+];
+
+// The prototypes, as `cu/` declares them (parameter names in the comments; the long ones laid out
+// line for line as in the source).
+
+/// `embed_rows(tokens, table, x, hidden)`.
+pub(crate) type Embed = Kernel<(In<u32>, In<bf16>, Out<f32>, i32)>;
+/// `rms_norm_rows(x, weight, out, row_map, hidden, eps)`.
+pub(crate) type RmsNorm = Kernel<(In<f32>, In<f32>, Out<bf16>, Nullable<u32>, i32, f32)>;
+/// `rope_kv_write(qkv, q_out, positions, row_chunk, kv, token_stride, cos_table, sin_table,
+/// heads, kv_heads, head_dim, use_rope)`.
+#[rustfmt::skip]
+pub(crate) type RopeKv = Kernel<(
+    In<f32>, Out<bf16>, In<u32>,
+    In<u32>, In<u64>,
+    i64, Nullable<f32>,
+    Nullable<f32>, i32, i32,
+    i32, i32,
+)>;
+/// `silu_mul_rows(gu, out, rows, ffn)`.
+pub(crate) type SiluMul = Kernel<(In<bf16>, Out<bf16>, i32, i32)>;
+/// `argmax_rows(logits, out, vocab)`.
+pub(crate) type Argmax = Kernel<(In<f32>, Out<u32>, i32)>;
+/// `fill_uniform_{bf16,f32}(out, n, seed, lo, hi)`.
+pub(crate) type FillUniform<T> = Kernel<(Out<T>, u64, u64, f32, f32)>;
+/// `attn_prefill_d*(q, out, tile_chunk, tile_row0, chunk_q_start, chunk_len, chunk_start, kv,
+/// token_stride, heads, kv_heads, scale_log2)`.
+#[rustfmt::skip]
+pub(crate) type Prefill = Kernel<(
+    In<bf16>, Out<bf16>, In<u32>, In<u32>,
+    In<u32>, In<u32>, In<u32>,
+    In<u64>, i64, i32, i32, f32,
+)>;
+/// `attn_decode_d*_g*(q, dec_row, dec_chunk, chunk_len, chunk_start, kv, token_stride, heads,
+/// kv_heads, split_len, splits, scale_log2, part_o, part_ml)`.
+#[rustfmt::skip]
+pub(crate) type Decode = Kernel<(
+    In<bf16>, In<u32>, In<u32>,
+    In<u32>, In<u32>, In<u64>,
+    i64, i32, i32, i32, i32,
+    f32, Out<f32>, Out<f32>,
+)>;
+/// `attn_decode_combine(part_o, part_ml, dec_row, out, heads, head_dim, splits)`.
+pub(crate) type Combine = Kernel<(In<f32>, In<f32>, In<u32>, Out<bf16>, i32, i32, i32)>;
+/// `gemv_r*_p*(x, w, y, rows, out, in, mode, ksplit)`; `y` is `void*`, typed by `mode`.
+pub(crate) type Gemv = Kernel<(In<bf16>, In<bf16>, OutVoid, i32, i32, i32, i32, i32)>;
+
+/// The compiled kernels, launched on the device's stream.
+pub struct Kernels {
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) multiprocessors: usize,
+    pub(crate) embed: Embed,
+    pub(crate) rms_norm: RmsNorm,
+    pub(crate) rope_kv: RopeKv,
+    pub(crate) silu_mul: SiluMul,
+    pub(crate) argmax: Argmax,
+    pub(crate) fill_bf16: FillUniform<bf16>,
+    pub(crate) fill_f32: FillUniform<f32>,
+    pub(crate) prefill_64: Prefill,
+    pub(crate) prefill_128: Prefill,
+    pub(crate) prefill_128_occ3: Prefill,
+    /// Use the 168-register build of the d128 prefill kernel (3 blocks per SM).
+    pub prefill_occupancy3: bool,
+    /// `gemv_r{1,2,4,8}_p{pair}` at `4 pair + rows bucket`.
+    pub(crate) gemv: Vec<Gemv>,
+    /// Blocks a GEMV should have: rows are split over up to 8 warps until it has as many (the
+    /// default, one block per 32 threads an SM holds, keeps every SM streaming; 0 never splits).
+    pub gemv_min_blocks: usize,
+    /// Decode attention by head dim (64, 128) and largest group (1, 4, 8).
+    pub(crate) decode: [[Decode; 3]; 2],
+    pub(crate) combine: Combine,
+    /// Launch kernels as programmatic dependents of the previous one (set when the device
+    /// supports it, sm_90 and later; benchmarks turn it off to measure what it brings).
+    pub dependent_launch: bool,
+}
+
+impl std::fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Kernels")
+    }
+}
+
+/// A launch of `x × y × z` blocks of `block` threads.
+pub(crate) fn grid(x: usize, y: usize, z: usize, block: u32) -> Result<LaunchConfig, CudaError> {
+    Ok(LaunchConfig {
+        grid_dim: (
+            as_u32(x, "grid x")?,
+            as_u32(y, "grid y")?,
+            as_u32(z, "grid z")?,
+        ),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+impl Kernels {
+    /// Compiles (or loads from `cache_dir`) the kernels for `device` and loads them.
+    pub fn load(
+        device: &GpuDevice,
+        cache_dir: Option<&Path>,
+    ) -> Result<(Self, CacheStatus), CudaError> {
+        Self::load_with(device, cache_dir, &[])
+    }
+
+    /// [`Kernels::load`] with build-time knobs of the sources set (`#define NAME value` ahead of
+    /// them, e.g. `GEMV_UNROLL`): what benchmarks use to compare variants in one process.
+    pub fn load_with(
+        device: &GpuDevice,
+        cache_dir: Option<&Path>,
+        defines: &[(&str, i64)],
+    ) -> Result<(Self, CacheStatus), CudaError> {
+        let source: String = defines
+            .iter()
+            .map(|(name, value)| format!("#define {name} {value}\n"))
+            .chain(SOURCES.iter().map(|(_, text)| format!("{text}\n")))
+            .collect();
+        let (cubin, status) = compile_cubin(&source, &device.arch(), cache_dir)?;
+        let module = device
+            .context()
+            .load_module(Ptx::from_binary(cubin))
+            .during("cuModuleLoadData")?;
+        const GEMV: [[&str; 4]; 2] = [
+            ["gemv_r1_p0", "gemv_r2_p0", "gemv_r4_p0", "gemv_r8_p0"],
+            ["gemv_r1_p1", "gemv_r2_p1", "gemv_r4_p1", "gemv_r8_p1"],
+        ];
+        let m = &module;
+        let kernels = Self {
+            stream: device.stream().clone(),
+            multiprocessors: device.multiprocessors(),
+            embed: Kernel::load(m, "embed_rows")?,
+            rms_norm: Kernel::load(m, "rms_norm_rows")?,
+            rope_kv: Kernel::load(m, "rope_kv_write")?,
+            silu_mul: Kernel::load(m, "silu_mul_rows")?,
+            argmax: Kernel::load(m, "argmax_rows")?,
+            fill_bf16: Kernel::load(m, "fill_uniform_bf16")?,
+            fill_f32: Kernel::load(m, "fill_uniform_f32")?,
+            prefill_64: Kernel::load(m, "attn_prefill_d64")?,
+            prefill_128: Kernel::load(m, "attn_prefill_d128")?,
+            prefill_128_occ3: Kernel::load(m, "attn_prefill_d128_occ3")?,
+            prefill_occupancy3: false,
+            gemv: GEMV
+                .iter()
+                .flatten()
+                .map(|&name| Kernel::load(m, name))
+                .collect::<Result<_, _>>()?,
+            gemv_min_blocks: 8 * device.multiprocessors(),
+            decode: [
+                [
+                    Kernel::load(m, "attn_decode_d64_g1")?,
+                    Kernel::load(m, "attn_decode_d64_g4")?,
+                    Kernel::load(m, "attn_decode_d64_g8")?,
+                ],
+                [
+                    Kernel::load(m, "attn_decode_d128_g1")?,
+                    Kernel::load(m, "attn_decode_d128_g4")?,
+                    Kernel::load(m, "attn_decode_d128_g8")?,
+                ],
+            ],
+            combine: Kernel::load(m, "attn_decode_combine")?,
+            dependent_launch: device.compute_capability().0 >= 9,
+        };
+        Ok((kernels, status))
+    }
+
+    pub fn multiprocessors(&self) -> usize {
+        self.multiprocessors
+    }
+
+    /// Grid-stride launches: enough blocks to fill the device, no more.
+    pub(crate) fn stride_blocks(&self, n: usize, block: usize) -> usize {
+        n.div_ceil(block).clamp(1, self.multiprocessors * 16)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Compiles the real sources with the real NVRTC when the library is on this machine (it
+    /// needs no GPU); CI machines without it skip loudly.
+    #[test]
+    fn kernel_sources_compile_with_nvrtc() {
+        // SAFETY: only tries to open the library.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("SKIPPED kernel_sources_compile_with_nvrtc: libnvrtc is not installed here");
+            return;
+        }
+        let source: String = SOURCES.iter().map(|(_, t)| format!("{t}\n")).collect();
+        let (cubin, status) = compile_cubin(&source, "sm_90", None).expect("sources compile");
+        assert_eq!(status, CacheStatus::Disabled);
+        assert_eq!(&cubin[..4], b"\x7fELF", "a cubin is an ELF image");
+        let broken = format!("{source}\nextern \"C\" __global__ void broken() {{ undefined(); }}");
+        let error = compile_cubin(&broken, "sm_90", None).expect_err("broken source");
+        assert!(error.to_string().contains("undefined"), "{error}");
+    }
+}
