@@ -105,8 +105,15 @@ class TestUserPath:
         log = kubectl("logs", "-n", ns, pod["metadata"]["name"], "-c", "fetch-model")
         print(f"fetch-model log:\n{log}")
         assert "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53" in log
-        # Non-root: the image's user, not root.
-        assert pod["spec"]["containers"][0].get("securityContext", {}).get("runAsUser") in (None, 65532)
+        # The daemon process really runs as the images' non-root user, on a read-only root.
+        container_id = daemon["containerID"].split("://", 1)[1]
+        tasks = run("ctr", "-a", CONTAINERD_SOCK, "-n", "k8s.io", "tasks", "ls").stdout
+        pid = next(line.split()[1] for line in tasks.splitlines() if line.startswith(container_id))
+        uids = next(line.split()[1:] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if line.startswith("Uid:"))
+        assert set(uids) == {"65532"}, f"daemon runs as {uids}"
+        context = next(c for c in pod["spec"]["containers"] if c["name"] == "daemon")["securityContext"]
+        assert context.get("readOnlyRootFilesystem") is True, context
         type(self).cluster_ip = get("svc", NAME, ns)["spec"]["clusterIP"]
 
     def test_chat_through_the_service_answers_paris(self, class_namespace):
