@@ -90,7 +90,7 @@ class TestUserPath:
         t = time.monotonic()
         kubectl("apply", "-n", ns, "-f", str(EXAMPLE))
         model = wait_for("FusedModel Ready=True with 1 ready replica", lambda: model_ready(ns, 1), 600)
-        timed("kubectl apply -> FusedModel Ready=True (cold: weights fetched into the node cache)", t)
+        timed("kubectl apply -> FusedModel Ready=True (weights fetched over HTTP from the node)", t)
         for type_, reason in (("ArtifactsReady", "Verified"), ("Scheduled", "AllReplicasScheduled"),
                               ("Degraded", "AsExpected"), ("Progressing", "RolloutComplete")):
             assert condition(model, type_)["reason"] == reason, (type_, condition(model, type_))
