@@ -6,11 +6,13 @@
 //! - [`sched`]: Sarathi-Serve scheduling (chunked prefill, stall-free batching);
 //! - [`kv`]: vAttention KV memory (virtually contiguous, pages mapped on demand);
 //! - [`model`]: weights and the batched forward pass;
-//! - [`tokenizer`] and [`vocab`]: text ↔ ids, with the AdaptiVocab domain patch.
+//! - [`tokenizer`] and [`vocab`]: text ↔ ids, with the AdaptiVocab domain patch;
+//! - [`guide`]: structured outputs (llguidance token masks over the served vocabulary).
 
 pub mod engine;
 pub mod eval;
 pub mod fetch;
+pub mod guide;
 pub mod kv;
 pub mod metrics;
 pub mod model;

@@ -133,6 +133,7 @@ fn request(prompt_len: usize, max_new_tokens: usize) -> GenerateRequest {
         stop: vec![],
         ignore_eos: true,
         skip_special_tokens: true,
+        guide: None,
         arrival: Instant::now(),
     }
 }

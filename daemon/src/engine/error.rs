@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::guide::GuideError;
 use crate::kv::KvError;
 use crate::model::ModelError;
 use crate::sched::{AbortReason, AddError};
@@ -36,6 +37,9 @@ pub enum EngineError {
     Forward(Arc<ModelError>),
     #[error("detokenizing the output: {0}")]
     Detokenize(Arc<TokenizerError>),
+    /// The output constraint (structured outputs) failed while generating.
+    #[error("{0}")]
+    Guide(Arc<GuideError>),
     /// The engine thread panicked while the request was in flight.
     #[error("the engine crashed while generating; the replica restarts")]
     Panicked,
@@ -57,6 +61,7 @@ impl EngineError {
             EngineError::Kv(_)
             | EngineError::Forward(_)
             | EngineError::Detokenize(_)
+            | EngineError::Guide(_)
             | EngineError::Internal(_) => "error",
         }
     }
@@ -71,6 +76,12 @@ impl From<KvError> for EngineError {
 impl From<ModelError> for EngineError {
     fn from(error: ModelError) -> Self {
         EngineError::Forward(Arc::new(error))
+    }
+}
+
+impl From<GuideError> for EngineError {
+    fn from(error: GuideError) -> Self {
+        EngineError::Guide(Arc::new(error))
     }
 }
 

@@ -1,6 +1,7 @@
 //! One choice's state inside the engine: its known tokens (prompt, then generated), sampler,
-//! output text, timestamps and admission permit — and the one place that decides when it ends:
-//! EOS, stop token ids, stop strings, max tokens or the context length.
+//! output constraint, output text, timestamps and admission permit — and the one place that
+//! decides when it ends: EOS, stop token ids, stop strings, a complete constrained output, max
+//! tokens or the context length.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,6 +10,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::output::{OutputText, Released};
 use super::{EngineError, Event, FinishReason, GenerateRequest, Permit, StopReason};
+use crate::guide::{Guide, TokenMask};
 use crate::model::LogitsWanted;
 use crate::model::sampling::{Sampled, Sampler};
 use crate::tokenizer::Codec;
@@ -37,6 +39,10 @@ pub(super) struct LiveRequest {
     pub tokens: Vec<u32>,
     pub prompt_len: usize,
     sampler: Sampler,
+    /// The output constraint; the engine lends it to the mask thread during each forward pass.
+    guide: Option<Guide>,
+    /// Whether the choice is constrained (its guide may be on loan).
+    constrained: bool,
     max_new_tokens: usize,
     min_tokens: usize,
     max_context: usize,
@@ -71,6 +77,8 @@ impl LiveRequest {
             request_id: Arc::from(request.request_id.as_str()),
             index,
             sampler: Sampler::new(sampling, &request.prompt),
+            guide: request.guide.clone(),
+            constrained: request.guide.is_some(),
             prompt_len: request.prompt.len(),
             tokens: request.prompt.clone(),
             max_new_tokens: request.max_new_tokens,
@@ -100,9 +108,10 @@ impl LiveRequest {
         self.tokens.len() - self.prompt_len
     }
 
-    /// What the model must return for this request's next token.
+    /// What the model must return for this request's next token. A constrained choice needs the
+    /// row: its mask applies before the pick (a device argmax would ignore it).
     pub fn wants(&self) -> LogitsWanted {
-        if self.sampler.is_plain_greedy() {
+        if self.sampler.is_plain_greedy() && !self.constrained {
             LogitsWanted::Greedy
         } else {
             LogitsWanted::Last
@@ -114,29 +123,60 @@ impl LiveRequest {
         self.events.is_closed()
     }
 
-    /// Takes the token the model picked (`Some`) or samples one from the logits row, streams
-    /// the text it completes, and decides whether the choice has ended (then its last events
-    /// are sent). `None` when the model returned nothing for this request.
+    /// Lends the guide out (to compute its next mask beside the forward pass).
+    pub fn lend_guide(&mut self) -> Option<Guide> {
+        self.guide.take()
+    }
+
+    /// Takes the guide back.
+    pub fn return_guide(&mut self, guide: Guide) {
+        self.guide = Some(guide);
+    }
+
+    /// Takes the token the model picked (`Some`) or samples one from the logits row (among the
+    /// tokens `mask` allows, for a constrained choice), streams the text it completes, and
+    /// decides whether the choice has ended (then its last events are sent). `None` when the
+    /// model returned nothing for this request.
     pub fn deliver(
         &mut self,
         picked: Option<u32>,
         logits: Option<&[f32]>,
+        mask: Option<TokenMask>,
     ) -> Option<Result<Option<Ending>, EngineError>> {
         let sampled = match (picked, logits) {
             (Some(token), _) => self.sampler.record(token),
-            (None, Some(row)) => self.sampler.sample(row),
+            (None, Some(row)) => match (self.constrained, &mask) {
+                (false, _) => self.sampler.sample(row),
+                (true, Some(mask)) if !mask.is_empty() => {
+                    self.sampler.sample_masked(row, Some(mask))
+                }
+                (true, _) => {
+                    let error = "no token is allowed next (the constraint has no continuation)";
+                    return Some(Err(EngineError::Guide(std::sync::Arc::new(
+                        crate::guide::GuideError::Failed(error.into()),
+                    ))));
+                }
+            },
             (None, None) => return None,
         };
-        Some(self.take(sampled))
+        let complete = match self.guide.as_mut().map(|g| g.advance(sampled.token)) {
+            None => false,
+            Some(Ok(complete)) => complete,
+            Some(Err(error)) => return Some(Err(error.into())),
+        };
+        Some(self.take(sampled, complete))
     }
 
-    fn take(&mut self, sampled: Sampled) -> Result<Option<Ending>, EngineError> {
+    /// Records `sampled`; `complete`: the constrained output is whole (nothing may follow).
+    fn take(&mut self, sampled: Sampled, complete: bool) -> Result<Option<Ending>, EngineError> {
         let token = sampled.token;
         self.tokens.push(token);
         let released = self.output.push(sampled)?;
         let generated = self.generated();
         let ended = if let Some(stop) = &released.stop {
             Some((FinishReason::Stop, Some(StopReason::Text(stop.clone()))))
+        } else if complete && !self.eos_ids.contains(&token) {
+            Some((FinishReason::Stop, None))
         } else if generated >= self.min_tokens && self.stop_token_ids.contains(&token) {
             Some((FinishReason::Stop, Some(StopReason::Token(token))))
         } else if generated >= self.min_tokens && self.eos_ids.contains(&token) {

@@ -6,7 +6,8 @@
 //!   cancels its request when dropped);
 //! - `worker`: the thread's loop (commands, schedule, forward, deliver, metrics, health);
 //! - `live`: one choice's state and the one place that decides its finish (EOS, stop ids, stop
-//!   strings, max tokens, context length);
+//!   strings, a complete constrained output, max tokens, context length);
+//! - `masks`: the thread that computes constrained choices' token masks while the model runs;
 //! - `output`: streaming detokenisation with stop strings held back (`stop`);
 //! - [`EngineError`]: every refusal and failure, typed.
 //!
@@ -17,6 +18,7 @@
 mod error;
 mod handle;
 mod live;
+mod masks;
 mod output;
 mod stop;
 mod worker;
@@ -25,6 +27,7 @@ pub use error::EngineError;
 pub use handle::{EngineHandle, Permit, RequestStream};
 pub use worker::{EngineParts, MAX_CONSECUTIVE_FAILURES, spawn};
 
+use crate::guide::Guide;
 use crate::model::sampling::{Sampled, SamplingParams};
 
 /// What the server asks the engine to generate: `n` choices of one prompt.
@@ -46,6 +49,8 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     pub ignore_eos: bool,
     pub skip_special_tokens: bool,
+    /// The output constraint (structured outputs), compiled; each choice follows its own copy.
+    pub guide: Option<Guide>,
     /// When the server received the request (TTFT and queue time count from here).
     pub arrival: std::time::Instant,
 }

@@ -17,7 +17,9 @@ use tokio::sync::oneshot;
 
 use super::handle::{EngineHandle, Health};
 use super::live::{Ending, Limits, LiveRequest};
+use super::masks::MaskThread;
 use super::{EngineError, Event, GenerateRequest, Permit};
+use crate::guide::{GuideError, TokenMask};
 use crate::kv::KvManager;
 use crate::metrics::Metrics;
 use crate::model::{Forward, Logits, LogitsWanted, SeqChunk};
@@ -30,6 +32,14 @@ const PARALLEL_DELIVERY: usize = 16;
 
 /// What delivering one token did: the request goes on (`None`), ended, or failed.
 type Delivered = Result<Option<Ending>, EngineError>;
+
+/// One sampling item to deliver: its index in the batch, its choice, and its token mask (for
+/// structured outputs) if it has one.
+type Target<'a> = (
+    usize,
+    &'a mut LiveRequest,
+    Option<Result<TokenMask, GuideError>>,
+);
 
 /// Iterations in a row that may fail before the engine reports itself failing (not ready, new
 /// requests refused with 503).
@@ -89,6 +99,7 @@ pub fn spawn(parts: EngineParts) -> std::io::Result<(EngineHandle, JoinHandle<()
                 stalls_seen: 0,
                 consecutive_failures: 0,
                 health: health.clone(),
+                masks: None,
             };
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| worker.run()));
             if outcome.is_err() {
@@ -125,6 +136,8 @@ struct Worker {
     stalls_seen: u64,
     consecutive_failures: u32,
     health: Arc<Health>,
+    /// Computes constrained choices' masks during the forward pass (started when first needed).
+    masks: Option<MaskThread>,
 }
 
 impl Worker {
@@ -330,6 +343,18 @@ impl Worker {
                 }
             }
         }
+        // Constrained choices lend their guides to the mask thread for the forward pass.
+        let lent: Vec<(u64, crate::guide::Guide)> = (batch.items.iter())
+            .filter(|item| item.samples)
+            .filter_map(|item| {
+                let guide = self.live.get_mut(&item.id.0)?.lend_guide()?;
+                Some((item.id.0, guide))
+            })
+            .collect();
+        let masks = match lent.is_empty() {
+            true => None,
+            false => Some(self.start_masks(lent)?),
+        };
         let mut chunks = Vec::with_capacity(batch.items.len());
         for item in &batch.items {
             let live = self
@@ -359,43 +384,30 @@ impl Worker {
                 logits,
             });
         }
-        let logits = self.parts.model.forward(&chunks, &self.parts.kv)?;
+        let logits = self.parts.model.forward(&chunks, &self.parts.kv);
         drop(chunks);
+        let mut masks = match masks {
+            Some(thread) => self.collect_masks(thread)?,
+            None => HashMap::new(),
+        };
+        let logits = logits?;
         let now = Instant::now();
-        let delivered = self.deliver_all(batch, &logits);
+        let delivered = self.deliver_all(batch, &logits, &mut masks);
         let mut outcomes = Vec::with_capacity(delivered.len());
         for (index, delivered) in delivered {
             let item = &batch.items[index];
-            let Some(live) = self.live.get_mut(&item.id.0) else {
-                continue;
-            };
-            self.parts.metrics.generation_tokens.inc();
-            match live.last_token_at {
-                None => {
-                    // Counted once per request, like `usage.prompt_tokens` (recomputes are not).
-                    self.parts
-                        .metrics
-                        .prompt_tokens
-                        .inc_by(live.prompt_len as u64);
-                    self.parts
-                        .metrics
-                        .ttft
-                        .observe((now - live.arrival).as_secs_f64());
-                }
-                Some(previous) => self
-                    .parts
-                    .metrics
-                    .inter_token
-                    .observe((now - previous).as_secs_f64()),
-            }
-            live.last_token_at = Some(now);
             let finished = match delivered {
-                Ok(None) => false,
-                Ok(Some(ending)) => {
-                    if let Some(live) = self.live.remove(&item.id.0) {
-                        self.end(&live, ending);
+                Ok(ending) => {
+                    self.observe_token(item.id.0, now);
+                    match ending {
+                        None => false,
+                        Some(ending) => {
+                            if let Some(live) = self.live.remove(&item.id.0) {
+                                self.end(&live, ending);
+                            }
+                            true
+                        }
                     }
-                    true
                 }
                 Err(error) => {
                     if let Some(live) = self.live.remove(&item.id.0) {
@@ -413,19 +425,48 @@ impl Worker {
         Ok(outcomes)
     }
 
+    /// A token of request `id` was produced at `now`: generation counter, TTFT or inter-token
+    /// latency.
+    fn observe_token(&mut self, id: u64, now: Instant) {
+        let Some(live) = self.live.get_mut(&id) else {
+            return;
+        };
+        let m = &self.parts.metrics;
+        m.generation_tokens.inc();
+        match live.last_token_at {
+            None => {
+                // Counted once per request, like `usage.prompt_tokens` (recomputes are not).
+                m.prompt_tokens.inc_by(live.prompt_len as u64);
+                m.ttft.observe((now - live.arrival).as_secs_f64());
+            }
+            Some(previous) => m.inter_token.observe((now - previous).as_secs_f64()),
+        }
+        live.last_token_at = Some(now);
+    }
+
     /// Samples, detokenizes and streams each sampling item's token: `(item index, result)` in
     /// batch order. Large batches spread the work over the CPU's cores (each request's output
     /// is independent), so turning tokens into text does not lengthen the iteration.
-    fn deliver_all(&mut self, batch: &Batch, logits: &Logits) -> Vec<(usize, Delivered)> {
+    fn deliver_all(
+        &mut self,
+        batch: &Batch,
+        logits: &Logits,
+        masks: &mut HashMap<u64, Result<TokenMask, GuideError>>,
+    ) -> Vec<(usize, Delivered)> {
         let index_of: HashMap<u64, usize> = (batch.items.iter().enumerate())
             .map(|(index, item)| (item.id.0, index))
             .collect();
-        let mut targets: Vec<(usize, &mut LiveRequest)> = (self.live.iter_mut())
-            .filter_map(|(id, live)| index_of.get(id).map(|&index| (index, live)))
+        let mut targets: Vec<Target<'_>> = (self.live.iter_mut())
+            .filter_map(|(id, live)| {
+                let index = *index_of.get(id)?;
+                Some((index, live, masks.remove(id)))
+            })
             .collect();
-        let deliver = |(index, live): &mut (usize, &mut LiveRequest)| {
-            let delivered = live.deliver(logits.picked(*index), logits.rows(*index).next());
-            delivered.map(|delivered| (*index, delivered))
+        let deliver = |(index, live, mask): &mut Target<'_>| match mask.take().transpose() {
+            Ok(mask) => live
+                .deliver(logits.picked(*index), logits.rows(*index).next(), mask)
+                .map(|delivered| (*index, delivered)),
+            Err(error) => Some((*index, Err(error.into()))),
         };
         let mut delivered: Vec<(usize, Delivered)> = if targets.len() >= PARALLEL_DELIVERY {
             targets.par_iter_mut().filter_map(deliver).collect()
@@ -434,6 +475,36 @@ impl Worker {
         };
         delivered.sort_unstable_by_key(|(index, _)| *index);
         delivered
+    }
+
+    /// Hands lent guides to the mask thread (started on first use); returns it, to collect.
+    fn start_masks(
+        &mut self,
+        lent: Vec<(u64, crate::guide::Guide)>,
+    ) -> Result<MaskThread, EngineError> {
+        let thread = match self.masks.take() {
+            Some(thread) => thread,
+            None => MaskThread::spawn()
+                .map_err(|e| EngineError::Internal(format!("starting the mask thread: {e}")))?,
+        };
+        thread.start(lent)?;
+        Ok(thread)
+    }
+
+    /// Waits for the masks, gives each guide back to its choice; the masks by engine id.
+    fn collect_masks(
+        &mut self,
+        thread: MaskThread,
+    ) -> Result<HashMap<u64, Result<TokenMask, GuideError>>, EngineError> {
+        let computed = thread.finish()?;
+        self.masks = Some(thread);
+        Ok(computed
+            .into_iter()
+            .filter_map(|c| {
+                self.live.get_mut(&c.id)?.return_guide(c.guide);
+                Some((c.id, c.mask))
+            })
+            .collect())
     }
 
     /// Records a request's end in the metrics and its log line.

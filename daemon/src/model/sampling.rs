@@ -1,8 +1,10 @@
-//! Turning logits into the next token: penalties, temperature, top-k, top-p, min-p, seeded
-//! randomness, and log-probabilities with top-k alternatives.
+//! Turning logits into the next token: an output constraint's mask, penalties, temperature,
+//! top-k, top-p, min-p, seeded randomness, and log-probabilities with top-k alternatives.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use crate::guide::TokenMask;
 
 /// A request's sampling parameters (already validated by the server).
 #[derive(Debug, Clone, PartialEq)]
@@ -108,7 +110,17 @@ impl Sampler {
 
     /// Samples from one row of logits and records the token as output.
     pub fn sample(&mut self, logits: &[f32]) -> Sampled {
+        self.sample_masked(logits, None)
+    }
+
+    /// Samples from one row of logits among the tokens `mask` allows (all without one), and
+    /// records the token as output. Disallowed tokens are removed before anything else, so
+    /// log-probabilities are those of the constrained distribution.
+    pub fn sample_masked(&mut self, logits: &[f32], mask: Option<&TokenMask>) -> Sampled {
         let mut logits = logits.to_vec();
+        if let Some(mask) = mask {
+            mask.apply(&mut logits);
+        }
         for &(token, bias) in &self.params.logit_bias {
             if let Some(l) = logits.get_mut(token as usize) {
                 *l += bias;
@@ -120,6 +132,7 @@ impl Sampler {
                 let lp = log_softmax(&logits);
                 let top = top_k_indices(&lp, k)
                     .into_iter()
+                    .filter(|&i| lp[i].is_finite())
                     .map(|i| (i as u32, lp[i]))
                     .collect();
                 (Some(lp), top)
@@ -164,15 +177,16 @@ impl Sampler {
         let (tokens, weights) = self.candidates(logits);
         let total: f32 = weights.iter().sum();
         let mut draw = self.rng.random::<f32>() * total;
-        for (&t, w) in tokens.iter().zip(&weights) {
+        // Tokens of weight 0 (masked out, or beyond the float range) are never drawn.
+        let mut last = None;
+        for (&t, &w) in tokens.iter().zip(&weights).filter(|(_, w)| **w > 0.0) {
             draw -= w;
             if draw <= 0.0 {
                 return t as usize;
             }
+            last = Some(t as usize);
         }
-        tokens
-            .last()
-            .map_or_else(|| argmax(logits), |&t| t as usize)
+        last.unwrap_or_else(|| argmax(logits))
     }
 
     /// The tokens the filters keep and their unnormalised probabilities `exp((l − max) / T)`.
@@ -347,6 +361,39 @@ mod tests {
             &[],
         );
         assert_eq!(s.sample(&logits).token, 0);
+    }
+
+    #[test]
+    fn a_mask_limits_every_pick_to_allowed_tokens() {
+        let Some(codec) = crate::tokenizer::fixtures::smollm2() else {
+            return;
+        };
+        let guides = crate::guide::Guides::new(codec.clone()).unwrap();
+        let spec = crate::guide::GuideSpec::Choice(vec!["yes".into(), "no".into()]);
+        let mask = guides.compile(&spec).unwrap().mask().unwrap();
+        let allowed: Vec<u32> = (0..codec.vocab_size() as u32)
+            .filter(|&t| mask.allows(t))
+            .collect();
+        assert!(!allowed.is_empty() && allowed.len() < 10, "{allowed:?}");
+        // The row favours a token the mask forbids, by far.
+        let mut logits = vec![0.0f32; codec.vocab_size() + 64];
+        logits[0] = 50.0;
+        *logits.last_mut().unwrap() = 60.0;
+        for p in [
+            SamplingParams::greedy(),
+            params(|p| p.temperature = 1.0),
+            params(|p| {
+                p.top_k = 3;
+                p.logprobs = Some(2);
+            }),
+        ] {
+            let mut s = Sampler::new(p.clone(), &[]);
+            for _ in 0..50 {
+                let out = s.sample_masked(&logits, Some(&mask));
+                assert!(allowed.contains(&out.token), "{p:?}: {}", out.token);
+                assert!(out.logprob.is_none_or(f32::is_finite));
+            }
+        }
     }
 
     #[test]

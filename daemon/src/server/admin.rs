@@ -79,10 +79,10 @@ pub async fn tokenize(
                 .await?
         }
         (None, Some(messages)) => {
-            let messages = super::openai::chat_messages(messages)?;
+            let messages = super::tools::chat_messages(messages)?;
             state
                 .tokenizer
-                .encode_chat(messages, req.add_generation_prompt)
+                .encode_chat(messages, req.add_generation_prompt, None)
                 .await?
         }
         _ => {

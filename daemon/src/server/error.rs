@@ -143,6 +143,7 @@ impl From<EngineError> for ApiError {
             | EngineError::Kv(_)
             | EngineError::Forward(_)
             | EngineError::Detokenize(_)
+            | EngineError::Guide(_)
             | EngineError::Panicked
             | EngineError::Internal(_) => Self::internal(error.to_string()),
         }

@@ -4,6 +4,7 @@
 use super::error::ApiError;
 use super::validate::GenerationParams;
 use crate::engine::{Event, GenerateRequest, RequestStream, StopReason};
+use crate::guide::Guide;
 use crate::model::sampling::Sampled;
 
 /// What the engine runs for `params.n` choices of `prompt`.
@@ -12,6 +13,7 @@ pub fn engine_request(
     prompt: Vec<u32>,
     params: &GenerationParams,
     max_new_tokens: usize,
+    guide: Option<Guide>,
 ) -> GenerateRequest {
     GenerateRequest {
         request_id: request_id.to_owned(),
@@ -24,6 +26,7 @@ pub fn engine_request(
         stop: params.stop.clone(),
         ignore_eos: params.ignore_eos,
         skip_special_tokens: params.skip_special_tokens,
+        guide,
         arrival: std::time::Instant::now(),
     }
 }

@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod error;
+mod fields;
 mod generate;
 pub mod hand_off;
 pub mod listener;
@@ -14,7 +15,9 @@ mod openai;
 pub mod protocol;
 mod request_id;
 mod sse;
+mod structured;
 pub mod tokenize;
+mod tools;
 pub mod validate;
 
 pub use request_id::{REQUEST_ID_HEADER, RequestId};

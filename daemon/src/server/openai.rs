@@ -1,6 +1,7 @@
-//! `/v1/completions` and `/v1/chat/completions`: validate, admit (503 before any tokenising),
-//! tokenise, check the context, then answer as one JSON body or as an SSE stream that always
-//! ends with `data: [DONE]`.
+//! `/v1/completions` and `/v1/chat/completions`: validate (fields, sampling, output constraint,
+//! tools), admit (503 before any tokenising), tokenise and compile the constraint, check the
+//! context, then answer as one JSON body or as an SSE stream that always ends with
+//! `data: [DONE]`.
 
 use std::sync::Arc;
 
@@ -10,15 +11,18 @@ use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
+use super::fields::{Endpoint, check_other_fields};
 use super::generate::{self, ChoiceOutput};
 use super::logprobs::{chat_logprobs, completion_logprobs};
 use super::protocol::*;
-use super::sse::{self, Head, Shape};
+use super::sse::{self, Head, Reply, Shape};
+use super::structured::guide_spec;
 use super::tokenize::Encoded;
+use super::tools::{self, ToolPlan};
 use super::validate::{GenerationParams, generation_params};
 use super::{AppState, RequestId, unix_now};
 use crate::engine::Permit;
-use crate::tokenizer::ChatMessage;
+use crate::guide::{Guide, GuideSpec};
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
@@ -27,21 +31,32 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let Json(req) = body?;
     state.check_model(req.model.as_deref())?;
+    check_other_fields(Endpoint::Completions, &req.other)?;
+    if req.echo && req.logprobs.is_some() {
+        return Err(ApiError::invalid_param(
+            "echo",
+            "`echo` with `logprobs` (the prompt's log-probabilities) is not supported",
+        ));
+    }
     let params = generation_params(
         req.sampling,
         req.logprobs,
         Some(16),
         state.codec.vocab_size(),
     )?;
+    let constraint = guide_spec(&req.structured)?;
     let prompt = req
         .prompt
         .ok_or_else(|| ApiError::invalid_param("prompt", "`prompt` is required"))?;
     let permit = admit(&state, params.n)?;
-    let prompt_ids = match prompt {
-        Prompt::Text(text) => encode(&state, text).await?,
-        Prompt::Texts(mut texts) if texts.len() == 1 => encode(&state, texts.remove(0)).await?,
-        Prompt::Tokens(ids) => ids,
-        Prompt::TokenLists(mut lists) if lists.len() == 1 => lists.remove(0),
+    let (prompt_ids, prompt_text) = match prompt {
+        Prompt::Text(text) => (encode(&state, text.clone()).await?, Some(text)),
+        Prompt::Texts(mut texts) if texts.len() == 1 => {
+            let text = texts.remove(0);
+            (encode(&state, text.clone()).await?, Some(text))
+        }
+        Prompt::Tokens(ids) => (ids, None),
+        Prompt::TokenLists(mut lists) if lists.len() == 1 => (lists.remove(0), None),
         Prompt::Texts(_) | Prompt::TokenLists(_) => {
             return Err(ApiError::invalid_param(
                 "prompt",
@@ -58,15 +73,23 @@ pub async fn completions(
             format!("token id {bad} is outside the vocabulary"),
         ));
     }
-    respond(
-        state,
-        &request_id,
-        permit,
-        prompt_ids,
-        params,
-        Shape::Completion,
-    )
-    .await
+    let echo = match (req.echo, prompt_text) {
+        (false, _) => None,
+        (true, Some(text)) => Some(text),
+        (true, None) => Some(
+            state
+                .codec
+                .decode(&prompt_ids, false)
+                .map_err(|e| ApiError::invalid_param("prompt", e.to_string()))?,
+        ),
+    };
+    let guide = compile(&state, constraint).await?;
+    let reply = Reply {
+        shape: Shape::Completion,
+        echo,
+        tools: None,
+    };
+    respond(state, &request_id, permit, prompt_ids, params, guide, reply).await
 }
 
 pub async fn chat_completions(
@@ -86,50 +109,57 @@ pub async fn chat_completions(
         }
         (false, None) => None,
     };
+    check_other_fields(Endpoint::Chat, &req.other)?;
     let params = generation_params(req.sampling, logprobs, None, state.codec.vocab_size())?;
-    let messages = chat_messages(req.messages.unwrap_or_default())?;
+    let plan =
+        ToolPlan::from_request(req.tools, req.tool_choice.as_ref(), req.parallel_tool_calls)?;
+    let mut constraint = guide_spec(&req.structured)?;
+    if let Some(forced) = plan.as_ref().and_then(ToolPlan::guide_spec) {
+        if let Some((_, field)) = &constraint {
+            return Err(ApiError::invalid_param(
+                field,
+                format!("`{field}` cannot be combined with a `tool_choice` that forces a call"),
+            ));
+        }
+        constraint = Some((forced, "tools".to_owned()));
+    }
+    let messages = tools::chat_messages(req.messages.unwrap_or_default())?;
+    // vLLM's chat `echo`: the reply repeats the last message when it is the assistant's.
+    let echo = req.echo.then(|| {
+        (messages.last())
+            .filter(|m| m.role == "assistant")
+            .map(|m| m.content.clone())
+            .unwrap_or_default()
+    });
     let permit = admit(&state, params.n)?;
-    let encoded = state.tokenizer.encode_chat(messages, true).await?;
+    let (messages, template_tools) = tools::prepare(
+        messages,
+        plan.as_ref(),
+        state.codec.chat_template_reads_tools(),
+    );
+    let encoded = state
+        .tokenizer
+        .encode_chat(messages, true, template_tools)
+        .await?;
     let prompt_ids = count_tokens(&state, encoded);
-    respond(state, &request_id, permit, prompt_ids, params, Shape::Chat).await
+    let guide = compile(&state, constraint).await?;
+    let reply = Reply {
+        shape: Shape::Chat,
+        echo,
+        tools: plan,
+    };
+    respond(state, &request_id, permit, prompt_ids, params, guide, reply).await
 }
 
-/// Checks the messages and flattens text parts; an empty list is a 400 naming `messages`.
-pub fn chat_messages(messages: Vec<ChatMessageIn>) -> Result<Vec<ChatMessage>, ApiError> {
-    if messages.is_empty() {
-        return Err(ApiError::invalid_param(
-            "messages",
-            "`messages` must not be empty",
-        ));
+/// Compiles the request's constraint (on the blocking pool); errors name its field.
+async fn compile(
+    state: &AppState,
+    constraint: Option<(GuideSpec, String)>,
+) -> Result<Option<Guide>, ApiError> {
+    match constraint {
+        None => Ok(None),
+        Some((spec, field)) => Ok(Some(state.tokenizer.compile_guide(spec, field).await?)),
     }
-    messages
-        .into_iter()
-        .map(|m| {
-            if !matches!(
-                m.role.as_str(),
-                "system" | "user" | "assistant" | "tool" | "developer"
-            ) {
-                return Err(ApiError::invalid_param(
-                    "messages",
-                    format!("unknown role `{}`", m.role),
-                ));
-            }
-            let content = match m.content {
-                None => String::new(),
-                Some(MessageContent::Text(t)) => t,
-                Some(MessageContent::Parts(parts)) => {
-                    if let Some(p) = parts.iter().find(|p| p.kind != "text") {
-                        return Err(ApiError::invalid_param(
-                            "messages",
-                            format!("content part `{}` is not supported", p.kind),
-                        ));
-                    }
-                    parts.into_iter().filter_map(|p| p.text).collect()
-                }
-            };
-            Ok(ChatMessage::new(m.role, content))
-        })
-        .collect()
 }
 
 fn admit(state: &AppState, n: usize) -> Result<Permit, ApiError> {
@@ -165,8 +195,10 @@ async fn respond(
     permit: Permit,
     prompt: Vec<u32>,
     params: GenerationParams,
-    shape: Shape,
+    guide: Option<Guide>,
+    reply: Reply,
 ) -> Result<Response, ApiError> {
+    let shape = reply.shape;
     if prompt.is_empty() {
         return Err(ApiError::invalid_param("prompt", "the prompt is empty"));
     }
@@ -191,7 +223,7 @@ async fn respond(
         None => room,
     };
     let prompt_tokens = prompt.len();
-    let request = generate::engine_request(&request_id.0, prompt, &params, max_new_tokens);
+    let request = generate::engine_request(&request_id.0, prompt, &params, max_new_tokens, guide);
     // Admission is decided here, before any response starts: a refusal is a plain 4xx/5xx.
     let stream = state.engine.submit(permit, request).await.map_err(|e| {
         state.metrics.rejected(e.metric_label());
@@ -214,12 +246,13 @@ async fn respond(
         return Ok(sse::response(
             state,
             head,
-            shape,
+            reply,
             params,
             prompt_tokens,
             stream,
         ));
     }
+    let echo = reply.echo.unwrap_or_default();
     let outputs = generate::collect(stream, params.n).await?;
     let completion_tokens = outputs.iter().map(|o| o.completion_tokens).sum();
     let usage = Usage::new(prompt_tokens, completion_tokens);
@@ -237,8 +270,8 @@ async fn respond(
                     logprobs: params
                         .sampling
                         .logprobs
-                        .map(|_| completion_logprobs(&state, &o.tokens, 0)),
-                    text: o.text,
+                        .map(|_| completion_logprobs(&state, &o.tokens, echo.len())),
+                    text: format!("{echo}{}", o.text),
                     finish_reason: o.finish_reason,
                     stop_reason: o.stop_reason.map(Into::into),
                 })
@@ -254,18 +287,29 @@ async fn respond(
             choices: outputs
                 .into_iter()
                 .enumerate()
-                .map(|(index, o): (usize, ChoiceOutput)| ChatChoice {
-                    index,
-                    logprobs: params
-                        .sampling
-                        .logprobs
-                        .map(|_| chat_logprobs(&state, &o.tokens)),
-                    message: ChatMessageOut {
-                        role: "assistant",
-                        content: o.text,
-                    },
-                    finish_reason: o.finish_reason,
-                    stop_reason: o.stop_reason.map(Into::into),
+                .map(|(index, o): (usize, ChoiceOutput)| {
+                    let text = format!("{echo}{}", o.text);
+                    let (content, tool_calls) = match &reply.tools {
+                        Some(plan) => plan.parse(&text),
+                        None => (Some(text), Vec::new()),
+                    };
+                    ChatChoice {
+                        index,
+                        logprobs: params
+                            .sampling
+                            .logprobs
+                            .map(|_| chat_logprobs(&state, &o.tokens)),
+                        finish_reason: match tool_calls.is_empty() {
+                            true => o.finish_reason,
+                            false => Some("tool_calls"),
+                        },
+                        message: ChatMessageOut {
+                            role: "assistant",
+                            content,
+                            tool_calls,
+                        },
+                        stop_reason: o.stop_reason.map(Into::into),
+                    }
                 })
                 .collect(),
             usage,

@@ -1,7 +1,11 @@
-//! OpenAI wire types: what clients send and what we answer. Unknown request fields are ignored
-//! (serde's default), so newer clients keep working.
+//! OpenAI wire types: what clients send and what we answer. Every request field this server
+//! reads is named here; the rest land in `other` and are judged by `server::fields` (refused
+//! when known but not implemented, logged and ignored when unknown, as vLLM does).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
 
 use crate::engine::StopReason;
 
@@ -66,6 +70,21 @@ pub struct SamplingFields {
     pub skip_special_tokens: Option<bool>,
 }
 
+/// Output constraints (structured outputs): OpenAI's `response_format` and vLLM's `guided_*`
+/// fields and `structured_outputs` object. Kept as JSON: `server::structured` checks each and
+/// names the offending field.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StructuredFields {
+    pub response_format: Option<Json>,
+    pub guided_json: Option<Json>,
+    pub guided_regex: Option<Json>,
+    pub guided_choice: Option<Json>,
+    pub guided_grammar: Option<Json>,
+    pub structured_outputs: Option<Json>,
+    pub guided_decoding_backend: Option<Json>,
+    pub guided_whitespace_pattern: Option<Json>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct CompletionRequest {
     pub model: Option<String>,
@@ -76,6 +95,11 @@ pub struct CompletionRequest {
     pub echo: bool,
     #[serde(flatten)]
     pub sampling: SamplingFields,
+    #[serde(flatten)]
+    pub structured: StructuredFields,
+    /// Every other field (see `server::fields`).
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Json>,
 }
 
 /// A chat message's content: a string or a list of typed parts (text parts are concatenated).
@@ -97,6 +121,44 @@ pub struct ContentPart {
 pub struct ChatMessageIn {
     pub role: String,
     pub content: Option<MessageContent>,
+    pub name: Option<String>,
+    /// An assistant turn's calls.
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// A `tool` turn answers this call.
+    pub tool_call_id: Option<String>,
+}
+
+/// A call in an assistant message of the conversation.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolCallIn {
+    pub id: Option<String>,
+    pub function: FunctionCallIn,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionCallIn {
+    pub name: String,
+    /// A JSON string, as OpenAI sends it (an object is taken too).
+    pub arguments: Json,
+}
+
+/// One entry of `tools`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolIn {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionDef,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionDef {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,8 +169,20 @@ pub struct ChatRequest {
     #[serde(default)]
     pub logprobs: bool,
     pub top_logprobs: Option<i64>,
+    /// vLLM: the reply starts with the last message's content when it is the assistant's.
+    #[serde(default)]
+    pub echo: bool,
+    pub tools: Option<Vec<ToolIn>>,
+    /// `"none"`, `"auto"`, `"required"` or `{"type": "function", "function": {"name": …}}`.
+    pub tool_choice: Option<Json>,
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
+    #[serde(flatten)]
+    pub structured: StructuredFields,
+    /// Every other field (see `server::fields`).
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Json>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -200,7 +274,44 @@ pub struct ChatLogprobs {
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatMessageOut {
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the reply is only tool calls.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallOut>,
+}
+
+/// A call the model made.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCallOut {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCallOut,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionCallOut {
+    pub name: String,
+    /// The arguments as a JSON string.
+    pub arguments: String,
+}
+
+/// A streamed piece of a call: the first piece of each call has its id, type and name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionCallDelta,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionCallDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -228,6 +339,8 @@ pub struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -1,7 +1,7 @@
 //! A streamed response: the engine's events of one request turned into OpenAI chunks as the
-//! socket takes them. The SSE body reads the request's stream directly (no task in between), so
-//! a client that goes away drops the stream and cancels the request in the engine; every stream
-//! ends with `data: [DONE]`.
+//! socket takes them (an echoed prompt first; tool calls as `tool_calls` deltas). The SSE body
+//! reads the request's stream directly (no task in between), so a client that goes away drops
+//! the stream and cancels the request in the engine; every stream ends with `data: [DONE]`.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -18,6 +18,7 @@ use super::protocol::{
     ChatChunk, ChatChunkChoice, ChatDelta, ChatLogprobs, CompletionChoice, CompletionLogprobs,
     CompletionResponse, StopReasonOut, Usage,
 };
+use super::tools::{Piece, ToolPlan, ToolStream};
 use super::validate::GenerationParams;
 use crate::engine::{Event, RequestStream};
 
@@ -26,6 +27,16 @@ use crate::engine::{Event, RequestStream};
 pub enum Shape {
     Completion,
     Chat,
+}
+
+/// How a response is shaped beyond the engine's text.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub shape: Shape,
+    /// Text the reply starts with (`echo`).
+    pub echo: Option<String>,
+    /// Tools the output may call (chat).
+    pub tools: Option<ToolPlan>,
 }
 
 /// The fields every chunk of one response repeats.
@@ -40,13 +51,18 @@ pub struct Head {
 pub fn response(
     state: Arc<AppState>,
     head: Head,
-    shape: Shape,
+    reply: Reply,
     params: GenerationParams,
     prompt_tokens: usize,
     stream: RequestStream,
 ) -> Response {
+    let shape = reply.shape;
+    let echo = reply.echo.unwrap_or_default();
     let mut writer = ChunkWriter {
-        offsets: vec![0; params.n],
+        offsets: vec![echo.len(); params.n],
+        tool_streams: (0..params.n)
+            .map(|_| reply.tools.clone().map(ToolStream::new))
+            .collect(),
         state,
         head,
         shape,
@@ -57,13 +73,24 @@ pub fn response(
         queued: VecDeque::new(),
         ended: false,
     };
-    if shape == Shape::Chat {
-        for index in 0..writer.params.n {
-            let delta = ChatDelta {
-                role: Some("assistant"),
-                content: Some(String::new()),
-            };
-            writer.chat_chunk(index, delta, None, None, None);
+    for index in 0..writer.params.n {
+        match shape {
+            Shape::Chat => {
+                writer.chat_chunk(
+                    index,
+                    content_delta(Some("assistant"), String::new()),
+                    None,
+                    None,
+                    None,
+                );
+                if !echo.is_empty() {
+                    writer.chat_chunk(index, content_delta(None, echo.clone()), None, None, None);
+                }
+            }
+            Shape::Completion if !echo.is_empty() => {
+                writer.completion_chunk(index, echo.clone(), None, None, None);
+            }
+            Shape::Completion => {}
         }
     }
     let frames = futures::stream::unfold(writer, |mut writer| async move {
@@ -71,6 +98,25 @@ pub fn response(
         Some((Ok::<_, Infallible>(frame), writer))
     });
     Sse::new(frames).into_response()
+}
+
+fn content_delta(role: Option<&'static str>, text: String) -> ChatDelta {
+    ChatDelta {
+        role,
+        content: Some(text),
+        tool_calls: None,
+    }
+}
+
+fn piece_delta(piece: Piece) -> ChatDelta {
+    match piece {
+        Piece::Content(text) => content_delta(None, text),
+        Piece::Calls(calls) => ChatDelta {
+            role: None,
+            content: None,
+            tool_calls: Some(calls),
+        },
+    }
 }
 
 struct ChunkWriter {
@@ -82,6 +128,8 @@ struct ChunkWriter {
     completion_tokens: usize,
     /// Bytes of text sent so far per choice (completions' `text_offset`).
     offsets: Vec<usize>,
+    /// Per choice, its output under a tool plan (chat with tools).
+    tool_streams: Vec<Option<ToolStream>>,
     stream: RequestStream,
     /// Frames ready to be written.
     queued: VecDeque<SseEvent>,
@@ -129,16 +177,27 @@ impl ChunkWriter {
                         self.completion_chunk(index, text, logprobs, None, None);
                     }
                     Shape::Chat => {
-                        let logprobs = self
+                        let mut logprobs = self
                             .params
                             .sampling
                             .logprobs
                             .map(|_| chat_logprobs(&self.state, &tokens));
-                        let delta = ChatDelta {
-                            role: None,
-                            content: Some(text),
+                        let pieces = match self.tool_streams.get_mut(index) {
+                            Some(Some(tools)) => tools.push(&text),
+                            _ => vec![Piece::Content(text)],
                         };
-                        self.chat_chunk(index, delta, logprobs, None, None);
+                        if pieces.is_empty() && logprobs.is_some() {
+                            self.chat_chunk(
+                                index,
+                                content_delta(None, String::new()),
+                                logprobs.take(),
+                                None,
+                                None,
+                            );
+                        }
+                        for piece in pieces {
+                            self.chat_chunk(index, piece_delta(piece), logprobs.take(), None, None);
+                        }
                     }
                 }
             }
@@ -158,16 +217,26 @@ impl ChunkWriter {
                         Some(reason.as_str()),
                         stop_reason,
                     ),
-                    Shape::Chat => self.chat_chunk(
-                        index,
-                        ChatDelta {
+                    Shape::Chat => {
+                        let (pieces, called) = match self.tool_streams.get_mut(index) {
+                            Some(Some(tools)) => tools.finish(),
+                            _ => (Vec::new(), false),
+                        };
+                        for piece in pieces {
+                            self.chat_chunk(index, piece_delta(piece), None, None, None);
+                        }
+                        let reason = if called {
+                            "tool_calls"
+                        } else {
+                            reason.as_str()
+                        };
+                        let delta = ChatDelta {
                             role: None,
                             content: None,
-                        },
-                        None,
-                        Some(reason.as_str()),
-                        stop_reason,
-                    ),
+                            tool_calls: None,
+                        };
+                        self.chat_chunk(index, delta, None, Some(reason), stop_reason);
+                    }
                 }
             }
             Event::Failed { error, .. } => {

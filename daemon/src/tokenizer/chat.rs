@@ -1,6 +1,8 @@
 //! Chat templates: the model's Jinja template rendered with minijinja, configured like
 //! `transformers` (`trim_blocks`, `lstrip_blocks`, Python string/dict methods via pycompat,
-//! `raise_exception`). Renders text only; tokenizing the result is the caller's job.
+//! `raise_exception`, `tojson`), with the `tools` variable and messages carrying `tool_calls`,
+//! `tool_call_id` and `name` as `transformers` passes them. Renders text only; tokenizing the
+//! result is the caller's job.
 
 use minijinja::{Environment, ErrorKind, context};
 use serde::{Deserialize, Serialize};
@@ -10,10 +12,19 @@ use super::error::{Result, TokenizerError};
 const TEMPLATE_NAME: &str = "chat";
 
 /// One message of a conversation, as the OpenAI API and chat templates name its fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// An assistant turn's calls: `{"id", "type": "function", "function": {"name", "arguments"}}`
+    /// with `arguments` an object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// A `tool` turn answers this call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -21,6 +32,9 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
+            name: None,
+            tool_calls: None,
+            tool_call_id: None,
         }
     }
 }
@@ -30,6 +44,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// Whether the template reads the `tools` variable (else it cannot show tools to the model).
+    reads_tools: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -56,15 +72,32 @@ impl ChatTemplate {
         );
         env.add_template_owned(TEMPLATE_NAME, source)
             .map_err(|e| TokenizerError::ChatTemplate(format!("does not compile: {e:#}")))?;
+        let reads_tools = env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| TokenizerError::ChatTemplate(e.to_string()))?
+            .undeclared_variables(false)
+            .contains("tools");
         Ok(Self {
             env,
             bos_token,
             eos_token,
+            reads_tools,
         })
     }
 
-    /// Renders a conversation; `add_generation_prompt` appends the assistant turn's opening.
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+    /// Whether the template reads the `tools` variable.
+    pub fn reads_tools(&self) -> bool {
+        self.reads_tools
+    }
+
+    /// Renders a conversation; `add_generation_prompt` appends the assistant turn's opening;
+    /// `tools` (function definitions) is the template's `tools` variable (`none` without).
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        tools: Option<&[serde_json::Value]>,
+    ) -> Result<String> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
@@ -72,6 +105,7 @@ impl ChatTemplate {
         template
             .render(context! {
                 messages => messages,
+                tools => tools,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
@@ -115,6 +149,49 @@ mod tests {
     }
 
     #[test]
+    fn tools_and_tool_turns_reach_a_template_that_reads_them() {
+        // The shape of Hermes/Qwen templates: tools listed in the system turn, calls as
+        // `<tool_call>` blocks with `tojson` arguments, tool results as user turns.
+        let source = "{% if tools %}<|im_start|>system\n<tools>{% for t in tools %}{{ t.function | tojson }}{% endfor %}</tools><|im_end|>\n{% endif %}\
+            {% for m in messages %}{% if m.role == 'assistant' and m.tool_calls %}<|im_start|>assistant\n\
+            {% for c in m.tool_calls %}<tool_call>{\"name\": \"{{ c.function.name }}\", \"arguments\": {{ c.function.arguments | tojson }}}</tool_call>{% endfor %}<|im_end|>\n\
+            {% elif m.role == 'tool' %}<|im_start|>user\n<tool_response>{{ m.content }}</tool_response><|im_end|>\n\
+            {% else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}";
+        let template = ChatTemplate::new(source.into(), String::new(), String::new()).unwrap();
+        assert!(template.reads_tools());
+        let tools =
+            [serde_json::json!({"type": "function", "function": {"name": "f", "parameters": {}}})];
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls = Some(vec![serde_json::json!({"id": "1", "type": "function",
+            "function": {"name": "f", "arguments": {"x": 1}}})]);
+        let mut result = ChatMessage::new("tool", "42");
+        result.tool_call_id = Some("1".into());
+        let text = template
+            .render(
+                &[ChatMessage::new("user", "hi"), call, result],
+                false,
+                Some(&tools),
+            )
+            .unwrap();
+        assert!(text.contains("<tools>{\"name\":\"f\""), "{text}");
+        assert!(
+            text.contains("<tool_call>{\"name\": \"f\", \"arguments\": {\"x\":1}}</tool_call>"),
+            "{text}"
+        );
+        assert!(text.contains("<tool_response>42</tool_response>"), "{text}");
+        let without = template
+            .render(&[ChatMessage::new("user", "hi")], false, None)
+            .unwrap();
+        assert!(!without.contains("<tools>"), "{without}");
+        if let Some(codec) = fixtures::smollm2() {
+            assert!(
+                !codec.chat_template_reads_tools(),
+                "SmolLM2's template has no tools"
+            );
+        }
+    }
+
+    #[test]
     fn a_model_without_template_says_so() {
         let Some(codec) = fixtures::mistral() else {
             return;
@@ -142,11 +219,12 @@ mod tests {
                     ChatMessage::new("assistant", " yo "),
                 ],
                 false,
+                None,
             )
             .unwrap();
         assert_eq!(ok, "<s>[INST] hi [/INST]yo</s>");
         let err = template
-            .render(&[ChatMessage::new("assistant", "x")], false)
+            .render(&[ChatMessage::new("assistant", "x")], false, None)
             .unwrap_err();
         assert!(
             err.to_string()

@@ -296,10 +296,25 @@ impl Codec {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String> {
+        self.apply_chat_template_with_tools(messages, add_generation_prompt, None)
+    }
+
+    /// [`apply_chat_template`](Self::apply_chat_template) with the template's `tools` variable.
+    pub fn apply_chat_template_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        tools: Option<&[serde_json::Value]>,
+    ) -> Result<String> {
         self.chat
             .as_ref()
             .ok_or(TokenizerError::NoChatTemplate)?
-            .render(messages, add_generation_prompt)
+            .render(messages, add_generation_prompt, tools)
+    }
+
+    /// Whether the chat template reads the `tools` variable (false without a template).
+    pub fn chat_template_reads_tools(&self) -> bool {
+        self.chat.as_ref().is_some_and(ChatTemplate::reads_tools)
     }
 
     /// Whether the model has a chat template.
@@ -361,6 +376,11 @@ impl Codec {
         &self.base_specials
     }
 
+    /// Whether a base id is a special token (`<|im_end|>`, `</s>`…), not text.
+    pub fn is_special_base(&self, base_id: u32) -> bool {
+        self.token_kind(base_id) == TokenKind::Special
+    }
+
     pub(crate) fn token_kind(&self, base_id: u32) -> TokenKind {
         self.kinds
             .get(base_id as usize)
@@ -401,12 +421,33 @@ fn digest_of(tokenizer: &Tokenizer) -> Result<String> {
             map.remove(key);
         }
     }
-    // serde_json's map is ordered by key, so this serialisation is canonical.
-    let canonical = serde_json::to_vec(&value).map_err(TokenizerError::tokenizers)?;
+    // Keys sorted at every level, whatever order serde_json's map keeps (a dependency may turn
+    // on `preserve_order`), so this serialisation is canonical.
+    let canonical = serde_json::to_vec(&sorted_keys(value)).map_err(TokenizerError::tokenizers)?;
     Ok(format!(
         "sha256:{}",
         hex::encode(Sha256::digest(&canonical))
     ))
+}
+
+/// `value` with every object's keys in sorted order.
+fn sorted_keys(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sorted_keys(v)))
+                    .collect(),
+            )
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sorted_keys).collect())
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ pub mod embeddings;
 mod error;
 pub mod eval;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 pub mod matcher;
 pub mod ngrams;
 pub mod patch;

@@ -96,6 +96,7 @@ pub fn run(
         stop: Vec::new(),
         ignore_eos: true,
         skip_special_tokens: true,
+        guide: None,
         arrival: Instant::now(),
     };
     // Warm-up: a few requests capture the decode graphs of small buckets and load cuBLAS kernels.
