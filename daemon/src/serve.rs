@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::model::gguf::GgufFile;
 use crate::model::{Forward, Model, ModelConfig};
 use crate::sched::{Policy, Scheduler, SchedulerConfig, TokenBudget};
+use crate::server::hand_off::{self, HandOff};
 use crate::server::listener::ConnectionLimits;
 use crate::server::{self, AppState};
 use crate::tokenizer::Codec;
@@ -512,17 +513,23 @@ async fn serve_http(args: &ServeArgs, state: Arc<AppState>) -> anyhow::Result<()
         .with_context(|| format!("binding {addr}"))?;
     state.ready.store(true, Ordering::Release);
     tracing::info!(%addr, model = %state.served_model_name, "serving the OpenAI API");
+    let drain = Duration::from_secs(args.drain_timeout_s);
     let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
     let drain_state = state.clone();
+    let hand_off = HandOff::new();
+    let closing = hand_off.clone();
     let shutdown = async move {
         wait_for_signal().await;
         tracing::info!(
             in_flight = drain_state.engine.in_flight(),
-            "draining: not ready, no new requests"
+            "draining: not ready; connections handed off, then no new requests"
         );
         drain_state.ready.store(false, Ordering::Release);
-        drain_state.engine.start_draining();
         let _ = signalled_tx.send(true);
+        // Kept-alive clients are told to reconnect before their idle connections are closed.
+        closing.start_closing();
+        closing.settle(hand_off::QUIET, drain).await;
+        drain_state.engine.start_draining();
     };
     let limits = ConnectionLimits {
         max_connections: args.max_connections,
@@ -533,14 +540,13 @@ async fn serve_http(args: &ServeArgs, state: Arc<AppState>) -> anyhow::Result<()
         let metrics = state.metrics.clone();
         move || metrics.connections_refused.inc()
     };
-    let mut server = tokio::spawn(server::listener::serve(
-        listener,
-        server::router(state.clone()),
-        limits,
-        refused,
-        shutdown,
+    let app = server::router(state.clone()).layer(axum::middleware::from_fn_with_state(
+        hand_off,
+        hand_off::mark,
     ));
-    let drain = Duration::from_secs(args.drain_timeout_s);
+    let mut server = tokio::spawn(server::listener::serve(
+        listener, app, limits, refused, shutdown,
+    ));
     let engine = state.engine.clone();
     tokio::select! {
         result = &mut server => result?,

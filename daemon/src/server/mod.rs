@@ -8,6 +8,7 @@ mod admin;
 pub mod error;
 mod fields;
 mod generate;
+pub mod hand_off;
 pub mod listener;
 mod logprobs;
 mod openai;
