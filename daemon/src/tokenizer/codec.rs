@@ -423,31 +423,12 @@ fn digest_of(tokenizer: &Tokenizer) -> Result<String> {
     }
     // Keys sorted at every level, whatever order serde_json's map keeps (a dependency may turn
     // on `preserve_order`), so this serialisation is canonical.
-    let canonical = serde_json::to_vec(&sorted_keys(value)).map_err(TokenizerError::tokenizers)?;
+    value.sort_all_objects();
+    let canonical = serde_json::to_vec(&value).map_err(TokenizerError::tokenizers)?;
     Ok(format!(
         "sha256:{}",
         hex::encode(Sha256::digest(&canonical))
     ))
-}
-
-/// `value` with every object's keys in sorted order.
-fn sorted_keys(value: serde_json::Value) -> serde_json::Value {
-    match value {
-        serde_json::Value::Object(map) => {
-            let mut entries: Vec<_> = map.into_iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            serde_json::Value::Object(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| (k, sorted_keys(v)))
-                    .collect(),
-            )
-        }
-        serde_json::Value::Array(items) => {
-            serde_json::Value::Array(items.into_iter().map(sorted_keys).collect())
-        }
-        other => other,
-    }
 }
 
 #[cfg(test)]
