@@ -18,4 +18,5 @@ pub mod sched;
 pub mod serve;
 pub mod server;
 pub mod tokenizer;
+pub mod vllm_flags;
 pub mod vocab;

@@ -8,6 +8,8 @@
 //! - `live`: one choice's state and the one place that decides its finish (EOS, stop ids, stop
 //!   strings, max tokens, context length);
 //! - `output`: streaming detokenisation with stop strings held back (`stop`);
+//! - `stats`: the per-request intervals vLLM's metrics report, and a request's choices until
+//!   the last one ends;
 //! - [`EngineError`]: every refusal and failure, typed.
 //!
 //! Must not: block the async runtime (the server only sends commands and reads events), parse
@@ -18,6 +20,7 @@ mod error;
 mod handle;
 mod live;
 mod output;
+mod stats;
 mod stop;
 mod worker;
 

@@ -9,6 +9,7 @@ pub mod dense_kv;
 pub mod dummy;
 pub mod forward;
 pub mod gguf;
+pub mod progress;
 pub mod safetensors;
 pub mod sampling;
 pub mod weights;

@@ -13,6 +13,7 @@ mod openai;
 pub mod protocol;
 mod request_id;
 mod sse;
+pub mod startup;
 pub mod tokenize;
 pub mod validate;
 
