@@ -45,7 +45,7 @@ setup_llama_server() {
     cmake --build "$work/build" --target llama-server -j "${CMAKE_BUILD_PARALLEL_LEVEL:-2}" >&2
     mkdir -p "$dir/bin"
     install -m 755 "$work/build/bin/llama-server" "$dir/bin/llama-server"
-    (cd "$src" && git describe --tags 2>/dev/null || grep -m1 -o 'b[0-9]\{4,\}' CMakeLists.txt 2>/dev/null || true) > "$dir/SOURCE"
+    { echo "llama.cpp vendored in llama-cpp-python $LLAMACPP_VERSION"; "$dir/bin/llama-server" --version 2>&1 | head -2; } > "$dir/SOURCE"
     rm -rf "$work"
   fi
   echo "$dir/bin"

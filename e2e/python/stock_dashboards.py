@@ -11,6 +11,14 @@ Sources (the files as of the versions read for this fixture):
   `helm/dashboards/vllm-dashboard.json` (its engine panels; the router's panels read series
   that production-stack's router exports about itself, listed in ROUTER_PANELS).
 
+Not covered yet: the dashboards vLLM added to `examples/observability/dashboards/grafana/` most
+recently (`vllm_overview`, `vllm_kv_cache`, `vllm_instances`, `vllm_service_status`,
+`vllm_speculative_decoding`). They read series of newer vLLM releases this daemon does not export
+(among others `http_requests_total` from vLLM's HTTP instrumentation,
+`vllm:prompt_tokens_cached_total`, `vllm:num_requests_waiting_by_reason`), and panels that stay
+empty on vLLM itself unless a KV connector, KV block-residency sampling or speculative decoding
+is configured.
+
 Grafana variables are written as in the dashboards (`$model_name`, `$Deployment_id`,
 `$__rate_interval`, `$__range`); the test gives each the served model name or the load window.
 """
