@@ -3,6 +3,7 @@
 without a usable GPU and a Hub name that is not a path fail with what to do, and a port in use
 fails at once, before any weight is read."""
 
+import json
 import os
 import socket
 import subprocess
@@ -30,10 +31,17 @@ def test_the_port_answers_before_the_model_is_loaded(tmp_path):
     assert MISTRAL_TOKENIZER.is_file(), f"{MISTRAL_TOKENIZER} missing: run scripts/fetch-tokenizers.sh"
     fifo = tmp_path / "tokenizer.json"
     os.mkfifo(fifo)
+    # A tiny dummy llama with the tokenizer's 32,000 ids (so every sampled id decodes).
+    exported, _ = run_to_exit("export-dummy", "--shape", "tiny-llama", "--out", str(tmp_path / "tiny"))
+    assert exported.returncode == 0, exported.stderr
+    config_path = tmp_path / "tiny" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["vocab_size"] = 32000
+    config_path.write_text(json.dumps(config))
     port = free_port()
     log = tmp_path / "daemon.log"
     proc = subprocess.Popen(
-        [str(BINARY), "serve", "--port", str(port), "--load-format", "dummy", "--model", "smollm2-135m",
+        [str(BINARY), "serve", "--port", str(port), "--load-format", "dummy", "--model", str(config_path),
          "--tokenizer", str(fifo), "--served-model-name", MODEL_NAME],
         stdout=open(log, "wb"), stderr=subprocess.STDOUT,
     )
