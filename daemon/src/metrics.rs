@@ -6,8 +6,8 @@
 //! Must not: compute anything; callers observe values, `/metrics` renders them.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// vLLM's buckets for time to first token.
@@ -42,6 +42,13 @@ const RATIO_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.
 pub const FINISH_REASONS: [&str; 5] = ["stop", "length", "abort", "error", "repetition"];
 /// `reason` values of `fused_requests_rejected_total`.
 pub const REJECT_REASONS: [&str; 5] = ["queue_full", "draining", "stopped", "unhealthy", "invalid"];
+/// Buckets of `http_request_duration_seconds` (the HTTP instrumentation vLLM uses).
+const HTTP_BUCKETS: &[f64] = &[0.1, 0.5, 1.0];
+/// Routes the HTTP series leave out, as vLLM's instrumentation does (probes and scrapes).
+pub const HTTP_UNCOUNTED: [&str; 4] = ["/metrics", "/health", "/ready", "/version"];
+/// `source` values of `vllm:prompt_tokens_by_source_total`.
+const PROMPT_SOURCES: [&str; 3] = ["local_compute", "local_cache_hit", "external_kv_transfer"];
+
 /// The `engine` label: one engine core per daemon (vLLM numbers data-parallel ranks from 0).
 pub const ENGINE_INDEX: &str = "0";
 
@@ -128,6 +135,7 @@ pub struct Metrics {
     registry: Registry,
     pub requests_running: IntGauge,
     pub requests_waiting: IntGauge,
+    waiting_by_reason: IntGaugeVec,
     kv_usage: Gauge,
     gpu_cache_usage: Gauge,
     pub ttft: Histogram,
@@ -145,12 +153,15 @@ pub struct Metrics {
     request_max_tokens: Histogram,
     request_max_num_generation_tokens: Histogram,
     request_n: Histogram,
-    pub prompt_tokens: IntCounter,
+    prompt_tokens: IntCounter,
+    prompt_tokens_by_source: IntCounterVec,
     pub generation_tokens: IntCounter,
     pub preemptions: IntCounter,
     prefix_cache_queries: [IntCounter; 2],
     prefix_cache_hits: [IntCounter; 2],
     request_success: IntCounterVec,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
     pub kv_pages_mapped: IntGauge,
     pub kv_pages_free: IntGauge,
     pub kv_pages_total: IntGauge,
@@ -246,6 +257,69 @@ impl Metrics {
             "Count of successfully processed requests.",
             &["finished_reason"],
         )?;
+        // Series of features this server does not have (an external KV cache, multimodal
+        // inputs, cached prompt tokens): vLLM exports them at 0 too, so their panels work.
+        for (name, help) in [
+            (
+                "vllm:prompt_tokens_cached_total",
+                "Number of cached prompt tokens (local prefix cache and KV connector).",
+            ),
+            (
+                "vllm:external_prefix_cache_queries_total",
+                "External prefix cache queries from KV connector cross-instance cache sharing, in terms of number of queried tokens.",
+            ),
+            (
+                "vllm:external_prefix_cache_hits_total",
+                "External prefix cache hits from KV connector cross-instance cache sharing, in terms of number of cached tokens.",
+            ),
+            (
+                "vllm:mm_cache_queries_total",
+                "Multi-modal cache queries, in terms of number of queried items.",
+            ),
+            (
+                "vllm:mm_cache_hits_total",
+                "Multi-modal cache hits, in terms of number of cached items.",
+            ),
+        ] {
+            counter(name, help)?;
+        }
+        let prompt_tokens_by_source = counter_vec(
+            "vllm:prompt_tokens_by_source_total",
+            "Number of prompt tokens by source.",
+            &["source"],
+        )?;
+        for source in PROMPT_SOURCES {
+            prompt_tokens_by_source.with_label_values(&[source]);
+        }
+        let waiting_by_reason = IntGaugeVec::new(
+            label(Opts::new(
+                "vllm:num_requests_waiting_by_reason",
+                "Number of requests waiting, by reason: capacity (KV cache or batch room) or deferred.",
+            )),
+            &["reason"],
+        )?;
+        registry.register(Box::new(waiting_by_reason.clone()))?;
+        for reason in ["capacity", "deferred"] {
+            waiting_by_reason.with_label_values(&[reason]);
+        }
+        // The HTTP series carry no model labels, as vLLM's HTTP instrumentation's.
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "Total number of requests by method, status and handler.",
+            ),
+            &["handler", "method", "status"],
+        )?;
+        registry.register(Box::new(http_requests.clone()))?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Latency with only few buckets by handler (to the response's headers).",
+            )
+            .buckets(HTTP_BUCKETS.to_vec()),
+            &["handler", "method"],
+        )?;
+        registry.register(Box::new(http_duration.clone()))?;
         let requests_rejected = counter_vec(
             "fused_requests_rejected_total",
             "Requests refused before running, by reason.",
@@ -268,6 +342,7 @@ impl Metrics {
                 "vllm:num_requests_waiting",
                 "Number of requests waiting to be processed.",
             )?,
+            waiting_by_reason,
             kv_usage: gauge(
                 "vllm:kv_cache_usage_perc",
                 "KV-cache usage. 1 means 100 percent usage.",
@@ -355,6 +430,7 @@ impl Metrics {
                 "vllm:prompt_tokens_total",
                 "Number of prefill tokens processed.",
             )?,
+            prompt_tokens_by_source,
             generation_tokens: counter(
                 "vllm:generation_tokens_total",
                 "Number of generation tokens processed.",
@@ -384,6 +460,8 @@ impl Metrics {
                 )?,
             ],
             request_success,
+            http_requests,
+            http_duration,
             kv_pages_mapped: int_gauge(
                 "fused_kv_pages_mapped",
                 "Physical KV pages mapped into the region.",
@@ -444,6 +522,40 @@ impl Metrics {
         self.requests_rejected.with_label_values(&[reason]).inc();
     }
 
+    /// Requests running and waiting (every waiting request waits for capacity: nothing here
+    /// defers one).
+    pub fn set_scheduler_state(&self, running: usize, waiting: usize) {
+        self.requests_running.set(running as i64);
+        self.requests_waiting.set(waiting as i64);
+        self.waiting_by_reason
+            .with_label_values(&["capacity"])
+            .set(waiting as i64);
+    }
+
+    /// `tokens` prompt tokens prefilled for a request (all computed here: no cache, no
+    /// KV transfer).
+    pub fn prompt_computed(&self, tokens: usize) {
+        self.prompt_tokens.inc_by(tokens as u64);
+        self.prompt_tokens_by_source
+            .with_label_values(&["local_compute"])
+            .inc_by(tokens as u64);
+    }
+
+    /// One answered HTTP request: its route template (`handler`), method, status code and
+    /// the seconds to its response's headers. Probes and scrapes are not counted.
+    pub fn observe_http(&self, handler: &str, method: &str, status: u16, seconds: f64) {
+        if HTTP_UNCOUNTED.contains(&handler) {
+            return;
+        }
+        let class = format!("{}xx", status / 100);
+        self.http_requests
+            .with_label_values(&[handler, method, class.as_str()])
+            .inc();
+        self.http_duration
+            .with_label_values(&[handler, method])
+            .observe(seconds);
+    }
+
     /// The share of KV pages in use (the current name and vLLM's deprecated one).
     pub fn set_kv_usage(&self, usage: f64) {
         self.kv_usage.set(usage);
@@ -493,12 +605,38 @@ impl Metrics {
             .observe(max_generated as f64);
     }
 
-    /// The Prometheus text exposition of every series.
+    /// The Prometheus text exposition of every series, bucket bounds written as vLLM's Python
+    /// client writes them (`le="1.0"`, not `le="1"`), so a dashboard selecting a bucket by its
+    /// bound (an SLO panel's `le="$ttft_slo"`) finds it.
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
-        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+        let text = String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))?;
+        Ok(python_bucket_bounds(&text))
     }
+}
+
+/// `le="N"` → `le="N.0"` for whole-number bounds (Python's `repr` of a float).
+fn python_bucket_bounds(text: &str) -> String {
+    const LE: &str = "le=\"";
+    let mut out = String::with_capacity(text.len() + text.len() / 16);
+    let mut rest = text;
+    while let Some(at) = rest.find(LE) {
+        // The label `le` itself, not one whose name ends in "le".
+        let is_le = at > 0 && matches!(rest.as_bytes()[at - 1], b'{' | b',');
+        let value_start = at + LE.len();
+        out.push_str(&rest[..value_start]);
+        rest = &rest[value_start..];
+        let end = rest.find('"').unwrap_or(rest.len());
+        let value = &rest[..end];
+        out.push_str(value);
+        if is_le && !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(".0");
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -591,8 +729,14 @@ mod tests {
         assert_eq!(
             bounds,
             [
-                "1", "2", "5", "10", "20", "50", "100", "200", "500", "1000", "2000", "+Inf"
+                "1.0", "2.0", "5.0", "10.0", "20.0", "50.0", "100.0", "200.0", "500.0", "1000.0",
+                "2000.0", "+Inf"
             ]
+        );
+        assert!(text.contains("le=\"0.001\"") && text.contains("le=\"2560.0\""));
+        assert_eq!(
+            python_bucket_bounds("a{handle=\"7\",le=\"7\"} 1\nb{le=\"+Inf\"} 2\n"),
+            "a{handle=\"7\",le=\"7.0\"} 1\nb{le=\"+Inf\"} 2\n"
         );
     }
 }

@@ -377,10 +377,7 @@ impl Worker {
             match live.last_token_at {
                 None => {
                     // Counted once per request, like `usage.prompt_tokens` (recomputes are not).
-                    self.parts
-                        .metrics
-                        .prompt_tokens
-                        .inc_by(live.prompt_len as u64);
+                    self.parts.metrics.prompt_computed(live.prompt_len);
                     self.parts
                         .metrics
                         .ttft
@@ -488,8 +485,7 @@ impl Worker {
     fn update_gauges(&mut self) {
         let m = &self.parts.metrics;
         let sched = self.parts.scheduler.stats();
-        m.requests_running.set(sched.running as i64);
-        m.requests_waiting.set(sched.waiting as i64);
+        m.set_scheduler_state(sched.running, sched.waiting);
         let kv = self.parts.kv.stats();
         m.set_kv_usage(kv.usage);
         m.kv_pages_mapped.set(kv.pages_mapped as i64);
