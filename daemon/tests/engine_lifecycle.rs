@@ -313,6 +313,8 @@ async fn a_stop_string_ends_the_request_as_stop_with_its_latency_recorded() {
     assert!(chars.len() >= 8, "enough text to cut: {full:?}");
     let stop: String = chars[chars.len() / 2..chars.len() / 2 + 3].iter().collect();
     let cut = full.find(&stop).unwrap();
+    // The engine records a request's metrics right after its last event: once idle, it has.
+    wait_idle(&metrics).await;
     let e2e_before = metrics.e2e.get_sample_count();
     let mut stopped = submit(
         &engine,
