@@ -21,4 +21,5 @@ pub mod sched;
 pub mod serve;
 pub mod server;
 pub mod tokenizer;
+pub mod vllm_flags;
 pub mod vocab;

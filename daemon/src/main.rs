@@ -1,5 +1,6 @@
 //! `fused-daemon`: the FusedModel serving daemon's command line.
 
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Parser, Subcommand};
 use fused_daemon::eval;
 use fused_daemon::fetch::{self, FetchArgs};
@@ -71,7 +72,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = parse();
     let otlp_endpoint = match &cli.command {
         Command::Serve(args) => args.otlp_traces_endpoint.clone(),
         _ => None,
@@ -82,10 +83,9 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             // Shared locks on the fetched artifacts it serves: the fetch step's cache eviction
             // leaves them alone while this process runs.
-            let _held: Vec<fetch::EntryHold> = args
-                .model
-                .iter()
+            let _held: Vec<fetch::EntryHold> = (args.model_spec().ok().flatten())
                 .map(std::path::PathBuf::from)
+                .into_iter()
                 .chain(args.patch_tokenizer.clone())
                 .filter_map(|path| fetch::hold_entry(&path))
                 .collect();
@@ -135,6 +135,34 @@ fn main() -> anyhow::Result<()> {
             dummy::save_safetensors(&config, seed, &out)?;
             println!("{}", out.display());
             Ok(())
+        }
+    }
+}
+
+/// The command line, with vLLM's short spellings (`-tp 2`) expanded, and a vLLM flag that
+/// `serve` does not take refused with the reason instead of clap's bare "unexpected argument".
+fn parse() -> Cli {
+    let args = std::env::args_os().map(|arg| match arg.to_str() {
+        Some(short) => fused_daemon::vllm_flags::expand_short(short)
+            .map_or(arg.clone(), std::ffi::OsString::from),
+        None => arg,
+    });
+    match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let unknown = match (error.kind(), error.get(ContextKind::InvalidArg)) {
+                (ErrorKind::UnknownArgument, Some(ContextValue::String(arg))) => {
+                    fused_daemon::vllm_flags::refusal(arg)
+                }
+                _ => None,
+            };
+            match unknown {
+                Some(message) => {
+                    eprintln!("error: {message}");
+                    std::process::exit(2);
+                }
+                None => error.exit(),
+            }
         }
     }
 }

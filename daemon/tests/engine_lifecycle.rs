@@ -16,7 +16,7 @@ use fused_daemon::engine::{
     RequestStream, StopReason,
 };
 use fused_daemon::kv::{KvAccess, KvConfig, KvLayout, KvManager};
-use fused_daemon::metrics::Metrics;
+use fused_daemon::metrics::{CacheInfo, Metrics};
 use fused_daemon::model::sampling::SamplingParams;
 use fused_daemon::model::{Forward, Logits, Model, ModelConfig, ModelError, SeqChunk};
 use fused_daemon::sched::{Policy, Scheduler, SchedulerConfig, TokenBudget};
@@ -97,7 +97,8 @@ fn start_with(max_seqs: usize, budget: usize, kind: Kind) -> Option<Engine> {
         policy: Policy::Sarathi,
     })
     .unwrap();
-    let metrics = Arc::new(Metrics::new("tiny", 2 << 20, 32).unwrap());
+    let cache = CacheInfo::from_kv(&kv.stats(), 4, 1.0);
+    let metrics = Arc::new(Metrics::new("tiny", 1024, &cache).unwrap());
     let (handle, thread) = engine::spawn(EngineParts {
         model: Box::new(Faulty {
             model,
@@ -182,7 +183,7 @@ async fn wait_idle(metrics: &Metrics) {
     loop {
         let idle = metrics.requests_running.get() == 0
             && metrics.requests_waiting.get() == 0
-            && metrics.kv_usage.get() == 0.0;
+            && metrics.kv_usage() == 0.0;
         if idle {
             return;
         }

@@ -58,6 +58,7 @@ pub(super) struct LiveRequest {
     _permit: Permit,
     pub arrival: Instant,
     pub first_scheduled: Option<Instant>,
+    pub first_token_at: Option<Instant>,
     pub last_token_at: Option<Instant>,
     /// Forward passes that processed part of the prompt (chunked prefill), recomputes included.
     pub prefill_chunks: usize,
@@ -102,6 +103,7 @@ impl LiveRequest {
             _permit: permit,
             arrival: request.arrival,
             first_scheduled: None,
+            first_token_at: None,
             last_token_at: None,
             prefill_chunks: 0,
         }

@@ -9,6 +9,8 @@
 //!   strings, a complete constrained output, max tokens, context length);
 //! - `masks`: the thread that computes constrained choices' token masks while the model runs;
 //! - `output`: streaming detokenisation with stop strings held back (`stop`);
+//! - `stats`: the per-request intervals vLLM's metrics report, and a request's choices until
+//!   the last one ends;
 //! - [`EngineError`]: every refusal and failure, typed.
 //!
 //! Must not: block the async runtime (the server only sends commands and reads events), parse
@@ -20,6 +22,7 @@ mod handle;
 mod live;
 mod masks;
 mod output;
+mod stats;
 mod stop;
 mod worker;
 

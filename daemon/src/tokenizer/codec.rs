@@ -317,6 +317,22 @@ impl Codec {
         self.chat.as_ref().is_some_and(ChatTemplate::reads_tools)
     }
 
+    /// The same tokenizer with `source` as its chat template (`--chat-template`) in place of
+    /// the model's own; a template that does not compile is an error now.
+    pub fn with_chat_template(mut self, source: String) -> Result<Self> {
+        let name_of = |id: Option<u32>| {
+            id.and_then(|id| self.base.id_to_token(id))
+                .unwrap_or_default()
+        };
+        let chat = ChatTemplate::new(
+            source,
+            name_of(self.base_specials.bos),
+            name_of(self.base_specials.eos.first().copied()),
+        )?;
+        self.chat = Some(chat);
+        Ok(self)
+    }
+
     /// Whether the model has a chat template.
     pub fn has_chat_template(&self) -> bool {
         self.chat.is_some()

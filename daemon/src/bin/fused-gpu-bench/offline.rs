@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use fused_daemon::engine::{self, EngineParts, Event, GenerateRequest};
 use fused_daemon::kv::{KvConfig, KvLayout, KvManager};
-use fused_daemon::metrics::Metrics;
+use fused_daemon::metrics::{CacheInfo, Metrics};
 use fused_daemon::model::Forward;
 use fused_daemon::model::cuda::GpuModel;
 use fused_daemon::model::sampling::SamplingParams;
@@ -63,7 +63,8 @@ pub fn run(
         max_queue: w.requests,
         policy: Policy::Sarathi,
     })?;
-    let metrics = Arc::new(Metrics::new("bench", stats.page_bytes, stats.pages_total)?);
+    let cache = CacheInfo::from_kv(&stats, model.kv_element_bytes(), 1.0);
+    let metrics = Arc::new(Metrics::new("bench", max_context, &cache)?);
     let (handle, thread) = engine::spawn(EngineParts {
         model: Box::new(model),
         kv,
