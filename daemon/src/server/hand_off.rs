@@ -30,7 +30,7 @@ pub struct HandOff {
     closing: AtomicBool,
     open: AtomicUsize,
     epoch: Instant,
-    last_activity_ms: AtomicU64,
+    last_activity_ns: AtomicU64,
 }
 
 impl HandOff {
@@ -39,7 +39,7 @@ impl HandOff {
             closing: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             epoch: Instant::now(),
-            last_activity_ms: AtomicU64::new(0),
+            last_activity_ns: AtomicU64::new(0),
         })
     }
 
@@ -60,12 +60,13 @@ impl HandOff {
     }
 
     fn touch(&self) {
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_activity_ms.store(now, Ordering::Release);
+        // Nanoseconds, not milliseconds: a truncated stamp would end the quiet spell early.
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_activity_ns.store(now, Ordering::Release);
     }
 
     fn since_activity(&self) -> Duration {
-        let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Acquire));
+        let last = Duration::from_nanos(self.last_activity_ns.load(Ordering::Acquire));
         self.epoch.elapsed().saturating_sub(last)
     }
 
@@ -121,8 +122,8 @@ mod tests {
         hand_off.settle(TEST_QUIET, TEST_MAX).await;
         assert!(started.elapsed() >= TEST_MAX, "{:?}", started.elapsed());
         // Closed: a quiet spell from its end, then done, well before a long cap.
-        drop(open);
         let ended = Instant::now();
+        drop(open);
         hand_off.settle(TEST_QUIET, Duration::from_secs(60)).await;
         let waited = ended.elapsed();
         assert!(
