@@ -68,12 +68,7 @@ pub const VLLM_FLAGS: &[(&str, Support)] = &[
              vllm:cache_config_info reports the tokens one page holds",
         ),
     ),
-    (
-        "--quantization",
-        Support::Refused(
-            "weights are served as stored: GGUF Q4_0/Q4_1/Q8_0 blocks on the CPU, bf16 on the GPU",
-        ),
-    ),
+    ("--quantization", Support::Alias("--quantization")),
     (
         "--kv-cache-dtype",
         Support::Refused("KV is cached in the compute type (f32 on the CPU, bf16 on the GPU)"),
@@ -245,7 +240,8 @@ mod tests {
         }
         assert_eq!(refusal("--no-such-flag"), None);
         assert_eq!(expand_short("-tp"), Some("--tensor-parallel-size"));
-        assert!(refusal(expand_short("-q").unwrap()).is_some());
+        assert_eq!(expand_short("-q"), Some("--quantization"));
+        assert!(refusal(expand_short("-dp").unwrap()).is_some());
         assert_eq!(expand_short("-x"), None);
         assert_eq!(refusal("--model"), None);
     }

@@ -69,13 +69,19 @@ def refused(*flags: str) -> str:
 
 
 def test_vllm_flags_this_server_does_not_support_are_refused_with_the_reason():
+    # --quantization takes the methods this server runs (clap lists them); fp8 runs on the GPU.
     err = refused("--quantization", "awq")
-    assert "`--quantization` is a vLLM flag that fused-daemon does not support" in err
-    assert "GGUF" in err and "README.md" in err
+    assert "invalid value 'awq'" in err and "fp8" in err, err
+    assert "invalid value 'gptq'" in refused("-q", "gptq")
+    proc = subprocess.run([str(BINARY), "serve", str(GGUF), "--port", str(free_port()), "--device", "cpu",
+                           "--quantization", "fp8"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "--quantization fp8 runs on the GPU" in proc.stderr, proc.stderr
+    err = refused("--kv-cache-dtype", "fp8")
+    assert "`--kv-cache-dtype` is a vLLM flag that fused-daemon does not support" in err
+    assert "README.md" in err
     assert "no prefix cache" in refused("--enable-prefix-caching")
     assert "Sarathi" in refused("--no-enable-chunked-prefill")
     assert "--kv-block-size" in refused("--block-size=16")
-    assert "`--quantization`" in refused("-q", "gptq")
     # vLLM's `-tp 2` is read as --tensor-parallel-size, which takes 1 only.
     proc = subprocess.run([str(BINARY), "serve", str(GGUF), "--port", str(free_port()), "-tp", "2"],
                           capture_output=True, text=True, timeout=60)

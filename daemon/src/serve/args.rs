@@ -43,6 +43,14 @@ pub enum Dtype {
     Float32,
 }
 
+/// vLLM's `--quantization` methods this server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Quantization {
+    /// FP8 E4M3 weights with a scale per output channel, quantized at load from the bf16, f16
+    /// or f32 checkpoint (GPU; the embedding and the LM head stay bf16).
+    Fp8,
+}
+
 /// Where each token's K/V lives in the KV pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum KvLayoutArg {
@@ -135,6 +143,10 @@ pub struct ServeArgs {
     /// Compute type (vLLM's `--dtype`): the CPU computes in float32, the GPU in bfloat16.
     #[arg(long, value_enum, default_value = "auto")]
     pub dtype: Dtype,
+    /// Quantize the weights at load (vLLM's `--quantization`, `-q`): `fp8` on the GPU. GGUF files
+    /// are served in their own blocks on the CPU without it.
+    #[arg(long, value_enum)]
+    pub quantization: Option<Quantization>,
     /// Run decode iterations eagerly instead of replaying CUDA graphs.
     #[arg(long, visible_alias = "enforce-eager")]
     pub no_cuda_graphs: bool,
@@ -244,6 +256,19 @@ impl Dtype {
     }
 }
 
+impl Quantization {
+    /// Refuses quantizing for a device that does not run it (`gpu`: the GPU path runs).
+    pub fn check(quantization: Option<Self>, gpu: bool) -> anyhow::Result<()> {
+        if quantization == Some(Self::Fp8) && !gpu {
+            bail!(
+                "--quantization fp8 runs on the GPU (--device cuda); the CPU serves GGUF \
+                 Q4_0/Q4_1/Q8_0 blocks as stored"
+            );
+        }
+        Ok(())
+    }
+}
+
 impl ServeArgs {
     /// The model spec (`MODEL` or `--model`), refusing two different ones.
     pub fn model_spec(&self) -> anyhow::Result<Option<&str>> {
@@ -277,7 +302,10 @@ impl ServeArgs {
             );
         }
         match self.device {
-            Device::Cpu => self.dtype.check(false)?,
+            Device::Cpu => {
+                self.dtype.check(false)?;
+                Quantization::check(self.quantization, false)?;
+            }
             Device::Cuda => self.dtype.check(true)?,
             // Checked once the device is known.
             Device::Auto => {}
@@ -390,6 +418,10 @@ mod tests {
         refuse(&["--gpu-memory-utilization", "1.5"], "(0, 1]");
         refuse(&["--device", "cuda", "--dtype", "float32"], "bfloat16");
         refuse(&["--dtype", "half"], "float32");
+        refuse(
+            &["--device", "cpu", "--quantization", "fp8"],
+            "runs on the GPU",
+        );
         refuse(&["--max-num-batched-tokens", "lots"], "a number or `auto`");
         refuse(&["a.gguf", "--model", "b.gguf"], "given twice");
         parse(&["a.gguf", "--model", "a.gguf"])

@@ -100,7 +100,7 @@ pub fn forward_and_kv(
         }
         #[cfg(feature = "cuda")]
         Some(gpu) => {
-            use crate::model::cuda::{GpuModel, GpuOptions};
+            use crate::model::cuda::{GpuModel, GpuOptions, WeightFormat};
             let options = GpuOptions {
                 graphs: !args.no_cuda_graphs,
                 max_graph_batch: args.max_seqs.next_power_of_two(),
@@ -110,6 +110,10 @@ pub fn forward_and_kv(
                     crate::sched::TokenBudget::Auto { max, .. } => max,
                 },
                 max_seqs: args.max_seqs,
+                weights: match args.quantization {
+                    Some(super::args::Quantization::Fp8) => WeightFormat::Fp8,
+                    None => WeightFormat::Bf16,
+                },
                 ..GpuOptions::default()
             };
             let started = Instant::now();

@@ -152,6 +152,7 @@ fn start(
     step("opening the device".into());
     let gpu = device::open_gpu(args.device)?;
     args.dtype.check(gpu.is_some())?;
+    args::Quantization::check(args.quantization, gpu.is_some())?;
     let loaded = load::load(args, gpu.is_some(), &step)?;
     let max_context = args.max_context.min(loaded.config.max_positions);
     step("reserving KV memory".into());

@@ -8,8 +8,8 @@ use fused_kernels::compare::rel_l2;
 use fused_kernels::cpu::{self, AttentionShape, RopeTable};
 use fused_kernels::cuda::{
     BatchArrays, BatchShape, Blas, CudaError, DecodeSplits, DeviceBatch, DeviceBuffer, DeviceView,
-    Element, GEMV_MAX_ROWS, GpuDevice, IndexBuffer, Kernels, Linear, LinearOut, LinearShape,
-    NormRows, PREFILL_TILE_ROWS, RopeTables,
+    E4M3_MAX, Element, Fp8Matrix, GEMV_MAX_ROWS, GpuDevice, IndexBuffer, Kernels, Linear,
+    LinearOut, LinearShape, NormRows, PREFILL_TILE_ROWS, RopeTables, WeightView, e4m3_to_f32,
 };
 use half::bf16;
 
@@ -186,6 +186,97 @@ impl Check<'_> {
             self.report(&format!("{name} +SwiGLU"), rel_l2(&got, &act), BF16_TOL);
         }
         self.kernels.gemv_min_blocks = default_blocks;
+        Ok(())
+    }
+
+    /// FP8 weights: quantized on the device to within half an E4M3 step of each value with
+    /// scale = row max / 448, expanded back as the host decodes the codes, and the product
+    /// (GEMV in groups of rows, or cuBLAS on the expansion past the GEMV's rows: both through
+    /// `linear_dense`) plain, accumulating, to bf16 and with SwiGLU folded in, against the CPU
+    /// product with the decoded weights.
+    fn fp8(&mut self, rows: usize, out: usize, inner: usize) -> Result<(), CudaError> {
+        let x = round_bf16(&self.rng.vec(rows * inner, -1.0, 1.0));
+        let w = round_bf16(&self.rng.vec(2 * out * inner, -0.1, 0.1));
+        let (xd, wd) = (self.buffer(&to_bf16(&x))?, self.buffer(&to_bf16(&w))?);
+        let m = Fp8Matrix::quantize(self.dev, &self.kernels, &wd, 2 * out, inner)?;
+        let (codes, scales) = (self.read(m.codes())?, self.read(m.scales())?);
+        let decoded: Vec<f32> = codes
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| e4m3_to_f32(c) * scales[i / inner])
+            .collect();
+        // Half a step: 2^-4 of the value for normal codes, 2^-10 of the scale below them.
+        let steps = w.iter().zip(&decoded).enumerate().map(|(i, (&v, &d))| {
+            let half_step = 2f32.powi(-4) * v.abs() + 2f32.powi(-10) * scales[i / inner];
+            f64::from((d - v).abs() / half_step)
+        });
+        let worst_step = steps.fold(0.0, f64::max);
+        let worst_scale = w
+            .chunks(inner)
+            .zip(&scales)
+            .map(|(row, &s)| {
+                let largest = row.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                f64::from((s - largest / E4M3_MAX).abs() / s)
+            })
+            .fold(0.0, f64::max);
+        let name = format!("fp8 {rows}x{}x{inner}", 2 * out);
+        self.report(&format!("{name} quantize (half-steps)"), worst_step, 1.0);
+        self.report(&format!("{name} scales"), worst_scale, 1e-6);
+        let mut dense = self.poisoned::<bf16>(2 * out * inner)?;
+        self.kernels.dequantize_fp8(&m, &mut dense)?;
+        let got = self.read_bf16(&dense)?;
+        self.report(
+            &format!("{name} expand"),
+            rel_l2(&got, &round_bf16(&decoded)),
+            1e-6,
+        );
+
+        let mut want = vec![0.0; rows * 2 * out];
+        cpu::linear(&x, &decoded, None, rows, 2 * out, &mut want);
+        let y0 = self.rng.vec(rows * 2 * out, -1.0, 1.0);
+        let want_acc: Vec<f32> = want.iter().zip(&y0).map(|(a, b)| a + b).collect();
+        let shape = LinearShape {
+            rows,
+            out: 2 * out,
+            inner,
+        };
+        let mut y = self.poisoned::<f32>(rows * 2 * out)?;
+        let mut acc = self.buffer(&y0)?;
+        let mut yb = self.poisoned::<bf16>(rows * 2 * out)?;
+        let (k, blas) = (&self.kernels, self.blas);
+        k.linear_dense(
+            blas,
+            Linear::new(&xd, &m, LinearOut::f32(&mut y), shape)?,
+            &mut dense,
+        )?;
+        let acc_layer = Linear::new(&xd, &m, LinearOut::add_f32(&mut acc), shape)?;
+        k.linear_dense(blas, acc_layer, &mut dense)?;
+        k.linear_dense(
+            blas,
+            Linear::new(&xd, &m, LinearOut::bf16(&mut yb), shape)?,
+            &mut dense,
+        )?;
+        // The GEMV sums in f32; cuBLAS multiplies the bf16 expansion (rounded weights).
+        let tol = if Kernels::gemv_takes(&m.weights(), rows, inner) {
+            FP32_TOL
+        } else {
+            BF16_TOL
+        };
+        let got = self.read(&y)?;
+        self.report(&format!("{name} ->f32"), rel_l2(&got, &want), tol);
+        let got = self.read(&acc)?;
+        self.report(&format!("{name} y+="), rel_l2(&got, &want_acc), tol);
+        let got = self.read_bf16(&yb)?;
+        self.report(&format!("{name} ->bf16"), rel_l2(&got, &want), BF16_TOL);
+        if Kernels::gemv_takes(&m.weights(), rows, inner) {
+            let mut act = vec![0.0; rows * out];
+            cpu::silu_mul(&want, out, &mut act);
+            let mut y_act = self.poisoned::<bf16>(rows * out)?;
+            let halves = LinearShape { out, ..shape };
+            self.kernels.gemv_swiglu(&xd, &m, &mut y_act, halves)?;
+            let got = self.read_bf16(&y_act)?;
+            self.report(&format!("{name} +SwiGLU"), rel_l2(&got, &act), BF16_TOL);
+        }
         Ok(())
     }
 
@@ -555,6 +646,11 @@ fn run(seed: u64) -> Result<usize, CudaError> {
     check.gemv_splits(8, 2048, 4096)?;
     // Parts of uneven length, and five rows in the eight-row build.
     check.gemv_splits(5, 300, 4104)?;
+    // FP8: one row, a full group, groups of 16 + 16 + 8, and past the GEMV (cuBLAS).
+    check.fp8(1, 5504, 4096)?;
+    check.fp8(16, 2048, 4096)?;
+    check.fp8(40, 1000, 576)?;
+    check.fp8(100, 2048, 4096)?;
     check.embed_and_norm(37, 4096, 1000)?;
     check.silu_and_argmax(29, 11008, 32000)?;
     // Widths off the vectorised paths.

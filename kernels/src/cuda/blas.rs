@@ -10,7 +10,7 @@ use cudarc::cublas::{result, sys};
 
 use super::device::{GpuDevice, no_panic};
 use super::error::{CudaError, as_i32};
-use super::linear::{Linear, LinearOut};
+use super::linear::{Linear, LinearOut, LinearWeights};
 use super::memory::DeviceBuffer;
 
 const WORKSPACE_BYTES: usize = 32 << 20;
@@ -75,6 +75,11 @@ impl Blas {
     /// `y = x · Wᵀ` with cuBLAS.
     pub fn gemm(&self, layer: Linear<'_>) -> Result<(), CudaError> {
         let Linear { x, w, y, shape } = layer;
+        let LinearWeights::Bf16(w) = w else {
+            return Err(CudaError::Invalid(
+                "cuBLAS multiplies bf16 weights: FP8 ones go through Kernels::linear_dense".into(),
+            ));
+        };
         if shape.rows == 0 {
             return Ok(());
         }

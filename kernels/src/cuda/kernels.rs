@@ -17,10 +17,11 @@ use super::launch::{In, Kernel, Nullable, Out};
 use super::linear::OutVoid;
 
 /// The kernel sources, in the order they are concatenated for NVRTC.
-pub const SOURCES: [(&str, &str); 4] = [
+pub const SOURCES: [(&str, &str); 5] = [
     ("common.cuh", include_str!("cu/common.cuh")),
     ("elementwise.cu", include_str!("cu/elementwise.cu")),
     ("attention.cu", include_str!("cu/attention.cu")),
+    ("fp8.cu", include_str!("cu/fp8.cu")),
     ("gemv.cu", include_str!("cu/gemv.cu")),
 ];
 
@@ -68,6 +69,12 @@ pub(crate) type Decode = Kernel<(
 pub(crate) type Combine = Kernel<(In<f32>, In<f32>, In<u32>, Out<bf16>, i32, i32, i32)>;
 /// `gemv_r*_p*(x, w, y, rows, out, in, mode, ksplit)`; `y` is `void*`, typed by `mode`.
 pub(crate) type Gemv = Kernel<(In<bf16>, In<bf16>, OutVoid, i32, i32, i32, i32, i32)>;
+/// `gemv_fp8_r*_p*(x, w, scale, y, rows, out, in, mode, ksplit)`.
+pub(crate) type GemvFp8 = Kernel<(In<bf16>, In<u8>, In<f32>, OutVoid, i32, i32, i32, i32, i32)>;
+/// `quantize_fp8_rows(w, q, scale, in)`.
+pub(crate) type QuantizeFp8 = Kernel<(In<bf16>, Out<u8>, Out<f32>, i32)>;
+/// `dequantize_fp8_rows(q, scale, w, out, in)`.
+pub(crate) type DequantizeFp8 = Kernel<(In<u8>, In<f32>, Out<bf16>, i32, i32)>;
 
 /// The compiled kernels, launched on the device's stream.
 pub struct Kernels {
@@ -87,6 +94,10 @@ pub struct Kernels {
     pub prefill_occupancy3: bool,
     /// `gemv_r{1,2,4,8}_p{pair}` at `4 pair + rows bucket`.
     pub(crate) gemv: Vec<Gemv>,
+    /// `gemv_fp8_r{1,2,4,8,16}_p{pair}` at `5 pair + rows bucket`.
+    pub(crate) gemv_fp8: Vec<GemvFp8>,
+    pub(crate) quantize_fp8: QuantizeFp8,
+    pub(crate) dequantize_fp8: DequantizeFp8,
     /// Blocks a GEMV should have: rows are split over up to 8 warps until it has as many (the
     /// default, one block per 32 threads an SM holds, keeps every SM streaming; 0 never splits).
     pub gemv_min_blocks: usize,
@@ -147,6 +158,11 @@ impl Kernels {
             ["gemv_r1_p0", "gemv_r2_p0", "gemv_r4_p0", "gemv_r8_p0"],
             ["gemv_r1_p1", "gemv_r2_p1", "gemv_r4_p1", "gemv_r8_p1"],
         ];
+        #[rustfmt::skip]
+        const GEMV_FP8: [[&str; 5]; 2] = [
+            ["gemv_fp8_r1_p0", "gemv_fp8_r2_p0", "gemv_fp8_r4_p0", "gemv_fp8_r8_p0", "gemv_fp8_r16_p0"],
+            ["gemv_fp8_r1_p1", "gemv_fp8_r2_p1", "gemv_fp8_r4_p1", "gemv_fp8_r8_p1", "gemv_fp8_r16_p1"],
+        ];
         let m = &module;
         let kernels = Self {
             stream: device.stream().clone(),
@@ -167,6 +183,13 @@ impl Kernels {
                 .flatten()
                 .map(|&name| Kernel::load(m, name))
                 .collect::<Result<_, _>>()?,
+            gemv_fp8: GEMV_FP8
+                .iter()
+                .flatten()
+                .map(|&name| Kernel::load(m, name))
+                .collect::<Result<_, _>>()?,
+            quantize_fp8: Kernel::load(m, "quantize_fp8_rows")?,
+            dequantize_fp8: Kernel::load(m, "dequantize_fp8_rows")?,
             gemv_min_blocks: 8 * device.multiprocessors(),
             decode: [
                 [

@@ -1,7 +1,8 @@
-//! Dense layers `y = x · Wᵀ` (`x [rows, inner]`, `W [out, inner]` bf16, as checkpoints store
-//! `W`): the bandwidth-bound GEMV of `cu/gemv.cu` for a few rows, cuBLAS
-//! ([`Blas::gemm`]) for more, chosen in one place ([`Kernels::linear`]). Both take a [`Linear`]:
-//! the operands, checked against the shape once. The output's element type and whether it
+//! Dense layers `y = x · Wᵀ` (`x [rows, inner]`, `W [out, inner]` bf16 or FP8 — an
+//! [`Fp8Matrix`] — as checkpoints store `W`): the bandwidth-bound GEMV of `cu/gemv.cu` for a few
+//! rows, cuBLAS ([`Blas::gemm`], bf16 only) for more, chosen in one place ([`Kernels::linear`];
+//! [`Kernels::linear_dense`] expands FP8 weights to bf16 for cuBLAS when the rows are too many
+//! for the GEMV). Both take a [`Linear`]: the operands, checked against the shape once. The output's element type and whether it
 //! accumulates travel with the output buffer ([`LinearOut`]), so a layer cannot write f32 into a
 //! bf16 buffer.
 
@@ -9,12 +10,65 @@ use half::bf16;
 
 use super::blas::Blas;
 use super::error::{CudaError, as_i32};
+use super::fp8::Fp8Matrix;
 use super::kernels::{Kernels, grid};
 use super::launch::{Param, Value};
 use super::memory::{DeviceSlice, DeviceSliceMut, DeviceView, DeviceViewMut, check_len};
 
-/// Most rows [`Kernels::gemv`] takes (decode batches up to this use it instead of cuBLAS).
+/// Most rows [`Kernels::gemv`] takes with bf16 weights (decode batches up to this use it
+/// instead of cuBLAS).
 pub const GEMV_MAX_ROWS: usize = 8;
+
+/// Most rows the GEMV takes with FP8 weights: groups of [`FP8_GEMV_GROUP`] rows, each reading
+/// the codes once (up to 64 rows that is at most the bytes of expanding them to bf16 for cuBLAS).
+pub const FP8_GEMV_MAX_ROWS: usize = 64;
+
+/// Rows one FP8 GEMV launch computes.
+pub const FP8_GEMV_GROUP: usize = 16;
+
+/// A dense layer's weights as the kernels read them.
+#[derive(Debug, Clone, Copy)]
+pub enum LinearWeights<'a> {
+    Bf16(DeviceSlice<'a, bf16>),
+    /// E4M3 codes `[out, inner]` and a scale per row.
+    Fp8 {
+        codes: DeviceSlice<'a, u8>,
+        scales: DeviceSlice<'a, f32>,
+    },
+}
+
+impl LinearWeights<'_> {
+    /// Fails unless the weights hold `rows` rows of `inner` values.
+    fn check(&self, rows: usize, inner: usize) -> Result<(), CudaError> {
+        match self {
+            Self::Bf16(w) => check_len("linear weight", w.len(), rows * inner),
+            Self::Fp8 { codes, scales } => {
+                check_len("FP8 weight codes", codes.len(), rows * inner)?;
+                check_len("FP8 weight scales", scales.len(), rows)
+            }
+        }
+    }
+}
+
+/// What holds a dense layer's weights: bf16 device memory, or an [`Fp8Matrix`].
+pub trait WeightView {
+    fn weights(&self) -> LinearWeights<'_>;
+}
+
+impl<V: DeviceView<bf16>> WeightView for V {
+    fn weights(&self) -> LinearWeights<'_> {
+        LinearWeights::Bf16(self.view())
+    }
+}
+
+impl WeightView for Fp8Matrix {
+    fn weights(&self) -> LinearWeights<'_> {
+        LinearWeights::Fp8 {
+            codes: self.codes().view(),
+            scales: self.scales().view(),
+        }
+    }
+}
 
 /// A dense layer's sizes: `rows` inputs of `inner` values against `out` weight rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,13 +78,13 @@ pub struct LinearShape {
     pub inner: usize,
 }
 
-/// One dense layer's operands, checked against its shape: `x [rows, inner]` and `W [out,
-/// inner]` bf16, `y [rows, out]` as [`LinearOut`] says. What [`Kernels::linear`],
+/// One dense layer's operands, checked against its shape: `x [rows, inner]` bf16, `W [out,
+/// inner]` ([`LinearWeights`]), `y [rows, out]` as [`LinearOut`] says. What [`Kernels::linear`],
 /// [`Kernels::gemv`] and [`Blas::gemm`] take.
 #[derive(Debug)]
 pub struct Linear<'a> {
     pub(crate) x: DeviceSlice<'a, bf16>,
-    pub(crate) w: DeviceSlice<'a, bf16>,
+    pub(crate) w: LinearWeights<'a>,
     pub(crate) y: LinearOut<'a>,
     pub(crate) shape: LinearShape,
 }
@@ -39,14 +93,14 @@ impl<'a> Linear<'a> {
     /// Fails unless `x`, `w` and `y` hold what `shape` touches.
     pub fn new(
         x: &'a impl DeviceView<bf16>,
-        w: &'a impl DeviceView<bf16>,
+        w: &'a impl WeightView,
         y: LinearOut<'a>,
         shape: LinearShape,
     ) -> Result<Self, CudaError> {
-        let (x, w) = (x.view(), w.view());
+        let (x, w) = (x.view(), w.weights());
         let LinearShape { rows, out, inner } = shape;
         check_len("linear input", x.len(), rows * inner)?;
-        check_len("linear weight", w.len(), out * inner)?;
+        w.check(out, inner)?;
         check_len("linear output", y.len(), rows * out)?;
         Ok(Self { x, w, y, shape })
     }
@@ -98,6 +152,15 @@ impl<'a> LinearOut<'a> {
         }
     }
 
+    /// Elements `range` of the output, written as this output is.
+    fn part(&mut self, range: std::ops::Range<usize>) -> Result<LinearOut<'_>, CudaError> {
+        Ok(match self {
+            Self::F32(y) => LinearOut::F32(y.slice_mut(range)?),
+            Self::AddF32(y) => LinearOut::AddF32(y.slice_mut(range)?),
+            Self::Bf16(y) => LinearOut::Bf16(y.slice_mut(range)?),
+        })
+    }
+
     /// The GEMV kernel's `mode`: what its `void* y` is and whether it accumulates.
     fn gemv_mode(&self) -> i32 {
         match self {
@@ -122,23 +185,54 @@ impl Param for OutVoid {
 const GEMV_MODE_SWIGLU: i32 = 3;
 
 impl Kernels {
-    /// Whether [`Kernels::gemv`] takes this shape: at most [`GEMV_MAX_ROWS`] rows and an
-    /// `inner` size that is a multiple of 8 (its 16-byte loads).
+    /// Whether [`Kernels::gemv`] takes bf16 weights of this shape: at most [`GEMV_MAX_ROWS`]
+    /// rows and an `inner` size that is a multiple of 8 (its 16-byte loads).
     pub fn gemv_fits(rows: usize, inner: usize) -> bool {
         rows <= GEMV_MAX_ROWS && inner.is_multiple_of(8)
     }
 
-    /// `y = x · Wᵀ`: the GEMV for a few rows, cuBLAS otherwise.
+    /// Whether [`Kernels::gemv`] takes these weights at this shape (FP8: at most
+    /// [`FP8_GEMV_MAX_ROWS`] rows, `inner` a multiple of 16).
+    pub fn gemv_takes(w: &LinearWeights<'_>, rows: usize, inner: usize) -> bool {
+        match w {
+            LinearWeights::Bf16(_) => Self::gemv_fits(rows, inner),
+            LinearWeights::Fp8 { .. } => rows <= FP8_GEMV_MAX_ROWS && inner.is_multiple_of(16),
+        }
+    }
+
+    /// `y = x · Wᵀ`: the GEMV for a few rows, cuBLAS otherwise (bf16 weights; FP8 weights of
+    /// more rows than the GEMV takes need [`Kernels::linear_dense`]).
     pub fn linear(&self, blas: &Blas, layer: Linear<'_>) -> Result<(), CudaError> {
-        if Self::gemv_fits(layer.shape.rows, layer.shape.inner) {
+        if Self::gemv_takes(&layer.w, layer.shape.rows, layer.shape.inner) {
             self.gemv(layer)
         } else {
             blas.gemm(layer)
         }
     }
 
-    /// `y = x · Wᵀ` for at most [`GEMV_MAX_ROWS`] rows (`inner` a multiple of 8), streaming W
-    /// at memory bandwidth.
+    /// [`Kernels::linear`], with FP8 weights of more rows than the GEMV takes expanded to bf16
+    /// in `dense` (at least `out × inner` values) for cuBLAS.
+    pub fn linear_dense(
+        &self,
+        blas: &Blas,
+        layer: Linear<'_>,
+        dense: &mut impl DeviceViewMut<bf16>,
+    ) -> Result<(), CudaError> {
+        let Linear { x, w, y, shape } = layer;
+        match w {
+            LinearWeights::Fp8 { codes, scales }
+                if !Self::gemv_takes(&w, shape.rows, shape.inner) =>
+            {
+                self.dequantize(codes, scales, shape.out, shape.inner, dense.view_mut())?;
+                let w = LinearWeights::Bf16(dense.view());
+                blas.gemm(Linear { x, w, y, shape })
+            }
+            _ => self.linear(blas, Linear { x, w, y, shape }),
+        }
+    }
+
+    /// `y = x · Wᵀ` with the GEMV (rows as [`Kernels::gemv_takes`] allows), streaming W at
+    /// memory bandwidth.
     pub fn gemv(&self, layer: Linear<'_>) -> Result<(), CudaError> {
         let mode = layer.y.gemv_mode();
         self.queue_gemv(layer, mode)
@@ -149,35 +243,66 @@ impl Kernels {
     pub fn gemv_swiglu(
         &self,
         x: &impl DeviceView<bf16>,
-        w: &impl DeviceView<bf16>,
+        w: &impl WeightView,
         y: &mut impl DeviceViewMut<bf16>,
         shape: LinearShape,
     ) -> Result<(), CudaError> {
+        let (x, w) = (x.view(), w.weights());
         // The stacked weight is checked as one layer of `2 out` rows, the output as `out` wide.
-        let w = w.view();
-        check_len("SwiGLU weight", w.len(), 2 * shape.out * shape.inner)?;
-        let layer = Linear::new(x, &w, LinearOut::bf16(y), shape)?;
-        self.queue_gemv(layer, GEMV_MODE_SWIGLU)
+        w.check(2 * shape.out, shape.inner)?;
+        check_len("SwiGLU input", x.len(), shape.rows * shape.inner)?;
+        let y = LinearOut::bf16(y);
+        check_len("SwiGLU output", y.len(), shape.rows * shape.out)?;
+        self.queue_gemv(Linear { x, w, y, shape }, GEMV_MODE_SWIGLU)
     }
 
-    /// The GEMV launch of checked operands (`W` having `2 out` rows in SwiGLU mode).
+    /// The GEMV launches of checked operands (`W` having `2 out` rows in SwiGLU mode): one, or
+    /// one per group of [`FP8_GEMV_GROUP`] rows for FP8 weights.
     fn queue_gemv(&self, layer: Linear<'_>, mode: i32) -> Result<(), CudaError> {
-        let Linear { x, w, y, shape } = layer;
+        let Linear { x, w, mut y, shape } = layer;
         let LinearShape { rows, out, inner } = shape;
-        if rows == 0 {
-            return Ok(());
-        }
-        if !Self::gemv_fits(rows, inner) {
+        if !Self::gemv_takes(&w, rows, inner) {
             return Err(CudaError::Invalid(format!(
-                "gemv takes at most {GEMV_MAX_ROWS} rows and inner sizes that are multiples of 8, \
-                 not {rows} x {inner}"
+                "the GEMV takes at most {GEMV_MAX_ROWS} rows of bf16 weights ({FP8_GEMV_MAX_ROWS} \
+                 of FP8) and inner sizes that are multiples of 8 (16), not {rows} x {inner}"
             )));
         }
+        let group = match w {
+            LinearWeights::Bf16(_) => GEMV_MAX_ROWS,
+            LinearWeights::Fp8 { .. } => FP8_GEMV_GROUP,
+        };
+        let mut first = 0;
+        while first < rows {
+            let n = group.min(rows - first);
+            let x = x.slice(first * inner..(first + n) * inner)?;
+            let y = y.part(first * out..(first + n) * out)?;
+            let shape = LinearShape {
+                rows: n,
+                out,
+                inner,
+            };
+            self.queue_gemv_group(x, w, y, shape, mode)?;
+            first += n;
+        }
+        Ok(())
+    }
+
+    /// One GEMV launch of at most one group of rows.
+    fn queue_gemv_group(
+        &self,
+        x: DeviceSlice<'_, bf16>,
+        w: LinearWeights<'_>,
+        y: LinearOut<'_>,
+        shape: LinearShape,
+        mode: i32,
+    ) -> Result<(), CudaError> {
+        let LinearShape { rows, out, inner } = shape;
         let bucket = match rows {
             1 => 0,
             2 => 1,
             3..=4 => 2,
-            _ => 3,
+            5..=8 => 3,
+            _ => 4,
         };
         let pair = usize::from(mode == GEMV_MODE_SWIGLU);
         let row_blocks = out.div_ceil(8);
@@ -186,21 +311,30 @@ impl Kernels {
             .find(|k| row_blocks * k >= self.gemv_min_blocks)
             .unwrap_or(8);
         let cfg = grid((out * ksplit).div_ceil(8), 1, 1, 256)?;
-        let args = (
-            x,
-            w,
-            y,
+        let sizes = (
             as_i32(rows, "rows")?,
             as_i32(out, "out")?,
             as_i32(inner, "inner")?,
             mode,
             as_i32(ksplit, "ksplit")?,
         );
-        // SAFETY: the kernel reads `rows × inner` of `x` and `out` (SwiGLU: `2 out`) weight rows
-        // of `inner`, and writes `rows × out` of `y` in the type `mode` names (the variant of
-        // `y`, or bf16 for SwiGLU): the extents `Linear::new` (and, for the stacked SwiGLU
-        // weight, `gemv_swiglu`) checked.
-        unsafe { self.queue(&self.gemv[4 * pair + bucket], cfg, args) }
+        // SAFETY (both launches): the kernel reads `rows × inner` of `x` and `out` (SwiGLU:
+        // `2 out`) weight rows of `inner` (FP8: and their scales), and writes `rows × out` of
+        // `y` in the type `mode` names (the variant of `y`, or bf16 for SwiGLU): the extents
+        // `Linear::new` or `gemv_swiglu` checked, sliced to this group by `queue_gemv`; `rows`
+        // is at most the kernel's row count (the bucket).
+        match w {
+            LinearWeights::Bf16(w) => {
+                let (rows, out, inner, mode, ksplit) = sizes;
+                let args = (x, w, y, rows, out, inner, mode, ksplit);
+                unsafe { self.queue(&self.gemv[4 * pair + bucket], cfg, args) }
+            }
+            LinearWeights::Fp8 { codes, scales } => {
+                let (rows, out, inner, mode, ksplit) = sizes;
+                let args = (x, codes, scales, y, rows, out, inner, mode, ksplit);
+                unsafe { self.queue(&self.gemv_fp8[5 * pair + bucket], cfg, args) }
+            }
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 //!   typed by its C prototype;
 //! - [`launch`]: the one launch helper (`cuLaunchKernelEx`, programmatic dependent launch on
 //!   sm_90 and later), type-checked against the prototypes;
+//! - [`fp8`]: E4M3 weights with a scale per row (quantized and expanded on the device);
 //! - [`elementwise`], [`linear`], [`attention`]: the wrappers, which check every operand's
 //!   length against the shape they are given — [`linear`] picks the GEMV or [`blas`] (cuBLAS);
 //!   [`attention`] holds [`DeviceBatch`], the one place a caller vouches for the KV region's
@@ -26,6 +27,7 @@ mod compile;
 mod device;
 mod elementwise;
 mod error;
+mod fp8;
 mod graph;
 mod kernels;
 mod launch;
@@ -41,9 +43,13 @@ pub use compile::{CacheStatus, compile_cubin};
 pub use device::{GpuDevice, GpuTimer};
 pub use elementwise::{FillElement, NormRows};
 pub use error::CudaError;
+pub use fp8::{E4M3_MAX, Fp8Matrix, e4m3_to_f32, round_to_e4m3};
 pub use graph::Graph;
 pub use kernels::{Kernels, SOURCES};
-pub use linear::{GEMV_MAX_ROWS, Linear, LinearOut, LinearShape};
+pub use linear::{
+    FP8_GEMV_GROUP, FP8_GEMV_MAX_ROWS, GEMV_MAX_ROWS, Linear, LinearOut, LinearShape,
+    LinearWeights, WeightView,
+};
 pub use memory::{
     DeviceBuffer, DeviceSlice, DeviceSliceMut, DeviceView, DeviceViewMut, Element, IndexBuffer,
     Indices,

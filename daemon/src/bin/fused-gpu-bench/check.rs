@@ -1,17 +1,20 @@
 //! The GPU forward pass against the CPU forward pass on the same weights (rounded to bf16 on the
 //! host, so the comparison measures the GPU's bf16 activations, not weight rounding), through the
 //! real CUDA KV region in both layouts: a chunked prefill next to a one-shot one, then decode
-//! steps eager and from graphs. Fresh random prompts each run.
+//! steps eager and from graphs. Fresh random prompts each run. With FP8 weights
+//! (`--quantization fp8`) the CPU model holds the same quantized values (each block matrix's rows
+//! scaled to ±448, rounded to E4M3 on the host as the device rounds them), so the check measures
+//! the FP8 kernels and the expansion for prefill GEMMs, not quantization error.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use fused_daemon::kv::{KvBudget, KvConfig, KvLayout, KvManager};
-use fused_daemon::model::cuda::{GpuModel, GpuOptions};
+use fused_daemon::model::cuda::{GpuModel, GpuOptions, WeightFormat};
 use fused_daemon::model::dense_kv::DenseKv;
 use fused_daemon::model::weights::Weights;
 use fused_daemon::model::{Forward, Logits, LogitsWanted, Model, ModelConfig, SeqChunk};
-use fused_kernels::cuda::GpuDevice;
+use fused_kernels::cuda::{E4M3_MAX, GpuDevice, round_to_e4m3};
 use half::bf16;
 
 use crate::report::{Report, argmax};
@@ -42,6 +45,29 @@ fn round_weights(w: &mut Weights) {
     }
     // The checkpoint's blocks no longer match the rounded matrices.
     w.drop_packed();
+}
+
+/// Quantizes every block matrix as `--quantization fp8` does on the device: per row, the
+/// largest magnitude scaled to [`E4M3_MAX`], each value rounded to E4M3 (the bf16-rounded
+/// matrices in, as the device gets them).
+fn fp8_round_blocks(w: &mut Weights) {
+    for b in &mut w.blocks {
+        for l in b.linears_mut() {
+            let inner = l.weight.len() / l.out.max(1);
+            for row in l.weight.chunks_mut(inner) {
+                let largest = row.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                let scale = if largest > 0.0 {
+                    largest / E4M3_MAX
+                } else {
+                    1.0
+                };
+                let inv = 1.0 / scale;
+                for x in row {
+                    *x = round_to_e4m3(*x * inv) * scale;
+                }
+            }
+        }
+    }
 }
 
 /// A small GQA shape with head_dim 128 (the 7B kernels' path) whose CPU forward is quick.
@@ -120,10 +146,31 @@ pub fn run(
     for (name, cfg) in shapes {
         let mut host = Model::dummy(cfg.clone(), seed % 1000)?;
         round_weights(&mut host.weights);
+        let mut fp8 = host.weights.clone();
         let host = Model::new(host.config, host.weights);
         for layout in [KvLayout::PerLayer, KvLayout::Interleaved] {
-            scenario(device, &host, name, layout, seed, report)?;
+            scenario(
+                device,
+                &host,
+                name,
+                layout,
+                WeightFormat::Bf16,
+                seed,
+                report,
+            )?;
         }
+        fp8_round_blocks(&mut fp8);
+        let host = Model::new(cfg, fp8);
+        let name = format!("{name} fp8");
+        scenario(
+            device,
+            &host,
+            &name,
+            KvLayout::Interleaved,
+            WeightFormat::Fp8,
+            seed,
+            report,
+        )?;
     }
     if let Some(dir) = hf_dir {
         hf_export(device, dir, seed, report)?;
@@ -136,6 +183,7 @@ fn scenario(
     host: &Model,
     name: &str,
     layout: KvLayout,
+    weights: WeightFormat,
     seed: u64,
     report: &mut Report,
 ) -> anyhow::Result<()> {
@@ -152,6 +200,7 @@ fn scenario(
     let options = GpuOptions {
         max_context: max_len,
         kernel_cache: Some(std::env::temp_dir().join("fused-kernel-cache")),
+        weights,
         ..GpuOptions::default()
     };
     let mut gpu = GpuModel::from_host(device.clone(), host, options)?;

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use fused_daemon::model::ModelConfig;
-use fused_daemon::model::cuda::{GpuModel, GpuOptions};
+use fused_daemon::model::cuda::{GpuModel, GpuOptions, WeightFormat};
 use fused_kernels::cuda::GpuDevice;
 
 use report::Report;
@@ -64,6 +64,10 @@ struct Args {
     /// Scheduler token budgets of the offline run (comma-separated: one run each).
     #[arg(long, default_value = "4096")]
     token_budget: String,
+    /// Keep the benchmark model's block matrices as FP8 (E4M3, a scale per row), quantized at
+    /// load: vLLM's `--quantization fp8`.
+    #[arg(long)]
+    fp8: bool,
     /// Launch kernels in stream order only (no programmatic dependent launch), to measure what
     /// it brings.
     #[arg(long)]
@@ -111,16 +115,24 @@ fn main() -> anyhow::Result<()> {
         let config = ModelConfig::preset(&args.shape)
             .with_context(|| format!("unknown shape {}", args.shape))?;
         let started = std::time::Instant::now();
+        let options = GpuOptions {
+            weights: if args.fp8 {
+                WeightFormat::Fp8
+            } else {
+                WeightFormat::Bf16
+            },
+            ..GpuOptions::default()
+        };
         let dummy = || -> anyhow::Result<GpuModel> {
-            let mut model =
-                GpuModel::dummy(device.clone(), config.clone(), 1, GpuOptions::default())?;
+            let mut model = GpuModel::dummy(device.clone(), config.clone(), 1, options.clone())?;
             model.kernels_mut().dependent_launch &= !args.no_dependent_launch;
             Ok(model)
         };
         let mut model = dummy()?;
         println!(
-            "{}: dummy weights on the GPU in {:.2} s ({:.2} GB read per decode step); kernels: {:?}",
+            "{}{}: dummy weights on the GPU in {:.2} s ({:.2} GB read per decode step); kernels: {:?}",
             args.shape,
+            if args.fp8 { " fp8" } else { "" },
             started.elapsed().as_secs_f64(),
             model.weight_bytes_per_step() as f64 / 1e9,
             model.kernel_cache_status()

@@ -1,4 +1,5 @@
-//! The GPU forward pass (feature `cuda`): bf16 weights in device memory, the KV region in GPU
+//! The GPU forward pass (feature `cuda`): bf16 (or FP8, `--quantization fp8`) weights in device
+//! memory, the KV region in GPU
 //! virtual memory (vAttention), cuBLAS GEMMs and the fused kernels of `fused_kernels::cuda`, CUDA
 //! graphs for decode iterations. [`plan`] (how a batch is laid out for the kernels) is plain host
 //! code and always compiled, so it is tested without a GPU; `pass` is the forward pass itself,
@@ -19,6 +20,8 @@ mod weights;
 
 #[cfg(feature = "cuda")]
 pub use model::{GpuModel, GpuOptions};
+#[cfg(feature = "cuda")]
+pub use weights::WeightFormat;
 
 #[cfg(feature = "cuda")]
 impl From<fused_kernels::cuda::CudaError> for super::ModelError {

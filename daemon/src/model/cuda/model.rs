@@ -19,7 +19,7 @@ use fused_kernels::cuda::{
 use super::pass::Pass;
 use super::plan::{BatchPlan, MetaOffsets};
 use super::scratch::{Needs, Scratch};
-use super::weights::GpuWeights;
+use super::weights::{GpuWeights, WeightFormat};
 use crate::kv::KvAccess;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::ModelConfig;
@@ -42,10 +42,11 @@ pub struct GpuOptions {
     /// memory, so no pass allocates later.
     pub max_batch_tokens: usize,
     pub max_seqs: usize,
-    /// Fold SwiGLU into the gate/up GEMV of batches of up to
-    /// [`GEMV_MAX_ROWS`](fused_kernels::cuda::GEMV_MAX_ROWS) rows (off: a separate kernel, as
+    /// Fold SwiGLU into the gate/up GEMV of batches the GEMV takes (off: a separate kernel, as
     /// larger batches run; benchmarks compare the two).
     pub fused_gemv: bool,
+    /// How the blocks' matrices are kept (`--quantization fp8`: FP8, quantized at load).
+    pub weights: WeightFormat,
 }
 
 impl Default for GpuOptions {
@@ -58,6 +59,7 @@ impl Default for GpuOptions {
             max_seqs: 256,
             kernel_cache: default_kernel_cache(),
             fused_gemv: true,
+            weights: WeightFormat::Bf16,
         }
     }
 }
@@ -82,6 +84,8 @@ pub struct GpuModel {
     /// `(cos, sin)` tables `[max_positions, head_dim / 2]` f32.
     rope: RopeTables,
     scratch: Scratch,
+    /// Where FP8 matrices are expanded to bf16 for GEMMs of many rows (empty for bf16 models).
+    dense: DeviceBuffer<half::bf16>,
     options: GpuOptions,
     graphs: HashMap<GraphKey, Graph>,
     cache_status: CacheStatus,
@@ -117,7 +121,8 @@ impl GpuModel {
         options: GpuOptions,
     ) -> Result<Self, ModelError> {
         let (kernels, cache_status) = load_kernels(&device, &options)?;
-        let weights = GpuWeights::upload(&device, &model.config, &model.weights)?;
+        let format = options.weights;
+        let weights = GpuWeights::upload(&device, &kernels, format, &model.config, &model.weights)?;
         Self::assemble(
             device,
             model.config.clone(),
@@ -138,7 +143,7 @@ impl GpuModel {
     ) -> Result<Self, ModelError> {
         let (kernels, cache_status) = load_kernels(&device, &options)?;
         let checkpoint = Checkpoint::open(dir)?;
-        let weights = GpuWeights::stream(&device, &config, &checkpoint)?;
+        let weights = GpuWeights::stream(&device, &kernels, options.weights, &config, &checkpoint)?;
         Self::assemble(device, config, kernels, cache_status, weights, options)
     }
 
@@ -150,7 +155,7 @@ impl GpuModel {
         options: GpuOptions,
     ) -> Result<Self, ModelError> {
         let (kernels, cache_status) = load_kernels(&device, &options)?;
-        let weights = GpuWeights::dummy(&device, &kernels, &config, seed)?;
+        let weights = GpuWeights::dummy(&device, &kernels, options.weights, &config, seed)?;
         Self::assemble(device, config, kernels, cache_status, weights, options)
     }
 
@@ -190,6 +195,7 @@ impl GpuModel {
                 options.max_batch_tokens, options.max_seqs
             ))
         })?;
+        let dense = device.alloc(weights.dense_values())?;
         Ok(Self {
             config,
             device,
@@ -198,6 +204,7 @@ impl GpuModel {
             weights,
             rope,
             scratch,
+            dense,
             options,
             graphs: HashMap::new(),
             cache_status,
@@ -456,7 +463,7 @@ impl Forward for GpuModel {
             splits,
             fused_gemv: self.options.fused_gemv,
         };
-        let activations = &mut self.scratch.act;
+        let (activations, dense) = (&mut self.scratch.act, &mut self.dense);
         match bucket {
             Some(bucket) => {
                 let key = GraphKey {
@@ -465,10 +472,10 @@ impl Forward for GpuModel {
                     splits: (splits.split_len, splits.splits),
                 };
                 replay(&self.device, &mut self.graphs, key, || {
-                    pass.forward(activations)
+                    pass.forward(activations, dense)
                 })?;
             }
-            None => pass.forward(activations)?,
+            None => pass.forward(activations, dense)?,
         }
         self.fetch_logits(chunks, &plan)
     }

@@ -7,7 +7,7 @@
 
 use fused_kernels::cuda::{
     Blas, DecodeSplits, DeviceBatch, DeviceBuffer, DeviceSlice, DeviceView, Kernels, Linear,
-    LinearOut, LinearShape, NormRows, RopeTables,
+    LinearOut, LinearShape, NormRows, RopeTables, WeightView,
 };
 use half::bf16;
 
@@ -31,16 +31,21 @@ pub(super) struct Pass<'a> {
 }
 
 impl Pass<'_> {
-    /// Queues every kernel of the pass; the logits and greedy picks land in `s.head`.
-    pub fn forward(&self, s: &mut Activations) -> Result<(), ModelError> {
+    /// Queues every kernel of the pass; the logits and greedy picks land in `s.head`. `dense`
+    /// is where FP8 matrices are expanded for GEMMs of more rows than the GEMV takes.
+    pub fn forward(
+        &self,
+        s: &mut Activations,
+        dense: &mut DeviceBuffer<bf16>,
+    ) -> Result<(), ModelError> {
         self.embed(&mut s.x)?;
         for (layer, block) in self.weights.blocks.iter().enumerate() {
             self.norm(&block.attn_norm, &s.x, &mut s.normed)?;
-            let attn = self.attention(layer, block, &s.normed, &mut s.attn)?;
-            self.add_linear(&block.o, &attn, &mut s.x)?;
+            let attn = self.attention(layer, block, &s.normed, &mut s.attn, dense)?;
+            self.add_linear(&block.o, &attn, &mut s.x, dense)?;
             self.norm(&block.mlp_norm, &s.x, &mut s.normed)?;
-            let hidden = self.mlp(block, &s.normed, &mut s.mlp)?;
-            self.add_linear(&block.down, &hidden, &mut s.x)?;
+            let hidden = self.mlp(block, &s.normed, &mut s.mlp, dense)?;
+            self.add_linear(&block.down, &hidden, &mut s.x, dense)?;
         }
         self.head(&s.x, &mut s.normed, &mut s.head)
     }
@@ -82,8 +87,9 @@ impl Pass<'_> {
         block: &GpuBlock,
         normed: &DeviceBuffer<bf16>,
         a: &'b mut AttentionBuffers,
+        dense: &mut DeviceBuffer<bf16>,
     ) -> Result<DeviceSlice<'b, bf16>, ModelError> {
-        self.project(&block.qkv, normed, LinearOut::f32(&mut a.qkv))?;
+        self.project(&block.qkv, normed, LinearOut::f32(&mut a.qkv), dense)?;
         let (k, batch) = (self.kernels, self.batch.layer(layer)?);
         k.rope_kv_write(&batch, &a.qkv, &mut a.q, Some(self.rope))?;
         k.attention_prefill(&batch, &a.q, &mut a.out)?;
@@ -104,6 +110,7 @@ impl Pass<'_> {
         layer: &GpuLinear,
         input: &impl DeviceView<bf16>,
         y: LinearOut<'_>,
+        dense: &mut DeviceBuffer<bf16>,
     ) -> Result<(), ModelError> {
         let shape = LinearShape {
             rows: self.rows(),
@@ -111,7 +118,7 @@ impl Pass<'_> {
             inner: layer.inner,
         };
         let layer = Linear::new(input, &layer.weight, y, shape)?;
-        Ok(self.kernels.linear(self.blas, layer)?)
+        Ok(self.kernels.linear_dense(self.blas, layer, dense)?)
     }
 
     /// `x += input · Wᵀ` (the residual add folded into the layer).
@@ -120,8 +127,9 @@ impl Pass<'_> {
         layer: &GpuLinear,
         input: &impl DeviceView<bf16>,
         x: &mut DeviceBuffer<f32>,
+        dense: &mut DeviceBuffer<bf16>,
     ) -> Result<(), ModelError> {
-        self.project(layer, input, LinearOut::add_f32(x))
+        self.project(layer, input, LinearOut::add_f32(x), dense)
     }
 
     /// The MLP up to (not including) its output projection: SwiGLU of the gate/up projection,
@@ -131,10 +139,11 @@ impl Pass<'_> {
         block: &GpuBlock,
         normed: &DeviceBuffer<bf16>,
         m: &'b mut MlpBuffers,
+        dense: &mut DeviceBuffer<bf16>,
     ) -> Result<DeviceSlice<'b, bf16>, ModelError> {
         let (k, rows, gate_up) = (self.kernels, self.rows(), &block.gate_up);
         let ffn = gate_up.out / 2;
-        if self.fused_gemv && Kernels::gemv_fits(rows, gate_up.inner) {
+        if self.fused_gemv && Kernels::gemv_takes(&gate_up.weight.weights(), rows, gate_up.inner) {
             let shape = LinearShape {
                 rows,
                 out: ffn,
@@ -142,7 +151,7 @@ impl Pass<'_> {
             };
             k.gemv_swiglu(normed, &gate_up.weight, &mut m.hidden, shape)?;
         } else {
-            self.project(gate_up, normed, LinearOut::bf16(&mut m.gate_up))?;
+            self.project(gate_up, normed, LinearOut::bf16(&mut m.gate_up), dense)?;
             k.silu_mul(&m.gate_up, &mut m.hidden, rows, ffn)?;
         }
         Ok(m.hidden.view())

@@ -1,5 +1,7 @@
-//! The model's weights in GPU memory: matrices bf16 `[out, in]` (as the CPU's `f32` ones), norm
-//! weights `f32`. Uploaded from host [`Weights`] (rounded to bf16 on the host), streamed from a
+//! The model's weights in GPU memory: matrices `[out, in]` (as the CPU's `f32` ones) bf16, or
+//! FP8 with a scale per row for the blocks' matrices when [`WeightFormat::Fp8`] asks (quantized
+//! on the device as each matrix arrives, so the model is never whole in bf16), norm weights
+//! `f32`. Uploaded from host [`Weights`] (rounded to bf16 on the host), streamed from a
 //! safetensors checkpoint tensor by tensor through two page-locked buffers (host memory stays at
 //! the two buffers, whatever the model's size), or generated on the device from a seed
 //! (`--load-format dummy`).
@@ -8,7 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use fused_kernels::cuda::{DeviceBuffer, GpuDevice, Kernels, PinnedStaging};
+use fused_kernels::cuda::{
+    DeviceBuffer, Fp8Matrix, GpuDevice, Kernels, LinearWeights, PinnedStaging, WeightView,
+};
 use half::bf16;
 use sha2::{Digest, Sha256};
 
@@ -22,11 +26,74 @@ use crate::model::weights::{Linear, Mlp, Norm, Weights};
 /// crosses to the device).
 const STAGING_BYTES: usize = 64 << 20;
 
-/// A dense layer without bias: `weight [out, inner]` bf16 (the CPU's [`Linear`], on the GPU).
+/// How the blocks' matrices are kept on the device. The embedding and the LM head stay bf16 (as
+/// vLLM keeps them under `--quantization fp8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    #[default]
+    Bf16,
+    /// E4M3 with a scale per output row, quantized at load (vLLM's `--quantization fp8`).
+    Fp8,
+}
+
+/// A matrix as the device holds it.
+pub enum GpuMatrix {
+    Bf16(DeviceBuffer<bf16>),
+    Fp8(Fp8Matrix),
+}
+
+impl GpuMatrix {
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::Bf16(w) => w.bytes(),
+            Self::Fp8(m) => m.bytes(),
+        }
+    }
+}
+
+impl WeightView for GpuMatrix {
+    fn weights(&self) -> LinearWeights<'_> {
+        match self {
+            Self::Bf16(w) => w.weights(),
+            Self::Fp8(m) => m.weights(),
+        }
+    }
+}
+
+/// A dense layer without bias: `weight [out, inner]` (the CPU's [`Linear`], on the GPU).
 pub struct GpuLinear {
-    pub weight: DeviceBuffer<bf16>,
+    pub weight: GpuMatrix,
     pub out: usize,
     pub inner: usize,
+}
+
+/// Puts each bf16 matrix that arrives on the device into the [`WeightFormat`] the model runs.
+struct Store<'a> {
+    device: &'a GpuDevice,
+    kernels: &'a Kernels,
+    format: WeightFormat,
+}
+
+impl Store<'_> {
+    fn linear(
+        &self,
+        weight: DeviceBuffer<bf16>,
+        out: usize,
+        inner: usize,
+    ) -> Result<GpuLinear, ModelError> {
+        let weight = match self.format {
+            WeightFormat::Bf16 => GpuMatrix::Bf16(weight),
+            // The bf16 matrix is freed (a synchronising free) once its codes are made.
+            WeightFormat::Fp8 => GpuMatrix::Fp8(Fp8Matrix::quantize(
+                self.device,
+                self.kernels,
+                &weight,
+                out,
+                inner,
+            )?),
+        };
+        Ok(GpuLinear { weight, out, inner })
+    }
 }
 
 pub struct GpuBlock {
@@ -55,6 +122,18 @@ impl GpuWeights {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
+    /// The largest block matrix's values when the blocks are FP8 (what a GEMM of more rows than
+    /// the GEMV takes expands them into), else 0.
+    pub fn dense_values(&self) -> usize {
+        self.blocks
+            .iter()
+            .flat_map(|b| [&b.qkv, &b.o, &b.gate_up, &b.down])
+            .filter(|l| matches!(l.weight, GpuMatrix::Fp8(_)))
+            .map(|l| l.out * l.inner)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Bytes a decode step reads: every block's matrices and the LM head (one embedding row).
     pub fn bytes_per_step(&self) -> usize {
         let blocks: usize = self
@@ -62,13 +141,24 @@ impl GpuWeights {
             .iter()
             .flat_map(|b| [&b.qkv, &b.o, &b.gate_up, &b.down])
             .map(|l| l.weight.bytes())
-            .sum();
+            .sum::<usize>();
         blocks + self.lm_head().bytes()
     }
 
     /// Uploads host weights of a Llama-family model.
-    pub fn upload(device: &GpuDevice, cfg: &ModelConfig, w: &Weights) -> Result<Self, ModelError> {
+    pub fn upload(
+        device: &GpuDevice,
+        kernels: &Kernels,
+        format: WeightFormat,
+        cfg: &ModelConfig,
+        w: &Weights,
+    ) -> Result<Self, ModelError> {
         check_llama(cfg)?;
+        let store = Store {
+            device,
+            kernels,
+            format,
+        };
         let matrix = |m: &[f32]| upload_bf16(device, m);
         let linear = |l: &Linear| {
             if l.bias.is_some() {
@@ -76,11 +166,7 @@ impl GpuWeights {
                     "the CUDA forward pass has no bias terms (Llama family only)".into(),
                 ));
             }
-            Ok(GpuLinear {
-                weight: matrix(&l.weight)?,
-                out: l.out,
-                inner: l.weight.len() / l.out.max(1),
-            })
+            store.linear(matrix(&l.weight)?, l.out, l.weight.len() / l.out.max(1))
         };
         let norm = |n: &Norm| match n {
             Norm::Rms { weight, .. } => Ok(device.upload_new(weight)?),
@@ -117,12 +203,20 @@ impl GpuWeights {
     /// tensor by tensor in chunks of [`STAGING_BYTES`]; logs progress every few seconds.
     pub fn stream(
         device: &GpuDevice,
+        kernels: &Kernels,
+        format: WeightFormat,
         cfg: &ModelConfig,
         checkpoint: &Checkpoint,
     ) -> Result<Self, ModelError> {
         check_llama(cfg)?;
         let plan = layout::llama(cfg);
+        let store = Store {
+            device,
+            kernels,
+            format,
+        };
         let mut streamer = Streamer::new(device, checkpoint)?;
+        let mut linear = |m: &MatrixPlan| store.linear(streamer.matrix(m)?, m.out(), m.inner);
         let norm = |name: &str| -> Result<DeviceBuffer<f32>, ModelError> {
             Ok(device.upload_new(&checkpoint.read_f32(name, &[cfg.hidden])?)?)
         };
@@ -130,17 +224,17 @@ impl GpuWeights {
         for b in &plan.blocks {
             blocks.push(GpuBlock {
                 attn_norm: norm(&b.attn_norm)?,
-                qkv: streamer.matrix(&b.qkv)?,
-                o: streamer.matrix(&b.o)?,
+                qkv: linear(&b.qkv)?,
+                o: linear(&b.o)?,
                 mlp_norm: norm(&b.mlp_norm)?,
-                gate_up: streamer.matrix(&b.gate_up)?,
-                down: streamer.matrix(&b.down)?,
+                gate_up: linear(&b.gate_up)?,
+                down: linear(&b.down)?,
             });
         }
-        let embed = streamer.matrix(&plan.embed)?.weight;
+        let embed = streamer.matrix(&plan.embed)?;
         let has_head = checkpoint.contains(&plan.lm_head.parts[0].name);
         let lm_head = if plan.head_is_separate(cfg, has_head) {
-            Some(streamer.matrix(&plan.lm_head)?.weight)
+            Some(streamer.matrix(&plan.lm_head)?)
         } else {
             None
         };
@@ -161,16 +255,25 @@ impl GpuWeights {
     pub fn dummy(
         device: &GpuDevice,
         kernels: &Kernels,
+        format: WeightFormat,
         cfg: &ModelConfig,
         seed: u64,
     ) -> Result<Self, ModelError> {
         check_llama(cfg)?;
         let (h, q, kv, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
         let bound = 0.02 * 3f32.sqrt() * 2.0;
-        let matrix = |name: &str, out: usize, inner: usize| -> Result<GpuLinear, ModelError> {
+        let store = Store {
+            device,
+            kernels,
+            format,
+        };
+        let matrix = |name: &str, out: usize, inner: usize| -> Result<_, ModelError> {
             let mut weight = device.alloc::<bf16>(out * inner)?;
             kernels.fill_uniform(&mut weight, tensor_seed(seed, name), -bound, bound)?;
-            Ok(GpuLinear { weight, out, inner })
+            Ok(weight)
+        };
+        let linear = |name: &str, out: usize, inner: usize| {
+            store.linear(matrix(name, out, inner)?, out, inner)
         };
         let norm = |name: &str| -> Result<DeviceBuffer<f32>, ModelError> {
             let mut weight = device.alloc::<f32>(h)?;
@@ -182,20 +285,20 @@ impl GpuWeights {
             let p = format!("model.layers.{l}");
             blocks.push(GpuBlock {
                 attn_norm: norm(&format!("{p}.input_layernorm.weight"))?,
-                qkv: matrix(&format!("{p}.self_attn.qkv"), q + 2 * kv, h)?,
-                o: matrix(&format!("{p}.self_attn.o_proj.weight"), h, q)?,
+                qkv: linear(&format!("{p}.self_attn.qkv"), q + 2 * kv, h)?,
+                o: linear(&format!("{p}.self_attn.o_proj.weight"), h, q)?,
                 mlp_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
-                gate_up: matrix(&format!("{p}.mlp.gate_up"), 2 * f, h)?,
-                down: matrix(&format!("{p}.mlp.down_proj.weight"), h, f)?,
+                gate_up: linear(&format!("{p}.mlp.gate_up"), 2 * f, h)?,
+                down: linear(&format!("{p}.mlp.down_proj.weight"), h, f)?,
             });
         }
         let lm_head = if cfg.tie_embeddings {
             None
         } else {
-            Some(matrix("lm_head.weight", cfg.vocab_size, h)?.weight)
+            Some(matrix("lm_head.weight", cfg.vocab_size, h)?)
         };
         let weights = Self {
-            embed: matrix("model.embed_tokens.weight", cfg.vocab_size, h)?.weight,
+            embed: matrix("model.embed_tokens.weight", cfg.vocab_size, h)?,
             blocks,
             final_norm: norm("model.norm.weight")?,
             lm_head,
@@ -265,8 +368,8 @@ impl<'a> Streamer<'a> {
         })
     }
 
-    /// A stacked matrix: each part's rows uploaded after the previous part's.
-    fn matrix(&mut self, m: &MatrixPlan) -> Result<GpuLinear, ModelError> {
+    /// A stacked matrix (bf16): each part's rows uploaded after the previous part's.
+    fn matrix(&mut self, m: &MatrixPlan) -> Result<DeviceBuffer<bf16>, ModelError> {
         let mut weight = self.device.alloc::<bf16>(m.out() * m.inner)?;
         let mut row = 0;
         for part in &m.parts {
@@ -278,11 +381,7 @@ impl<'a> Streamer<'a> {
             )?;
             row += part.rows;
         }
-        Ok(GpuLinear {
-            weight,
-            out: m.out(),
-            inner: m.inner,
-        })
+        Ok(weight)
     }
 
     /// Tensor `name` (of `shape`) into `dst` from element `offset` on, chunk by chunk.

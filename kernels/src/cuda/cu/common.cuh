@@ -69,22 +69,27 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// Sum over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
-__device__ float block_sum(float v) {
+// Sum (or maximum) over the whole block (blockDim.x a multiple of 32, at most 1024); every thread
+// gets it.
+template <bool MAX>
+__device__ float block_reduce(float v) {
     __shared__ float partial[32];
     __shared__ float total;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_sum(v);
+    v = MAX ? warp_max(v) : warp_sum(v);
     if (lane == 0) partial[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        float s = lane < (int)(blockDim.x >> 5) ? partial[lane] : 0.0f;
-        s = warp_sum(s);
+        float s = lane < (int)(blockDim.x >> 5) ? partial[lane] : (MAX ? neg_inf() : 0.0f);
+        s = MAX ? warp_max(s) : warp_sum(s);
         if (lane == 0) total = s;
     }
     __syncthreads();
     return total;
 }
+
+__device__ float block_sum(float v) { return block_reduce<false>(v); }
+__device__ float block_max(float v) { return block_reduce<true>(v); }
 
 // D = A(16x16, bf16, row) * B(16x8, bf16, col) + D, fp32 accumulators.
 __device__ __forceinline__ void mma_bf16_16816(float* d, const unsigned* a, unsigned b0, unsigned b1) {

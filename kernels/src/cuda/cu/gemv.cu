@@ -1,5 +1,7 @@
 // Matrix-vector products for decode batches of a few rows: y[r, o] = x[r, :] · W[o, :] for
-// r < rows <= R, bf16 x and W (W row-major [out, in], in a multiple of 8), fp32 accumulation.
+// r < rows <= R, bf16 x, W row-major [out, in] bf16 (in a multiple of 8) or FP8 E4M3 with a scale
+// per row (in a multiple of 16; `fp8.cu`, converted in registers, the scale applied to the sum),
+// fp32 accumulation.
 // cuBLAS's GEMMs leave bandwidth unused at one to eight rows; here a warp streams one weight row
 // (two with PAIR), or the ksplit-th part of one, with 16-byte loads, UNROLL of them in flight per
 // lane, and x stays in L1. Splitting rows over ksplit warps of a block keeps enough loads in flight
@@ -46,16 +48,26 @@ __device__ __forceinline__ void unpack8(const uint4& v, float* f) {
     for (int j = 0; j < 8; ++j) f[j] = bf2f(e[j]);
 }
 
-template <int R, bool PAIR>
-__device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w,
-                                     void* y, int rows, int out, int in, int mode, int ksplit) {
+// The weights of one 16-byte chunk as floats: 8 bf16 or 16 E4M3 (unscaled).
+template <bool FP8>
+__device__ __forceinline__ void unpack_weights(const uint4& v, float* f) {
+    if constexpr (FP8) unpack16_e4m3(v, f);
+    else unpack8(v, f);
+}
+
+template <int R, bool PAIR, bool FP8>
+__device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const void* __restrict__ w,
+                                     const float* __restrict__ scale, void* y, int rows, int out,
+                                     int in, int mode, int ksplit) {
+    constexpr int PER = FP8 ? 16 : 8;  // weights per 16-byte chunk
+    constexpr int WIDTH = FP8 ? 1 : 2;  // bytes per weight
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int o = blockIdx.x * (8 / ksplit) + warp / ksplit, part = warp % ksplit;
     const bool live = o < out;
-    const int chunks = in / 8, per_part = (chunks + ksplit - 1) / ksplit;
+    const int chunks = in / PER, per_part = (chunks + ksplit - 1) / ksplit;
     const int begin = part * per_part, end = min(chunks, begin + per_part);
-    const uint4* wrow = (const uint4*)(w + (u64)o * in);
-    const uint4* wrow2 = (const uint4*)(w + (u64)(o + out) * in);
+    const uint4* wrow = (const uint4*)((const unsigned char*)w + (u64)o * in * WIDTH);
+    const uint4* wrow2 = (const uint4*)((const unsigned char*)w + (u64)(o + out) * in * WIDTH);
     uint4 wv[GEMV_UNROLL], wv2[GEMV_UNROLL];
     if (live) {
         load_batch(wrow, begin + lane, end, wv);
@@ -75,16 +87,18 @@ __device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const bf16_t*
         for (int u = 0; u < GEMV_UNROLL; ++u) {
             const int c = c0 + u * 32;
             if (c < end) {
-                float wf[8], wf2[8];
-                unpack8(wv[u], wf);
-                if (PAIR) unpack8(wv2[u], wf2);
+                float wf[PER], wf2[PER];
+                unpack_weights<FP8>(wv[u], wf);
+                if (PAIR) unpack_weights<FP8>(wv2[u], wf2);
 #pragma unroll
                 for (int r = 0; r < R; ++r) {
                     if (r < rows) {
-                        float xf[8];
-                        unpack8(*(const uint4*)(x + (u64)r * in + (u64)c * 8), xf);
+                        float xf[PER];
+                        const uint4* xc = (const uint4*)(x + (u64)r * in + (u64)c * PER);
+                        unpack8(xc[0], xf);
+                        if constexpr (FP8) unpack8(xc[1], xf + 8);
 #pragma unroll
-                        for (int j = 0; j < 8; ++j) {
+                        for (int j = 0; j < PER; ++j) {
                             acc[r] += wf[j] * xf[j];
                             if (PAIR) acc2[r] += wf2[j] * xf[j];
                         }
@@ -112,12 +126,13 @@ __device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const bf16_t*
         }
     }
     if (!live || lane != 0) return;
+    const float s1 = FP8 ? scale[o] : 1.0f, s2 = FP8 && PAIR ? scale[o + out] : 1.0f;
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         if (r < rows) {
-            const float s = acc[r];
+            const float s = acc[r] * s1;
             const u64 at = (u64)r * out + o;
-            if (PAIR) ((bf16_t*)y)[at] = f2bf(swiglu(s, acc2[r]));
+            if (PAIR) ((bf16_t*)y)[at] = f2bf(swiglu(s, acc2[r] * s2));
             else if (mode == 2) ((bf16_t*)y)[at] = f2bf(s);
             else if (mode == 1) ((float*)y)[at] += s;
             else ((float*)y)[at] = s;
@@ -128,7 +143,13 @@ __device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const bf16_t*
 #define GEMV_ENTRY(R, PAIR)                                                                          \
     extern "C" __global__ void __launch_bounds__(256) gemv_r##R##_p##PAIR(                           \
         const bf16_t* x, const bf16_t* w, void* y, int rows, int out, int in, int mode, int ksplit) { \
-        gemv<R, PAIR>(x, w, y, rows, out, in, mode, ksplit);                                          \
+        gemv<R, PAIR, false>(x, w, nullptr, y, rows, out, in, mode, ksplit);                          \
+    }
+#define GEMV_FP8_ENTRY(R, PAIR)                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) gemv_fp8_r##R##_p##PAIR(                       \
+        const bf16_t* x, const unsigned char* w, const float* scale, void* y, int rows, int out,      \
+        int in, int mode, int ksplit) {                                                              \
+        gemv<R, PAIR, true>(x, w, scale, y, rows, out, in, mode, ksplit);                             \
     }
 GEMV_ENTRY(1, 0)
 GEMV_ENTRY(2, 0)
@@ -138,3 +159,14 @@ GEMV_ENTRY(1, 1)
 GEMV_ENTRY(2, 1)
 GEMV_ENTRY(4, 1)
 GEMV_ENTRY(8, 1)
+// FP8 reads half the bytes per row, so batches of up to 16 rows stay bandwidth-bound.
+GEMV_FP8_ENTRY(1, 0)
+GEMV_FP8_ENTRY(2, 0)
+GEMV_FP8_ENTRY(4, 0)
+GEMV_FP8_ENTRY(8, 0)
+GEMV_FP8_ENTRY(16, 0)
+GEMV_FP8_ENTRY(1, 1)
+GEMV_FP8_ENTRY(2, 1)
+GEMV_FP8_ENTRY(4, 1)
+GEMV_FP8_ENTRY(8, 1)
+GEMV_FP8_ENTRY(16, 1)
