@@ -94,7 +94,7 @@ pub struct Kernels {
     pub prefill_occupancy3: bool,
     /// `gemv_r{1,2,4,8}_p{pair}` at `4 pair + rows bucket`.
     pub(crate) gemv: Vec<Gemv>,
-    /// `gemv_fp8_r{1,2,4,8,16}_p{pair}` at `5 pair + rows bucket`.
+    /// `gemv_fp8_r{1,2,4,8}_p{pair}` at `4 pair + rows bucket`.
     pub(crate) gemv_fp8: Vec<GemvFp8>,
     pub(crate) quantize_fp8: QuantizeFp8,
     pub(crate) dequantize_fp8: DequantizeFp8,
@@ -158,10 +158,19 @@ impl Kernels {
             ["gemv_r1_p0", "gemv_r2_p0", "gemv_r4_p0", "gemv_r8_p0"],
             ["gemv_r1_p1", "gemv_r2_p1", "gemv_r4_p1", "gemv_r8_p1"],
         ];
-        #[rustfmt::skip]
-        const GEMV_FP8: [[&str; 5]; 2] = [
-            ["gemv_fp8_r1_p0", "gemv_fp8_r2_p0", "gemv_fp8_r4_p0", "gemv_fp8_r8_p0", "gemv_fp8_r16_p0"],
-            ["gemv_fp8_r1_p1", "gemv_fp8_r2_p1", "gemv_fp8_r4_p1", "gemv_fp8_r8_p1", "gemv_fp8_r16_p1"],
+        const GEMV_FP8: [[&str; 4]; 2] = [
+            [
+                "gemv_fp8_r1_p0",
+                "gemv_fp8_r2_p0",
+                "gemv_fp8_r4_p0",
+                "gemv_fp8_r8_p0",
+            ],
+            [
+                "gemv_fp8_r1_p1",
+                "gemv_fp8_r2_p1",
+                "gemv_fp8_r4_p1",
+                "gemv_fp8_r8_p1",
+            ],
         ];
         let m = &module;
         let kernels = Self {

@@ -15,16 +15,8 @@ use super::kernels::{Kernels, grid};
 use super::launch::{Param, Value};
 use super::memory::{DeviceSlice, DeviceSliceMut, DeviceView, DeviceViewMut, check_len};
 
-/// Most rows [`Kernels::gemv`] takes with bf16 weights (decode batches up to this use it
-/// instead of cuBLAS).
+/// Most rows [`Kernels::gemv`] takes (decode batches up to this use it instead of cuBLAS).
 pub const GEMV_MAX_ROWS: usize = 8;
-
-/// Most rows the GEMV takes with FP8 weights: groups of [`FP8_GEMV_GROUP`] rows, each reading
-/// the codes once (up to 64 rows that is at most the bytes of expanding them to bf16 for cuBLAS).
-pub const FP8_GEMV_MAX_ROWS: usize = 64;
-
-/// Rows one FP8 GEMV launch computes.
-pub const FP8_GEMV_GROUP: usize = 16;
 
 /// A dense layer's weights as the kernels read them.
 #[derive(Debug, Clone, Copy)]
@@ -152,15 +144,6 @@ impl<'a> LinearOut<'a> {
         }
     }
 
-    /// Elements `range` of the output, written as this output is.
-    fn part(&mut self, range: std::ops::Range<usize>) -> Result<LinearOut<'_>, CudaError> {
-        Ok(match self {
-            Self::F32(y) => LinearOut::F32(y.slice_mut(range)?),
-            Self::AddF32(y) => LinearOut::AddF32(y.slice_mut(range)?),
-            Self::Bf16(y) => LinearOut::Bf16(y.slice_mut(range)?),
-        })
-    }
-
     /// The GEMV kernel's `mode`: what its `void* y` is and whether it accumulates.
     fn gemv_mode(&self) -> i32 {
         match self {
@@ -191,12 +174,12 @@ impl Kernels {
         rows <= GEMV_MAX_ROWS && inner.is_multiple_of(8)
     }
 
-    /// Whether [`Kernels::gemv`] takes these weights at this shape (FP8: at most
-    /// [`FP8_GEMV_MAX_ROWS`] rows, `inner` a multiple of 16).
+    /// Whether [`Kernels::gemv`] takes these weights at this shape (FP8: `inner` a multiple of
+    /// 16).
     pub fn gemv_takes(w: &LinearWeights<'_>, rows: usize, inner: usize) -> bool {
         match w {
             LinearWeights::Bf16(_) => Self::gemv_fits(rows, inner),
-            LinearWeights::Fp8 { .. } => rows <= FP8_GEMV_MAX_ROWS && inner.is_multiple_of(16),
+            LinearWeights::Fp8 { .. } => rows <= GEMV_MAX_ROWS && inner.is_multiple_of(16),
         }
     }
 
@@ -256,83 +239,50 @@ impl Kernels {
         self.queue_gemv(Linear { x, w, y, shape }, GEMV_MODE_SWIGLU)
     }
 
-    /// The GEMV launches of checked operands (`W` having `2 out` rows in SwiGLU mode): one, or
-    /// one per group of [`FP8_GEMV_GROUP`] rows for FP8 weights.
+    /// The GEMV launch of checked operands (`W` having `2 out` rows in SwiGLU mode).
     fn queue_gemv(&self, layer: Linear<'_>, mode: i32) -> Result<(), CudaError> {
-        let Linear { x, w, mut y, shape } = layer;
+        let Linear { x, w, y, shape } = layer;
         let LinearShape { rows, out, inner } = shape;
+        if rows == 0 {
+            return Ok(());
+        }
         if !Self::gemv_takes(&w, rows, inner) {
             return Err(CudaError::Invalid(format!(
-                "the GEMV takes at most {GEMV_MAX_ROWS} rows of bf16 weights ({FP8_GEMV_MAX_ROWS} \
-                 of FP8) and inner sizes that are multiples of 8 (16), not {rows} x {inner}"
+                "the GEMV takes at most {GEMV_MAX_ROWS} rows and inner sizes that are multiples \
+                 of 8 (16 for FP8 weights), not {rows} x {inner}"
             )));
         }
-        let group = match w {
-            LinearWeights::Bf16(_) => GEMV_MAX_ROWS,
-            LinearWeights::Fp8 { .. } => FP8_GEMV_GROUP,
-        };
-        let mut first = 0;
-        while first < rows {
-            let n = group.min(rows - first);
-            let x = x.slice(first * inner..(first + n) * inner)?;
-            let y = y.part(first * out..(first + n) * out)?;
-            let shape = LinearShape {
-                rows: n,
-                out,
-                inner,
-            };
-            self.queue_gemv_group(x, w, y, shape, mode)?;
-            first += n;
-        }
-        Ok(())
-    }
-
-    /// One GEMV launch of at most one group of rows.
-    fn queue_gemv_group(
-        &self,
-        x: DeviceSlice<'_, bf16>,
-        w: LinearWeights<'_>,
-        y: LinearOut<'_>,
-        shape: LinearShape,
-        mode: i32,
-    ) -> Result<(), CudaError> {
-        let LinearShape { rows, out, inner } = shape;
         let bucket = match rows {
             1 => 0,
             2 => 1,
             3..=4 => 2,
-            5..=8 => 3,
-            _ => 4,
+            _ => 3,
         };
-        let pair = usize::from(mode == GEMV_MODE_SWIGLU);
+        let kernel = 4 * usize::from(mode == GEMV_MODE_SWIGLU) + bucket;
         let row_blocks = out.div_ceil(8);
         let ksplit = [1, 2, 4, 8]
             .into_iter()
             .find(|k| row_blocks * k >= self.gemv_min_blocks)
             .unwrap_or(8);
         let cfg = grid((out * ksplit).div_ceil(8), 1, 1, 256)?;
-        let sizes = (
+        let (rows, out, inner) = (
             as_i32(rows, "rows")?,
             as_i32(out, "out")?,
             as_i32(inner, "inner")?,
-            mode,
-            as_i32(ksplit, "ksplit")?,
         );
+        let ksplit = as_i32(ksplit, "ksplit")?;
         // SAFETY (both launches): the kernel reads `rows × inner` of `x` and `out` (SwiGLU:
         // `2 out`) weight rows of `inner` (FP8: and their scales), and writes `rows × out` of
         // `y` in the type `mode` names (the variant of `y`, or bf16 for SwiGLU): the extents
-        // `Linear::new` or `gemv_swiglu` checked, sliced to this group by `queue_gemv`; `rows`
-        // is at most the kernel's row count (the bucket).
+        // `Linear::new` or `gemv_swiglu` checked.
         match w {
             LinearWeights::Bf16(w) => {
-                let (rows, out, inner, mode, ksplit) = sizes;
                 let args = (x, w, y, rows, out, inner, mode, ksplit);
-                unsafe { self.queue(&self.gemv[4 * pair + bucket], cfg, args) }
+                unsafe { self.queue(&self.gemv[kernel], cfg, args) }
             }
             LinearWeights::Fp8 { codes, scales } => {
-                let (rows, out, inner, mode, ksplit) = sizes;
                 let args = (x, codes, scales, y, rows, out, inner, mode, ksplit);
-                unsafe { self.queue(&self.gemv_fp8[5 * pair + bucket], cfg, args) }
+                unsafe { self.queue(&self.gemv_fp8[kernel], cfg, args) }
             }
         }
     }

@@ -232,16 +232,6 @@ impl<T: Element> DeviceSliceMut<'_, T> {
     pub(crate) fn address(&self) -> u64 {
         self.address
     }
-
-    /// Elements `range` of this slice, writable (a reborrow).
-    pub fn slice_mut(&mut self, range: Range<usize>) -> Result<DeviceSliceMut<'_, T>, CudaError> {
-        check_range(&range, self.len)?;
-        Ok(DeviceSliceMut {
-            address: self.address + (range.start * size_of::<T>()) as u64,
-            len: range.len(),
-            borrow: PhantomData,
-        })
-    }
 }
 
 /// What a kernel may read: a buffer or a view of one.

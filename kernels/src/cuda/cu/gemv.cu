@@ -1,6 +1,6 @@
 // Matrix-vector products for decode batches of a few rows: y[r, o] = x[r, :] · W[o, :] for
 // r < rows <= R, bf16 x, W row-major [out, in] bf16 (in a multiple of 8) or FP8 E4M3 with a scale
-// per row (in a multiple of 16; `fp8.cu`, converted in registers, the scale applied to the sum),
+// per row (in a multiple of 16; `fp8.cu`, widened in registers, the scale applied to the sum),
 // fp32 accumulation.
 // cuBLAS's GEMMs leave bandwidth unused at one to eight rows; here a warp streams one weight row
 // (two with PAIR), or the ksplit-th part of one, with 16-byte loads, UNROLL of them in flight per
@@ -48,10 +48,11 @@ __device__ __forceinline__ void unpack8(const uint4& v, float* f) {
     for (int j = 0; j < 8; ++j) f[j] = bf2f(e[j]);
 }
 
-// The weights of one 16-byte chunk as floats: 8 bf16 or 16 E4M3 (unscaled).
+// The weights of one 16-byte chunk as floats: 8 bf16, or 16 E4M3 times 2^-120 (without the row
+// scale).
 template <bool FP8>
 __device__ __forceinline__ void unpack_weights(const uint4& v, float* f) {
-    if constexpr (FP8) unpack16_e4m3(v, f);
+    if constexpr (FP8) unpack16_e4m3_scaled(v, f);
     else unpack8(v, f);
 }
 
@@ -126,7 +127,8 @@ __device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const void* _
         }
     }
     if (!live || lane != 0) return;
-    const float s1 = FP8 ? scale[o] : 1.0f, s2 = FP8 && PAIR ? scale[o + out] : 1.0f;
+    const float s1 = FP8 ? scale[o] * E4M3_UNPACK_RESTORE : 1.0f;
+    const float s2 = FP8 && PAIR ? scale[o + out] * E4M3_UNPACK_RESTORE : 1.0f;
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         if (r < rows) {
@@ -159,14 +161,11 @@ GEMV_ENTRY(1, 1)
 GEMV_ENTRY(2, 1)
 GEMV_ENTRY(4, 1)
 GEMV_ENTRY(8, 1)
-// FP8 reads half the bytes per row, so batches of up to 16 rows stay bandwidth-bound.
 GEMV_FP8_ENTRY(1, 0)
 GEMV_FP8_ENTRY(2, 0)
 GEMV_FP8_ENTRY(4, 0)
 GEMV_FP8_ENTRY(8, 0)
-GEMV_FP8_ENTRY(16, 0)
 GEMV_FP8_ENTRY(1, 1)
 GEMV_FP8_ENTRY(2, 1)
 GEMV_FP8_ENTRY(4, 1)
 GEMV_FP8_ENTRY(8, 1)
-GEMV_FP8_ENTRY(16, 1)
