@@ -62,6 +62,12 @@ pub struct Metrics {
     pub requests_rejected: IntCounterVec,
     pub engine_failures: IntCounter,
     pub connections_refused: IntCounter,
+    /// Prompt tokens looked up in the prefix cache at admission, and found there (vLLM's
+    /// `prefix_cache_queries` / `prefix_cache_hits`, in tokens).
+    pub prefix_cache_queries: IntCounter,
+    pub prefix_cache_hits: IntCounter,
+    /// KV pages two or more running sequences map (a shared prefix, held once).
+    pub kv_shared_pages: IntGauge,
 }
 
 impl Metrics {
@@ -218,6 +224,18 @@ impl Metrics {
             connections_refused: counter(
                 "fused_http_connections_refused_total",
                 "Connections closed on accept because --max-connections were open.",
+            )?,
+            prefix_cache_queries: counter(
+                "vllm:prefix_cache_queries_total",
+                "Prefix cache queries, in terms of number of queried tokens.",
+            )?,
+            prefix_cache_hits: counter(
+                "vllm:prefix_cache_hits_total",
+                "Prefix cache hits, in terms of number of cached tokens.",
+            )?,
+            kv_shared_pages: int_gauge(
+                "fused_kv_shared_pages",
+                "KV pages mapped by two or more running sequences (a shared prefix, held once).",
             )?,
             registry,
         })

@@ -136,6 +136,14 @@ pub struct ServeArgs {
     /// token counts and timings, as vLLM does).
     #[arg(long)]
     pub disable_log_requests: bool,
+    /// Automatic prefix caching (on by default, as in vLLM v1): KV pages of prompts and outputs
+    /// stay cached by their token ids until memory is needed, and a request whose tokens start
+    /// with a cached prefix maps those pages instead of computing them.
+    #[arg(long, overrides_with = "no_enable_prefix_caching")]
+    pub enable_prefix_caching: bool,
+    /// Turn automatic prefix caching off.
+    #[arg(long, overrides_with = "enable_prefix_caching")]
+    pub no_enable_prefix_caching: bool,
 }
 
 /// Where the default model lives: `$FUSED_MODEL_CACHE` or `~/.cache/fusedmodel/models`.
@@ -351,6 +359,7 @@ fn kv_config(
         layout: args.kv_layout.parse()?,
         pool_bytes: args.kv_memory_mib << 20,
         eager: args.eager_kv,
+        prefix_caching: !args.no_enable_prefix_caching,
         ..KvConfig::for_model(
             config.layers,
             config.kv_heads,
@@ -471,6 +480,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_context,
         capacity: args.max_seqs + args.max_queue,
         log_requests: !args.disable_log_requests,
+        prefix_caching: prefix_hasher(&args, &served_model_name),
     })?;
     let state = Arc::new(AppState {
         engine: engine.clone(),
@@ -496,6 +506,25 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     served?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The token hasher of the KV prefix cache, seeded with what makes K/V differ for equal token
+/// ids; `None` with `--no-enable-prefix-caching`.
+fn prefix_hasher(args: &ServeArgs, served_model_name: &str) -> Option<Arc<engine::PrefixHasher>> {
+    if args.no_enable_prefix_caching {
+        tracing::info!("prefix caching is off");
+        return None;
+    }
+    let patch = args.patch_sha256.clone().or_else(|| {
+        args.patch_tokenizer
+            .as_ref()
+            .map(|p| p.display().to_string())
+    });
+    let identity = format!(
+        "{served_model_name}|{:?}|{}|{:?}|{}|{}",
+        args.model, args.seed, patch, args.kv_layout, args.kv_block_size
+    );
+    Some(Arc::new(engine::PrefixHasher::new(&identity)))
 }
 
 async fn serve_http(args: &ServeArgs, state: Arc<AppState>) -> anyhow::Result<()> {

@@ -112,6 +112,7 @@ fn start_with(max_seqs: usize, budget: usize, kind: Kind) -> Option<Engine> {
         max_context: 1024,
         capacity: 32,
         log_requests: true,
+        prefix_caching: None,
     })
     .unwrap();
     Some(Engine {

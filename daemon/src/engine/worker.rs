@@ -18,12 +18,13 @@ use tokio::sync::oneshot;
 use super::handle::{EngineHandle, Health};
 use super::live::{Ending, Limits, LiveRequest};
 use super::masks::MaskThread;
+use super::prefix::PrefixHasher;
 use super::{EngineError, Event, GenerateRequest, Permit};
 use crate::guide::{GuideError, TokenMask};
 use crate::kv::KvManager;
 use crate::metrics::Metrics;
 use crate::model::{Forward, Logits, LogitsWanted, SeqChunk};
-use crate::sched::{Batch, RequestId, Scheduler, SeqRequest, StepOutcome};
+use crate::sched::{Batch, PrefixHashes, RequestId, Scheduler, SeqRequest, StepOutcome};
 use crate::tokenizer::Codec;
 use rayon::prelude::*;
 
@@ -75,6 +76,9 @@ pub struct EngineParts {
     pub capacity: usize,
     /// Log one line per finished request (vLLM logs requests unless `--disable-log-requests`).
     pub log_requests: bool,
+    /// Automatic prefix caching (`--enable-prefix-caching`): the hasher of the token ids whose
+    /// chains key the KV prefix cache; `None` turns it off.
+    pub prefix_caching: Option<Arc<PrefixHasher>>,
 }
 
 /// Starts the engine thread. Joining the handle returns once it stopped and unmapped its KV.
@@ -97,6 +101,7 @@ pub fn spawn(parts: EngineParts) -> std::io::Result<(EngineHandle, JoinHandle<()
                 live: HashMap::new(),
                 inbox,
                 stalls_seen: 0,
+                prefix_seen: (0, 0),
                 consecutive_failures: 0,
                 health: health.clone(),
                 masks: None,
@@ -134,6 +139,8 @@ struct Worker {
     live: HashMap<u64, LiveRequest>,
     inbox: mpsc::Receiver<Command>,
     stalls_seen: u64,
+    /// Prefix cache query and hit tokens already counted in the metrics.
+    prefix_seen: (u64, u64),
     consecutive_failures: u32,
     health: Arc<Health>,
     /// Computes constrained choices' masks during the forward pass (started when first needed).
@@ -196,10 +203,14 @@ impl Worker {
             max_context: self.parts.max_context,
         };
         let mut added = Vec::with_capacity(ids.len());
+        let hasher = self.parts.prefix_caching.clone();
+        let chain = hasher.as_ref().map(|hasher| hasher.chain(&request.prompt));
         for ((index, &id), permit) in ids.iter().enumerate().zip(permits) {
+            // Each choice extends its own chain with its own output.
+            let prefix = chain.clone().map(PrefixHashes::new);
             let seq = SeqRequest {
-                id: RequestId(id),
-                prompt_len: request.prompt.len(),
+                prefix: prefix.clone(),
+                ..SeqRequest::new(RequestId(id), request.prompt.len())
             };
             if let Err(error) = self.parts.scheduler.add(seq) {
                 for id in added {
@@ -210,7 +221,10 @@ impl Worker {
                 self.parts.metrics.rejected(error.metric_label());
                 return Err(error);
             }
-            let live = LiveRequest::new(request, index, &limits, events.clone(), permit);
+            let mut live = LiveRequest::new(request, index, &limits, events.clone(), permit);
+            if let (Some(prefix), Some(hasher)) = (prefix, &hasher) {
+                live.track_prefix(prefix, hasher.clone());
+            }
             self.live.insert(id, live);
             added.push(id);
         }
@@ -336,6 +350,7 @@ impl Worker {
                 }
                 if live.first_scheduled.is_none() {
                     live.first_scheduled = Some(now);
+                    live.cached_tokens = item.start_pos.min(live.prompt_len);
                     self.parts
                         .metrics
                         .queue_time
@@ -525,6 +540,7 @@ impl Worker {
                 prompt_tokens = live.prompt_len,
                 completion_tokens = live.generated(),
                 prefill_chunks = live.prefill_chunks,
+                cached_tokens = live.cached_tokens,
                 queue_s = live
                     .first_scheduled
                     .map(|at| (at - live.arrival).as_secs_f64()),
@@ -551,6 +567,14 @@ impl Worker {
         for seconds in self.parts.kv.drain_latencies().map_per_page {
             m.kv_map_seconds.observe(seconds.as_secs_f64());
         }
+        m.kv_shared_pages.set(kv.pages_shared as i64);
+        let queried = sched.prefix_query_tokens_total;
+        let hit = sched.prefix_hit_tokens_total;
+        m.prefix_cache_queries
+            .inc_by(queried.saturating_sub(self.prefix_seen.0));
+        m.prefix_cache_hits
+            .inc_by(hit.saturating_sub(self.prefix_seen.1));
+        self.prefix_seen = (queried, hit);
     }
 }
 

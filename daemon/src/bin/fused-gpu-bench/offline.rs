@@ -74,6 +74,7 @@ pub fn run(
         max_context,
         capacity: 2 * w.requests,
         log_requests: false,
+        prefix_caching: None,
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
