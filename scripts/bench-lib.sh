@@ -56,6 +56,19 @@ start_llamacpp() { # port, log, extra args...
   wait_http "http://127.0.0.1:$port/v1/models" 180 $!
 }
 
+start_llama_server() { # port, log, extra args...
+  # llama.cpp's own C++ server (scripts/bench-peers.sh llama-server): continuous batching over
+  # LLAMA_SLOTS parallel slots, LLAMA_THREADS threads for decode and for prompt batches.
+  local port=$1 log=$2; shift 2
+  local bin; bin=$("$ROOT/scripts/bench-peers.sh" llama-server | tail -1)
+  local slots=${LLAMA_SLOTS:-8}
+  setsid "$bin/llama-server" -m "$GGUF" --alias smollm2 --host 127.0.0.1 --port "$port" \
+    -c $((512 * slots)) -np "$slots" -t "${LLAMA_THREADS:-2}" -tb "${LLAMA_THREADS:-2}" \
+    "$@" >"$log" 2>&1 &
+  SERVER_PIDS+=($!)
+  wait_http "http://127.0.0.1:$port/health" 180 $!
+}
+
 stop_servers() {
   for pid in "${SERVER_PIDS[@]}"; do
     kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# CPU comparison with llama.cpp (PyPI llama-cpp-python[server], built from source into its own
-# venv) on the same SmolLM2 GGUF, the same medical prompts and the same load, both measured by
-# fused-bench in one run of this script:
+# CPU comparison with llama.cpp on the same SmolLM2 GGUF, the same medical prompts and the same
+# load, both measured by fused-bench in one run of this script. The peer (PEER):
+#   llama-server      (default) llama.cpp's own C++ server, built with cmake from the llama.cpp
+#                     source vendored in the llama-cpp-python sdist (scripts/bench-peers.sh)
+#   llama-cpp-python  PyPI llama-cpp-python[server] (the same llama.cpp behind a Python server
+#                     that serves one request at a time), built from source into its own venv
 #   decode   a closed loop of 1 and of 8 concurrent streams (--ignore-eos, OUT_LEN tokens each):
 #            decode tokens/s at batch 1 and batch 8, ROUNDS rounds alternating the servers
 #   rates    Poisson arrivals at each of RATES req/s: throughput, P99 TTFT and P99 ITL
 # llama-cpp-python honours `min_tokens`, not `ignore_eos`: both are sent. Its stream has no usage,
 # so output tokens are counted by the reference tokenizer (the GGUF's) for both servers.
-# Usage: scripts/bench-llamacpp.sh [OUT_DIR]     (≈ 12 min on 2 cores; the first run also builds llama.cpp)
+# Usage: [PEER=llama-server|llama-cpp-python] [LLAMA_THREADS=2] scripts/bench-llamacpp.sh [OUT_DIR]
+#        (≈ 12 min on 2 cores; the first run also builds llama.cpp)
 set -euo pipefail
 source "$(dirname "$0")/bench-lib.sh"
 OUT=${1:-$ROOT/results/llamacpp}
@@ -16,7 +20,12 @@ PORT=${PORT:-18230}
 mkdir -p "$OUT"
 build_bins
 TEXT=$(medical_text)
-"$ROOT/scripts/bench-peers.sh" llamacpp >/dev/null
+PEER=${PEER:-llama-server}
+case "$PEER" in
+  llama-server) "$ROOT/scripts/bench-peers.sh" llama-server >/dev/null ;;
+  llama-cpp-python) "$ROOT/scripts/bench-peers.sh" llamacpp >/dev/null ;;
+  *) echo "PEER must be llama-server or llama-cpp-python, not '$PEER'" >&2; exit 2 ;;
+esac
 PORT_FUSED=$PORT PORT_LLAMA=$((PORT + 1)) ROUNDS=${ROUNDS:-3}
 bench() { # server name, port, label, output name, fused-bench args...
   local port=$2 label=$3 name=$4; shift 4
@@ -29,8 +38,12 @@ bench() { # server name, port, label, output name, fused-bench args...
 # drifts of the machine's load hit both alike.
 echo "== fused-daemon (defaults: Sarathi, KV on demand) on :$PORT_FUSED" >&2
 start_daemon "$PORT_FUSED" "$OUT/fused.log"
-echo "== llama.cpp (llama-cpp-python server, ${LLAMA_THREADS:-2} threads) on :$PORT_LLAMA" >&2
-start_llamacpp "$PORT_LLAMA" "$OUT/llamacpp.log"
+echo "== llama.cpp ($PEER, ${LLAMA_THREADS:-2} threads) on :$PORT_LLAMA" >&2
+if [ "$PEER" = llama-server ]; then
+  start_llama_server "$PORT_LLAMA" "$OUT/llamacpp.log"
+else
+  start_llamacpp "$PORT_LLAMA" "$OUT/llamacpp.log"
+fi
 for round in $(seq "$ROUNDS"); do
   for conc in 1 8; do
     for server in fused llamacpp; do
@@ -50,9 +63,10 @@ stop_servers
 charts=("$OUT"/{fused,llamacpp}-batch{1,8}-1.json)
 [ -z "$RATES" ] || charts+=("$OUT/fused-rates.json" "$OUT/llamacpp-rates.json")
 "$BENCH" plot "${charts[@]}" --plot-dir "$OUT"
-python3 - "$OUT" "$ROUNDS" <<'PY'
+python3 - "$OUT" "$ROUNDS" "$PEER" "${LLAMA_THREADS:-2}" <<'PY'
 import json, os, statistics, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
+out, rounds, peer, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+print(f"peer: {peer}, {threads} threads")
 load = lambda n: json.load(open(f"{out}/{n}.json"))
 print("| batch | round | fused tok/s | llama.cpp tok/s | fused / llama.cpp | fused per-stream tok/s (1000/TPOT) | llama.cpp per-stream tok/s |")
 print("|---:|---:|---:|---:|---:|---:|---:|")

@@ -1,5 +1,6 @@
 //! `fused-daemon`: the FusedModel serving daemon's command line.
 
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Parser, Subcommand};
 use fused_daemon::eval;
 use fused_daemon::fetch::{self, FetchArgs};
@@ -71,15 +72,20 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    init_logging();
-    match Cli::parse().command {
+    let cli = parse();
+    let otlp_endpoint = match &cli.command {
+        Command::Serve(args) => args.otlp_traces_endpoint.clone(),
+        _ => None,
+    };
+    // Flushes the last spans when main returns.
+    let _otlp = init_logging(otlp_endpoint.as_deref())?;
+    match cli.command {
         Command::Serve(args) => {
             // Shared locks on the fetched artifacts it serves: the fetch step's cache eviction
             // leaves them alone while this process runs.
-            let _held: Vec<fetch::EntryHold> = args
-                .model
-                .iter()
+            let _held: Vec<fetch::EntryHold> = (args.model_spec().ok().flatten())
                 .map(std::path::PathBuf::from)
+                .into_iter()
                 .chain(args.patch_tokenizer.clone())
                 .filter_map(|path| fetch::hold_entry(&path))
                 .collect();
@@ -133,23 +139,69 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The command line, with vLLM's short spellings (`-tp 2`) expanded, and a vLLM flag that
+/// `serve` does not take refused with the reason instead of clap's bare "unexpected argument".
+fn parse() -> Cli {
+    let args = std::env::args_os().map(|arg| match arg.to_str() {
+        Some(short) => fused_daemon::vllm_flags::expand_short(short)
+            .map_or(arg.clone(), std::ffi::OsString::from),
+        None => arg,
+    });
+    match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let unknown = match (error.kind(), error.get(ContextKind::InvalidArg)) {
+                (ErrorKind::UnknownArgument, Some(ContextValue::String(arg))) => {
+                    fused_daemon::vllm_flags::refusal(arg)
+                }
+                _ => None,
+            };
+            match unknown {
+                Some(message) => {
+                    eprintln!("error: {message}");
+                    std::process::exit(2);
+                }
+                None => error.exit(),
+            }
+        }
+    }
+}
+
 /// Log lines on stderr: `RUST_LOG` filters (default `info`); `FUSED_LOG_FORMAT=json` writes one
 /// JSON object per line (span fields such as `request_id` included) for log pipelines; colours
-/// only on a terminal.
-fn init_logging() {
+/// only on a terminal. With an OTLP endpoint, spans are exported too.
+fn init_logging(
+    otlp_endpoint: Option<&str>,
+) -> anyhow::Result<Option<fused_daemon::otlp::OtlpExport>> {
     use std::io::IsTerminal;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("FUSED_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
-        builder
-            .json()
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if std::env::var("FUSED_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        fmt.json()
             .with_current_span(true)
             .with_span_list(true)
-            .init();
+            .boxed()
     } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+        fmt.with_ansi(std::io::stderr().is_terminal()).boxed()
+    };
+    let (otlp, export) = match otlp_endpoint {
+        Some(endpoint) => {
+            let (layer, export) = fused_daemon::otlp::layer(endpoint)?;
+            (Some(layer), Some(export))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otlp)
+        .try_init()?;
+    if let Some(endpoint) = otlp_endpoint {
+        tracing::info!(endpoint, "exporting spans over OTLP/HTTP");
     }
+    Ok(export)
 }

@@ -16,7 +16,7 @@ use fused_daemon::engine::{
     RequestStream, StopReason,
 };
 use fused_daemon::kv::{KvAccess, KvConfig, KvLayout, KvManager};
-use fused_daemon::metrics::Metrics;
+use fused_daemon::metrics::{CacheInfo, Metrics};
 use fused_daemon::model::sampling::SamplingParams;
 use fused_daemon::model::{Forward, Logits, Model, ModelConfig, ModelError, SeqChunk};
 use fused_daemon::sched::{Policy, Scheduler, SchedulerConfig, TokenBudget};
@@ -97,7 +97,8 @@ fn start_with(max_seqs: usize, budget: usize, kind: Kind) -> Option<Engine> {
         policy: Policy::Sarathi,
     })
     .unwrap();
-    let metrics = Arc::new(Metrics::new("tiny", 2 << 20, 32).unwrap());
+    let cache = CacheInfo::from_kv(&kv.stats(), 4, 1.0, false);
+    let metrics = Arc::new(Metrics::new("tiny", 1024, &cache).unwrap());
     let (handle, thread) = engine::spawn(EngineParts {
         model: Box::new(Faulty {
             model,
@@ -125,6 +126,7 @@ fn start_with(max_seqs: usize, budget: usize, kind: Kind) -> Option<Engine> {
 fn request(prompt_len: usize, max_new_tokens: usize) -> GenerateRequest {
     GenerateRequest {
         request_id: format!("test-{prompt_len}-{max_new_tokens}"),
+        span: tracing::Span::none(),
         prompt: (0..prompt_len as u32).map(|i| 20 + i * 7 % 480).collect(),
         sampling: SamplingParams::greedy(),
         n: 1,
@@ -182,7 +184,7 @@ async fn wait_idle(metrics: &Metrics) {
     loop {
         let idle = metrics.requests_running.get() == 0
             && metrics.requests_waiting.get() == 0
-            && metrics.kv_usage.get() == 0.0;
+            && metrics.kv_usage() == 0.0;
         if idle {
             return;
         }
@@ -314,6 +316,15 @@ async fn a_stop_string_ends_the_request_as_stop_with_its_latency_recorded() {
     assert!(chars.len() >= 8, "enough text to cut: {full:?}");
     let stop: String = chars[chars.len() / 2..chars.len() / 2 + 3].iter().collect();
     let cut = full.find(&stop).unwrap();
+    // The engine records a finish right after sending its last event: wait for the first one.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while finished(&metrics, "length") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the first request is never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let e2e_before = metrics.e2e.get_sample_count();
     let mut stopped = submit(
         &engine,

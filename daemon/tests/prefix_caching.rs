@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use fused_daemon::engine::{self, EngineHandle, EngineParts, Event, GenerateRequest, PrefixHasher};
 use fused_daemon::kv::{KvConfig, KvLayout, KvManager, PartialPage};
-use fused_daemon::metrics::Metrics;
+use fused_daemon::metrics::{CacheInfo, Metrics};
 use fused_daemon::model::Forward;
 use fused_daemon::model::sampling::SamplingParams;
 use fused_daemon::sched::{Policy, Scheduler, SchedulerConfig, TokenBudget};
@@ -61,8 +61,8 @@ fn start(prefix_caching: bool, partial_page: PartialPage) -> Option<(Engine, Arc
         policy: Policy::Sarathi,
     })
     .unwrap();
-    let stats = kv.stats();
-    let metrics = Arc::new(Metrics::new("smollm2", stats.page_bytes, stats.pages_total).unwrap());
+    let cache = CacheInfo::from_kv(&kv.stats(), model.kv_element_bytes(), 1.0, prefix_caching);
+    let metrics = Arc::new(Metrics::new("smollm2", 2048, &cache).unwrap());
     let codec = Arc::new(codec);
     let (handle, thread) = engine::spawn(EngineParts {
         model: Box::new(model),
@@ -112,6 +112,7 @@ async fn generate(engine: &EngineHandle, prompt: &[u32]) -> Output {
         skip_special_tokens: true,
         guide: None,
         arrival: Instant::now(),
+        span: tracing::Span::none(),
     };
     let permit = engine.admit(1).unwrap();
     let mut stream = engine.submit(permit, request).await.unwrap();

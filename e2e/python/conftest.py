@@ -26,16 +26,21 @@ def free_port() -> int:
 class Daemon:
     """One `fused-daemon serve` process on a free loopback port."""
 
-    def __init__(self, *extra: str, log_name: str = "daemon"):
+    def __init__(self, *extra: str, log_name: str = "daemon", argv=None, port: int | None = None):
+        """`fused-daemon serve --port P --served-model-name smollm2 EXTRA...`, or, with `argv`,
+        exactly `fused-daemon ARGV...` (which must name `port`)."""
         if not BINARY.exists():
             raise RuntimeError(f"{BINARY} is missing: run `cargo build --release -p fused-daemon` first")
-        self.port = free_port()
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         log_dir = Path(os.environ.get("FUSED_TEST_LOGS", "/tmp/fused-e2e-logs"))
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{log_name}-{self.port}.log"
         self.log = open(self.log_path, "wb")
-        args = [str(BINARY), "serve", "--port", str(self.port), "--served-model-name", MODEL_NAME, *extra]
+        if argv is not None:
+            args = [str(BINARY), *argv]
+        else:
+            args = [str(BINARY), "serve", "--port", str(self.port), "--served-model-name", MODEL_NAME, *extra]
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_ready()
 

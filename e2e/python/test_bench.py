@@ -20,10 +20,10 @@ GGUF = Path(
 ) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def bench(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def bench(*args: str, check: bool = True, tokenizer: bool = True) -> subprocess.CompletedProcess:
     if not BENCH.exists():
         raise RuntimeError(f"{BENCH} is missing: run `cargo build --release -p fused-e2e` first")
-    cmd = [str(BENCH), "--tokenizer", str(GGUF), "--disable-tqdm", *args]
+    cmd = [str(BENCH), *(["--tokenizer", str(GGUF)] if tokenizer else []), "--disable-tqdm", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
@@ -110,6 +110,24 @@ def test_bench_result_is_complete_and_consistent(daemon, tmp_path):
 
     png = (tmp_path / "latency_cdf.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def test_without_a_tokenizer_the_servers_tokenize_route_sizes_and_counts(daemon, tmp_path):
+    """As `vllm bench serve` falls back to the served model's tokenizer: no --tokenizer, and the
+    prompts are sized and the text counted through the daemon's /tokenize and /detokenize."""
+    result_path = tmp_path / "server-tok.json"
+    proc = bench(
+        "--base-url", daemon.base, "--num-prompts", "3", "--random-input-len", "32",
+        "--random-output-len", "6", "--ignore-eos", "--max-concurrency", "3", "--seed", "5",
+        "--num-warmups", "0", "--result-json", str(result_path), tokenizer=False,
+    )
+    assert "server's /tokenize" in proc.stderr
+    r = json.loads(result_path.read_text())
+    assert r["tokenizer_id"] == f"{daemon.base}/tokenize"
+    assert r["completed"] == 3 and r["failed"] == 0
+    for q in r["requests"]:
+        assert q["input_len"] == q["ref_input_len"] == 32, "sized by the server's own tokenizer"
+        assert q["ref_output_len"] >= 1 and q["output_len"] == 6
 
 
 def test_chat_backend_on_domain_text_with_a_sweep(daemon, tmp_path):

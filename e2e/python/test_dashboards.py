@@ -1,5 +1,6 @@
-"""The shipped Grafana dashboard and Prometheus alerts against a real Prometheus scraping real,
-loaded daemons.
+"""The shipped Grafana dashboard and Prometheus alerts, and the stock dashboards people run against
+vLLM (vLLM's own examples and production-stack's, written out in `stock_dashboards.py`), against a
+real Prometheus scraping real, loaded daemons.
 
 The chart is rendered with `helm template` (dashboard ConfigMap + PrometheusRule + PodMonitor
 enabled), every panel query, template variable and alert expression is extracted from the rendered
@@ -13,6 +14,10 @@ objects automatically (a new panel or alert is tested without editing this file)
   requests, a client disconnect, an overload (503s) and a KV pool so small that running requests
   are preempted. An empty result, or one without a finite value, fails the test, naming the
   query.
+
+Every panel of the stock vLLM dashboards must return data too, with the dashboard's variables
+set to the served model (production-stack's router panels read series its router exports about
+itself; they are listed and skipped by name).
 
 Alert expressions filter (`x > threshold` is empty while healthy), so each comparison is also
 evaluated in its `bool` form, which must return a series for every target.
@@ -38,6 +43,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import MODEL_NAME, ROOT, Daemon, free_port
+from stock_dashboards import ROUTER_PANELS, STOCK_DASHBOARDS, VARIABLE_VALUES
 
 CHART = ROOT / "charts" / "fused-operator"
 CHART_VALUES = [
@@ -379,6 +385,7 @@ def drive_load(roomy: Daemon, tight: Daemon) -> dict:
     roomy_calls = [lambda i=i: streaming_chat(roomy, 24, f"Tell me about the number {i}.") for i in range(4)]
     roomy_calls += [lambda i=i: completion(roomy, 16, f"Request {i}: a short poem about rain.") for i in range(4)]
     roomy_calls += [lambda: disconnect_mid_stream(roomy)]
+    roomy_calls += [lambda: completion(roomy, 6, "Two answers: why is the sky blue?", n=2)]
     tight_calls = [lambda i=i: completion(tight, 64, f"Story {i}: once upon a time in a valley,") for i in range(8)]
     return {"statuses": run_concurrently(roomy_calls + tight_calls)}
 
@@ -423,9 +430,12 @@ def stack():
             "--max-seqs", "4", "--max-context", "1024", "--max-queue", "2", "--kv-memory-mib", "6",
             log_name="dash-tight",
         )
+        # `endpoint`: the port name the Prometheus Operator records (production-stack's
+        # ServiceMonitor scrapes the port `service-port`; one of its panels filters on it).
         targets = [
             {"targets": [f"127.0.0.1:{d.port}"],
-             "labels": {"namespace": "fused-test", "pod": name, "node": f"node-{name[-1]}"}}
+             "labels": {"namespace": "fused-test", "pod": name, "node": f"node-{name[-1]}",
+                        "endpoint": "service-port"}}
             for name, d in daemons.items()
         ]
         prometheus = Prometheus.start(targets, shipped.job_name, shipped.rule_groups)
@@ -566,3 +576,91 @@ def test_every_alert_rule_loads_and_its_expressions_return_data(stack):
                 failures.append(f"{q.origin}: empty result for {expr}")
     print("\n".join(report))
     assert not failures, "\n".join(failures)
+
+
+# ---- the stock vLLM dashboards ----------------------------------------------------------------
+
+
+def stock_expr(expr: str, window: str) -> str:
+    """A stock dashboard's query with its variables set: the window, and the served model for
+    the model pickers (Grafana would offer it: the variable queries are checked too)."""
+    out = re.sub(r"\$\{?__(rate_interval|interval|range)\}?", window, expr)
+    for variable, value in VARIABLE_VALUES.items():
+        out = out.replace(variable, value or MODEL_NAME)
+    assert "$" not in out, f"unresolved variable in {expr!r}"
+    return out
+
+
+def stock_queries() -> list[Query]:
+    return [
+        Query(f"{d.name} panel {p.title!r} ({d.source})", q)
+        for d in STOCK_DASHBOARDS
+        for p in d.panels
+        for q in [*p.queries, *p.optional]
+    ]
+
+
+def test_the_stock_dashboards_read_only_series_the_daemon_exports(stack):
+    queries = stock_queries()
+    assert len(queries) >= 80, f"only {len(queries)} stock queries"
+    missing = [
+        f"{q.origin}: {name}"
+        for q in queries
+        for name in sorted(metric_names(q.expr))
+        if name not in stack.exported and name not in SCRAPE_SERIES
+    ]
+    assert not missing, "series the daemon does not export:\n" + "\n".join(missing)
+    print(f"skipped, production-stack router panels (its router exports these): {ROUTER_PANELS}")
+
+
+def test_every_panel_of_the_stock_vllm_dashboards_returns_data(stack):
+    failures, report = [], []
+    for dashboard in STOCK_DASHBOARDS:
+        for panel in dashboard.panels:
+            for query in [*panel.queries, *panel.optional]:
+                expr = stock_expr(query, stack.window)
+                result = stack.prometheus.query(expr, stack.evaluated_at)
+                values = [s["value"][1] for s in result if "value" in s]
+                report.append(f"{len(result):2d} series {values[:3]}  {dashboard.name}: {panel.title}")
+                if not any(math.isfinite(float(v)) for v in values):
+                    if query in panel.optional:
+                        report.append(f"   (empty on vLLM too without {panel.optional[query]})")
+                    else:
+                        failures.append(f"{dashboard.name} panel {panel.title!r}: no data ({values}) for {expr}")
+        for name, definition in dashboard.variables.items():
+            m = re.fullmatch(r"label_values\((?:(.*),\s*)?([a-zA-Z_]\w*)\)", definition)
+            assert m, definition
+            selector, label = m.group(1) and stock_expr(m.group(1), stack.window), m.group(2)
+            params = {"match[]": selector} if selector else {}
+            values = stack.prometheus.api(f"label/{label}/values", **params)
+            report.append(f"variable {name}: {values}")
+            if not values or (label == "model_name" and MODEL_NAME not in values):
+                failures.append(f"{dashboard.name} variable {name}: {values} lacks {MODEL_NAME}")
+    print("\n".join(report))
+    print(f"skipped, production-stack router panels (its router exports these): {sorted(ROUTER_PANELS)}")
+    assert not failures, "\n".join(failures)
+
+
+def test_vllm_labels_and_units_on_the_scrape(stack):
+    """vLLM's label set on every vllm:* sample, and vllm:cache_config_info in vLLM's units:
+    `block_size` tokens per page, `num_gpu_blocks` pages, their product the token capacity."""
+    for name, daemon in stack.daemons.items():
+        families = list(text_string_to_metric_families(daemon.metrics_text()))
+        for family in families:
+            for sample in family.samples:
+                if sample.name.startswith("vllm:"):
+                    assert {"model_name", "engine"} <= sample.labels.keys(), (name, sample)
+                    assert sample.labels["engine"] == "0"
+        info = [s for f in families for s in f.samples if s.name == "vllm:cache_config_info"]
+        assert len(info) == 1, info
+        labels = info[0].labels
+        block_size, blocks = int(labels["block_size"]), int(labels["num_gpu_blocks"])
+        page_bytes = scraped_value(daemon, "fused_kv_page_bytes")
+        assert page_bytes == 2 * 1024 * 1024 and block_size < page_bytes
+        assert blocks == scraped_value(daemon, "fused_kv_pages_total"), "interleaved: one block per page"
+        # SmolLM2-135M: 30 layers x 3 KV heads x 64 dims x K and V x 4 bytes = 46,080 bytes a token.
+        assert block_size == page_bytes // (30 * 3 * 64 * 2 * 4)
+        n = scraped_value(daemon, "vllm:request_params_n_count")
+        if name == "replica-a":
+            assert scraped_value(daemon, "vllm:request_params_n_bucket", le="1.0") < n, "an n=2 request"
+            assert scraped_value(daemon, "vllm:iteration_tokens_total_count") > 0

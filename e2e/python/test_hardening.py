@@ -165,3 +165,46 @@ def test_the_api_key_guards_the_api_and_optionally_metrics_and_never_shows():
         assert "sekret" not in d.log_path.read_text()
     finally:
         assert d.stop() == 0
+
+
+def test_spans_reach_an_otlp_collector_with_the_request_id():
+    import http.server
+    import socket as socketlib
+
+    bodies = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            bodies.append((self.path, self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    with socketlib.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    d = Daemon("--otlp-traces-endpoint", f"http://127.0.0.1:{port}/v1/traces", log_name="otlp")
+    try:
+        rid = f"otlp-trace-{time.time_ns()}"
+        r = httpx.post(
+            f"{d.base}/v1/completions",
+            headers={"x-request-id": rid},
+            json={"model": MODEL_NAME, "prompt": "Hello", "max_tokens": 3},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+    finally:
+        # SIGTERM flushes the spans still buffered.
+        assert d.stop() == 0
+        server.shutdown()
+    assert bodies, "no export reached the collector"
+    assert all(path == "/v1/traces" for path, _ in bodies)
+    payload = b"".join(body for _, body in bodies)
+    assert rid.encode() in payload, "the request's id is an attribute of an exported span"
+    assert b"fused-daemon" in payload and b"engine" in payload and b"http" in payload

@@ -25,7 +25,7 @@ def scrape(daemon) -> dict:
 
 
 def value(samples: dict, name: str, **labels) -> float:
-    want = tuple(sorted({"model_name": MODEL_NAME, **labels}.items()))
+    want = tuple(sorted({"model_name": MODEL_NAME, "engine": "0", **labels}.items()))
     return samples[(name, want)]
 
 
@@ -80,7 +80,12 @@ def test_64_concurrent_streams_complete_and_counters_match_usage(daemon):
     d_gen = value(after, "vllm:generation_tokens_total") - value(before, "vllm:generation_tokens_total")
     print(f"usage: prompt {prompt}, completion {completion}; counters: prompt {d_prompt}, generation {d_gen}")
     assert d_prompt == prompt and d_gen == completion
-    assert value(after, "vllm:cache_config_info", block_size="2097152", num_gpu_blocks=str(int(value(after, "fused_kv_pages_total")))) == 1
+    # vLLM's units: tokens per page (SmolLM2: 46,080 bytes of f32 K/V a token) and pages.
+    info = [k for k in after if k[0] == "vllm:cache_config_info"]
+    assert len(info) == 1, info
+    labels = dict(info[0][1])
+    assert labels["block_size"] == str(2097152 // 46080)
+    assert labels["num_gpu_blocks"] == str(int(value(after, "fused_kv_pages_total")))
     ttft_count = value(after, "vllm:time_to_first_token_seconds_count") - value(before, "vllm:time_to_first_token_seconds_count")
     assert ttft_count == 64
 

@@ -152,8 +152,8 @@ async fn examples_become_the_expected_deployment_service_and_autoscaler() {
     );
     let resources = daemon.resources.as_ref().unwrap();
     let requests = resources.requests.as_ref().unwrap();
-    assert_eq!(requests["cpu"].0, "2");
-    assert_eq!(requests["memory"].0, "1Gi");
+    assert_eq!(requests["cpu"].0, "500m");
+    assert_eq!(requests["memory"].0, "2Gi");
     assert!(!requests.contains_key("nvidia.com/gpu"));
     assert_eq!(resources.limits, resources.requests);
     let fetch = container(pod.init_containers.as_deref().unwrap(), "fetch-model");
@@ -161,7 +161,7 @@ async fn examples_become_the_expected_deployment_service_and_autoscaler() {
     println!("smollm2-135m fetch args: {}", fetch_args.join(" "));
     assert_eq!(
         flag(&fetch_args, "--uri"),
-        Some("file:///models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        Some("http://10.244.0.1:28090/SmolLM2-135M-Instruct.Q4_1.gguf")
     );
     assert_eq!(
         flag(&fetch_args, "--sha256"),

@@ -150,6 +150,13 @@ pub fn ready(desired: i32, findings: &Findings<'_>) -> Draft {
         (State::False, reason, message)
     } else if let Some((reason, message)) = findings.unschedulable() {
         (State::False, reason, message)
+    } else if let Some(stalled) = &observed.stalled {
+        // A container that cannot run (image, crash loop), as the kubelet reports it.
+        (
+            State::False,
+            stalled.reason.as_str(),
+            stalled.message.clone(),
+        )
     } else if let Rollout::Stuck(message) = &observed.rollout {
         (
             State::False,
@@ -213,7 +220,7 @@ pub fn progressing(findings: &Findings<'_>) -> Draft {
 }
 
 /// `Degraded`: True when someone has to act (a bad spec, a name conflict, an artifact failure
-/// only a spec change heals, a stuck rollout).
+/// only a spec change heals, a container that cannot run, a stuck rollout).
 pub fn degraded(findings: &Findings<'_>) -> Draft {
     let (state, reason, message) = if let Some(message) = findings.invalid() {
         (State::True, condition_reason::INVALID_SPEC, message)
@@ -224,6 +231,13 @@ pub fn degraded(findings: &Findings<'_>) -> Draft {
         .filter(|(reason, _)| DEGRADING_ARTIFACT_FAILURES.contains(reason))
     {
         (State::True, reason, message)
+    } else if let Some(stalled) = &findings.observed.stalled {
+        // A container that cannot run (image, crash loop): the kubelet retries, someone acts.
+        (
+            State::True,
+            stalled.reason.as_str(),
+            stalled.message.clone(),
+        )
     } else if let Rollout::Stuck(message) = &findings.observed.rollout {
         (
             State::True,
@@ -308,6 +322,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::Stalled;
 
     fn observed_with(artifacts: Artifacts) -> Observed {
         Observed {
@@ -316,7 +331,27 @@ mod tests {
             rollout: Rollout::InProgress("starting".into()),
             artifacts,
             scheduling: Scheduling::Scheduled,
+            stalled: None,
         }
+    }
+
+    #[test]
+    fn a_container_that_cannot_run_degrades_and_is_why_it_is_not_ready() {
+        let mut observed = observed_with(Artifacts::Ready);
+        observed.stalled = Some(Stalled {
+            reason: "ImagePullBackOff".into(),
+            message: "Pod p, container daemon: ImagePullBackOff".into(),
+        });
+        let findings = Findings {
+            problems: &[],
+            conflicts: &[],
+            observed: &observed,
+        };
+        let (_, state, reason, message) = degraded(&findings);
+        assert_eq!((state, reason.as_str()), (State::True, "ImagePullBackOff"));
+        assert_eq!(message, "Pod p, container daemon: ImagePullBackOff");
+        let (_, state, reason, _) = ready(1, &findings);
+        assert_eq!((state, reason.as_str()), (State::False, "ImagePullBackOff"));
     }
 
     #[test]

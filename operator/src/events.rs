@@ -1,11 +1,13 @@
 //! One Kubernetes Event per condition transition (a condition whose status or reason changed),
-//! on the FusedModel: `Warning` for reasons that need someone to act, `Normal` otherwise.
+//! on the FusedModel: `Warning` for reasons that need someone to act (and containers that cannot
+//! run), `Normal` otherwise.
 //! It decides which events to send; `kube`'s `Recorder` sends them.
 
 use fused_crds::FusedModelStatus;
 use kube::runtime::events::{Event, EventType};
 
 use crate::conditions::WARNING_REASONS;
+use crate::observe::STALLED_REASONS;
 
 /// Action of events not about one condition.
 pub const ACTION: &str = "Reconcile";
@@ -22,6 +24,7 @@ pub fn transitions(old: Option<&FusedModelStatus>, new: &FusedModelStatus) -> Ve
         })
         .map(|condition| Event {
             type_: if WARNING_REASONS.contains(&condition.reason.as_str())
+                || STALLED_REASONS.contains(&condition.reason.as_str())
                 || (condition.type_ == fused_crds::condition_type::ARTIFACTS_READY
                     && condition.status == "False"
                     && condition.reason != fused_crds::condition_reason::DOWNLOADING)

@@ -1,9 +1,11 @@
 //! What the cluster says about a FusedModel's replicas: the Deployment's rollout, and — from the
 //! Pods of the current template — whether the artifacts were fetched and verified (init
 //! container statuses and their `Reason: message` termination messages) and whether the Pods
-//! found nodes (`PodScheduled`). Pure: it reads objects, it does not fetch them.
+//! found nodes (`PodScheduled`), and whether a container cannot run (the kubelet's waiting
+//! reasons: an image it cannot pull, a daemon in a crash loop, with its termination message).
+//! Pure: it reads objects, it does not fetch them.
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
 use crate::labels::TEMPLATE_HASH_ANNOTATION;
@@ -74,6 +76,29 @@ pub struct Observed {
     pub artifacts: Artifacts,
     /// The scheduling.
     pub scheduling: Scheduling,
+    /// The first container of a current Pod that cannot run, if any.
+    pub stalled: Option<Stalled>,
+}
+
+/// The kubelet's waiting reasons that need someone to act (it retries them with back-off).
+pub const STALLED_REASONS: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// A container that cannot run, as the kubelet reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stalled {
+    /// The kubelet's waiting reason (one of [`STALLED_REASONS`]).
+    pub reason: String,
+    /// The Pod, the container, the kubelet's message and, after a crash, the container's last
+    /// termination message.
+    pub message: String,
 }
 
 /// Reads `deployment` (absent before the first apply) and the FusedModel's `pods`.
@@ -101,6 +126,7 @@ pub fn observe(deployment: Option<&Deployment>, pods: &[Pod], desired_replicas: 
         rollout: rollout(deployment),
         artifacts: artifacts(&current),
         scheduling: scheduling(&current, desired_replicas),
+        stalled: current.iter().find_map(|pod| stalled(pod)),
     }
 }
 
@@ -152,11 +178,83 @@ fn rollout(deployment: Option<&Deployment>) -> Rollout {
             "{} old replicas are being replaced",
             replicas - updated
         ))
-    } else if available < updated {
+    } else if available < updated && !rollout_finished(&status) {
         Rollout::InProgress(format!("{available} of {updated} replicas are available"))
     } else {
         Rollout::Complete
     }
+}
+
+/// The Deployment controller says the new ReplicaSet became available: a replica that goes down
+/// afterwards (a crash, a killed container) is not a rollout, it is a replica not ready.
+fn rollout_finished(status: &DeploymentStatus) -> bool {
+    status.conditions.iter().flatten().any(|c| {
+        c.type_ == "Progressing"
+            && c.status == "True"
+            && c.reason.as_deref() == Some("NewReplicaSetAvailable")
+    })
+}
+
+/// Failed runs after which a container that is running again but not ready is still in its
+/// crash loop: the kubelet's `CrashLoopBackOff` shows only between attempts, and the status would
+/// otherwise flap with every attempt. One failure (a killed container restarting) is not a loop.
+const CRASH_LOOP_RESTARTS: i32 = 2;
+
+/// The first container of `pod` waiting for a [`STALLED_REASONS`] reason, or started again but
+/// not ready after [`CRASH_LOOP_RESTARTS`] failed runs. Fetch containers in a crash loop are left
+/// to [`artifacts`], which reads their `Artifact…` reasons.
+fn stalled(pod: &Pod) -> Option<Stalled> {
+    let status = pod.status.as_ref()?;
+    let pod_name = pod.metadata.name.as_deref().unwrap_or("?");
+    let inits = status.init_container_statuses.iter().flatten();
+    let mains = status.container_statuses.iter().flatten();
+    inits.chain(mains).find_map(|container| {
+        let state = container.state.as_ref()?;
+        let last_failure = container
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .filter(|t| t.exit_code != 0);
+        let (reason, detail) = match &state.waiting {
+            Some(waiting) => (
+                waiting.reason.as_deref()?,
+                waiting.message.clone().unwrap_or_default(),
+            ),
+            None if !container.ready
+                && container.restart_count >= CRASH_LOOP_RESTARTS
+                && last_failure.is_some() =>
+            {
+                (
+                    "CrashLoopBackOff",
+                    format!(
+                        "started again after {} restarts, not ready",
+                        container.restart_count
+                    ),
+                )
+            }
+            None => return None,
+        };
+        if !STALLED_REASONS.contains(&reason)
+            || (reason == "CrashLoopBackOff" && container.name.starts_with("fetch-"))
+        {
+            return None;
+        }
+        let mut message = format!("Pod {pod_name}, container {}: {reason}", container.name);
+        if !detail.is_empty() {
+            message.push_str(&format!(" ({detail})"));
+        }
+        if let Some(last) = last_failure {
+            let said = last.message.as_deref().map(str::trim).unwrap_or_default();
+            message.push_str(&format!("; it exited with code {}", last.exit_code));
+            if !said.is_empty() {
+                message.push_str(&format!(": {said}"));
+            }
+        }
+        Some(Stalled {
+            reason: reason.to_owned(),
+            message,
+        })
+    })
 }
 
 fn artifacts(current: &[&Pod]) -> Artifacts {
@@ -293,7 +391,7 @@ fn scheduling(current: &[&Pod], desired_replicas: i32) -> Scheduling {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentSpec};
     use serde_json::json;
 
     fn pod(hash: &str, status: serde_json::Value) -> Pod {
@@ -405,6 +503,106 @@ mod tests {
             observe(Some(&current), &gpu, 0).scheduling,
             Scheduling::NoReplicas
         );
+    }
+
+    #[test]
+    fn containers_that_cannot_run_are_reported_with_their_last_message() {
+        let current = deployment("h", 1, DeploymentStatus::default());
+        let waiting = |name: &str, reason: &str, last: serde_json::Value| {
+            json!({"name": name, "ready": false, "restartCount": 3, "image": "i", "imageID": "",
+                "state": {"waiting": {"reason": reason, "message": "back-off 40s"}},
+                "lastState": last})
+        };
+        let crashed = json!({"terminated": {"exitCode": 1, "message": "Error: not a GGUF file\n"}});
+        let pods = [pod(
+            "h",
+            json!({"containerStatuses": [waiting("daemon", "CrashLoopBackOff", crashed.clone())]}),
+        )];
+        assert_eq!(
+            observe(Some(&current), &pods, 1).stalled,
+            Some(Stalled {
+                reason: "CrashLoopBackOff".into(),
+                message: "Pod p-h, container daemon: CrashLoopBackOff (back-off 40s); it exited \
+                          with code 1: Error: not a GGUF file"
+                    .into(),
+            })
+        );
+        let pull = [pod(
+            "h",
+            json!({"initContainerStatuses": [waiting("fetch-model", "ImagePullBackOff", json!({}))]}),
+        )];
+        assert!(matches!(
+            observe(Some(&current), &pull, 1).stalled,
+            Some(Stalled { reason, .. }) if reason == "ImagePullBackOff"
+        ));
+        // A crash-looping fetch is an artifact failure (its own reason), a starting container
+        // or an old template's Pod is nothing.
+        let fetch_loop = [pod(
+            "h",
+            json!({"initContainerStatuses": [waiting("fetch-model", "CrashLoopBackOff", crashed)]}),
+        )];
+        let starting = [pod(
+            "h",
+            json!({"containerStatuses": [waiting("daemon", "ContainerCreating", json!({}))]}),
+        )];
+        let old = [pod(
+            "old",
+            json!({"containerStatuses": [waiting("daemon", "ErrImagePull", json!({}))]}),
+        )];
+        for pods in [&fetch_loop[..], &starting, &old] {
+            assert_eq!(observe(Some(&current), pods, 1).stalled, None, "{pods:?}");
+        }
+        // Between back-offs the container runs again: still the loop after two failures, not
+        // after one (a killed daemon restarting), and not once it is ready.
+        let running = |restarts: i32, ready: bool| {
+            pod(
+                "h",
+                json!({"containerStatuses": [{"name": "daemon", "ready": ready,
+                    "restartCount": restarts, "image": "i", "imageID": "",
+                    "state": {"running": {}},
+                    "lastState": {"terminated": {"exitCode": 1, "message": "Error: x"}}}]}),
+            )
+        };
+        assert!(matches!(
+            observe(Some(&current), &[running(2, false)], 1).stalled,
+            Some(Stalled { reason, message }) if reason == "CrashLoopBackOff"
+                && message.ends_with("(started again after 2 restarts, not ready); it exited with code 1: Error: x")
+        ));
+        assert_eq!(
+            observe(Some(&current), &[running(1, false)], 1).stalled,
+            None
+        );
+        assert_eq!(
+            observe(Some(&current), &[running(5, true)], 1).stalled,
+            None
+        );
+    }
+
+    #[test]
+    fn a_replica_lost_after_the_rollout_finished_is_no_rollout() {
+        let condition = |reason: &str| DeploymentCondition {
+            type_: "Progressing".into(),
+            status: "True".into(),
+            reason: Some(reason.into()),
+            ..DeploymentCondition::default()
+        };
+        let status = |reason: &str| DeploymentStatus {
+            observed_generation: Some(1),
+            replicas: Some(2),
+            updated_replicas: Some(2),
+            available_replicas: Some(1),
+            conditions: Some(vec![condition(reason)]),
+            ..DeploymentStatus::default()
+        };
+        let mut finished = deployment("h", 1, status("NewReplicaSetAvailable"));
+        finished.spec.as_mut().expect("a spec").replicas = Some(2);
+        assert_eq!(observe(Some(&finished), &[], 2).rollout, Rollout::Complete);
+        let mut scaling = deployment("h", 1, status("ReplicaSetUpdated"));
+        scaling.spec.as_mut().expect("a spec").replicas = Some(2);
+        assert!(matches!(
+            observe(Some(&scaling), &[], 2).rollout,
+            Rollout::InProgress(m) if m.contains("1 of 2 replicas are available")
+        ));
     }
 
     #[test]

@@ -229,6 +229,9 @@ fn daemon_container(
                 ..VolumeMount::default()
             },
         ]),
+        // A daemon that exits on a fatal error says why on its last log lines: they become the
+        // container's termination message, which the status reports.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     }
 }

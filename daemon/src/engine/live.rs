@@ -36,6 +36,8 @@ pub(super) enum Ending {
 
 pub(super) struct LiveRequest {
     pub request_id: Arc<str>,
+    /// The request's span on the server, parent of this choice's engine span.
+    pub span: tracing::Span,
     /// Which choice of its request this is.
     pub index: usize,
     /// Prompt followed by every generated token.
@@ -59,6 +61,7 @@ pub(super) struct LiveRequest {
     _permit: Permit,
     pub arrival: Instant,
     pub first_scheduled: Option<Instant>,
+    pub first_token_at: Option<Instant>,
     pub last_token_at: Option<Instant>,
     /// Forward passes that processed part of the prompt (chunked prefill), recomputes included.
     pub prefill_chunks: usize,
@@ -82,6 +85,7 @@ impl LiveRequest {
         sampling.seed = sampling.seed.map(|s| s.wrapping_add(index as u64));
         Self {
             request_id: Arc::from(request.request_id.as_str()),
+            span: request.span.clone(),
             index,
             sampler: Sampler::new(sampling, &request.prompt),
             guide: request.guide.clone(),
@@ -106,6 +110,7 @@ impl LiveRequest {
             _permit: permit,
             arrival: request.arrival,
             first_scheduled: None,
+            first_token_at: None,
             last_token_at: None,
             prefill_chunks: 0,
             cached_tokens: 0,

@@ -10,6 +10,8 @@
 //! - `masks`: the thread that computes constrained choices' token masks while the model runs;
 //! - `output`: streaming detokenisation with stop strings held back (`stop`);
 //! - [`PrefixHasher`]: the chained token hashes that key the KV prefix cache;
+//! - `stats`: the per-request intervals vLLM's metrics report, and a request's choices until
+//!   the last one ends;
 //! - [`EngineError`]: every refusal and failure, typed.
 //!
 //! Must not: block the async runtime (the server only sends commands and reads events), parse
@@ -22,6 +24,7 @@ mod live;
 mod masks;
 mod output;
 mod prefix;
+mod stats;
 mod stop;
 mod worker;
 
@@ -39,6 +42,9 @@ pub struct GenerateRequest {
     /// The request's id (the client's `x-request-id`, or one made up): on every engine log line
     /// about this request.
     pub request_id: String,
+    /// The request's span on the server (`Span::none()` outside one): the engine's spans of
+    /// its choices are its children, so a trace shows the request end to end.
+    pub span: tracing::Span,
     pub prompt: Vec<u32>,
     pub sampling: SamplingParams,
     /// Choices (OpenAI's `n`); choice `i` samples with seed `seed + i`.

@@ -19,6 +19,7 @@ use super::handle::{EngineHandle, Health};
 use super::live::{Ending, Limits, LiveRequest};
 use super::masks::MaskThread;
 use super::prefix::PrefixHasher;
+use super::stats::{self, Group, Phases};
 use super::{EngineError, Event, GenerateRequest, Permit};
 use crate::guide::{GuideError, TokenMask};
 use crate::kv::KvManager;
@@ -99,9 +100,9 @@ pub fn spawn(parts: EngineParts) -> std::io::Result<(EngineHandle, JoinHandle<()
             let mut worker = Worker {
                 parts,
                 live: HashMap::new(),
+                groups: HashMap::new(),
                 inbox,
                 stalls_seen: 0,
-                prefix_seen: (0, 0),
                 consecutive_failures: 0,
                 health: health.clone(),
                 masks: None,
@@ -137,10 +138,10 @@ struct Worker {
     parts: EngineParts,
     /// Every choice the engine holds, by engine id.
     live: HashMap<u64, LiveRequest>,
+    /// The requests those choices belong to, by their first choice's engine id.
+    groups: HashMap<u64, Group>,
     inbox: mpsc::Receiver<Command>,
     stalls_seen: u64,
-    /// Prefix cache query and hit tokens already counted in the metrics.
-    prefix_seen: (u64, u64),
     consecutive_failures: u32,
     health: Arc<Health>,
     /// Computes constrained choices' masks during the forward pass (started when first needed).
@@ -217,6 +218,7 @@ impl Worker {
                     self.parts.scheduler.cancel(RequestId(id));
                     self.live.remove(&id);
                 }
+                // Refused whole: its group was never registered.
                 let error = EngineError::Refused(error);
                 self.parts.metrics.rejected(error.metric_label());
                 return Err(error);
@@ -228,6 +230,10 @@ impl Worker {
             self.live.insert(id, live);
             added.push(id);
         }
+        if let Some(&first) = ids.first() {
+            self.groups
+                .insert(first, Group::new(ids.len(), request.max_new_tokens));
+        }
         Ok(())
     }
 
@@ -235,7 +241,7 @@ impl Worker {
         for id in ids {
             if let Some(live) = self.live.remove(id) {
                 self.parts.scheduler.cancel(RequestId(*id));
-                self.end(&live, Ending::Gone);
+                self.end(*id, &live, Ending::Gone);
             }
         }
     }
@@ -277,8 +283,7 @@ impl Worker {
                 self.iteration_failed(&error);
                 for item in &batch.items {
                     if let Some(live) = self.live.remove(&item.id.0) {
-                        self.parts.metrics.finished("error");
-                        live.fail(error.clone());
+                        self.fail(item.id.0, live, error.clone());
                     }
                     self.parts.scheduler.cancel(item.id);
                 }
@@ -294,6 +299,8 @@ impl Worker {
             seconds,
         );
         let m = &self.parts.metrics;
+        // Tokens this step ran (prefill chunks + decodes): where the Sarathi budget's use shows.
+        m.iteration_tokens.observe(batch.total_tokens() as f64);
         if batch.token_budget > 0 {
             m.budget_used
                 .observe(batch.total_tokens() as f64 / batch.token_budget as f64);
@@ -330,10 +337,11 @@ impl Worker {
             .inc_by(batch.preempted.len() as u64);
         for (id, reason) in &batch.aborted {
             if let Some(live) = self.live.remove(&id.0) {
-                self.parts.metrics.finished("error");
-                let _span = request_span(&live).entered();
-                tracing::warn!(%reason, "aborted by the scheduler");
-                live.fail(EngineError::Aborted(reason.clone()));
+                {
+                    let _span = request_span(&live).entered();
+                    tracing::warn!(%reason, "aborted by the scheduler");
+                }
+                self.fail(id.0, live, EngineError::Aborted(reason.clone()));
             }
         }
     }
@@ -350,11 +358,14 @@ impl Worker {
                 }
                 if live.first_scheduled.is_none() {
                     live.first_scheduled = Some(now);
+                    // Looked up once, at admission to the batch (as vLLM counts new requests;
+                    // a recompute after preemption is not a new query); no lookups with
+                    // prefix caching off, as in vLLM.
                     live.cached_tokens = item.start_pos.min(live.prompt_len);
-                    self.parts
-                        .metrics
-                        .queue_time
-                        .observe((now - live.arrival).as_secs_f64());
+                    if self.parts.prefix_caching.is_some() {
+                        (self.parts.metrics)
+                            .prefix_cache_lookup(live.prompt_len, live.cached_tokens);
+                    }
                 }
             }
         }
@@ -418,7 +429,7 @@ impl Worker {
                         None => false,
                         Some(ending) => {
                             if let Some(live) = self.live.remove(&item.id.0) {
-                                self.end(&live, ending);
+                                self.end(item.id.0, &live, ending);
                             }
                             true
                         }
@@ -426,8 +437,7 @@ impl Worker {
                 }
                 Err(error) => {
                     if let Some(live) = self.live.remove(&item.id.0) {
-                        self.parts.metrics.finished("error");
-                        live.fail(error);
+                        self.fail(item.id.0, live, error);
                     }
                     true
                 }
@@ -451,10 +461,11 @@ impl Worker {
         match live.last_token_at {
             None => {
                 // Counted once per request, like `usage.prompt_tokens` (recomputes are not).
-                m.prompt_tokens.inc_by(live.prompt_len as u64);
+                m.prompt_counted(live.prompt_len, live.cached_tokens);
                 m.ttft.observe((now - live.arrival).as_secs_f64());
+                live.first_token_at = Some(now);
             }
-            Some(previous) => m.inter_token.observe((now - previous).as_secs_f64()),
+            Some(previous) => m.observe_inter_token((now - previous).as_secs_f64()),
         }
         live.last_token_at = Some(now);
     }
@@ -522,12 +533,26 @@ impl Worker {
             .collect())
     }
 
-    /// Records a request's end in the metrics and its log line.
-    fn end(&self, live: &LiveRequest, ending: Ending) {
+    /// Records the end of choice `id` in the metrics and its log line.
+    fn end(&mut self, id: u64, live: &LiveRequest, ending: Ending) {
+        let finished = matches!(ending, Ending::Finished(_));
+        let max_tokens = self.choice_ended(id, live, finished);
         let m = &self.parts.metrics;
         let reason = match ending {
             Ending::Finished(reason) => {
-                m.e2e.observe(live.arrival.elapsed().as_secs_f64());
+                let phases = Phases {
+                    arrival: live.arrival,
+                    first_scheduled: live.first_scheduled,
+                    first_token: live.first_token_at,
+                    last_token: live.last_token_at,
+                };
+                m.observe_finished(&stats::finished(
+                    phases,
+                    Instant::now(),
+                    live.prompt_len,
+                    live.generated(),
+                    max_tokens,
+                ));
                 reason.as_str()
             }
             Ending::Gone => "abort",
@@ -550,13 +575,40 @@ impl Worker {
         }
     }
 
+    /// Ends choice `id` with an error (its client gets the error as its last event).
+    fn fail(&mut self, id: u64, live: LiveRequest, error: EngineError) {
+        self.choice_ended(id, &live, false);
+        self.parts.metrics.finished("error");
+        live.fail(error);
+    }
+
+    /// Counts choice `id` out of its request; once the request's last choice ended, observes
+    /// its `n` and longest generation. Returns the request's `max_tokens`.
+    fn choice_ended(&mut self, id: u64, live: &LiveRequest, finished: bool) -> usize {
+        let Some(first) = id.checked_sub(live.index as u64) else {
+            return 0;
+        };
+        let Some(group) = self.groups.get_mut(&first) else {
+            return 0;
+        };
+        let max_tokens = group.max_tokens;
+        if let Some(max_generated) = group.choice_ended(live.generated(), finished) {
+            self.parts
+                .metrics
+                .observe_request_group(group.n, max_generated);
+        }
+        if group.is_done() {
+            self.groups.remove(&first);
+        }
+        max_tokens
+    }
+
     fn update_gauges(&mut self) {
         let m = &self.parts.metrics;
         let sched = self.parts.scheduler.stats();
-        m.requests_running.set(sched.running as i64);
-        m.requests_waiting.set(sched.waiting as i64);
+        m.set_scheduler_state(sched.running, sched.waiting);
         let kv = self.parts.kv.stats();
-        m.kv_usage.set(kv.usage);
+        m.set_kv_usage(kv.usage);
         m.kv_pages_mapped.set(kv.pages_mapped as i64);
         m.kv_pages_free.set(kv.pages_free as i64);
         m.kv_pages_total.set(kv.pages_total as i64);
@@ -568,17 +620,11 @@ impl Worker {
             m.kv_map_seconds.observe(seconds.as_secs_f64());
         }
         m.kv_shared_pages.set(kv.pages_shared as i64);
-        let queried = sched.prefix_query_tokens_total;
-        let hit = sched.prefix_hit_tokens_total;
-        m.prefix_cache_queries
-            .inc_by(queried.saturating_sub(self.prefix_seen.0));
-        m.prefix_cache_hits
-            .inc_by(hit.saturating_sub(self.prefix_seen.1));
-        self.prefix_seen = (queried, hit);
     }
 }
 
-/// The span every engine log line about one choice is written in.
+/// The span every engine log line about one choice is written in: a child of the request's
+/// span on the server (a root span when there is none), naming the request id either way.
 fn request_span(live: &LiveRequest) -> tracing::Span {
-    tracing::info_span!("request", id = %live.request_id, choice = live.index)
+    tracing::info_span!(parent: &live.span, "engine", request_id = %live.request_id, choice = live.index)
 }

@@ -216,6 +216,7 @@ impl KvManager {
             pages_prefix: counts.pages_prefix,
             pages_mapped: self.mapper.pages_mapped(),
             tokens_per_page: geometry.tokens_per_page(),
+            position_pages: geometry.pool_pages / geometry.runs.max(1),
             live_seqs: counts.live_seqs,
             live_tokens: counts.live_tokens,
             capacity_tokens,

@@ -21,6 +21,9 @@ pub struct KvStats {
     pub pages_mapped: usize,
     /// Whole tokens one page holds in one page run.
     pub tokens_per_page: usize,
+    /// Pages of token positions the pool holds: `pages_total` over the page runs (per-layer:
+    /// a token position takes one page in each run). vLLM's `num_gpu_blocks`.
+    pub position_pages: usize,
     pub live_seqs: usize,
     /// Tokens reserved by live sequences.
     pub live_tokens: usize,

@@ -174,7 +174,9 @@ impl Model {
                 unsafe { write_kv(lkv, pos, k_part, v_part) };
             }
             let ctx = c.start_pos + c.tokens.len();
-            // SAFETY: as above; the slices cover positions 0..ctx, all ready and written.
+            // SAFETY: positions 0..ctx of this slot are ready (the engine waited for start_pos +
+            // n before the pass) and written (earlier chunks, and this chunk just above); this
+            // chunk's slot is its own, so nothing writes them while the slices live.
             let (k, v) = unsafe { read_kv(lkv, ctx, kv_dim) };
             cpu::attend_causal(
                 shape,
@@ -321,7 +323,10 @@ fn mlp(m: &Mlp, normed: &[f32], rows: usize) -> Vec<f32> {
 /// # Safety
 /// `pos` must be a ready position of `lkv`'s slot that no other thread touches.
 unsafe fn write_kv(lkv: LayerKv, pos: usize, k: &[f32], v: &[f32]) {
-    // SAFETY: per the contract; rows are `k.len()` f32 at a 4-byte aligned, ready address.
+    // SAFETY: the caller guarantees `pos` is ready (mapped) and touched by no other thread; a
+    // position's K row and V row each start at `pos * token_stride` bytes from their bases,
+    // which the KV geometry keeps 4-byte aligned with room for `kv_heads * head_dim` f32,
+    // and `k`/`v` are one such row each.
     unsafe {
         std::ptr::copy_nonoverlapping(
             k.as_ptr(),
@@ -342,7 +347,9 @@ unsafe fn write_kv(lkv: LayerKv, pos: usize, k: &[f32], v: &[f32]) {
 /// Positions `0..ctx` must be ready and not written concurrently.
 unsafe fn read_kv<'a>(lkv: LayerKv, ctx: usize, kv_dim: usize) -> (&'a [f32], &'a [f32]) {
     let len = (ctx - 1) * (lkv.token_stride / 4) + kv_dim;
-    // SAFETY: per the contract; the span ends inside the last ready position's row.
+    // SAFETY: the caller guarantees positions 0..ctx are ready and not written meanwhile; the
+    // span starts at position 0 and ends with the last position's `kv_dim` values, inside the
+    // mapped rows; f32 at 4-byte aligned addresses (the KV geometry's stride).
     unsafe {
         (
             std::slice::from_raw_parts(lkv.k.cast::<f32>(), len),

@@ -11,6 +11,7 @@ pub mod dummy;
 pub mod forward;
 pub mod gguf;
 pub mod layout;
+pub mod progress;
 pub mod safetensors;
 pub mod sampling;
 pub mod weights;

@@ -17,6 +17,7 @@ pub fn engine_request(
 ) -> GenerateRequest {
     GenerateRequest {
         request_id: request_id.to_owned(),
+        span: tracing::Span::current(),
         prompt,
         sampling: params.sampling.clone(),
         n: params.n,

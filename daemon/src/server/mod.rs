@@ -8,12 +8,14 @@ mod admin;
 pub mod error;
 mod fields;
 mod generate;
+pub mod hand_off;
 pub mod listener;
 mod logprobs;
 mod openai;
 pub mod protocol;
 mod request_id;
 mod sse;
+pub mod startup;
 mod structured;
 pub mod tokenize;
 mod tools;
@@ -26,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -100,10 +102,31 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(api)
         .merge(open)
+        .route_layer(middleware::from_fn_with_state(state.clone(), count_http))
         .fallback(admin::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(request_id::trace))
         .with_state(state)
+}
+
+/// `http_requests_total` and `http_request_duration_seconds` by route template, as vLLM's HTTP
+/// instrumentation counts them.
+async fn count_http(
+    State(state): State<Arc<AppState>>,
+    path: MatchedPath,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().clone();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    state.metrics.observe_http(
+        path.as_str(),
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
 }
 
 async fn require_api_key(

@@ -317,6 +317,22 @@ impl Codec {
         self.chat.as_ref().is_some_and(ChatTemplate::reads_tools)
     }
 
+    /// The same tokenizer with `source` as its chat template (`--chat-template`) in place of
+    /// the model's own; a template that does not compile is an error now.
+    pub fn with_chat_template(mut self, source: String) -> Result<Self> {
+        let name_of = |id: Option<u32>| {
+            id.and_then(|id| self.base.id_to_token(id))
+                .unwrap_or_default()
+        };
+        let chat = ChatTemplate::new(
+            source,
+            name_of(self.base_specials.bos),
+            name_of(self.base_specials.eos.first().copied()),
+        )?;
+        self.chat = Some(chat);
+        Ok(self)
+    }
+
     /// Whether the model has a chat template.
     pub fn has_chat_template(&self) -> bool {
         self.chat.is_some()
@@ -423,31 +439,12 @@ fn digest_of(tokenizer: &Tokenizer) -> Result<String> {
     }
     // Keys sorted at every level, whatever order serde_json's map keeps (a dependency may turn
     // on `preserve_order`), so this serialisation is canonical.
-    let canonical = serde_json::to_vec(&sorted_keys(value)).map_err(TokenizerError::tokenizers)?;
+    value.sort_all_objects();
+    let canonical = serde_json::to_vec(&value).map_err(TokenizerError::tokenizers)?;
     Ok(format!(
         "sha256:{}",
         hex::encode(Sha256::digest(&canonical))
     ))
-}
-
-/// `value` with every object's keys in sorted order.
-fn sorted_keys(value: serde_json::Value) -> serde_json::Value {
-    match value {
-        serde_json::Value::Object(map) => {
-            let mut entries: Vec<_> = map.into_iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            serde_json::Value::Object(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| (k, sorted_keys(v)))
-                    .collect(),
-            )
-        }
-        serde_json::Value::Array(items) => {
-            serde_json::Value::Array(items.into_iter().map(sorted_keys).collect())
-        }
-        other => other,
-    }
 }
 
 #[cfg(test)]

@@ -59,7 +59,8 @@ pub struct RunArgs {
     /// Model name sent in requests; default: the first model of GET /v1/models
     #[arg(long)]
     pub model: Option<String>,
-    /// Reference tokenizer (GGUF, tokenizer.json or HF directory): sizes prompts, counts text
+    /// Reference tokenizer (GGUF, tokenizer.json or HF directory): sizes prompts, counts text.
+    /// Default: the served model's, through the server's /tokenize and /detokenize.
     #[arg(long, env = "FUSED_BENCH_TOKENIZER")]
     pub tokenizer: Option<PathBuf>,
     /// Bearer token for the API

@@ -131,7 +131,14 @@ impl Endpoint {
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
-        let response = request.send().await.map_err(|e| format!("send: {e}"))?;
+        let response = request.send().await.map_err(|e| {
+            // With its causes (connection reset, closed before the response): Display hides them.
+            let chain: Vec<String> =
+                std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                    .map(ToString::to_string)
+                    .collect();
+            format!("send: {}", chain.join(": "))
+        })?;
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();

@@ -20,6 +20,7 @@ pub mod plot;
 pub mod report;
 pub mod runner;
 pub mod scrape;
+pub mod server_tokens;
 pub mod sse;
 pub mod stats;
 pub mod summary;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
 use fused_e2e::bench::cli::{Cli, Command, PlotArgs, RunArgs};
 use fused_e2e::bench::client::{Endpoint, first_model};
@@ -27,13 +27,6 @@ fn main() -> Result<()> {
 }
 
 async fn bench(args: RunArgs) -> Result<()> {
-    let Some(tokenizer_path) = &args.tokenizer else {
-        bail!(
-            "--tokenizer is required: the reference tokenizer (a GGUF, tokenizer.json or HF \
-             directory) sizes the prompts and counts generated text"
-        );
-    };
-    let tokenizer = RefTokenizer::load(tokenizer_path)?;
     let dataset = args.dataset()?;
     let slo = args.slo()?;
     let http = reqwest::Client::builder()
@@ -44,6 +37,16 @@ async fn bench(args: RunArgs) -> Result<()> {
     let model = match &args.model {
         Some(model) => model.clone(),
         None => first_model(&http, &args.base_url(), args.api_key.as_deref()).await?,
+    };
+    let tokenizer = match &args.tokenizer {
+        Some(path) => RefTokenizer::load(path)?,
+        None => {
+            eprintln!(
+                "no --tokenizer: sizing prompts and counting text with the server's /tokenize"
+            );
+            // Its calls block this thread: they happen before and after the measured run.
+            RefTokenizer::from_server(&args.base_url(), &model, args.api_key.as_deref())?
+        }
     };
     let endpoint = Arc::new(Endpoint {
         http,

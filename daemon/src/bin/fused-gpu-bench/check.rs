@@ -337,29 +337,19 @@ fn hf_export(
     let prompt = tokens(seed ^ 3, 96, cfg.vocab_size);
     let slot = kv.admit(prompt.len())?;
     kv.sync()?;
-    let logits = gpu.forward(
-        &[SeqChunk {
-            slot,
-            start_pos: 0,
-            tokens: &prompt,
-            logits: LogitsWanted::All,
-        }],
-        &kv,
-    )?;
+    let whole_prompt = [SeqChunk {
+        slot,
+        start_pos: 0,
+        tokens: &prompt,
+        logits: LogitsWanted::All,
+    }];
+    let logits = gpu.forward(&whole_prompt, &kv)?;
     // The same checkpoint streamed from disk (f32 → bf16 on the way) is the same model: the
     // logits must be bit for bit those of the uploaded host weights.
     drop(gpu);
     let mut streamed =
         GpuModel::from_checkpoint(device.clone(), cfg.clone(), dir, GpuOptions::default())?;
-    let again = streamed.forward(
-        &[SeqChunk {
-            slot,
-            start_pos: 0,
-            tokens: &prompt,
-            logits: LogitsWanted::All,
-        }],
-        &kv,
-    )?;
+    let again = streamed.forward(&whole_prompt, &kv)?;
     let max_diff = (logits.data.iter().zip(&again.data))
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use fused_daemon::engine::{self, EngineParts, Event, GenerateRequest};
 use fused_daemon::kv::{KvConfig, KvLayout, KvManager};
-use fused_daemon::metrics::Metrics;
+use fused_daemon::metrics::{CacheInfo, Metrics};
 use fused_daemon::model::Forward;
 use fused_daemon::model::cuda::GpuModel;
 use fused_daemon::model::sampling::SamplingParams;
@@ -63,7 +63,8 @@ pub fn run(
         max_queue: w.requests,
         policy: Policy::Sarathi,
     })?;
-    let metrics = Arc::new(Metrics::new("bench", stats.page_bytes, stats.pages_total)?);
+    let cache = CacheInfo::from_kv(&stats, model.kv_element_bytes(), 1.0, false);
+    let metrics = Arc::new(Metrics::new("bench", max_context, &cache)?);
     let (handle, thread) = engine::spawn(EngineParts {
         model: Box::new(model),
         kv,
@@ -83,6 +84,7 @@ pub fn run(
     let vocab = cfg.vocab_size as u32;
     let request = |i: usize| GenerateRequest {
         request_id: format!("offline-{i}"),
+        span: tracing::Span::none(),
         prompt: (0..w.prompt as u32)
             .map(|t| (t.wrapping_mul(2_654_435_761) ^ (i as u32).wrapping_mul(40_503)) % vocab)
             .collect(),

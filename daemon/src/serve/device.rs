@@ -1,0 +1,167 @@
+//! The device start-up runs on: `--device auto|cpu|cuda` resolved to a usable GPU or the CPU
+//! (an explicit `cuda` without one is an error with the reason), then the forward pass and the
+//! KV region on it, with lines for kernel compilation and weight upload.
+//!
+//! Must not: read checkpoints (load.rs) or serve anything.
+
+#[cfg(feature = "cuda")]
+use std::sync::Arc;
+#[cfg(feature = "cuda")]
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+
+use super::{Device, ServeArgs};
+use crate::kv::{KvConfig, KvManager};
+use crate::model::{Forward, Model, ModelConfig};
+
+/// A usable GPU, in a `cuda` build.
+#[cfg(feature = "cuda")]
+pub type Gpu = Arc<fused_kernels::cuda::GpuDevice>;
+#[cfg(not(feature = "cuda"))]
+pub type Gpu = std::convert::Infallible;
+
+/// The GPU `device` asks for: `None` runs on the CPU. `cuda` without a usable GPU (or in a
+/// build without CUDA) is an error naming the reason; `auto` falls back to the CPU and says why.
+pub fn open_gpu(device: Device) -> anyhow::Result<Option<Gpu>> {
+    if device == Device::Cpu {
+        tracing::info!("running on the CPU (--device cpu)");
+        return Ok(None);
+    }
+    let unusable = match try_open_gpu() {
+        Ok(gpu) => return Ok(Some(gpu)),
+        Err(reason) => reason,
+    };
+    if device == Device::Cuda {
+        bail!(
+            "--device cuda: no usable GPU: {unusable}. Run with --device cpu, or --device auto \
+             to fall back to the CPU when no GPU is usable"
+        );
+    }
+    tracing::warn!(reason = %unusable, "--device auto: no usable GPU; running on the CPU");
+    Ok(None)
+}
+
+#[cfg(feature = "cuda")]
+fn try_open_gpu() -> Result<Gpu, String> {
+    let started = Instant::now();
+    let gpu = fused_kernels::cuda::GpuDevice::open(0).map_err(|e| e.to_string())?;
+    tracing::info!(
+        name = gpu.name(),
+        arch = %gpu.arch(),
+        seconds = started.elapsed().as_secs_f64(),
+        "running on the GPU"
+    );
+    Ok(Arc::new(gpu))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn try_open_gpu() -> Result<Gpu, String> {
+    Err("this build has no CUDA support (build with `--features cuda`)".into())
+}
+
+/// The KV region's shape for `forward` (its element size comes from the model's KV dtype).
+fn kv_config(
+    args: &ServeArgs,
+    forward: &dyn Forward,
+    max_context: usize,
+) -> anyhow::Result<KvConfig> {
+    let config = forward.config();
+    Ok(KvConfig {
+        max_seqs: args.max_seqs,
+        max_context_len: max_context,
+        page_bytes: args.kv_block_size,
+        layout: args.kv_layout.into(),
+        pool_bytes: args.kv_memory_mib << 20,
+        eager: args.eager_kv,
+        prefix_caching: !args.no_enable_prefix_caching,
+        ..KvConfig::for_model(
+            config.layers,
+            config.kv_heads,
+            config.head_dim,
+            forward.kv_element_bytes(),
+        )
+    })
+}
+
+/// The forward pass and the KV region on the chosen device.
+pub fn forward_and_kv(
+    gpu: Option<Gpu>,
+    model: Option<Model>,
+    config: &ModelConfig,
+    max_context: usize,
+    args: &ServeArgs,
+) -> anyhow::Result<(Box<dyn Forward>, KvManager)> {
+    match gpu {
+        None => {
+            let model = model.context("no host weights were loaded")?;
+            let kv_config = kv_config(args, &model, max_context)?;
+            let kv = KvManager::cpu(&kv_config).context("reserving the KV region")?;
+            Ok((Box::new(model), kv))
+        }
+        #[cfg(feature = "cuda")]
+        Some(gpu) => {
+            use crate::model::cuda::{GpuModel, GpuOptions};
+            let options = GpuOptions {
+                graphs: !args.no_cuda_graphs,
+                max_graph_batch: args.max_seqs.next_power_of_two(),
+                max_context,
+                max_batch_tokens: match args.token_budget()? {
+                    crate::sched::TokenBudget::Fixed(tokens) => tokens,
+                    crate::sched::TokenBudget::Auto { max, .. } => max,
+                },
+                max_seqs: args.max_seqs,
+                ..GpuOptions::default()
+            };
+            let started = Instant::now();
+            tracing::info!(
+                "compiling CUDA kernels (NVRTC; cached after the first start) and uploading weights"
+            );
+            let forward = match (model, args.load_format) {
+                (Some(model), _) => GpuModel::from_host(gpu.clone(), &model, options)?,
+                // No host weights for a checkpoint: it streams to the device.
+                (None, super::LoadFormat::Auto) => {
+                    let dir = super::load::model_path(args.model_spec()?)?;
+                    GpuModel::from_checkpoint(gpu.clone(), config.clone(), &dir, options)?
+                }
+                (None, super::LoadFormat::Dummy) => {
+                    GpuModel::dummy(gpu.clone(), config.clone(), args.seed, options)?
+                }
+            };
+            tracing::info!(
+                seconds = started.elapsed().as_secs_f64(),
+                graphs = !args.no_cuda_graphs,
+                "kernels compiled and weights on the GPU; a CUDA graph is captured on the first \
+                 decode of each batch shape (--enforce-eager: none)"
+            );
+            let kv_config = KvConfig {
+                pool_bytes: gpu_kv_pool_bytes(&gpu, args.gpu_memory_utilization)?,
+                ..kv_config(args, &forward, max_context)?
+            };
+            let kv = KvManager::cuda(&kv_config, gpu.context().clone())
+                .context("reserving the KV region in GPU memory")?;
+            Ok((Box::new(forward), kv))
+        }
+        #[cfg(not(feature = "cuda"))]
+        Some(never) => {
+            let _ = (config, max_context, args);
+            match never {}
+        }
+    }
+}
+
+/// Bytes of GPU memory for KV pages: free memory now (weights and work buffers are already
+/// allocated) less the `1 − utilization` share of the device that the daemon leaves alone.
+#[cfg(feature = "cuda")]
+fn gpu_kv_pool_bytes(gpu: &Gpu, utilization: f64) -> anyhow::Result<usize> {
+    let (free, total) = gpu.memory()?;
+    let kept_back = ((1.0 - utilization) * total as f64) as usize;
+    let pool = free.saturating_sub(kept_back);
+    tracing::info!(free, total, utilization, pool, "GPU memory for the KV pool");
+    if pool < crate::kv::DEFAULT_PAGE_BYTES {
+        bail!(
+            "--gpu-memory-utilization {utilization}: {free} bytes free of {total} leave no room for KV pages; raise it"
+        );
+    }
+    Ok(pool)
+}
