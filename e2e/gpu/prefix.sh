@@ -16,10 +16,13 @@
 # Prints a table last; logs and JSON under $OUT/prefix. ≈ 3 min.
 #   OUT=<dir> bash e2e/gpu/prefix.sh     (bin/ holds fused-daemon [cuda], fused-bench, kv_prefix
 #                                         [cuda]; tok/ a 32,000-token tokenizer.json)
-# Env: SHAPES (llama-2-7b llama-3-8b), LAYOUTS (interleaved per-layer: the first one also runs
-#      2-4), PROMPTS (64), PREFIX (2000), SUFFIX (100), OUT_LEN (64), TOL (3e-2).
+# Env: SHAPES (llama-2-7b llama-3-8b; or config.json paths), LAYOUTS (interleaved per-layer: the
+#      first one also runs 2-4), PROMPTS (64), PREFIX (2000), SUFFIX (100), OUT_LEN (64),
+#      TOL (3e-2). A dry run of the script's plumbing on a CPU: DEVICE=cpu BIN=target/release
+#      SHAPES=small.json PROMPTS=8 PREFIX=300 SUFFIX=50 OUT_LEN=8 (tok/ beside this script).
 here="$(cd "$(dirname "$0")" && pwd)"
-source "$here/env.sh"
+device="${DEVICE:-cuda}"
+if [ "$device" = cuda ]; then source "$here/env.sh"; else bin="${BIN:?BIN=<dir of CPU builds>}"; fi
 set +e
 out="${OUT:-/tmp/fused-gpu-out}/prefix"; mkdir -p "$out"
 shapes=(${SHAPES:-llama-2-7b llama-3-8b})
@@ -39,22 +42,24 @@ cat > "$out/llama-3-8b-shape.json" <<'JSON'
  "tie_word_embeddings": false}
 JSON
 model_arg() { case "$1" in llama-3-8b) echo "$out/llama-3-8b-shape.json" ;; *) echo "$1" ;; esac; }
+label() { basename "$1" .json; }
 
 # start SHAPE LAYOUT MODE: a daemon on $port; MODE "on" or "off".
 start() {
   local flag=--enable-prefix-caching
   [ "$3" = off ] && flag=--no-enable-prefix-caching
-  "$bin/fused-daemon" serve --device cuda --load-format dummy --model "$(model_arg "$1")" \
-    --served-model-name "$1" --tokenizer "$here/tok" --kv-layout "$2" "$flag" \
+  local log="$out/$(label "$1")-$2-$3-daemon.log"
+  "$bin/fused-daemon" serve --device "$device" --load-format dummy --model "$(model_arg "$1")" \
+    --served-model-name "$(label "$1")" --tokenizer "$here/tok" --kv-layout "$2" "$flag" \
     --max-seqs "$prompts" --max-context 4096 --max-queue 4096 --gpu-memory-utilization 0.9 \
-    --disable-log-requests --port "$port" > "$out/$1-$2-$3-daemon.log" 2>&1 &
+    --disable-log-requests --port "$port" > "$log" 2>&1 &
   pid=$!
   for _ in $(seq 240); do
     curl -sf "localhost:$port/ready" >/dev/null && return 0
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.5
   done
-  echo "daemon $1 $2 $3 did not become ready:"; tail -20 "$out/$1-$2-$3-daemon.log"; status=1
+  echo "daemon $1 $2 $3 did not become ready:"; tail -20 "$log"; status=1
   return 1
 }
 stop() { kill -TERM "$pid"; wait "$pid" || { echo "daemon exit status $?"; status=1; }; }
@@ -67,14 +72,16 @@ bench() { # NAME EXTRA...: fused-bench against the daemon on $port
     > "$out/$name.txt" 2>&1 || { echo "fused-bench $name failed:"; tail -5 "$out/$name.txt"; status=1; }
 }
 
-for shape in "${shapes[@]}"; do
+for model in "${shapes[@]}"; do
+  shape=$(label "$model")
   for layout in "${layouts[@]}"; do
     for mode in on off; do
       echo "== $shape $layout prefix caching $mode ($(( $(date +%s) - started )) s)"
-      start "$shape" "$layout" "$mode" || continue
+      start "$model" "$layout" "$mode" || continue
       python3 "$here/prefix_check.py" probe "$port" "$out/$shape-$layout-$mode-check.json" || status=1
       if [ "$layout" = "${layouts[0]}" ]; then
         name="$shape-$mode"
+        python3 "$here/prefix_check.py" metrics "$port" > "$out/$name-start-metrics.json"
         bench "$name-shared" --random-prefix-len "$prefix" --random-input-len "$suffix" \
           --random-output-len "$out_len" --num-prompts "$prompts" --num-warmups 1
         python3 "$here/prefix_check.py" metrics "$port" > "$out/$name-shared-metrics.json"
@@ -97,7 +104,7 @@ done
 echo "== map cost on CUDA VMM ($(( $(date +%s) - started )) s)"
 FUSED_REQUIRE_GPU=1 "$bin/kv_prefix" > "$out/kv_prefix.txt" 2>&1 || { echo "kv_prefix failed"; status=1; }
 
-python3 - "$out" "${shapes[@]}" <<'PY'
+python3 - "$out" $(for m in "${shapes[@]}"; do label "$m"; done) <<'PY'
 import json, sys
 out, shapes = sys.argv[1], sys.argv[2:]
 def load(name):
@@ -111,18 +118,21 @@ for shape in shapes:
     for work in ["shared", "chat"]:
         for mode in ["on", "off"]:
             r, m = load(f"{shape}-{mode}-{work}"), load(f"{shape}-{mode}-{work}-metrics") or {}
+            # The counters before this workload: the last snapshot taken before it.
+            m0 = load(f"{shape}-{mode}-{'start' if work == 'shared' else 'shared'}-metrics") or {}
             if not r:
                 print(f"| {shape} | {work} | {mode} | no result |"); continue
             peak = (r.get("server") or {}).get("peak_kv_cache_usage_perc") or 0.0
             held = peak * m.get("fused_kv_pages_total", 0) * m.get("fused_kv_page_bytes", 0) / 2**30
-            hits = f"{m.get('vllm:prefix_cache_hits_total', 0):.0f} / {m.get('vllm:prefix_cache_queries_total', 0):.0f}"
+            delta = lambda k: m.get(k, 0) - m0.get(k, 0)
+            hits = f"{delta('vllm:prefix_cache_hits_total'):.0f} / {delta('vllm:prefix_cache_queries_total'):.0f}"
             print(f"| {shape} | {work} | {mode} | {r['ttft_ms']['median']:.0f} | {r['ttft_ms']['p99']:.0f} | "
                   f"{r['request_throughput']:.2f} | {r['output_throughput']:.0f} | {peak:.1%} | {held:.1f} | {hits} |")
     on, off = load(f"{shape}-on-shared"), load(f"{shape}-off-shared")
     if on and off and on["ttft_ms"]["median"] > 0:
         print(f"| {shape} | shared: TTFT P50 without / with sharing | | {off['ttft_ms']['median'] / on['ttft_ms']['median']:.1f}× | "
               f"{off['ttft_ms']['p99'] / max(on['ttft_ms']['p99'], 1e-9):.1f}× (P99) | | | | | |")
-print("\n| shape | tokens per interleaved page | solitary 2,100-token prefill ms | prefill ms per page |")
+print("\n| shape | tokens per interleaved page | solitary prefill of prefix + suffix, ms | prefill ms per page |")
 print("|---|---:|---:|---:|")
 for shape in shapes:
     solo, check = load(f"{shape}-off-solo"), load(f"{shape}-interleaved-off-check")
