@@ -5,13 +5,17 @@
 use super::*;
 use crate::kv::{KvBudget, KvConfig, KvLayout, KvManager, TokenHash};
 
-/// 4 layers × 8 KV heads × 128 × f32, interleaved: 64 tokens per page.
+/// 4 layers × 8 KV heads × 128 × f32, interleaved: 64 tokens per page; a pool of 64 pages.
 fn kv() -> KvManager {
+    kv_of(64)
+}
+
+fn kv_of(pool_pages: usize) -> KvManager {
     let mut config = KvConfig::for_model(4, 8, 128, 4);
     config.layout = KvLayout::Interleaved;
     config.max_seqs = 4;
     config.max_context_len = 1024;
-    config.pool_bytes = 64 * config.page_bytes;
+    config.pool_bytes = pool_pages * config.page_bytes;
     config.prefix_caching = true;
     KvManager::cpu(&config).expect("KV region")
 }
@@ -159,6 +163,40 @@ fn a_follow_up_turn_finds_the_generated_tokens_of_the_last_one() {
         128,
         "two whole pages of prompt and output were published"
     );
+}
+
+#[test]
+fn cached_prefixes_are_evicted_before_running_requests_are_preempted() {
+    let mut scheduler = sarathi(256);
+    let mut kv = kv_of(40);
+    // A computes 600 tokens and ends: its 9 whole pages stay cached, no one using them.
+    let (a, a_hashes) = prefixed(1, &chain(600, 600, 0));
+    scheduler.add(a).expect("queued");
+    run(&mut scheduler, &mut kv, &[(1, &a_hashes)], (1, 1));
+    scheduler.cancel(RequestId(1));
+    assert_eq!(kv.stats().pages_prefix, 9);
+    // B and C share nothing with A and need 16 pages each: 32 of the 40, more than the 31 the
+    // cache leaves, so a cached page must go, and no running request.
+    let (b, b_hashes) = prefixed(2, &chain(1000, 0, 2));
+    let (c, c_hashes) = prefixed(3, &chain(1000, 0, 3));
+    scheduler.add(b).expect("queued");
+    scheduler.add(c).expect("queued");
+    let prefixes = [(2, &b_hashes), (3, &c_hashes)];
+    run(&mut scheduler, &mut kv, &prefixes, (2, 8));
+    run(&mut scheduler, &mut kv, &prefixes, (3, 8));
+    assert_eq!(
+        scheduler.stats().preemptions_total,
+        0,
+        "the cache gave way first"
+    );
+    let stats = kv.stats();
+    assert!(
+        stats.pages_held >= 32,
+        "B and C hold their pages: {}",
+        stats.pages_held
+    );
+    // B and C published their 15 whole pages each; of A's 9, the deepest went.
+    assert_eq!(stats.pages_prefix, 2 * 15 + 8);
 }
 
 #[test]
