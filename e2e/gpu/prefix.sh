@@ -13,7 +13,9 @@
 #   4. one solitary 2,100-token request without sharing: prefill time per KV page, against
 #   5. the map cost on CUDA VMM: µs per page mapped when a cached 2,000-token prefix is mapped into
 #      a new request (the kv_prefix bench, built with --features cuda), both shapes and layouts.
-# Prints a table last; logs and JSON under $OUT/prefix. ≈ 3 min.
+#   6. with bin/kv_tests (the daemon's lib tests built with --features cuda): the KV prefix
+#      property suite and the shared-map read-back on the CUDA backend (FUSED_REQUIRE_GPU=1).
+# Prints a table last (also $OUT/prefix-table.md); logs and JSON in $OUT/prefix-logs.tgz. ≈ 3 min.
 #   OUT=<dir> bash e2e/gpu/prefix.sh     (bin/ holds fused-daemon [cuda], fused-bench, kv_prefix
 #                                         [cuda]; tok/ a 32,000-token tokenizer.json)
 # Env: SHAPES (llama-2-7b llama-3-8b; or config.json paths), LAYOUTS (interleaved per-layer: the
@@ -24,7 +26,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 device="${DEVICE:-cuda}"
 if [ "$device" = cuda ]; then source "$here/env.sh"; else bin="${BIN:?BIN=<dir of CPU builds>}"; fi
 set +e
-out="${OUT:-/tmp/fused-gpu-out}/prefix"; mkdir -p "$out"
+# Logs and JSON in a work folder; $OUT gets two files (the device tool brings back at most 8).
+out="${WORK:-/tmp/fused-prefix}"; rm -rf "$out"; mkdir -p "$out" "${OUT:=/tmp/fused-gpu-out}"
 shapes=(${SHAPES:-llama-2-7b llama-3-8b})
 layouts=(${LAYOUTS:-interleaved per-layer})
 prompts="${PROMPTS:-64}"; prefix="${PREFIX:-2000}"; suffix="${SUFFIX:-100}"; out_len="${OUT_LEN:-64}"
@@ -101,10 +104,16 @@ for model in "${shapes[@]}"; do
   done
 done
 
+if [ -x "$bin/kv_tests" ]; then
+  echo "== KV prefix suites on the CUDA backend ($(( $(date +%s) - started )) s)"
+  FUSED_REQUIRE_GPU=1 "$bin/kv_tests" --test-threads 1 kv::tests::cuda::prefix_sharing \
+    kv::tests::cuda::shared_prefixes > "$out/kv_tests.txt" 2>&1 || { echo "KV prefix suites failed"; status=1; }
+  grep -E "^test |test result" "$out/kv_tests.txt"
+fi
 echo "== map cost on CUDA VMM ($(( $(date +%s) - started )) s)"
 FUSED_REQUIRE_GPU=1 "$bin/kv_prefix" > "$out/kv_prefix.txt" 2>&1 || { echo "kv_prefix failed"; status=1; }
 
-python3 - "$out" $(for m in "${shapes[@]}"; do label "$m"; done) <<'PY'
+python3 - "$out" $(for m in "${shapes[@]}"; do label "$m"; done) <<'PY' | tee "$OUT/prefix-table.md"
 import json, sys
 out, shapes = sys.argv[1], sys.argv[2:]
 def load(name):
@@ -152,5 +161,6 @@ try:
 except OSError:
     print("no kv_prefix output")
 PY
+tar -czf "$OUT/prefix-logs.tgz" -C "$(dirname "$out")" "$(basename "$out")"
 echo "PREFIX total $(( $(date +%s) - started )) s, status $status"
 exit $status
