@@ -87,6 +87,12 @@ impl PageBackend for AnonBackend {
             libc::mprotect(at, count * PAGE, libc::PROT_NONE)
         })
     }
+
+    fn copy_pages(&mut self, _: &[PageId], _: &[PageId], _: usize) -> Result<(), KvError> {
+        Err(KvError::Backend(
+            "anonymous memory has no pool pages to copy between (ablation only)".into(),
+        ))
+    }
 }
 
 impl Drop for AnonBackend {
@@ -203,8 +209,14 @@ fn cuda(c: &mut Criterion) {
             return;
         }
     };
-    let mut backend = CudaBackend::new(context.clone(), 4 * RUN_PAGES * PAGE, PAGE, 2 * RUN_PAGES)
-        .expect("CUDA backend");
+    let mut backend = CudaBackend::new(
+        context.clone(),
+        4 * RUN_PAGES * PAGE,
+        PAGE,
+        2 * RUN_PAGES,
+        false,
+    )
+    .expect("CUDA backend");
     backend_group(c, &mut backend);
     drop(backend);
     mapper_group(c, "cuda-vmm", &|config| {

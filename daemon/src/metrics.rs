@@ -85,6 +85,8 @@ pub struct CacheInfo {
     /// Element type of the cached K/V (`float32` on the CPU, `bfloat16` on the GPU).
     pub cache_dtype: &'static str,
     pub gpu_memory_utilization: f64,
+    /// Automatic prefix caching is on.
+    pub enable_prefix_caching: bool,
 }
 
 impl CacheInfo {
@@ -93,6 +95,7 @@ impl CacheInfo {
         stats: &crate::kv::KvStats,
         element_bytes: usize,
         gpu_memory_utilization: f64,
+        enable_prefix_caching: bool,
     ) -> Self {
         CacheInfo {
             block_size: stats.tokens_per_page,
@@ -105,6 +108,7 @@ impl CacheInfo {
                 _ => "auto",
             },
             gpu_memory_utilization,
+            enable_prefix_caching,
         }
     }
 }
@@ -155,6 +159,7 @@ pub struct Metrics {
     request_n: Histogram,
     prompt_tokens: IntCounter,
     prompt_tokens_by_source: IntCounterVec,
+    prompt_tokens_cached: IntCounter,
     pub generation_tokens: IntCounter,
     pub preemptions: IntCounter,
     prefix_cache_queries: [IntCounter; 2],
@@ -175,6 +180,8 @@ pub struct Metrics {
     pub requests_rejected: IntCounterVec,
     pub engine_failures: IntCounter,
     pub connections_refused: IntCounter,
+    /// KV pages two or more running sequences map (a shared prefix, held once).
+    pub kv_shared_pages: IntGauge,
 }
 
 impl Metrics {
@@ -243,7 +250,7 @@ impl Metrics {
                 &cache.num_gpu_blocks.to_string(),
                 "None",
                 cache.cache_dtype,
-                "False",
+                python_bool(cache.enable_prefix_caching),
                 &cache.gpu_memory_utilization.to_string(),
             ])
             .set(1.0);
@@ -258,12 +265,8 @@ impl Metrics {
             &["finished_reason"],
         )?;
         // Series of features this server does not have (an external KV cache, multimodal
-        // inputs, cached prompt tokens): vLLM exports them at 0 too, so their panels work.
+        // inputs): vLLM exports them at 0 too, so their panels work.
         for (name, help) in [
-            (
-                "vllm:prompt_tokens_cached_total",
-                "Number of cached prompt tokens (local prefix cache and KV connector).",
-            ),
             (
                 "vllm:external_prefix_cache_queries_total",
                 "External prefix cache queries from KV connector cross-instance cache sharing, in terms of number of queried tokens.",
@@ -431,6 +434,10 @@ impl Metrics {
                 "Number of prefill tokens processed.",
             )?,
             prompt_tokens_by_source,
+            prompt_tokens_cached: counter(
+                "vllm:prompt_tokens_cached_total",
+                "Number of cached prompt tokens (local prefix cache and KV connector).",
+            )?,
             generation_tokens: counter(
                 "vllm:generation_tokens_total",
                 "Number of generation tokens processed.",
@@ -510,6 +517,10 @@ impl Metrics {
                 "fused_http_connections_refused_total",
                 "Connections closed on accept because --max-connections were open.",
             )?,
+            kv_shared_pages: int_gauge(
+                "fused_kv_shared_pages",
+                "KV pages mapped by two or more running sequences (a shared prefix, held once).",
+            )?,
             registry,
         })
     }
@@ -532,13 +543,18 @@ impl Metrics {
             .set(waiting as i64);
     }
 
-    /// `tokens` prompt tokens prefilled for a request (all computed here: no cache, no
-    /// KV transfer).
-    pub fn prompt_computed(&self, tokens: usize) {
+    /// A request's `tokens` prompt tokens, `cached` of them found in the prefix cache and the
+    /// rest computed here (no KV transfer).
+    pub fn prompt_counted(&self, tokens: usize, cached: usize) {
+        let cached = cached.min(tokens);
         self.prompt_tokens.inc_by(tokens as u64);
+        self.prompt_tokens_cached.inc_by(cached as u64);
         self.prompt_tokens_by_source
             .with_label_values(&["local_compute"])
-            .inc_by(tokens as u64);
+            .inc_by((tokens - cached) as u64);
+        self.prompt_tokens_by_source
+            .with_label_values(&["local_cache_hit"])
+            .inc_by(cached as u64);
     }
 
     /// One answered HTTP request: its route template (`handler`), method, status code and
@@ -572,8 +588,7 @@ impl Metrics {
         self.time_per_output_token.observe(seconds);
     }
 
-    /// `tokens` prompt tokens looked up in the prefix cache, `hits` of them found. This server
-    /// keeps no prefix cache, so every prompt token is a miss (hit rate 0, not undefined).
+    /// `tokens` prompt tokens looked up in the prefix cache, `hits` of them found.
     pub fn prefix_cache_lookup(&self, tokens: usize, hits: usize) {
         for c in &self.prefix_cache_queries {
             c.inc_by(tokens as u64);
@@ -639,6 +654,14 @@ fn python_bucket_bounds(text: &str) -> String {
     out
 }
 
+/// A boolean label as vLLM's Python writes it.
+fn python_bool(value: bool) -> &'static str {
+    match value {
+        true => "True",
+        false => "False",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -661,6 +684,7 @@ mod tests {
             page_bytes: 2 << 20,
             cache_dtype: "float32",
             gpu_memory_utilization: 0.9,
+            enable_prefix_caching: true,
         }
     }
 
@@ -719,6 +743,7 @@ mod tests {
             .find(|l| l.starts_with("vllm:cache_config_info{"))
             .unwrap();
         assert!(info.contains("block_size=\"64\"") && info.contains("num_gpu_blocks=\"100\""));
+        assert!(info.contains("enable_prefix_caching=\"True\""), "{info}");
         assert!(text.contains("fused_kv_page_bytes{engine=\"0\",model_name=\"m\"} 2097152"));
         // The tokens histograms' buckets reach the context length, no further.
         let bounds: Vec<&str> = text

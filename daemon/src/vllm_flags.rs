@@ -57,6 +57,10 @@ pub const VLLM_FLAGS: &[(&str, Support)] = &[
         Support::Alias("--enable-chunked-prefill"),
     ),
     (
+        "--enable-prefix-caching",
+        Support::Alias("--enable-prefix-caching (the default)"),
+    ),
+    (
         "--no-enable-prefix-caching",
         Support::Alias("--no-enable-prefix-caching"),
     ),
@@ -72,10 +76,6 @@ pub const VLLM_FLAGS: &[(&str, Support)] = &[
     (
         "--kv-cache-dtype",
         Support::Refused("KV is cached in the compute type (f32 on the CPU, bf16 on the GPU)"),
-    ),
-    (
-        "--enable-prefix-caching",
-        Support::Refused("there is no prefix cache (each sequence's KV is its own)"),
     ),
     (
         "--no-enable-chunked-prefill",

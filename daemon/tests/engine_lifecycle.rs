@@ -97,7 +97,7 @@ fn start_with(max_seqs: usize, budget: usize, kind: Kind) -> Option<Engine> {
         policy: Policy::Sarathi,
     })
     .unwrap();
-    let cache = CacheInfo::from_kv(&kv.stats(), 4, 1.0);
+    let cache = CacheInfo::from_kv(&kv.stats(), 4, 1.0, false);
     let metrics = Arc::new(Metrics::new("tiny", 1024, &cache).unwrap());
     let (handle, thread) = engine::spawn(EngineParts {
         model: Box::new(Faulty {
@@ -113,6 +113,7 @@ fn start_with(max_seqs: usize, budget: usize, kind: Kind) -> Option<Engine> {
         max_context: 1024,
         capacity: 32,
         log_requests: true,
+        prefix_caching: None,
     })
     .unwrap();
     Some(Engine {

@@ -159,6 +159,31 @@ def test_chat_backend_on_domain_text_with_a_sweep(daemon, tmp_path):
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
 
 
+def test_multi_turn_conversations_extend_each_turn_and_hit_the_prefix_cache(daemon, tmp_path):
+    """`--multi-turn 3`: 2 conversations of 3 turns; each turn's prompt is the last one's, its
+    answer and a new message, so the daemon finds the last turn's pages cached."""
+    before = scrape(daemon)
+    result_path = tmp_path / "chat.json"
+    bench(
+        "--base-url", daemon.base, "--model", MODEL_NAME, "--multi-turn", "3",
+        "--num-prompts", "6", "--random-input-len", "150", "--random-output-len", "8",
+        "--ignore-eos", "--max-concurrency", "2", "--seed", "9", "--num-warmups", "0",
+        "--result-json", str(result_path),
+    )
+    after = scrape(daemon)
+    r = json.loads(result_path.read_text())
+    assert r["completed"] == 6 and r["failed"] == 0
+    lens = [q["input_len"] for q in r["requests"]]
+    for conversation in (lens[:3], lens[3:]):
+        for last, turn in zip(conversation, conversation[1:]):
+            # The last prompt, its 8-token answer and a new ~150-token message.
+            assert turn >= last + 8 + 100, lens
+    hits = value(after, "vllm:prefix_cache_hits_total") - value(before, "vllm:prefix_cache_hits_total")
+    # Each of the 4 later turns finds the last turn's prompt cached, but for the partly filled
+    # page the last turn left (45.5 tokens; only whole pages are published).
+    assert hits >= sum(lens[i] - 46 for i in (0, 1, 3, 4)), (hits, lens)
+
+
 def test_bad_input_and_dead_servers_fail_clearly(tmp_path):
     proc = bench("--goodput", "itl:5", check=False)
     assert proc.returncode != 0 and "--goodput item" in proc.stderr

@@ -386,8 +386,16 @@ def drive_load(roomy: Daemon, tight: Daemon) -> dict:
     roomy_calls += [lambda i=i: completion(roomy, 16, f"Request {i}: a short poem about rain.") for i in range(4)]
     roomy_calls += [lambda: disconnect_mid_stream(roomy)]
     roomy_calls += [lambda: completion(roomy, 6, "Two answers: why is the sky blue?", n=2)]
+    roomy_calls += [lambda: shared_prefix(roomy)]
     tight_calls = [lambda i=i: completion(tight, 64, f"Story {i}: once upon a time in a valley,") for i in range(8)]
     return {"statuses": run_concurrently(roomy_calls + tight_calls)}
+
+
+def shared_prefix(daemon: Daemon) -> list[int]:
+    """Two requests in turn whose prompts share a few KV pages' worth of tokens: the second's
+    prefix comes from the cache (the prefix-hit panel's data)."""
+    shared = "".join(f"Note {i}: the tide at pier {i} turns at {i % 12} o'clock. " for i in range(40))
+    return [completion(daemon, 4, f"{shared}Question {q}: when does the tide turn?") for q in range(2)]
 
 
 def exported_names(daemon: Daemon) -> set[str]:
@@ -451,6 +459,7 @@ def stack():
         exported = set().union(*(exported_names(d) for d in daemons.values()))
         load["preemptions"] = scraped_value(daemons["replica-b"], "vllm:num_preemptions_total")
         load["rejected"] = scraped_value(daemons["replica-b"], "fused_requests_rejected_total")
+        load["prefix_hits"] = scraped_value(daemons["replica-a"], "vllm:prefix_cache_hits_total")
         print(f"load: {load}; evaluating at window {window}")
         yield Stack(shipped, prometheus, daemons, exported, window, evaluated_at, load)
     finally:
@@ -501,6 +510,7 @@ def test_the_chart_ships_the_panels_and_alerts_the_issue_asks_for():
         "vllm:inter_token_latency_seconds_bucket", "vllm:e2e_request_latency_seconds_bucket",
         "vllm:generation_tokens_total", "vllm:num_preemptions_total", "fused_vocab_base_tokens_total",
         "fused_vocab_patched_tokens_total", "fused_sched_budget_used_ratio_bucket",
+        "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total", "fused_kv_shared_pages",
     ]:
         assert name in exprs, f"no dashboard panel reads {name}"
     assert "by (node)" in exprs and "by (namespace, pod)" in exprs, "per-node and per-replica panels"
@@ -528,6 +538,7 @@ def test_the_load_exercised_preemptions_rejections_and_disconnects(stack):
     assert load["preemptions"] > 0, f"the tiny KV pool preempted nothing: {load}"
     assert load["rejected"] > 0, f"the short queue rejected nothing: {load}"
     assert load["aborted"] >= 1, f"the disconnect was not counted as an abort: {load}"
+    assert load["prefix_hits"] > 0, f"the shared-prefix requests found nothing cached: {load}"
 
 
 def test_every_dashboard_query_returns_data(stack):

@@ -79,7 +79,6 @@ def test_vllm_flags_this_server_does_not_support_are_refused_with_the_reason():
     err = refused("--kv-cache-dtype", "fp8")
     assert "`--kv-cache-dtype` is a vLLM flag that fused-daemon does not support" in err
     assert "README.md" in err
-    assert "no prefix cache" in refused("--enable-prefix-caching")
     assert "Sarathi" in refused("--no-enable-chunked-prefill")
     assert "--kv-block-size" in refused("--block-size=16")
     # vLLM's `-tp 2` is read as --tensor-parallel-size, which takes 1 only.

@@ -1,5 +1,6 @@
-//! One choice's state inside the engine: its known tokens (prompt, then generated), sampler,
-//! output constraint, output text, timestamps and admission permit — and the one place that
+//! One choice's state inside the engine: its known tokens (prompt, then generated) and, with
+//! prefix caching, their chained hashes, sampler, output constraint, output text, timestamps
+//! and admission permit — and the one place that
 //! decides when it ends: EOS, stop token ids, stop strings, a complete constrained output, max
 //! tokens or the context length.
 
@@ -9,10 +10,12 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::output::{OutputText, Released};
+use super::prefix::PrefixHasher;
 use super::{EngineError, Event, FinishReason, GenerateRequest, Permit, StopReason};
 use crate::guide::{Guide, TokenMask};
 use crate::model::LogitsWanted;
 use crate::model::sampling::{Sampled, Sampler};
+use crate::sched::PrefixHashes;
 use crate::tokenizer::Codec;
 
 /// What the engine knows of the model and tokenizer when it makes a [`LiveRequest`].
@@ -62,6 +65,10 @@ pub(super) struct LiveRequest {
     pub last_token_at: Option<Instant>,
     /// Forward passes that processed part of the prompt (chunked prefill), recomputes included.
     pub prefill_chunks: usize,
+    /// Prompt tokens found in the prefix cache when the choice was first scheduled.
+    pub cached_tokens: usize,
+    /// The chained hashes of `tokens` (shared with the scheduler), extended as tokens come.
+    prefix: Option<(PrefixHashes, Arc<PrefixHasher>)>,
 }
 
 impl LiveRequest {
@@ -106,7 +113,14 @@ impl LiveRequest {
             first_token_at: None,
             last_token_at: None,
             prefill_chunks: 0,
+            cached_tokens: 0,
+            prefix: None,
         }
+    }
+
+    /// Keeps `hashes` (the prompt's chain) in step with the choice's tokens.
+    pub fn track_prefix(&mut self, hashes: PrefixHashes, hasher: Arc<PrefixHasher>) {
+        self.prefix = Some((hashes, hasher));
     }
 
     pub fn generated(&self) -> usize {
@@ -176,6 +190,9 @@ impl LiveRequest {
     fn take(&mut self, sampled: Sampled, complete: bool) -> Result<Option<Ending>, EngineError> {
         let token = sampled.token;
         self.tokens.push(token);
+        if let Some((hashes, hasher)) = &self.prefix {
+            hasher.push(hashes, token);
+        }
         let released = self.output.push(sampled)?;
         let generated = self.generated();
         let ended = if let Some(stop) = &released.stop {
@@ -220,6 +237,7 @@ impl LiveRequest {
             reason,
             stop_reason,
             completion_tokens: generated,
+            cached_tokens: self.cached_tokens,
         });
         Ok(Some(Ending::Finished(reason)))
     }

@@ -9,6 +9,7 @@
 //!   strings, a complete constrained output, max tokens, context length);
 //! - `masks`: the thread that computes constrained choices' token masks while the model runs;
 //! - `output`: streaming detokenisation with stop strings held back (`stop`);
+//! - [`PrefixHasher`]: the chained token hashes that key the KV prefix cache;
 //! - `stats`: the per-request intervals vLLM's metrics report, and a request's choices until
 //!   the last one ends;
 //! - [`EngineError`]: every refusal and failure, typed.
@@ -22,12 +23,14 @@ mod handle;
 mod live;
 mod masks;
 mod output;
+mod prefix;
 mod stats;
 mod stop;
 mod worker;
 
 pub use error::EngineError;
 pub use handle::{EngineHandle, Permit, RequestStream};
+pub use prefix::PrefixHasher;
 pub use worker::{EngineParts, MAX_CONSECUTIVE_FAILURES, spawn};
 
 use crate::guide::Guide;
@@ -102,6 +105,9 @@ pub enum Event {
         reason: FinishReason,
         stop_reason: Option<StopReason>,
         completion_tokens: usize,
+        /// Prompt tokens whose K/V came from the prefix cache (OpenAI's
+        /// `usage.prompt_tokens_details.cached_tokens`).
+        cached_tokens: usize,
     },
     /// The engine gave up on the choice.
     Failed { index: usize, error: EngineError },

@@ -18,13 +18,14 @@ use tokio::sync::oneshot;
 use super::handle::{EngineHandle, Health};
 use super::live::{Ending, Limits, LiveRequest};
 use super::masks::MaskThread;
+use super::prefix::PrefixHasher;
 use super::stats::{self, Group, Phases};
 use super::{EngineError, Event, GenerateRequest, Permit};
 use crate::guide::{GuideError, TokenMask};
 use crate::kv::KvManager;
 use crate::metrics::Metrics;
 use crate::model::{Forward, Logits, LogitsWanted, SeqChunk};
-use crate::sched::{Batch, RequestId, Scheduler, SeqRequest, StepOutcome};
+use crate::sched::{Batch, PrefixHashes, RequestId, Scheduler, SeqRequest, StepOutcome};
 use crate::tokenizer::Codec;
 use rayon::prelude::*;
 
@@ -76,6 +77,9 @@ pub struct EngineParts {
     pub capacity: usize,
     /// Log one line per finished request (vLLM logs requests unless `--disable-log-requests`).
     pub log_requests: bool,
+    /// Automatic prefix caching (`--enable-prefix-caching`): the hasher of the token ids whose
+    /// chains key the KV prefix cache; `None` turns it off.
+    pub prefix_caching: Option<Arc<PrefixHasher>>,
 }
 
 /// Starts the engine thread. Joining the handle returns once it stopped and unmapped its KV.
@@ -200,10 +204,14 @@ impl Worker {
             max_context: self.parts.max_context,
         };
         let mut added = Vec::with_capacity(ids.len());
+        let hasher = self.parts.prefix_caching.clone();
+        let chain = hasher.as_ref().map(|hasher| hasher.chain(&request.prompt));
         for ((index, &id), permit) in ids.iter().enumerate().zip(permits) {
+            // Each choice extends its own chain with its own output.
+            let prefix = chain.clone().map(PrefixHashes::new);
             let seq = SeqRequest {
-                id: RequestId(id),
-                prompt_len: request.prompt.len(),
+                prefix: prefix.clone(),
+                ..SeqRequest::new(RequestId(id), request.prompt.len())
             };
             if let Err(error) = self.parts.scheduler.add(seq) {
                 for id in added {
@@ -215,7 +223,10 @@ impl Worker {
                 self.parts.metrics.rejected(error.metric_label());
                 return Err(error);
             }
-            let live = LiveRequest::new(request, index, &limits, events.clone(), permit);
+            let mut live = LiveRequest::new(request, index, &limits, events.clone(), permit);
+            if let (Some(prefix), Some(hasher)) = (prefix, &hasher) {
+                live.track_prefix(prefix, hasher.clone());
+            }
             self.live.insert(id, live);
             added.push(id);
         }
@@ -347,8 +358,14 @@ impl Worker {
                 }
                 if live.first_scheduled.is_none() {
                     live.first_scheduled = Some(now);
-                    // Looked up once, at admission to the batch: no prefix cache, all misses.
-                    self.parts.metrics.prefix_cache_lookup(live.prompt_len, 0);
+                    // Looked up once, at admission to the batch (as vLLM counts new requests;
+                    // a recompute after preemption is not a new query); no lookups with
+                    // prefix caching off, as in vLLM.
+                    live.cached_tokens = item.start_pos.min(live.prompt_len);
+                    if self.parts.prefix_caching.is_some() {
+                        (self.parts.metrics)
+                            .prefix_cache_lookup(live.prompt_len, live.cached_tokens);
+                    }
                 }
             }
         }
@@ -444,7 +461,7 @@ impl Worker {
         match live.last_token_at {
             None => {
                 // Counted once per request, like `usage.prompt_tokens` (recomputes are not).
-                m.prompt_computed(live.prompt_len);
+                m.prompt_counted(live.prompt_len, live.cached_tokens);
                 m.ttft.observe((now - live.arrival).as_secs_f64());
                 live.first_token_at = Some(now);
             }
@@ -548,6 +565,7 @@ impl Worker {
                 prompt_tokens = live.prompt_len,
                 completion_tokens = live.generated(),
                 prefill_chunks = live.prefill_chunks,
+                cached_tokens = live.cached_tokens,
                 queue_s = live
                     .first_scheduled
                     .map(|at| (at - live.arrival).as_secs_f64()),
@@ -601,6 +619,7 @@ impl Worker {
         for seconds in self.parts.kv.drain_latencies().map_per_page {
             m.kv_map_seconds.observe(seconds.as_secs_f64());
         }
+        m.kv_shared_pages.set(kv.pages_shared as i64);
     }
 }
 

@@ -41,6 +41,19 @@ impl std::str::FromStr for KvLayout {
     }
 }
 
+/// What a new sequence does with the cached page it matches only partly (its prompt diverges
+/// inside the page, or its hit ends inside one): the page is never shared, since the sequence
+/// writes the rest of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartialPage {
+    /// Copy the matching part of the cached page into the sequence's own page (one device
+    /// copy of at most a page per run) and compute from the divergence on.
+    Copy,
+    /// Compute every token of that page again. A row that straddles a page boundary still
+    /// needs the page before it copied (it must not be written where it is shared).
+    Recompute,
+}
+
 /// The shape and budget of one model's KV region.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvConfig {
@@ -69,11 +82,17 @@ pub struct KvConfig {
     /// Tokens of growth the mapper maps ahead of each reservation when free pages allow, so that
     /// decode steps that cross a page boundary find it mapped. 0 turns look-ahead off.
     pub lookahead_tokens: usize,
+    /// Automatic prefix caching: pages a sequence filled stay indexed by their tokens' hashes,
+    /// and a new sequence with the same prefix maps them instead of computing them.
+    pub prefix_caching: bool,
+    /// What a sequence does with a cached page it matches only partly.
+    pub partial_page: PartialPage,
 }
 
 impl KvConfig {
     /// A config for a model's KV shape with the defaults: 2 MiB pages, per-layer layout, 64
-    /// sequences of 4096 tokens, a 1 GiB pool, on-demand mapping, 16 tokens of look-ahead.
+    /// sequences of 4096 tokens, a 1 GiB pool, on-demand mapping, 16 tokens of look-ahead, no
+    /// prefix caching (the daemon turns it on).
     pub fn for_model(layers: usize, kv_heads: usize, head_dim: usize, elem_bytes: usize) -> Self {
         Self {
             layers,
@@ -87,6 +106,8 @@ impl KvConfig {
             pool_bytes: 1 << 30,
             eager: false,
             lookahead_tokens: DEFAULT_LOOKAHEAD_TOKENS,
+            prefix_caching: false,
+            partial_page: PartialPage::Copy,
         }
     }
 

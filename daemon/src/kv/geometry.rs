@@ -128,6 +128,23 @@ impl Geometry {
         (self.pool_pages / self.runs) * self.page_bytes / self.run_token_bytes
     }
 
+    /// The first token with bytes on page `level` of a run (the token may begin on the page
+    /// before: rows need not divide pages).
+    pub fn level_first_token(&self, level: usize) -> usize {
+        level * self.page_bytes / self.run_token_bytes
+    }
+
+    /// One past the last token with bytes on page `level` of a run: the page's contents are
+    /// final once this many tokens are computed, and depend on exactly these tokens.
+    pub fn level_end_token(&self, level: usize) -> usize {
+        ((level + 1) * self.page_bytes).div_ceil(self.run_token_bytes)
+    }
+
+    /// Tokens whose bytes all lie on pages `0..=level` of a run.
+    pub fn level_whole_end(&self, level: usize) -> usize {
+        (level + 1) * self.page_bytes / self.run_token_bytes
+    }
+
     /// Virtual page number of page `level` of run `run` of `slot`.
     pub fn virtual_page(&self, run: usize, slot: usize, level: usize) -> usize {
         (run * self.max_seqs + slot) * self.pages_per_run + level
@@ -207,6 +224,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn level_token_ranges_follow_straddling_rows() {
+        // 2 layers × 8 heads × 96 × f32, interleaved: 12,288-byte rows, 170.67 per 2 MiB page.
+        let mut config = KvConfig::for_model(2, 8, 96, 4);
+        config.layout = KvLayout::Interleaved;
+        let geometry = Geometry::new(&config).expect("valid");
+        assert_eq!(geometry.run_token_bytes, 12_288);
+        assert_eq!(geometry.level_first_token(0), 0);
+        assert_eq!(geometry.level_whole_end(0), 170);
+        assert_eq!(
+            geometry.level_end_token(0),
+            171,
+            "token 170 straddles pages 0 and 1"
+        );
+        assert_eq!(geometry.level_first_token(1), 170);
+        assert_eq!(geometry.level_whole_end(2), 512);
+        assert_eq!(
+            geometry.level_end_token(2),
+            512,
+            "3 pages end on a row boundary"
+        );
+        let aligned = llama3_8b(KvLayout::Interleaved);
+        assert_eq!(
+            (
+                aligned.level_first_token(3),
+                aligned.level_whole_end(3),
+                aligned.level_end_token(3)
+            ),
+            (48, 64, 64)
+        );
     }
 
     #[test]

@@ -7,8 +7,12 @@
 //! chunks it plans one step ahead) while this iteration computes, the mapper maps them in the
 //! background. `wait_ready` blocks only for pages not mapped yet, and counts each such stall.
 //!
-//! Must not: know requests or tokens' contents; take a lock in `layer_kv` (it runs on the forward
-//! pass's worker threads).
+//! Prefix sharing: `admit_prefixed` maps the cached prefix a new sequence's token hashes match
+//! (the scheduler starts its prefill after it), `publish` indexes the pages a sequence has
+//! filled; both come through [`KvBudget`], from the scheduler, with hashes the engine made.
+//!
+//! Must not: know requests or tokens' contents (only their hashes); take a lock in `layer_kv`
+//! (it runs on the forward pass's worker threads).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -19,6 +23,7 @@ use super::backend::cpu::CpuBackend;
 use super::config::KvConfig;
 use super::geometry::Geometry;
 use super::mapper::{LatencySamples, Mapper};
+use super::prefix::TokenHash;
 use super::stats::KvStats;
 use super::{KvBudget, KvError};
 use crate::kv::{KvAccess, LayerKv, SlotId};
@@ -60,7 +65,7 @@ impl KvManager {
             geometry.pool_pages,
         )?;
         Ok(Self {
-            accounting: Accounting::new(geometry, config.eager, config.lookahead_tokens),
+            accounting: Accounting::new(geometry, config),
             mapper,
             base,
             backend: name,
@@ -93,6 +98,7 @@ impl KvManager {
                 geometry.virtual_bytes,
                 geometry.page_bytes,
                 geometry.pool_pages,
+                config.prefix_caching,
             )?;
             Ok(Box::new(backend))
         })
@@ -128,9 +134,9 @@ impl KvManager {
         self.accounting.free(slot)
     }
 
-    /// Unmaps the pages idle slots keep for reuse (deferred reclamation), returning them to the
-    /// free pool; for an idle server, and to measure mapping from a cold pool. Returns the
-    /// number of pages queued for unmapping.
+    /// Unmaps the pages idle slots keep for reuse (deferred reclamation), returning their own
+    /// pages to the free pool (cached prefix pages stay cached); for an idle server, and to
+    /// measure mapping from a cold pool. Returns the number of pages queued for unmapping.
     pub fn trim_idle(&mut self) -> Result<usize, KvError> {
         let ops = self.accounting.trim_idle();
         let pages = ops
@@ -147,6 +153,16 @@ impl KvManager {
             self.mapper.submit(ops)?;
         }
         Ok(pages)
+    }
+
+    /// Evicts every cached prefix page no live sequence uses (vLLM's `reset_prefix_cache`);
+    /// returns the pages freed.
+    pub fn reset_prefix_cache(&mut self) -> Result<usize, KvError> {
+        let (ops, freed) = self.accounting.reset_prefix_cache();
+        if !ops.is_empty() {
+            self.mapper.submit(ops)?;
+        }
+        Ok(freed)
     }
 
     /// Tokens reserved by `slot`, if it is live.
@@ -196,6 +212,8 @@ impl KvManager {
             pages_free: counts.pages_free,
             pages_cached: counts.pages_cached,
             pages_held: counts.pages_held,
+            pages_shared: counts.pages_shared,
+            pages_prefix: counts.pages_prefix,
             pages_mapped: self.mapper.pages_mapped(),
             tokens_per_page: geometry.tokens_per_page(),
             position_pages: geometry.pool_pages / geometry.runs.max(1),
@@ -212,6 +230,8 @@ impl KvManager {
             pages_unmapped_total: totals.pages_unmapped,
             map_seconds_total: totals.map_nanos as f64 * 1e-9,
             unmap_seconds_total: totals.unmap_nanos as f64 * 1e-9,
+            pages_copied_total: totals.pages_copied,
+            copy_seconds_total: totals.copy_nanos as f64 * 1e-9,
         }
     }
 
@@ -249,13 +269,31 @@ impl KvBudget for KvManager {
     }
 
     fn can_admit(&self, tokens: usize) -> bool {
-        self.accounting.can_admit(tokens)
+        self.accounting.can_admit(tokens, &[])
     }
 
     fn admit(&mut self, tokens: usize) -> Result<SlotId, KvError> {
-        let (slot, plan) = self.accounting.admit(tokens)?;
-        self.submit(slot, plan)?;
-        Ok(slot)
+        self.admit_prefixed(tokens, &[]).map(|(slot, _)| slot)
+    }
+
+    fn can_admit_prefixed(&self, tokens: usize, hashes: &[TokenHash]) -> bool {
+        self.accounting.can_admit(tokens, hashes)
+    }
+
+    fn admit_prefixed(
+        &mut self,
+        tokens: usize,
+        hashes: &[TokenHash],
+    ) -> Result<(SlotId, usize), KvError> {
+        let admitted = self.accounting.admit(tokens, hashes)?;
+        self.submit(admitted.slot, admitted.plan)?;
+        Ok((admitted.slot, admitted.cached_tokens))
+    }
+
+    fn publish(&mut self, slot: SlotId, computed: usize, hashes: &[TokenHash]) {
+        if let Err(error) = self.accounting.publish(slot, computed, hashes) {
+            tracing::warn!(%error, slot, "publishing the pages of a KV slot that is not live");
+        }
     }
 
     fn reserve(&mut self, slot: SlotId, tokens: usize) -> Result<(), KvError> {

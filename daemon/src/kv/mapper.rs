@@ -1,5 +1,6 @@
-//! The background mapper: a thread that owns the backend and carries out page jobs in the order
-//! they were submitted, while the engine computes. Each job has a ticket; the engine waits for a
+//! The background mapper: a thread that owns the backend and carries out page jobs (maps,
+//! unmaps, copies of cached page parts) in the order they were submitted, while the engine
+//! computes. Each job has a ticket; the engine waits for a
 //! ticket only when the pages it needs are not mapped yet (a *stall*).
 //!
 //! Order is the safety argument: a trim's unmap is queued before the map that reuses its pages,
@@ -39,6 +40,9 @@ pub(crate) struct MapTotals {
     pub(crate) pages_unmapped: u64,
     pub(crate) map_nanos: u64,
     pub(crate) unmap_nanos: u64,
+    /// Pool pages whose cached part was copied into a sequence's own page, and the time taken.
+    pub(crate) pages_copied: u64,
+    pub(crate) copy_nanos: u64,
 }
 
 struct Job {
@@ -102,8 +106,12 @@ impl Shared {
 
     fn apply(&self, backend: &mut dyn PageBackend, op: &PageOp) -> Result<(), KvError> {
         match op {
-            PageOp::Map { first, pages } => {
-                lock(&self.table).check_map(*first, pages)?;
+            PageOp::Map {
+                first,
+                pages,
+                shared,
+            } => {
+                lock(&self.table).check_map(*first, pages, *shared)?;
                 let started = Instant::now();
                 backend.map_run(first * self.page_bytes, pages)?;
                 let took = started.elapsed();
@@ -117,6 +125,15 @@ impl Shared {
                 let took = started.elapsed();
                 lock(&self.table).record_unmap(*first, *count);
                 self.count(false, *count, took);
+            }
+            PageOp::Copy { from, to, bytes } => {
+                lock(&self.table).check_copy(from, to)?;
+                let started = Instant::now();
+                backend.copy_pages(from, to, *bytes)?;
+                let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let mut totals = lock(&self.totals);
+                totals.pages_copied += from.len() as u64;
+                totals.copy_nanos += nanos;
             }
         }
         Ok(())

@@ -3,6 +3,8 @@
 //!
 //! - [`config`]: the region's shape and budget; [`geometry`]: where every byte lives;
 //! - `accounting`: slots and pages, pure bookkeeping (what [`KvBudget`] answers from);
+//! - `prefix`: the prefix index, which cached pages hold which token prefix (by the engine's
+//!   chained token hashes), reference-counted, evicted least recently used first;
 //! - [`backend`]: the physical side (CPU memfd pool, CUDA VMM behind feature `cuda`);
 //! - `mapper` (with its `page_table`): the thread that maps what the next iteration needs while
 //!   this one computes; `ready`: which of its jobs makes which pages usable;
@@ -10,8 +12,9 @@
 //!   ([`KvAccess`], the narrow interface the model reads and writes K/V through, with the
 //!   [`SlotId`] that names a sequence's row); [`KvStats`] are its counters.
 //!
-//! Must not: know about requests, tokens' contents or the model's maths (it is the bottom layer:
-//! the model and the scheduler import it, it imports neither).
+//! Must not: know about requests, tokens' contents (prefixes are looked up by hashes) or the
+//! model's maths (it is the bottom layer: the model and the scheduler import it, it imports
+//! neither).
 
 mod access;
 mod accounting;
@@ -21,6 +24,7 @@ pub mod geometry;
 mod manager;
 mod mapper;
 mod page_table;
+mod prefix;
 mod ready;
 pub mod stats;
 #[cfg(test)]
@@ -29,10 +33,12 @@ mod tests;
 pub use access::{KvAccess, LayerKv, SlotId};
 pub use config::{
     DEFAULT_LOOKAHEAD_TOKENS, DEFAULT_PAGE_BYTES, KvConfig, KvLayout, PAGE_GRANULE_BYTES,
+    PartialPage,
 };
 pub use geometry::Geometry;
 pub use manager::KvManager;
 pub use mapper::LatencySamples;
+pub use prefix::TokenHash;
 pub use stats::KvStats;
 
 /// Why the KV memory could not do what was asked.
@@ -90,6 +96,29 @@ pub trait KvBudget {
     fn reserve(&mut self, slot: SlotId, tokens: usize) -> Result<(), KvError>;
     /// Give a slot back (its pages may stay mapped for a later sequence: deferred reclamation).
     fn release(&mut self, slot: SlotId);
-    /// Pages in the pool that no sequence holds.
+    /// Pages a new reservation can get (free, surplus, cached prefixes no one uses); shared
+    /// pages count once.
     fn free_pages(&self) -> usize;
+    /// As [`can_admit`](Self::can_admit), for a sequence whose chained token hashes are
+    /// `hashes`: the pages of its cached prefix are already there.
+    fn can_admit_prefixed(&self, tokens: usize, hashes: &[TokenHash]) -> bool {
+        let _ = hashes;
+        self.can_admit(tokens)
+    }
+    /// As [`admit`](Self::admit), mapping the longest cached prefix `hashes` match: returns the
+    /// slot and how many of the sequence's first tokens already have K/V (its prefill starts
+    /// there; at least its last token is left to compute).
+    fn admit_prefixed(
+        &mut self,
+        tokens: usize,
+        hashes: &[TokenHash],
+    ) -> Result<(SlotId, usize), KvError> {
+        let _ = hashes;
+        self.admit(tokens).map(|slot| (slot, 0))
+    }
+    /// `slot` has K/V for its first `computed` tokens, whose chained hashes start `hashes`: the
+    /// pages they fill become cached prefix pages (shared from now on, never written again).
+    fn publish(&mut self, slot: SlotId, computed: usize, hashes: &[TokenHash]) {
+        let _ = (slot, computed, hashes);
+    }
 }

@@ -12,9 +12,10 @@ pub struct KvStats {
     pub pages_total: usize,
     /// Pages no slot holds.
     pub pages_free: usize,
-    /// Pages kept mapped by idle slots for a later sequence (deferred reclamation).
+    /// Pages kept for later: idle slots' own pages (deferred reclamation) and cached prefix
+    /// pages no live sequence uses.
     pub pages_cached: usize,
-    /// Pages held by live sequences (their tokens' pages plus look-ahead).
+    /// Pages held by live sequences (their tokens' pages plus look-ahead), each page once.
     pub pages_held: usize,
     /// Pages physically mapped now (lags `pages_held + pages_cached` while the mapper works).
     pub pages_mapped: usize,
@@ -42,4 +43,11 @@ pub struct KvStats {
     pub pages_unmapped_total: u64,
     pub map_seconds_total: f64,
     pub unmap_seconds_total: f64,
+    /// Pages two or more live sequences map (a shared prefix, counted once in `pages_held`).
+    pub pages_shared: usize,
+    /// Pages of the prefix cache, used or not (`pages_cached` counts its unused ones).
+    pub pages_prefix: usize,
+    /// Pool pages whose cached part was copied into a sequence's own page, and the time taken.
+    pub pages_copied_total: u64,
+    pub copy_seconds_total: f64,
 }

@@ -11,6 +11,8 @@ use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 use super::{KvBudget, KvConfig, KvError, KvLayout, KvManager};
 use crate::kv::{KvAccess, SlotId};
 
+mod prefix;
+
 /// Reads and writes region bytes at absolute addresses (host pointers or device addresses).
 pub(crate) trait RegionMemory {
     fn write(&self, address: usize, bytes: &[u8]) -> Result<(), KvError>;
@@ -659,6 +661,16 @@ mod cpu {
     }
 
     #[test]
+    fn prefix_sharing_property_suite_on_cpu() {
+        prefix::prefix_suite(&backend(), 32).expect("prefix suite");
+    }
+
+    #[test]
+    fn shared_prefixes_map_once_and_read_back_on_cpu() {
+        prefix::sharing_suite(&backend()).expect("sharing suite");
+    }
+
+    #[test]
     fn waiting_after_sync_is_no_stall() {
         let mut manager =
             KvManager::cpu(&shape(KvLayout::Interleaved, false, 16)).expect("manager");
@@ -735,6 +747,15 @@ mod gated {
 
         fn unmap_run(&mut self, offset: usize, count: usize) -> Result<(), KvError> {
             self.inner.unmap_run(offset, count)
+        }
+
+        fn copy_pages(
+            &mut self,
+            from: &[PageId],
+            to: &[PageId],
+            bytes: usize,
+        ) -> Result<(), KvError> {
+            self.inner.copy_pages(from, to, bytes)
         }
     }
 }
@@ -920,5 +941,20 @@ pub(crate) mod cuda {
     #[test]
     fn bad_input_is_typed_on_cuda() {
         with_gpu("bad_input_is_typed_on_cuda", bad_input_suite);
+    }
+
+    #[test]
+    fn prefix_sharing_property_suite_on_cuda() {
+        with_gpu("prefix_sharing_property_suite_on_cuda", |backend| {
+            prefix::prefix_suite(backend, 32)
+        });
+    }
+
+    #[test]
+    fn shared_prefixes_map_once_and_read_back_on_cuda() {
+        with_gpu(
+            "shared_prefixes_map_once_and_read_back_on_cuda",
+            prefix::sharing_suite,
+        );
     }
 }

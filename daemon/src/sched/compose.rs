@@ -233,15 +233,17 @@ impl Scheduler {
             if prefill == Prefill::Whole && tokens > room.left() {
                 return;
             }
-            if !kv.can_admit(tokens) {
+            if !head.with_hashes(|hashes| kv.can_admit_prefixed(tokens, hashes)) {
                 if self.running.is_empty() {
                     self.abort_head(kv, AbortReason::ExceedsKvCapacity { tokens }, batch);
                     continue;
                 }
                 return;
             }
-            let slot = match kv.admit(tokens) {
-                Ok(slot) => slot,
+            let prefixed = head.request.prefix.is_some();
+            let (slot, cached) = match head.with_hashes(|hashes| kv.admit_prefixed(tokens, hashes))
+            {
+                Ok(admitted) => admitted,
                 Err(KvError::OutOfPages { .. } | KvError::NoFreeSlot(_))
                     if !self.running.is_empty() =>
                 {
@@ -256,17 +258,24 @@ impl Scheduler {
                 kv.release(slot);
                 return;
             };
-            let num_tokens = tokens.min(room.left());
+            if prefixed {
+                self.stats.prefix_query_tokens_total += tokens as u64;
+                self.stats.prefix_hit_tokens_total += cached as u64;
+            }
+            // The cached tokens are in KV already; the prefill starts after them.
+            let remaining = tokens - cached;
+            let num_tokens = remaining.min(room.left());
             batch.items.push(BatchItem {
                 id: seq.id(),
                 slot,
-                start_pos: 0,
+                start_pos: cached,
                 num_tokens,
-                samples: num_tokens == tokens,
+                samples: num_tokens == remaining,
                 is_decode: false,
             });
             room.used += num_tokens;
             seq.slot = Some(slot);
+            seq.computed = cached;
             seq.phase = Phase::Prefilling;
             self.running.push(seq);
         }

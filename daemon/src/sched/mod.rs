@@ -10,7 +10,7 @@
 //! # Protocol (driven by the engine thread)
 //!
 //! ```text
-//! scheduler.add(SeqRequest { id, prompt_len })?;   // any time; cancel(id) too
+//! scheduler.add(SeqRequest::new(id, prompt_len))?;   // any time; cancel(id) too
 //! loop {
 //!     let batch = scheduler.schedule(&mut kv)?;   // reserves KV for every item (+ lookahead)
 //!     for item in &batch.items { kv.wait_ready(item.slot, item.end_pos()) }
@@ -48,6 +48,17 @@
 //!   one token, then whole prefills of new requests join the same batch while they fit the rest
 //!   of the budget. Decodes never stall for a whole iteration, but share it with whole prompts.
 //!
+//! # Prefix caching
+//!
+//! A request that carries its token hashes ([`SeqRequest::prefix`]) is admitted through
+//! `KvBudget::admit_prefixed`: its slot maps the longest cached prefix they match, the request
+//! counts as having computed those tokens, and its first chunk starts right after them (at
+//! least its last prompt token is computed: its logits are the first sample). Only its own
+//! pages count against the pool; pages it shares are counted once. After every batch,
+//! `complete` publishes what each such request has computed (`KvBudget::publish`), so a later
+//! request finds it. Admission counts the tokens looked up and the tokens found
+//! ([`SchedStats::prefix_query_tokens_total`], [`SchedStats::prefix_hit_tokens_total`]).
+//!
 //! # KV one step ahead
 //!
 //! [`Scheduler::schedule`] calls `KvBudget::reserve(slot, end_pos)` for every item before it
@@ -69,7 +80,7 @@ mod sim_kv;
 pub use batch::{AbortReason, Batch, BatchItem, StepOutcome};
 pub use budget::CostEstimate;
 pub use config::{ConfigError, Policy, SchedulerConfig, TokenBudget};
-pub use request::{RequestId, SeqRequest};
+pub use request::{PrefixHashes, RequestId, SeqRequest};
 pub use scheduler::{AddError, SchedError, SchedStats, Scheduler};
 pub use sim_kv::SimKv;
 

@@ -1,8 +1,12 @@
-//! A request as the scheduler sees it: lengths only, never token contents.
+//! A request as the scheduler sees it: lengths, and for prefix caching the chained hashes of
+//! its tokens (opaque to the scheduler, which hands them to the KV budget), never token
+//! contents.
 //!
 //! Must not: touch KV memory; [`Seq`] only records which slot it holds.
 
-use crate::kv::SlotId;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::kv::{SlotId, TokenHash};
 
 /// Identifies one request for its whole life (queued, running, preempted, finished).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -14,13 +18,52 @@ impl std::fmt::Display for RequestId {
     }
 }
 
+/// The chained token hashes of one sequence (hash `i` covers its first `i + 1` tokens), shared
+/// by the engine, which appends one per token it generates, and the scheduler, which looks the
+/// prefix up at admission and publishes what the sequence has computed.
+#[derive(Debug, Clone, Default)]
+pub struct PrefixHashes(Arc<Mutex<Vec<TokenHash>>>);
+
+impl PrefixHashes {
+    pub fn new(hashes: Vec<TokenHash>) -> Self {
+        Self(Arc::new(Mutex::new(hashes)))
+    }
+
+    /// Appends the hash of one more token.
+    pub fn push(&self, hash: TokenHash) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(hash);
+    }
+
+    /// Runs `read` on the hashes so far.
+    pub fn with<R>(&self, read: impl FnOnce(&[TokenHash]) -> R) -> R {
+        read(&self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
 /// What the engine hands the scheduler for a new request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SeqRequest {
     pub id: RequestId,
     /// Prompt length in tokens (after the patch tokenizer). How many tokens it generates is
     /// the engine's business: it reports the finish in a [`StepOutcome`](super::StepOutcome).
     pub prompt_len: usize,
+    /// Its token hashes when prefix caching is on: admission maps the cached prefix they match
+    /// and starts the prefill after it.
+    pub prefix: Option<PrefixHashes>,
+}
+
+impl SeqRequest {
+    /// A request without prefix caching.
+    pub fn new(id: RequestId, prompt_len: usize) -> Self {
+        Self {
+            id,
+            prompt_len,
+            prefix: None,
+        }
+    }
 }
 
 /// Where a running sequence is in its life.
@@ -49,6 +92,16 @@ pub(crate) struct Seq {
     pub(crate) phase: Phase,
     /// Cancelled by the engine; leaves (and returns its pages) at the next `schedule`.
     pub(crate) cancelled: bool,
+}
+
+impl Seq {
+    /// Runs `read` on the request's token hashes (empty without prefix caching).
+    pub(crate) fn with_hashes<R>(&self, read: impl FnOnce(&[TokenHash]) -> R) -> R {
+        match &self.request.prefix {
+            Some(prefix) => prefix.with(read),
+            None => read(&[]),
+        }
+    }
 }
 
 impl Seq {
@@ -91,10 +144,7 @@ mod tests {
 
     #[test]
     fn recompute_covers_prompt_and_generated_tokens() {
-        let mut seq = Seq::new(SeqRequest {
-            id: RequestId(7),
-            prompt_len: 100,
-        });
+        let mut seq = Seq::new(SeqRequest::new(RequestId(7), 100));
         assert_eq!(seq.remaining(), 100);
         // The prefill sampled token 1, then four decodes sampled tokens 2..=5: the last
         // sampled token is the only one not in KV yet.

@@ -47,6 +47,10 @@ pub struct SchedStats {
     pub last_token_budget: usize,
     pub last_prefill_tokens: usize,
     pub last_decode_tokens: usize,
+    /// Tokens of admitted requests looked up in the prefix cache (vLLM's
+    /// `prefix_cache_queries`), and how many of them were found there (`prefix_cache_hits`).
+    pub prefix_query_tokens_total: u64,
+    pub prefix_hit_tokens_total: u64,
 }
 
 /// Sarathi-Serve scheduler; see the [`crate::sched`] module documentation for the protocol.
@@ -129,7 +133,8 @@ impl Scheduler {
     }
 
     /// Applies the results of the batch from the last [`Scheduler::schedule`]: every item's
-    /// tokens are now in KV; each sampling item produced one token. A request finishes when its
+    /// tokens are now in KV (and published to the prefix cache for a request with hashes); each
+    /// sampling item produced one token. A request finishes when its
     /// outcome says so (the engine alone decides when a request ends); its slot is released and
     /// its id returned. A sampling item without an outcome counts as a token produced, not finished;
     /// outcomes for other ids are ignored. Does nothing when no batch is in flight.
@@ -147,6 +152,9 @@ impl Scheduler {
                 continue;
             }
             seq.computed = item.end_pos();
+            if let Some(prefix) = &seq.request.prefix {
+                prefix.with(|hashes| kv.publish(item.slot, item.end_pos(), hashes));
+            }
             if !item.samples {
                 continue;
             }

@@ -189,6 +189,14 @@ pub struct ServeArgs {
     /// token counts and timings, as vLLM does).
     #[arg(long)]
     pub disable_log_requests: bool,
+    /// Automatic prefix caching (on by default, as in vLLM v1): KV pages of prompts and outputs
+    /// stay cached by their token ids until memory is needed, and a request whose tokens start
+    /// with a cached prefix maps those pages instead of computing them.
+    #[arg(long, overrides_with = "no_enable_prefix_caching")]
+    pub enable_prefix_caching: bool,
+    /// Turn automatic prefix caching off.
+    #[arg(long, overrides_with = "enable_prefix_caching")]
+    pub no_enable_prefix_caching: bool,
     /// GPUs per replica for tensor parallelism: 1 (tensor parallelism is not implemented; run
     /// one replica per GPU).
     #[arg(long, default_value_t = 1, help_heading = "vLLM compatibility")]
@@ -202,9 +210,6 @@ pub struct ServeArgs {
     /// Accepted: prefills are always chunked (Sarathi-Serve); see --scheduler.
     #[arg(long, help_heading = "vLLM compatibility")]
     pub enable_chunked_prefill: bool,
-    /// Accepted: there is no prefix cache.
-    #[arg(long, help_heading = "vLLM compatibility")]
-    pub no_enable_prefix_caching: bool,
     /// Accepted: the daemon logs no periodic throughput lines (Prometheus has them).
     #[arg(long, help_heading = "vLLM compatibility")]
     pub disable_log_stats: bool,

@@ -74,6 +74,7 @@ fn kv_config(
         layout: args.kv_layout.into(),
         pool_bytes: args.kv_memory_mib << 20,
         eager: args.eager_kv,
+        prefix_caching: !args.no_enable_prefix_caching,
         ..KvConfig::for_model(
             config.layers,
             config.kv_heads,

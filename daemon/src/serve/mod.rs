@@ -170,6 +170,7 @@ fn start(
         &kv_stats,
         model.kv_element_bytes(),
         args.gpu_memory_utilization,
+        !args.no_enable_prefix_caching,
     );
     let scheduler = Scheduler::new(SchedulerConfig {
         token_budget: args.token_budget()?,
@@ -196,6 +197,7 @@ fn start(
         max_context,
         capacity: args.max_seqs + args.max_queue,
         log_requests: !args.disable_log_requests,
+        prefix_caching: prefix_hasher(args, &served_model_name),
     })?;
     let state = Arc::new(AppState {
         engine,
@@ -210,6 +212,25 @@ fn start(
         started: std::time::SystemTime::now(),
     });
     Ok((state, engine_thread))
+}
+
+/// The token hasher of the KV prefix cache, seeded with what makes K/V differ for equal token
+/// ids; `None` with `--no-enable-prefix-caching`.
+fn prefix_hasher(args: &ServeArgs, served_model_name: &str) -> Option<Arc<engine::PrefixHasher>> {
+    if args.no_enable_prefix_caching {
+        tracing::info!("prefix caching is off");
+        return None;
+    }
+    let patch = args.patch_sha256.clone().or_else(|| {
+        args.patch_tokenizer
+            .as_ref()
+            .map(|p| p.display().to_string())
+    });
+    let identity = format!(
+        "{served_model_name}|{:?}|{}|{:?}|{:?}|{}",
+        args.model, args.seed, patch, args.kv_layout, args.kv_block_size
+    );
+    Some(Arc::new(engine::PrefixHasher::new(&identity)))
 }
 
 /// Serves until a signal or until the engine stops. On a signal: not ready; kept-alive clients

@@ -40,6 +40,8 @@ pub struct ChoiceOutput {
     pub finish_reason: Option<&'static str>,
     pub stop_reason: Option<StopReason>,
     pub completion_tokens: usize,
+    /// Prompt tokens this choice found in the prefix cache.
+    pub cached_tokens: usize,
 }
 
 /// Runs every choice to the end and gathers them, in choice order.
@@ -61,11 +63,13 @@ pub async fn collect(mut stream: RequestStream, n: usize) -> Result<Vec<ChoiceOu
                 reason,
                 stop_reason,
                 completion_tokens,
+                cached_tokens,
             } => {
                 let output = choice(&mut outputs, index)?;
                 output.finish_reason = Some(reason.as_str());
                 output.stop_reason = stop_reason;
                 output.completion_tokens = completion_tokens;
+                output.cached_tokens = cached_tokens;
             }
             Event::Failed { error, .. } => return Err(error.into()),
         }

@@ -255,7 +255,9 @@ async fn respond(
     let echo = reply.echo.unwrap_or_default();
     let outputs = generate::collect(stream, params.n).await?;
     let completion_tokens = outputs.iter().map(|o| o.completion_tokens).sum();
-    let usage = Usage::new(prompt_tokens, completion_tokens);
+    let cached_tokens = outputs.iter().map(|o| o.cached_tokens).max();
+    let usage =
+        Usage::new(prompt_tokens, completion_tokens).with_cached(cached_tokens.unwrap_or(0));
     Ok(match shape {
         Shape::Completion => Json(CompletionResponse {
             id: head.id,

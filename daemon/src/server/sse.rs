@@ -69,6 +69,7 @@ pub fn response(
         params,
         prompt_tokens,
         completion_tokens: 0,
+        cached_tokens: 0,
         stream,
         queued: VecDeque::new(),
         ended: false,
@@ -126,6 +127,8 @@ struct ChunkWriter {
     params: GenerationParams,
     prompt_tokens: usize,
     completion_tokens: usize,
+    /// Prompt tokens found in the prefix cache (the most of any choice).
+    cached_tokens: usize,
     /// Bytes of text sent so far per choice (completions' `text_offset`).
     offsets: Vec<usize>,
     /// Per choice, its output under a tool plan (chat with tools).
@@ -206,8 +209,10 @@ impl ChunkWriter {
                 reason,
                 stop_reason,
                 completion_tokens,
+                cached_tokens,
             } => {
                 self.completion_tokens += completion_tokens;
+                self.cached_tokens = self.cached_tokens.max(cached_tokens);
                 let stop_reason = stop_reason.map(Into::into);
                 match self.shape {
                     Shape::Completion => self.completion_chunk(
@@ -256,7 +261,8 @@ impl ChunkWriter {
             self.queued
                 .push_back(SseEvent::default().data(error.body().to_string()));
         } else if self.params.include_usage {
-            let usage = Usage::new(self.prompt_tokens, self.completion_tokens);
+            let usage = Usage::new(self.prompt_tokens, self.completion_tokens)
+                .with_cached(self.cached_tokens);
             match self.shape {
                 Shape::Completion => self.push(&CompletionResponse {
                     id: self.head.id.clone(),

@@ -75,6 +75,11 @@ pub struct RunArgs {
     /// Requests to send (with --duration: prompts to sample, reused in order)
     #[arg(long, default_value_t = 1000)]
     pub num_prompts: usize,
+    /// Turns per chat conversation: each arrival starts a conversation whose turns are sent one
+    /// after another, each with the conversation so far (the earlier prompts and the server's
+    /// answers) before the next prompt, so each turn extends the last. 1: independent requests
+    #[arg(long, default_value_t = 1)]
+    pub multi_turn: usize,
     #[arg(long, default_value_t = 1024)]
     pub random_input_len: usize,
     #[arg(long, default_value_t = 128)]
@@ -250,6 +255,7 @@ impl RunArgs {
             seed: self.seed,
             max_concurrency: self.max_concurrency,
             num_prompts: self.num_prompts,
+            turns: self.multi_turn,
             duration,
             warmups: self.num_warmups,
             show_progress: !self.disable_tqdm,

@@ -2,7 +2,8 @@
 //! performance claim of the project comes with a command that reproduces it.
 //!
 //! A run takes prompts from a [`dataset`] (random lengths, a ShareGPT file, plain domain text),
-//! sends them as streaming requests ([`client`]) on an arrival process ([`arrivals`]: Poisson or
+//! sends them as streaming requests ([`client`]; with `--multi-turn`, as the turns of chat
+//! [`conversation`]s, each turn extending the last) on an arrival process ([`arrivals`]: Poisson or
 //! gamma with a seed, or a fixed concurrency) driven by [`runner`], optionally watches the
 //! server's Prometheus gauges ([`scrape`]), and reduces the per-request timings to vLLM's metrics
 //! ([`summary`]: TTFT, TPOT, ITL, E2E latency, throughput, goodput), written as a JSON result and
@@ -14,6 +15,7 @@
 pub mod arrivals;
 pub mod cli;
 pub mod client;
+pub mod conversation;
 pub mod dataset;
 pub mod error;
 pub mod plot;

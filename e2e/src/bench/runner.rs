@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use crate::bench::BenchError;
 use crate::bench::arrivals::ArrivalProcess;
 use crate::bench::client::{Endpoint, RequestRecord};
+use crate::bench::conversation::{next_turn, turn_prompt};
 use crate::bench::dataset::BenchPrompt;
 use crate::bench::scrape::{ServerMetrics, watch_server};
 
@@ -25,6 +26,9 @@ pub struct LoadSpec {
     pub max_concurrency: Option<usize>,
     /// Requests to send (prompts are reused in order when the run is longer than the dataset).
     pub num_prompts: usize,
+    /// Turns per conversation: 1 sends independent requests; more sends conversations whose
+    /// turns follow one another, each extending the last ([`conversation`](crate::bench::conversation)).
+    pub turns: usize,
     /// Send until this much time has passed instead of `num_prompts` requests.
     pub duration: Option<Duration>,
     /// Requests sent and awaited one by one before the run (not measured).
@@ -64,6 +68,13 @@ pub async fn run(
     if prompts.is_empty() {
         return Err(BenchError::BadOption("the dataset gave no prompt".into()));
     }
+    if load.turns == 0 {
+        return Err(BenchError::BadOption(
+            "--multi-turn must be at least 1".into(),
+        ));
+    }
+    // Each arrival starts a conversation of `turns` requests.
+    let conversations = load.num_prompts.div_ceil(load.turns);
     warm_up(&endpoint, &prompts[0], load.warmups).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -78,7 +89,7 @@ pub async fn run(
     let mut tasks = Vec::new();
     let mut next_at = start;
     for index in 0.. {
-        if deadline.is_none() && index >= load.num_prompts {
+        if deadline.is_none() && index >= conversations {
             break;
         }
         if index > 0 {
@@ -98,20 +109,34 @@ pub async fn run(
         }
         let (endpoint, prompts, slots) = (endpoint.clone(), prompts.clone(), slots.clone());
         let progress = progress.clone();
+        let turns = load.turns;
         tasks.push(tokio::spawn(async move {
             let _permit = match (early_permit, slots) {
                 (Some(permit), _) => Some(permit),
                 (None, Some(slots)) => Some(acquire(&slots).await),
                 (None, None) => None,
             };
-            let record = endpoint.send(&prompts[index % prompts.len()], start).await;
-            progress.inc(1);
-            record
+            let mut records = Vec::with_capacity(turns);
+            let mut prompt = turn_prompt(&prompts, index, turns, 0).clone();
+            for turn in 1..=turns {
+                let record = endpoint.send(&prompt, start).await;
+                progress.inc(1);
+                let go_on = record.success && turn < turns;
+                if go_on {
+                    let next = turn_prompt(&prompts, index, turns, turn);
+                    prompt = next_turn(&prompt, &record, next);
+                }
+                records.push(record);
+                if !go_on {
+                    break;
+                }
+            }
+            records
         }));
     }
-    let mut records = Vec::with_capacity(tasks.len());
+    let mut records = Vec::with_capacity(tasks.len() * load.turns);
     for task in tasks {
-        records.push(task.await.map_err(|e| BenchError::Server {
+        records.extend(task.await.map_err(|e| BenchError::Server {
             url: endpoint.url.clone(),
             reason: format!("a request task failed: {e}"),
         })?);
@@ -165,12 +190,15 @@ fn progress_bar(load: &LoadSpec) -> ProgressBar {
         return ProgressBar::hidden();
     }
     match load.duration {
-        None => ProgressBar::new(load.num_prompts as u64).with_style(
-            ProgressStyle::with_template(
-                "{elapsed_precise} [{wide_bar}] {pos}/{len} requests ({per_sec}, eta {eta})",
+        None => {
+            ProgressBar::new((load.num_prompts.div_ceil(load.turns.max(1)) * load.turns) as u64)
+                .with_style(
+                ProgressStyle::with_template(
+                    "{elapsed_precise} [{wide_bar}] {pos}/{len} requests ({per_sec}, eta {eta})",
+                )
+                .expect("the progress template is valid"),
             )
-            .expect("the progress template is valid"),
-        ),
+        }
         Some(_) => {
             let bar = ProgressBar::new_spinner().with_style(
                 ProgressStyle::with_template("{elapsed_precise} {spinner} {pos} requests done")

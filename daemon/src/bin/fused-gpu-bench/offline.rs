@@ -63,7 +63,7 @@ pub fn run(
         max_queue: w.requests,
         policy: Policy::Sarathi,
     })?;
-    let cache = CacheInfo::from_kv(&stats, model.kv_element_bytes(), 1.0);
+    let cache = CacheInfo::from_kv(&stats, model.kv_element_bytes(), 1.0, false);
     let metrics = Arc::new(Metrics::new("bench", max_context, &cache)?);
     let (handle, thread) = engine::spawn(EngineParts {
         model: Box::new(model),
@@ -75,6 +75,7 @@ pub fn run(
         max_context,
         capacity: 2 * w.requests,
         log_requests: false,
+        prefix_caching: None,
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,15 +1,20 @@
 //! Page accounting: which slot is live, how many tokens it holds, which physical pages it has
-//! claimed, and which pages are free. Every change is answered with the page operations (map /
-//! unmap at virtual page numbers) the mapper must carry out; nothing physical happens here.
+//! claimed, which pages are free and which hold cached prefixes. Every change is answered with
+//! the page operations (map / unmap at virtual page numbers, copies between pool pages) the
+//! mapper must carry out; nothing physical happens here.
 //!
-//! Policies (vAttention's, plus look-ahead):
+//! Policies (vAttention's, plus look-ahead and prefix sharing):
 //! - a slot's pages are a prefix of each run (`levels` pages per run), claimed in order;
+//! - a level is either the slot's own (private, written by its sequence) or a node of the
+//!   prefix index (`sharing`): mapped wherever its prefix is used, never written;
 //! - `free` keeps a slot's pages mapped (deferred reclamation); a new sequence takes the free
-//!   slot that already holds enough pages with the fewest pages (best fit), else the free slot
-//!   holding the most;
+//!   slot that can keep the most of what it needs: with enough pages, the fewest (best fit),
+//!   else the most (its cached prefix levels count as kept when they are the ones it maps);
 //! - when the free list runs short, pages are trimmed from the top of other slots' *surplus*
-//!   (pages a slot holds beyond what its tokens need): idle slots first, longest idle first,
-//!   then look-ahead pages of live slots, largest surplus first;
+//!   (own pages a slot holds beyond what its tokens need): idle slots first, longest idle
+//!   first, then look-ahead pages of live slots, largest surplus first; then cached prefix
+//!   pages no live sequence uses are evicted, least recently released first — all before the
+//!   scheduler preempts anything (it only does when this runs out);
 //! - look-ahead covers `lookahead_tokens` or the slot's last growth, whichever is more: a decode
 //!   step maps a few tokens ahead, a prefill chunk maps the next chunk ahead (the scheduler
 //!   announces one step, the look-ahead guesses a second one, so the mapper has two iterations);
@@ -24,24 +29,33 @@ use super::KvError;
 use super::backend::PageId;
 
 mod plan;
+mod sharing;
 
+use super::config::KvConfig;
 use super::geometry::Geometry;
+use super::prefix::{NodeId, PrefixIndex};
 use super::ready::ReadyMarks;
 use crate::kv::SlotId;
 use plan::levels_per_job;
 pub(crate) use plan::{PageOp, Plan, PlannedJob};
 
-/// Totals of the accounting, in pages and tokens.
+/// Totals of the accounting, in pages and tokens. Every page is counted once, however many
+/// sequences map it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Counts {
-    /// Pages no slot holds.
+    /// Pages no slot holds and no cached prefix uses.
     pub(crate) pages_free: usize,
-    /// Pages held by idle (freed) slots.
+    /// Pages kept for later: idle slots' own pages and cached prefix pages no live sequence uses.
     pub(crate) pages_cached: usize,
-    /// Pages held by live slots (their tokens' pages plus look-ahead).
+    /// Pages live sequences use (their tokens' pages, shared or not, plus look-ahead).
     pub(crate) pages_held: usize,
-    /// Pages a new reservation can get: free pages plus every slot's surplus.
+    /// Pages a new reservation can get: free pages, every slot's surplus and unused cached
+    /// prefix pages.
     pub(crate) pages_available: usize,
+    /// Pages two or more live sequences use.
+    pub(crate) pages_shared: usize,
+    /// Pages in the prefix index (used or not).
+    pub(crate) pages_prefix: usize,
     pub(crate) live_seqs: usize,
     pub(crate) live_tokens: usize,
 }
@@ -54,6 +68,14 @@ struct Slot {
     last_growth: usize,
     /// Claimed physical pages, level-major: `pages[level * runs + run]`.
     pages: Vec<PageId>,
+    /// Levels whose pages are prefix index nodes (shared, never written).
+    indexed_levels: usize,
+    /// The prefix nodes this live sequence uses: the levels it maps shared and the levels it
+    /// filled and published; empty while idle.
+    nodes: Vec<NodeId>,
+    /// Levels from level 0 that are in the prefix index, by this sequence's pages or (when
+    /// another sequence published the same prefix first) by that one's.
+    published: usize,
     idle_since: u64,
     marks: ReadyMarks,
 }
@@ -64,24 +86,29 @@ pub(crate) struct Accounting {
     geometry: Geometry,
     eager: bool,
     lookahead_tokens: usize,
+    prefix_caching: bool,
     slots: Vec<Slot>,
     /// Free physical pages; the lowest id comes out first so that a run grows over consecutive
     /// ids (which the CPU backend maps with one call).
     free: BinaryHeap<Reverse<PageId>>,
+    index: PrefixIndex,
     clock: u64,
 }
 
 impl Accounting {
-    pub(crate) fn new(geometry: Geometry, eager: bool, lookahead_tokens: usize) -> Self {
+    pub(crate) fn new(geometry: Geometry, config: &KvConfig) -> Self {
         let pool_pages = geometry.pool_pages as PageId;
         let slots = (0..geometry.max_seqs).map(|_| Slot::default()).collect();
         let free = (0..pool_pages).map(Reverse).collect();
+        let index = PrefixIndex::new(geometry.pool_pages, geometry.runs, config.partial_page);
         Self {
             geometry,
-            eager,
-            lookahead_tokens,
+            eager: config.eager,
+            lookahead_tokens: config.lookahead_tokens,
+            prefix_caching: config.prefix_caching,
             slots,
             free,
+            index,
             clock: 0,
         }
     }
@@ -103,8 +130,22 @@ impl Accounting {
         }
     }
 
+    /// Whether level `level` of `slot` is a prefix index node.
+    fn is_indexed(&self, slot: &Slot, level: usize) -> bool {
+        self.index
+            .node_of_page(slot.pages[level * self.geometry.runs])
+            .is_some()
+    }
+
+    /// Own pages `slot` holds beyond what its tokens need: trimming frees them. (A live slot's
+    /// levels past its need are all its own; an idle slot's indexed levels stay cached.)
     fn surplus_pages(&self, slot: &Slot) -> usize {
-        (self.levels(slot) - self.need_levels(slot)) * self.geometry.runs
+        let levels = self.levels(slot);
+        let own = match slot.live {
+            true => levels - self.need_levels(slot),
+            false => levels - slot.indexed_levels,
+        };
+        own * self.geometry.runs
     }
 
     fn want_levels(&self, tokens: usize) -> usize {
@@ -131,51 +172,19 @@ impl Accounting {
             .ok_or(KvError::UnknownSlot(slot))
     }
 
-    /// Pages a reservation for `slot` could get: free pages plus every other slot's surplus.
+    /// Pages a reservation for `slot` could get: free pages, every other slot's surplus and the
+    /// cached prefix pages no live sequence uses.
     fn available_excluding(&self, slot: usize) -> usize {
         let others: usize = (self.slots.iter().enumerate())
             .filter(|(index, _)| *index != slot)
             .map(|(_, s)| self.surplus_pages(s))
             .sum();
-        self.free.len() + others
-    }
-
-    /// The free slot a new sequence needing `levels` pages per run gets (best fit).
-    fn choose_slot(&self, levels: usize) -> Option<usize> {
-        let idle = || self.slots.iter().enumerate().filter(|(_, s)| !s.live);
-        let best_fit = idle()
-            .filter(|(_, s)| self.levels(s) >= levels)
-            .min_by_key(|(index, s)| (self.levels(s), *index));
-        let most_held = || idle().max_by_key(|(index, s)| (self.levels(s), Reverse(*index)));
-        best_fit.or_else(most_held).map(|(index, _)| index)
+        self.free.len() + others + self.index.unreferenced_pages()
     }
 
     /// Pages beyond what is held that `slot` must get to reach `levels` per run.
     fn extra_pages(&self, slot: usize, levels: usize) -> usize {
         levels.saturating_sub(self.levels(&self.slots[slot])) * self.geometry.runs
-    }
-
-    pub(crate) fn can_admit(&self, tokens: usize) -> bool {
-        if self.check_length(tokens).is_err() {
-            return false;
-        }
-        let levels = self.want_levels(tokens);
-        self.choose_slot(levels)
-            .is_some_and(|slot| self.extra_pages(slot, levels) <= self.available_excluding(slot))
-    }
-
-    pub(crate) fn admit(&mut self, tokens: usize) -> Result<(SlotId, Plan), KvError> {
-        self.check_length(tokens)?;
-        let levels = self.want_levels(tokens);
-        let slot = self
-            .choose_slot(levels)
-            .ok_or(KvError::NoFreeSlot(self.geometry.max_seqs))?;
-        self.ensure_pages(slot, levels)?;
-        let entry = &mut self.slots[slot];
-        entry.live = true;
-        entry.tokens = tokens;
-        entry.last_growth = 0;
-        Ok((slot as SlotId, self.plan_growth(slot, levels)))
     }
 
     /// Make `slot` hold `tokens` tokens in all (a reservation never shrinks while live).
@@ -185,36 +194,29 @@ impl Accounting {
         let index = slot as usize;
         let tokens = tokens.max(self.slots[index].tokens);
         let levels = self.want_levels(tokens);
-        self.ensure_pages(index, levels)?;
-        let entry = &mut self.slots[index];
-        if tokens > entry.tokens {
-            entry.last_growth = tokens - entry.tokens;
-        }
-        entry.tokens = tokens;
-        Ok(self.plan_growth(index, levels))
-    }
-
-    /// Checks that `slot` can reach `levels`, trimming others' surplus into the free list.
-    /// On error nothing has changed.
-    fn ensure_pages(&mut self, slot: usize, levels: usize) -> Result<(), KvError> {
-        let needed = self.extra_pages(slot, levels);
-        let available = self.available_excluding(slot);
+        let needed = self.extra_pages(index, levels);
+        let available = self.available_excluding(index);
         if needed > available {
             return Err(KvError::OutOfPages {
                 needed,
                 free: available,
             });
         }
-        Ok(())
+        let entry = &mut self.slots[index];
+        if tokens > entry.tokens {
+            entry.last_growth = tokens - entry.tokens;
+        }
+        entry.tokens = tokens;
+        Ok(self.plan_growth(index, levels, Vec::new()))
     }
 
-    /// Grows `slot` to `levels` (trimming others as needed), then adds look-ahead.
-    fn plan_growth(&mut self, slot: usize, levels: usize) -> Plan {
+    /// Grows `slot` to `levels` (trimming others as needed), then adds look-ahead; `lead` runs
+    /// first.
+    fn plan_growth(&mut self, slot: usize, levels: usize, mut lead: Vec<PageOp>) -> Plan {
         let mut plan = Plan::default();
         let needed = self.extra_pages(slot, levels);
-        let mut trims = Vec::new();
-        self.reclaim(needed, slot, &mut trims);
-        self.grow_in_jobs(slot, levels, trims, &mut plan);
+        self.reclaim(needed, slot, &mut lead);
+        self.grow_in_jobs(slot, levels, lead, &mut plan);
         plan.need_levels = self.levels(&self.slots[slot]);
         let entry = &self.slots[slot];
         let lookahead_tokens = entry
@@ -255,7 +257,8 @@ impl Accounting {
         }
     }
 
-    /// Trims other slots' surplus until `needed` pages are free.
+    /// Frees pages until `needed` are free: other slots' surplus first, then cached prefix
+    /// pages no live sequence uses, least recently released first.
     fn reclaim(&mut self, needed: usize, keep: usize, ops: &mut Vec<PageOp>) {
         while self.free.len() < needed {
             let victim = (self.slots.iter().enumerate())
@@ -272,17 +275,36 @@ impl Accounting {
                     )
                 })
                 .map(|(index, _)| index);
-            let Some(victim) = victim else {
-                debug_assert!(false, "ensure_pages checked that surplus covers the need");
+            if let Some(victim) = victim {
+                let keep_levels = self.trim_target(victim, needed - self.free.len());
+                self.trim(victim, keep_levels, ops);
+            } else if let Some(node) = self.index.oldest_unreferenced() {
+                self.evict(node, ops);
+            } else {
+                debug_assert!(
+                    false,
+                    "callers checked that surplus and cache cover the need"
+                );
                 return;
-            };
-            let short_levels = (needed - self.free.len()).div_ceil(self.geometry.runs);
-            let entry = &self.slots[victim];
-            let keep_levels = self
-                .need_levels(entry)
-                .max(self.levels(entry).saturating_sub(short_levels));
-            self.trim(victim, keep_levels, ops);
+            }
         }
+    }
+
+    /// The levels to trim `slot` to so that at least `short` of its own pages are freed (or all
+    /// of its surplus, if that is less).
+    fn trim_target(&self, slot: usize, short: usize) -> usize {
+        let entry = &self.slots[slot];
+        let runs = self.geometry.runs;
+        let floor = self.need_levels(entry);
+        let mut levels = self.levels(entry);
+        let mut freed = 0;
+        while levels > floor && freed < short {
+            levels -= 1;
+            if !self.is_indexed(entry, levels) {
+                freed += runs;
+            }
+        }
+        levels
     }
 
     /// Claims pages so that `slot` holds `levels` per run.
@@ -306,12 +328,14 @@ impl Accounting {
             ops.push(PageOp::Map {
                 first: self.geometry.virtual_page(run, slot, from),
                 pages,
+                shared: false,
             });
         }
         self.slots[slot].pages.extend(added);
     }
 
-    /// Returns the pages of `slot` above `levels` per run to the free list.
+    /// Unmaps the pages of `slot` above `levels` per run: its own go back to the free list,
+    /// cached prefix pages stay in the index.
     fn trim(&mut self, slot: usize, levels: usize, ops: &mut Vec<PageOp>) {
         let runs = self.geometry.runs;
         let entry = &mut self.slots[slot];
@@ -328,10 +352,17 @@ impl Accounting {
         }
         let released = entry.pages.split_off(levels * runs);
         entry.marks.clamp(levels);
-        self.free.extend(released.into_iter().map(Reverse));
+        for level in released.chunks(runs) {
+            if self.index.node_of_page(level[0]).is_some() {
+                entry.indexed_levels -= 1;
+            } else {
+                self.free.extend(level.iter().copied().map(Reverse));
+            }
+        }
     }
 
-    /// Ends `slot`'s sequence; its pages stay mapped for a later one.
+    /// Ends `slot`'s sequence; its pages stay mapped for a later one, and the prefix pages it
+    /// used stay cached (its deepest level first in line for eviction).
     pub(crate) fn free(&mut self, slot: SlotId) -> Result<(), KvError> {
         self.live_slot(slot)?;
         self.clock += 1;
@@ -339,10 +370,15 @@ impl Accounting {
         entry.live = false;
         entry.tokens = 0;
         entry.idle_since = self.clock;
+        entry.published = 0;
+        for node in std::mem::take(&mut entry.nodes).into_iter().rev() {
+            self.index.release(node);
+        }
         Ok(())
     }
 
-    /// Trims every idle slot to nothing: the pages go back to the free list. Returns the unmaps.
+    /// Trims every idle slot to nothing: its own pages go back to the free list, the cached
+    /// prefix pages it mapped stay in the index. Returns the unmaps.
     pub(crate) fn trim_idle(&mut self) -> Vec<PageOp> {
         let mut ops = Vec::new();
         for slot in 0..self.slots.len() {
@@ -381,22 +417,26 @@ impl Accounting {
     }
 
     pub(crate) fn counts(&self) -> Counts {
+        let runs = self.geometry.runs;
         let mut counts = Counts {
             pages_free: self.free.len(),
-            pages_cached: 0,
-            pages_held: 0,
-            pages_available: self.free.len(),
+            pages_cached: self.index.unreferenced_pages(),
+            pages_held: self.index.referenced_pages(),
+            pages_available: self.free.len() + self.index.unreferenced_pages(),
+            pages_shared: self.index.shared_pages(),
+            pages_prefix: self.index.pages(),
             live_seqs: 0,
             live_tokens: 0,
         };
         for slot in &self.slots {
             counts.pages_available += self.surplus_pages(slot);
+            let own = (self.levels(slot) - slot.indexed_levels) * runs;
             if slot.live {
-                counts.pages_held += slot.pages.len();
+                counts.pages_held += own;
                 counts.live_seqs += 1;
                 counts.live_tokens += slot.tokens;
             } else {
-                counts.pages_cached += slot.pages.len();
+                counts.pages_cached += own;
             }
         }
         counts

@@ -8,10 +8,22 @@ use crate::kv::backend::PageId;
 /// One physical change, in virtual page numbers of the region.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PageOp {
-    /// Map `pages[i]` at virtual page `first + i`.
-    Map { first: usize, pages: Vec<PageId> },
+    /// Map `pages[i]` at virtual page `first + i`. `shared` pages are cached prefix pages,
+    /// which may be mapped at several addresses at once; any other page must be mapped nowhere.
+    Map {
+        first: usize,
+        pages: Vec<PageId>,
+        shared: bool,
+    },
     /// Unmap `count` pages from virtual page `first` (their physical pages go back to the pool).
     Unmap { first: usize, count: usize },
+    /// Copy the first `bytes` bytes of pool page `from[i]` to pool page `to[i]` (a sequence's
+    /// own page starting with the cached tokens of a page it cannot share).
+    Copy {
+        from: Vec<PageId>,
+        to: Vec<PageId>,
+        bytes: usize,
+    },
 }
 
 /// Levels per run a growth job covers at most once a slot has `runs` runs: about 64 pages, so

@@ -9,6 +9,10 @@
 //! the anonymous variant gives memory back to the kernel and pays for zeroed pages on the next
 //! touch (measured in `benches/kv_map.rs`, numbers in docs/BENCHMARKS.md).
 //!
+//! A cached prefix page is mapped at several addresses at once (the same memfd offset behind
+//! several fixed mappings). Copies between pool pages go through a second, whole-pool view of
+//! the memfd, so they need no slot mapping.
+//!
 //! Must not: track which page is mapped where (the mapper's page table does).
 
 use std::ffi::CStr;
@@ -28,6 +32,8 @@ pub struct CpuBackend {
     page_bytes: usize,
     pool_pages: usize,
     pool: OwnedFd,
+    /// The whole pool mapped once, page `i` at `pool_view + i × page_bytes` (for copies).
+    pool_view: usize,
 }
 
 fn os_error(call: &'static str) -> KvError {
@@ -82,6 +88,23 @@ impl CpuBackend {
         if base == libc::MAP_FAILED {
             return Err(os_error("mmap (reserving the KV region)"));
         }
+        // SAFETY: a fresh shared mapping of the whole memfd at an address of the kernel's choice.
+        let pool_view = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                pool_pages * page_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                pool.as_raw_fd(),
+                0,
+            )
+        };
+        if pool_view == libc::MAP_FAILED {
+            let error = os_error("mmap (viewing the KV pool)");
+            // SAFETY: the reservation just made, used by nobody.
+            unsafe { libc::munmap(base, virtual_bytes) };
+            return Err(error);
+        }
         if let Some(limit) = max_map_count().filter(|limit| 2 * pool_pages + 64 > *limit) {
             tracing::warn!(
                 pool_pages,
@@ -96,6 +119,7 @@ impl CpuBackend {
             page_bytes,
             pool_pages,
             pool,
+            pool_view: pool_view as usize,
         })
     }
 
@@ -193,6 +217,25 @@ impl PageBackend for CpuBackend {
         }
         Ok(())
     }
+
+    fn copy_pages(&mut self, from: &[PageId], to: &[PageId], bytes: usize) -> Result<(), KvError> {
+        let in_pool = |page: &PageId| (*page as usize) < self.pool_pages;
+        if from.len() != to.len() || bytes > self.page_bytes || !from.iter().chain(to).all(in_pool)
+        {
+            return Err(KvError::Backend(format!(
+                "copy of {bytes} bytes from pool pages {from:?} to {to:?} is outside the \
+                 {}-page pool",
+                self.pool_pages
+            )));
+        }
+        for (&source, &target) in from.iter().zip(to) {
+            let at = |page: PageId| (self.pool_view + page as usize * self.page_bytes) as *mut u8;
+            // SAFETY: both ranges lie inside the pool view (checked above); distinct pool pages
+            // (the mapper's page table checked) do not overlap.
+            unsafe { std::ptr::copy_nonoverlapping(at(source), at(target), bytes) };
+        }
+        Ok(())
+    }
 }
 
 impl Drop for CpuBackend {
@@ -200,6 +243,11 @@ impl Drop for CpuBackend {
         // SAFETY: the reservation is ours and nothing uses it once the backend is dropped.
         if unsafe { libc::munmap(self.base as *mut libc::c_void, self.virtual_bytes) } != 0 {
             tracing::warn!(error = %io::Error::last_os_error(), "munmap of the KV region failed");
+        }
+        let view_bytes = self.pool_pages * self.page_bytes;
+        // SAFETY: the pool view is ours and nothing uses it once the backend is dropped.
+        if unsafe { libc::munmap(self.pool_view as *mut libc::c_void, view_bytes) } != 0 {
+            tracing::warn!(error = %io::Error::last_os_error(), "munmap of the KV pool view failed");
         }
     }
 }
@@ -233,6 +281,45 @@ mod tests {
                 "pool page 0 kept its byte"
             );
         }
+    }
+
+    #[test]
+    fn one_pool_page_at_two_addresses_and_copies_between_pages() {
+        let mut backend = CpuBackend::new(8 * PAGE, PAGE, 3).expect("small region");
+        let base = backend.base_address() as *mut u8;
+        backend.map_run(0, &[1]).expect("page 1 at region page 0");
+        backend
+            .map_run(4 * PAGE, &[1])
+            .expect("page 1 again at region page 4");
+        backend
+            .map_run(5 * PAGE, &[2])
+            .expect("page 2 at region page 5");
+        // SAFETY: region pages 0, 4 and 5 are mapped.
+        unsafe {
+            base.add(10).write(42);
+            assert_eq!(
+                base.add(4 * PAGE + 10).read(),
+                42,
+                "one page, two addresses"
+            );
+        }
+        backend
+            .copy_pages(&[1], &[2], 11)
+            .expect("copy in the pool");
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(base.add(5 * PAGE + 10).read(), 42, "copied");
+            base.add(5 * PAGE + 10).write(7);
+            assert_eq!(base.add(10).read(), 42, "the copy is its own page");
+        }
+        assert!(
+            backend.copy_pages(&[1], &[3], 1).is_err(),
+            "page 3 is not in the pool"
+        );
+        assert!(
+            backend.copy_pages(&[1], &[2], PAGE + 1).is_err(),
+            "past the page"
+        );
     }
 
     #[test]

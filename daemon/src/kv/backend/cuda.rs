@@ -7,6 +7,13 @@
 //! library first and turns a panic of context creation into an error. Every driver call's result
 //! is checked and becomes a typed [`KvError::Driver`]; nothing exits or panics.
 //!
+//! A cached prefix page is one handle mapped into several places of the reservation (`cuMemMap`
+//! of the same handle at several addresses). For copies between pool pages, every handle is
+//! also mapped once into a second reservation, the *pool view* (made only when prefix caching
+//! is on: it costs one `cuMemMap` per page at start-up and no memory); a copy is a
+//! device-to-device `cuMemcpyDtoDAsync` on the backend's own stream, synchronized before the
+//! job counts as done.
+//!
 //! Must not: track what is mapped (the mapper's page table does).
 
 use std::sync::Arc;
@@ -69,6 +76,21 @@ fn device_allocation(ordinal: usize) -> Result<sys::CUmemAllocationProp, KvError
     })
 }
 
+/// A stream of the backend's own (raw, so that the model's streams keep their mode).
+struct CopyStream(sys::CUstream);
+
+// SAFETY: a CUDA stream handle may be used from any thread that binds its context; the mapper
+// thread is the only user.
+unsafe impl Send for CopyStream {}
+
+/// Every pool handle mapped once, page `i` at `base + i × page_bytes`, and the stream copies
+/// between them run on.
+struct PoolView {
+    base: sys::CUdeviceptr,
+    mapped: usize,
+    stream: CopyStream,
+}
+
 /// A KV region in GPU memory.
 pub struct CudaBackend {
     context: Arc<CudaContext>,
@@ -77,6 +99,7 @@ pub struct CudaBackend {
     page_bytes: usize,
     handles: Vec<sys::CUmemGenericAllocationHandle>,
     access: sys::CUmemAccessDesc,
+    view: Option<PoolView>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -90,12 +113,14 @@ impl std::fmt::Debug for CudaBackend {
 }
 
 impl CudaBackend {
-    /// Reserves `virtual_bytes` of device address space and allocates `pool_pages` handles.
+    /// Reserves `virtual_bytes` of device address space and allocates `pool_pages` handles;
+    /// with `pool_view`, maps them all into a view for copies between pool pages.
     pub fn new(
         context: Arc<CudaContext>,
         virtual_bytes: usize,
         page_bytes: usize,
         pool_pages: usize,
+        pool_view: bool,
     ) -> Result<Self, KvError> {
         context
             .bind_to_thread()
@@ -129,6 +154,7 @@ impl CudaBackend {
             page_bytes,
             handles: Vec::with_capacity(pool_pages),
             access,
+            view: None,
         };
         for _ in 0..pool_pages {
             let mut handle: sys::CUmemGenericAllocationHandle = 0;
@@ -138,7 +164,45 @@ impl CudaBackend {
             })?;
             backend.handles.push(handle);
         }
+        if pool_view {
+            backend.map_pool_view()?;
+        }
         Ok(backend)
+    }
+
+    /// Maps every handle into a reservation of its own (page `i` at offset `i × page_bytes`)
+    /// and makes the copy stream. On error drop releases what was made.
+    fn map_pool_view(&mut self) -> Result<(), KvError> {
+        let bytes = self.handles.len() * self.page_bytes;
+        let mut stream: sys::CUstream = std::ptr::null_mut();
+        let flags = sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32;
+        // SAFETY: valid out-pointer; the context is bound to this thread.
+        check("cuStreamCreate", unsafe {
+            sys::cuStreamCreate(&mut stream, flags)
+        })?;
+        let mut base: sys::CUdeviceptr = 0;
+        // SAFETY: valid out-pointer; the driver picks the address.
+        let reserved = check("cuMemAddressReserve (pool view)", unsafe {
+            sys::cuMemAddressReserve(&mut base, bytes, self.page_bytes, 0, 0)
+        });
+        let view = self.view.insert(PoolView {
+            base: if reserved.is_ok() { base } else { 0 },
+            mapped: 0,
+            stream: CopyStream(stream),
+        });
+        reserved?;
+        for (index, &handle) in self.handles.iter().enumerate() {
+            let at = view.base + (index * self.page_bytes) as u64;
+            // SAFETY: a page of the view's reservation, unmapped, and a live handle.
+            check("cuMemMap (pool view)", unsafe {
+                sys::cuMemMap(at, self.page_bytes, 0, handle, 0)
+            })?;
+            view.mapped += 1;
+        }
+        // SAFETY: the whole view was just mapped; one valid descriptor.
+        check("cuMemSetAccess (pool view)", unsafe {
+            sys::cuMemSetAccess(view.base, bytes, &self.access, 1)
+        })
     }
 
     fn check_range(&self, offset: usize, count: usize) -> Result<(), KvError> {
@@ -231,6 +295,35 @@ impl PageBackend for CudaBackend {
         self.check_range(offset, count)?;
         self.unmap_pages(offset, count)
     }
+
+    fn copy_pages(&mut self, from: &[PageId], to: &[PageId], bytes: usize) -> Result<(), KvError> {
+        let Some(view) = &self.view else {
+            return Err(KvError::Backend(
+                "page copies need the pool view (made when prefix caching is on)".into(),
+            ));
+        };
+        let in_pool = |page: &PageId| (*page as usize) < self.handles.len();
+        if from.len() != to.len() || bytes > self.page_bytes || !from.iter().chain(to).all(in_pool)
+        {
+            return Err(KvError::Backend(format!(
+                "copy of {bytes} bytes from pool pages {from:?} to {to:?} is outside the \
+                 {}-page pool",
+                self.handles.len()
+            )));
+        }
+        let at = |page: PageId| view.base + (page as usize * self.page_bytes) as u64;
+        for (&source, &target) in from.iter().zip(to) {
+            // SAFETY: both ranges lie inside the mapped pool view; distinct pages (checked by
+            // the mapper's page table) do not overlap.
+            check("cuMemcpyDtoDAsync", unsafe {
+                sys::cuMemcpyDtoDAsync_v2(at(target), at(source), bytes, view.stream.0)
+            })?;
+        }
+        // SAFETY: our own stream.
+        check("cuStreamSynchronize", unsafe {
+            sys::cuStreamSynchronize(view.stream.0)
+        })
+    }
 }
 
 impl Drop for CudaBackend {
@@ -238,6 +331,32 @@ impl Drop for CudaBackend {
         if let Err(error) = self.attach_thread() {
             tracing::warn!(%error, "cannot bind the CUDA context to release the KV region");
             return;
+        }
+        if let Some(view) = self.view.take() {
+            for index in 0..view.mapped {
+                let at = view.base + (index * self.page_bytes) as u64;
+                // SAFETY: a page of the view we mapped.
+                if let Err(error) = check("cuMemUnmap (pool view)", unsafe {
+                    sys::cuMemUnmap(at, self.page_bytes)
+                }) {
+                    tracing::warn!(%error, "unmapping the KV pool view failed");
+                }
+            }
+            let bytes = self.handles.len() * self.page_bytes;
+            // SAFETY: the view's reservation, nothing mapped in it any more.
+            if view.base != 0
+                && let Err(error) = check("cuMemAddressFree (pool view)", unsafe {
+                    sys::cuMemAddressFree(view.base, bytes)
+                })
+            {
+                tracing::warn!(%error, "freeing the KV pool view reservation failed");
+            }
+            // SAFETY: our stream, with no work left (every copy was synchronized).
+            if let Err(error) = check("cuStreamDestroy", unsafe {
+                sys::cuStreamDestroy_v2(view.stream.0)
+            }) {
+                tracing::warn!(%error, "destroying the KV copy stream failed");
+            }
         }
         for &handle in &self.handles {
             // SAFETY: a handle we created; the mapper unmapped every page before dropping us.

@@ -1,5 +1,6 @@
 //! Physical page backends: one virtual reservation for the whole region, a pool of physical
-//! pages made up front, and mapping / unmapping of pool pages at page-aligned offsets.
+//! pages made up front, mapping / unmapping of pool pages at page-aligned offsets (a cached
+//! prefix page at several offsets at once), and copies between pool pages.
 //!
 //! The CPU backend is real memory (an `mmap(PROT_NONE)` reservation over a memfd pool); the CUDA
 //! backend (feature `cuda`) uses the driver's virtual memory management.
@@ -32,4 +33,7 @@ pub trait PageBackend: Send {
     fn map_run(&mut self, offset: usize, pages: &[PageId]) -> Result<(), KvError>;
     /// Unmaps `count` pages from byte `offset`; their pool pages keep their memory for reuse.
     fn unmap_run(&mut self, offset: usize, count: usize) -> Result<(), KvError>;
+    /// Copies the first `bytes` bytes of pool page `from[i]` to pool page `to[i]`, wherever
+    /// (and however often) they are mapped; done when the call returns.
+    fn copy_pages(&mut self, from: &[PageId], to: &[PageId], bytes: usize) -> Result<(), KvError>;
 }

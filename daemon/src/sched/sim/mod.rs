@@ -206,10 +206,10 @@ pub fn run(trace: &[TraceRequest], setup: &SimSetup) -> Result<SimReport, SimErr
     let mut budget_sum = 0u64;
     loop {
         while let Some(request) = trace.get(next_arrival).filter(|r| r.arrival_s <= clock_s) {
-            let added = scheduler.add(SeqRequest {
-                id: RequestId(next_arrival as u64),
-                prompt_len: request.prompt_tokens,
-            });
+            let added = scheduler.add(SeqRequest::new(
+                RequestId(next_arrival as u64),
+                request.prompt_tokens,
+            ));
             if added.is_err() {
                 report.rejected += 1;
             }

@@ -210,7 +210,7 @@ proptest! {
             match op {
                 Op::Add { prompt_len, max_new_tokens } => {
                     let id = RequestId(next_id);
-                    if scheduler.add(SeqRequest { id, prompt_len }).is_ok() {
+                    if scheduler.add(SeqRequest::new(id, prompt_len)).is_ok() {
                         added.push(id);
                         expect.insert(id, Expect { prompt_len, max_new_tokens, ..Expect::default() });
                     }

@@ -1,8 +1,10 @@
 //! Scheduler tests against the simulated KV pool: one module per kind.
 //! `transitions`: admit, chunk, finish, preempt, cancel, abort, each policy, by hand.
 //! `invariants`: randomized call sequences checked against an outside model (proptest).
+//! `prefix`: prefix caching on the real KV manager.
 
 mod invariants;
+mod prefix;
 mod transitions;
 
 use super::*;
@@ -34,10 +36,7 @@ thread_local! {
 /// A request of `prompt_len` tokens that the stand-in engine ends after `max_new_tokens`.
 pub(super) fn request(id: u64, prompt_len: usize, max_new_tokens: usize) -> SeqRequest {
     LENGTHS.with(|lengths| lengths.borrow_mut().insert(id, (max_new_tokens, 0)));
-    SeqRequest {
-        id: RequestId(id),
-        prompt_len,
-    }
+    SeqRequest::new(RequestId(id), prompt_len)
 }
 
 /// Runs one iteration in which the stand-in engine ends requests only at their length; returns
