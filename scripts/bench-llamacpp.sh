@@ -37,7 +37,9 @@ bench() { # server name, port, label, output name, fused-bench args...
 # Both servers stay up (idle, each in its own session) and are measured in alternation, so slow
 # drifts of the machine's load hit both alike.
 echo "== fused-daemon (defaults: Sarathi, KV on demand) on :$PORT_FUSED" >&2
-start_daemon "$PORT_FUSED" "$OUT/fused.log"
+# Prefix caching off: rounds, batch sizes and sweep rates send the same prompts again, and
+# cached prompts would skip their prefill (this bench compares engines on cold prompts).
+start_daemon "$PORT_FUSED" "$OUT/fused.log" --no-enable-prefix-caching
 echo "== llama.cpp ($PEER, ${LLAMA_THREADS:-2} threads) on :$PORT_LLAMA" >&2
 if [ "$PEER" = llama-server ]; then
   start_llama_server "$PORT_LLAMA" "$OUT/llamacpp.log"

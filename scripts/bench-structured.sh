@@ -3,7 +3,9 @@
 # loop of CONC streams, --ignore-eos, OUT_LEN tokens each, chat), once free and once constrained
 # by a JSON schema (llguidance masks every token), alternated ROUNDS times in one run.
 # The schema is a list of at least 1000 short strings, so no output can complete before OUT_LEN
-# tokens and both runs generate the same number of tokens.
+# tokens and both runs generate the same number of tokens. Prefix caching is off: each round's
+# second mode sends the first mode's prompts again, and cached prompts would skip their prefill
+# (a 10x lower TTFT that once passed for a faster constrained run).
 # Usage: scripts/bench-structured.sh [OUT_DIR]     (≈ 6 min on 2 cores)
 set -euo pipefail
 source "$(dirname "$0")/bench-lib.sh"
@@ -15,7 +17,7 @@ mkdir -p "$OUT"
 TEXT=$(medical_text)
 SCHEMA='{"type": "object", "properties": {"notes": {"type": "array", "minItems": 1000, "items": {"type": "string", "maxLength": 40}}}, "required": ["notes"]}'
 FORMAT="{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"name\": \"notes\", \"schema\": $SCHEMA, \"strict\": true}}}"
-start_daemon "$PORT" "$OUT/daemon.log" --max-seqs "$CONC"
+start_daemon "$PORT" "$OUT/daemon.log" --max-seqs "$CONC" --no-enable-prefix-caching
 for round in $(seq "$ROUNDS"); do
   for mode in free schema; do
     extra='{}'; [ "$mode" = schema ] && extra=$FORMAT

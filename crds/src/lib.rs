@@ -4,15 +4,18 @@
 //! This crate only describes the API; it must not talk to a cluster.
 
 pub mod crd_yaml;
+pub mod duration;
 pub mod spec;
 pub mod status;
 pub mod validate;
 
 pub use crd_yaml::{CRD_CHART_PATH, render_crd_yaml};
 pub use spec::{
-    ArtifactsSpec, AutoscalingSpec, BaseModel, FusedModel, FusedModelSpec, KV_PAGE_BYTES,
-    KvCacheSpec, KvLayout, NetworkPolicySpec, PatchTokenizer, ResourcesSpec, SchedulerSpec,
-    SecretKeyRef, SecretRef, WeightsFormat,
+    ArtifactsSpec, AutoscalingSpec, BaseModel, DisruptionBudgetSpec, FusedModel, FusedModelSpec,
+    KV_PAGE_BYTES, KvCacheSpec, KvLayout, MetricSource, NetworkPolicySpec, PatchTokenizer,
+    Quantization, ResourcesSpec, SchedulerSpec, SecretKeyRef, SecretRef, WeightsFormat,
 };
-pub use status::{FusedModelStatus, condition, condition_reason, condition_type};
+pub use status::{
+    AutoscalingStatus, FusedModelStatus, SignalStatus, condition, condition_reason, condition_type,
+};
 pub use validate::SpecError;

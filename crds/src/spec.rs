@@ -10,10 +10,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Toleration;
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::duration::DURATION_PATTERN;
 use crate::status::FusedModelStatus;
 
 /// Size of one physical KV page: the CUDA VMM granularity on stock drivers (2 MiB).
@@ -57,37 +59,49 @@ pub const SHA256_PATTERN: &str = "^[0-9a-f]{64}$";
     printcolumn(
         name = "Ready",
         type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Ready")].status"#,
-        description = "Status of the Ready condition"
+        json_path = ".status.ready",
+        description = "Ready replicas / desired replicas"
     ),
     printcolumn(
-        name = "Reason",
+        name = "Status",
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].reason"#,
-        description = "Reason of the Ready condition"
+        description = "Reason of the Ready condition (Available, RollingOut, ScaledToZero, ...)"
     ),
     printcolumn(
-        name = "Replicas",
-        type_ = "integer",
-        json_path = ".status.replicas",
-        description = "Daemon replicas currently running"
-    ),
-    printcolumn(
-        name = "BlockSize",
-        type_ = "integer",
-        json_path = ".spec.kvCache.blockSize",
-        description = "KV cache page size in bytes"
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".status.endpoint",
+        description = "Base URL of the OpenAI-compatible endpoint"
     ),
     printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "BlockSize",
+        type_ = "integer",
+        json_path = ".spec.kvCache.blockSize",
+        description = "KV cache page size in bytes",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Autoscaling",
+        type_ = "string",
+        json_path = ".status.autoscaling.summary",
+        description = "Each autoscaling signal, current/target per replica",
+        priority = 1
     )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct FusedModelSpec {
     /// The base model weights.
     pub base_model: BaseModel,
+    /// How the daemon keeps the weights on the GPU (vLLM's `--quantization`): `none` (bf16) or
+    /// `fp8` (E4M3 with a scale per output channel, quantized at load; needs `resources.gpus`).
+    #[serde(default)]
+    pub quantization: Quantization,
     /// The AdaptiVocab patch tokenizer; absent means the plain base tokenizer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patch_tokenizer: Option<PatchTokenizer>,
@@ -128,6 +142,33 @@ pub struct FusedModelSpec {
     /// is written (the namespace's own policies apply).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy: Option<NetworkPolicySpec>,
+    /// The PodDisruptionBudget of the replicas: how many must stay up through voluntary
+    /// disruptions (node drains, cluster upgrades). Absent means the operator's default
+    /// (`--model-min-available`, the chart's `models.podDisruptionBudget.minAvailable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption_budget: Option<DisruptionBudgetSpec>,
+}
+
+/// How many replicas a voluntary disruption must leave running.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DisruptionBudgetSpec {
+    /// Replicas that must stay available: a count (`1`) or a percentage of the replicas
+    /// (`"50%"`). `0` writes no PodDisruptionBudget. With one replica, `1` blocks a node drain
+    /// until the model scales out or the budget is lowered: the drain waits rather than
+    /// take the model down.
+    pub min_available: IntOrString,
+}
+
+/// Weight quantization of the served model.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Quantization {
+    /// The checkpoint's weights as bf16.
+    #[default]
+    None,
+    /// FP8 E4M3 weights, quantized at load (GPU only).
+    Fp8,
 }
 
 /// A key of a Secret in the FusedModel's namespace.
@@ -221,7 +262,8 @@ pub struct KvCacheSpec {
     #[serde(default = "default_block_size")]
     #[schemars(range(min = KV_PAGE_BYTES, max = MAX_BLOCK_BYTES), extend("multipleOf" = KV_PAGE_BYTES))]
     pub block_size: i64,
-    /// Tensor layout: one region per layer, or all layers of a token interleaved on one page.
+    /// Tensor layout: all layers of a token interleaved on one page (default, as the daemon's),
+    /// or one region per layer.
     #[serde(default)]
     pub layout: KvLayout,
     /// Longest context (prompt + output tokens) per request; defaults to the model's.
@@ -255,9 +297,10 @@ impl Default for KvCacheSpec {
 #[serde(rename_all = "camelCase")]
 pub enum KvLayout {
     /// `[slot, ctx, kv_heads, head_dim]` per layer (vAttention's layout).
-    #[default]
     PerLayer,
-    /// `[slot, ctx, layer, kv_heads, head_dim]`: every layer of a token on one page.
+    /// `[slot, ctx, layer, kv_heads, head_dim]`: every layer of a token on one page (the
+    /// daemon's default, `--kv-layout interleaved`).
+    #[default]
     Interleaved,
 }
 
@@ -289,7 +332,9 @@ impl Default for SchedulerSpec {
     }
 }
 
-/// Horizontal autoscaling; `minReplicas: 0` scales to zero when idle.
+/// Horizontal autoscaling on the daemons' serving signals. `minReplicas: 0` scales to zero after
+/// `scaleToZeroAfter` without traffic; a request that arrives at zero replicas is held by the
+/// operator's activator until a replica is ready (at most `activationTimeout`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AutoscalingSpec {
@@ -300,21 +345,94 @@ pub struct AutoscalingSpec {
     /// Most replicas; at least `minReplicas` (checked by the operator).
     #[schemars(range(min = 1))]
     pub max_replicas: i32,
-    /// Target mean KV-cache utilisation per replica (`vllm:kv_cache_usage_perc`), in (0, 1].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0, max = 1.0), extend("exclusiveMinimum" = true))]
-    pub target_kv_cache_utilization: Option<f64>,
-    /// Target mean waiting requests per replica (`vllm:num_requests_waiting`).
+    /// Who reads the signals and sets the replicas: `operator` (default: the operator scrapes
+    /// each replica's `/metrics` and scales, nothing else to install), `customMetrics` (an HPA on
+    /// the per-Pod `vllm:*` series a custom-metrics adapter such as prometheus-adapter serves), or
+    /// `external` (the operator writes no autoscaler; a KEDA ScaledObject or your own HPA scales
+    /// the FusedModel's scale subresource).
+    #[serde(default)]
+    pub metric_source: MetricSource,
+    /// Target mean waiting requests per replica (`vllm:num_requests_waiting`): the signal for
+    /// latency objectives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub target_waiting_requests: Option<i32>,
+    /// Target mean running requests per replica (`vllm:num_requests_running`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_running_requests: Option<i32>,
+    /// Target mean KV-cache utilisation per replica (`vllm:kv_cache_usage_perc`), in (0, 1]:
+    /// the signal for long contexts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0), extend("exclusiveMinimum" = true))]
+    pub target_kv_cache_utilization: Option<f64>,
+    /// Target generated tokens per second per replica (the rate of
+    /// `vllm:generation_tokens_total`): the signal for throughput-bound batch work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_tokens_per_second: Option<i32>,
+    /// Scale down only to the highest replica count recommended over this window (the HPA's
+    /// scale-down stabilisation window), e.g. `300s`.
+    #[serde(default = "default_scale_down_stabilization")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub scale_down_stabilization: String,
+    /// With `minReplicas: 0`: go to zero replicas after this long without a request, e.g. `5m`.
+    #[serde(default = "default_scale_to_zero_after")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub scale_to_zero_after: String,
+    /// How long the activator holds a request that arrived at zero replicas while one starts;
+    /// then it answers 503 with `Retry-After`.
+    #[serde(default = "default_activation_timeout")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub activation_timeout: String,
+}
+
+impl AutoscalingSpec {
+    /// An autoscaler between `min_replicas` and `max_replicas` with the default source,
+    /// windows and timeouts, and no target yet.
+    pub fn new(min_replicas: i32, max_replicas: i32) -> Self {
+        Self {
+            min_replicas,
+            max_replicas,
+            metric_source: MetricSource::default(),
+            target_waiting_requests: None,
+            target_running_requests: None,
+            target_kv_cache_utilization: None,
+            target_tokens_per_second: None,
+            scale_down_stabilization: default_scale_down_stabilization(),
+            scale_to_zero_after: default_scale_to_zero_after(),
+            activation_timeout: default_activation_timeout(),
+        }
+    }
+
+    /// Whether any target is set.
+    pub fn has_target(&self) -> bool {
+        self.target_waiting_requests.is_some()
+            || self.target_running_requests.is_some()
+            || self.target_kv_cache_utilization.is_some()
+            || self.target_tokens_per_second.is_some()
+    }
+}
+
+/// Who reads the serving signals and sets the FusedModel's replicas.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum MetricSource {
+    /// The operator scrapes each replica's `/metrics` and writes the scale subresource.
+    #[default]
+    Operator,
+    /// A HorizontalPodAutoscaler on the per-Pod series of the custom metrics API.
+    CustomMetrics,
+    /// Nothing from the operator: KEDA or your own HPA scales the FusedModel.
+    External,
 }
 
 /// Compute resources and placement of one replica.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourcesSpec {
-    /// GPUs per replica; 0 runs the CPU backend.
+    /// GPUs per replica: 0 runs the CPU backend, 1 the CUDA backend. More than one is refused
+    /// (`InvalidSpec`) until the daemon has tensor parallelism: run more replicas instead.
     #[serde(default = "default_gpus")]
     #[schemars(range(min = 0, max = 8))]
     pub gpus: i32,
@@ -369,4 +487,13 @@ fn default_min_replicas() -> i32 {
 }
 fn default_gpus() -> i32 {
     1
+}
+fn default_scale_down_stabilization() -> String {
+    "300s".into()
+}
+fn default_scale_to_zero_after() -> String {
+    "5m".into()
+}
+fn default_activation_timeout() -> String {
+    "5m".into()
 }

@@ -21,16 +21,67 @@ pub struct FusedModelStatus {
     /// Daemon replicas that serve requests.
     #[serde(default)]
     pub ready_replicas: i32,
+    /// Ready replicas out of the desired ones (`spec.replicas`), as `kubectl get deployment`
+    /// prints them: `1/2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<String>,
     /// Label selector of the replicas' Pods, in string form (scale subresource).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
     /// Base URL of the OpenAI-compatible endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// What the autoscaler saw and did (with `spec.autoscaling`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
     /// Current conditions, one per type (`Ready`, `Progressing`, `Degraded`, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// The autoscaler's view of a FusedModel: each signal's current value against its target, the
+/// replicas it wants, and its last change of the replica count and why.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    /// Who reads the signals (`operator`, `customMetrics`, `external`).
+    pub metric_source: String,
+    /// Each target signal: its current mean per ready replica and its target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<SignalStatus>,
+    /// Replicas whose `/metrics` were read for `signals`.
+    #[serde(default)]
+    pub scraped_replicas: i32,
+    /// Replicas the autoscaler wants now.
+    #[serde(default)]
+    pub desired_replicas: i32,
+    /// When it last changed the replica count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+    /// Why it last changed the replica count (`signal current/target: from → to`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_reason: Option<String>,
+    /// When a replica last had a request waiting or running, or the activator held one (the
+    /// clock of `scaleToZeroAfter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_active_time: Option<Time>,
+    /// One line for `kubectl get fm -o wide`: `waiting 3.5/2 kv 0.41/0.8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}
+
+/// One autoscaling signal: a vLLM series, its current mean per ready replica, and its target.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalStatus {
+    /// The signal, by the series it is read from (`vllm:num_requests_waiting`, ...).
+    pub name: String,
+    /// Current mean per ready replica, as a decimal (`2.5`); absent before the first scrape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
+    /// Target mean per replica, as a decimal.
+    pub target: String,
 }
 
 /// Condition types a `FusedModel` reports.

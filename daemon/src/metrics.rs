@@ -6,8 +6,8 @@
 //! Must not: compute anything; callers observe values, `/metrics` renders them.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// vLLM's buckets for time to first token.
@@ -172,6 +172,7 @@ pub struct Metrics {
     pub kv_pages_total: IntGauge,
     pub kv_map_seconds: Histogram,
     pub kv_map_stalls: IntCounter,
+    pub kv_map_stall_seconds: Counter,
     pub kv_wasted_bytes: IntGauge,
     pub budget_used: Histogram,
     pub token_budget: IntGauge,
@@ -182,9 +183,19 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     /// KV pages two or more running sequences map (a shared prefix, held once).
     pub kv_shared_pages: IntGauge,
+    model_info: GaugeVec,
 }
 
 impl Metrics {
+    /// Sets `fused_model_info` (one series, 1): the weights' compute `dtype` (`float32` on the
+    /// CPU, `bfloat16` on the GPU), their `quantization` (`none`, `fp8`) and the architecture.
+    pub fn set_model_info(&self, dtype: &str, quantization: &str, architecture: &str) {
+        self.model_info.reset();
+        self.model_info
+            .with_label_values(&[dtype, quantization, architecture])
+            .set(1.0);
+    }
+
     /// Registers every series for `model_name`, whose context holds `max_model_len` tokens
     /// (the token histograms' buckets reach it, as vLLM's do), with a KV cache described by
     /// `cache`.
@@ -220,6 +231,11 @@ impl Metrics {
         };
         let counter = |name: &str, help: &str| {
             let c = IntCounter::with_opts(label(Opts::new(name, help)))?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let seconds_counter = |name: &str, help: &str| {
+            let c = Counter::with_opts(label(Opts::new(name, help)))?;
             registry.register(Box::new(c.clone()))?;
             Ok::<_, prometheus::Error>(c)
         };
@@ -335,8 +351,17 @@ impl Metrics {
         for reason in REJECT_REASONS {
             requests_rejected.with_label_values(&[reason]);
         }
+        let model_info = GaugeVec::new(
+            label(Opts::new(
+                "fused_model_info",
+                "The served weights: compute dtype, quantization and architecture (1).",
+            )),
+            &["dtype", "quantization", "architecture"],
+        )?;
+        registry.register(Box::new(model_info.clone()))?;
         let tokens_buckets = buckets_1_2_5(max_model_len);
         Ok(Self {
+            model_info,
             requests_running: int_gauge(
                 "vllm:num_requests_running",
                 "Number of requests in model execution batches.",
@@ -486,6 +511,10 @@ impl Metrics {
             kv_map_stalls: counter(
                 "fused_kv_map_stalls_total",
                 "Iterations that waited for a KV page to be mapped.",
+            )?,
+            kv_map_stall_seconds: seconds_counter(
+                "fused_kv_map_stall_seconds_total",
+                "Time the engine waited for KV pages to be mapped before a forward pass.",
             )?,
             kv_wasted_bytes: int_gauge(
                 "fused_kv_wasted_bytes",
@@ -745,6 +774,20 @@ mod tests {
         assert!(info.contains("block_size=\"64\"") && info.contains("num_gpu_blocks=\"100\""));
         assert!(info.contains("enable_prefix_caching=\"True\""), "{info}");
         assert!(text.contains("fused_kv_page_bytes{engine=\"0\",model_name=\"m\"} 2097152"));
+        // One model-info series, the last one set.
+        m.set_model_info("float32", "none", "llama");
+        m.set_model_info("bfloat16", "fp8", "llama");
+        let text = m.render().unwrap();
+        let info: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("fused_model_info{"))
+            .collect();
+        assert_eq!(
+            info,
+            [
+                "fused_model_info{architecture=\"llama\",dtype=\"bfloat16\",engine=\"0\",model_name=\"m\",quantization=\"fp8\"} 1"
+            ]
+        );
         // The tokens histograms' buckets reach the context length, no further.
         let bounds: Vec<&str> = text
             .lines()

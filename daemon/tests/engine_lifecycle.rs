@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+mod support;
+
 use fused_daemon::engine::{
     self, EngineError, EngineHandle, EngineParts, Event, FinishReason, GenerateRequest,
     RequestStream, StopReason,
@@ -19,8 +21,8 @@ use fused_daemon::kv::{KvAccess, KvConfig, KvLayout, KvManager};
 use fused_daemon::metrics::{CacheInfo, Metrics};
 use fused_daemon::model::sampling::SamplingParams;
 use fused_daemon::model::{Forward, Logits, Model, ModelConfig, ModelError, SeqChunk};
-use fused_daemon::sched::{Policy, Scheduler, SchedulerConfig, TokenBudget};
 use fused_daemon::tokenizer::fixtures;
+use support::Engine;
 
 /// What the engine runs: the dummy model, or a wrapper that misbehaves.
 enum Kind {
@@ -60,12 +62,6 @@ impl Forward for Faulty {
     }
 }
 
-struct Engine {
-    handle: EngineHandle,
-    metrics: Arc<Metrics>,
-    thread: std::thread::JoinHandle<()>,
-}
-
 fn start(max_seqs: usize, budget: usize) -> Option<Engine> {
     start_with(max_seqs, budget, Kind::Plain)
 }
@@ -90,16 +86,10 @@ fn start_with(max_seqs: usize, budget: usize, kind: Kind) -> Option<Engine> {
         ..KvConfig::for_model(c.layers, c.kv_heads, c.head_dim, model.kv_element_bytes())
     })
     .unwrap();
-    let scheduler = Scheduler::new(SchedulerConfig {
-        token_budget: TokenBudget::Fixed(budget),
-        max_num_seqs: max_seqs,
-        max_queue: 32,
-        policy: Policy::Sarathi,
-    })
-    .unwrap();
+    let scheduler = support::sarathi(budget, max_seqs, 32);
     let cache = CacheInfo::from_kv(&kv.stats(), 4, 1.0, false);
     let metrics = Arc::new(Metrics::new("tiny", 1024, &cache).unwrap());
-    let (handle, thread) = engine::spawn(EngineParts {
+    Some(Engine::spawn(EngineParts {
         model: Box::new(Faulty {
             model,
             kind,
@@ -114,31 +104,16 @@ fn start_with(max_seqs: usize, budget: usize, kind: Kind) -> Option<Engine> {
         capacity: 32,
         log_requests: true,
         prefix_caching: None,
-    })
-    .unwrap();
-    Some(Engine {
-        handle,
-        metrics,
-        thread,
-    })
+    }))
 }
 
 fn request(prompt_len: usize, max_new_tokens: usize) -> GenerateRequest {
-    GenerateRequest {
-        request_id: format!("test-{prompt_len}-{max_new_tokens}"),
-        span: tracing::Span::none(),
-        prompt: (0..prompt_len as u32).map(|i| 20 + i * 7 % 480).collect(),
-        sampling: SamplingParams::greedy(),
-        n: 1,
+    support::greedy_request(
+        format!("test-{prompt_len}-{max_new_tokens}"),
+        (0..prompt_len as u32).map(|i| 20 + i * 7 % 480).collect(),
+        SamplingParams::greedy(),
         max_new_tokens,
-        min_tokens: 0,
-        stop_token_ids: vec![],
-        stop: vec![],
-        ignore_eos: true,
-        skip_special_tokens: true,
-        guide: None,
-        arrival: Instant::now(),
-    }
+    )
 }
 
 async fn submit(engine: &EngineHandle, request: GenerateRequest) -> RequestStream {

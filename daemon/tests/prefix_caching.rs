@@ -12,21 +12,16 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use fused_daemon::engine::{self, EngineHandle, EngineParts, Event, GenerateRequest, PrefixHasher};
+mod support;
+
+use fused_daemon::engine::{EngineHandle, EngineParts, Event, PrefixHasher};
 use fused_daemon::kv::{KvConfig, KvLayout, KvManager, PartialPage};
 use fused_daemon::metrics::{CacheInfo, Metrics};
 use fused_daemon::model::Forward;
 use fused_daemon::model::sampling::SamplingParams;
-use fused_daemon::sched::{Policy, Scheduler, SchedulerConfig, TokenBudget};
 use fused_daemon::tokenizer::{Codec, fixtures};
-
-struct Engine {
-    handle: EngineHandle,
-    metrics: Arc<Metrics>,
-    thread: std::thread::JoinHandle<()>,
-}
+use support::Engine;
 
 impl Engine {
     fn stop(self) {
@@ -54,17 +49,11 @@ fn start(prefix_caching: bool, partial_page: PartialPage) -> Option<(Engine, Arc
         46_080,
         "rows straddle 2 MiB pages"
     );
-    let scheduler = Scheduler::new(SchedulerConfig {
-        token_budget: TokenBudget::Fixed(256),
-        max_num_seqs: 8,
-        max_queue: 64,
-        policy: Policy::Sarathi,
-    })
-    .unwrap();
+    let scheduler = support::sarathi(256, 8, 64);
     let cache = CacheInfo::from_kv(&kv.stats(), model.kv_element_bytes(), 1.0, prefix_caching);
     let metrics = Arc::new(Metrics::new("smollm2", 2048, &cache).unwrap());
     let codec = Arc::new(codec);
-    let (handle, thread) = engine::spawn(EngineParts {
+    let engine = Engine::spawn(EngineParts {
         model: Box::new(model),
         kv,
         scheduler,
@@ -75,13 +64,7 @@ fn start(prefix_caching: bool, partial_page: PartialPage) -> Option<(Engine, Arc
         capacity: 64,
         log_requests: false,
         prefix_caching: prefix_caching.then(|| Arc::new(PrefixHasher::new("smollm2-test"))),
-    })
-    .unwrap();
-    let engine = Engine {
-        handle,
-        metrics,
-        thread,
-    };
+    });
     Some((engine, codec))
 }
 
@@ -96,24 +79,16 @@ struct Output {
 }
 
 async fn generate(engine: &EngineHandle, prompt: &[u32]) -> Output {
-    let request = GenerateRequest {
-        request_id: format!("prefix-{}", prompt.len()),
-        prompt: prompt.to_vec(),
-        sampling: SamplingParams {
-            logprobs: Some(5),
-            ..SamplingParams::greedy()
-        },
-        n: 1,
-        max_new_tokens: 6,
-        min_tokens: 0,
-        stop_token_ids: vec![],
-        stop: vec![],
-        ignore_eos: true,
-        skip_special_tokens: true,
-        guide: None,
-        arrival: Instant::now(),
-        span: tracing::Span::none(),
+    let sampling = SamplingParams {
+        logprobs: Some(5),
+        ..SamplingParams::greedy()
     };
+    let request = support::greedy_request(
+        format!("prefix-{}", prompt.len()),
+        prompt.to_vec(),
+        sampling,
+        6,
+    );
     let permit = engine.admit(1).unwrap();
     let mut stream = engine.submit(permit, request).await.unwrap();
     let mut output = Output {

@@ -290,11 +290,16 @@ class TestUserPath:
                 return p if status["restartCount"] >= 1 and status["ready"] else None
 
             restarted = wait_for(f"{name}'s daemon restarted by the kubelet and ready", restarted_and_ready, 180)
-            wait_for("FusedModel Ready=True again", lambda: model_ready(ns, 2), 120)
+            recovered = wait_for("FusedModel Ready=True again", lambda: model_ready(ns, 2), 120)
             timed("daemon killed -> restarted -> FusedModel Ready again", t)
         finally:
             stop.set()
             watcher.join()
+        # The watcher polls: it may stop between wait_for's last read and its own next one, so the
+        # condition wait_for saw ends the sequence.
+        final = condition(recovered, "Ready")
+        if seen[-1:] != [(final["status"], final["reason"])]:
+            seen.append((final["status"], final["reason"]))
         last = daemon_status(restarted)["lastState"]["terminated"]
         assert last["exitCode"] == 137, last
         print(f"Ready condition seen: {seen}")

@@ -44,21 +44,6 @@ for build in $([ "${CHECKS:-1}" = 1 ] && echo before after); do
 done
 grep -h '"pass":false' "$out"/*-perf-*.jsonl 2>/dev/null | head -5
 echo "==== (a) decode, (b) prefill, (c) offline: each run's value (before | after) ===="
-python3 - "$out" <<'EOF'
-import json, glob, os, sys
-out = sys.argv[1]
-rows = {}
-for build in ("before", "after"):
-    for path in sorted(glob.glob(os.path.join(out, f"{build}-perf-*.jsonl"))):
-        for line in open(path):
-            r = json.loads(line)
-            if r["part"] in ("a", "b", "c", "ceiling") and r["pass"] is None:
-                rows.setdefault((r["part"], r["name"], r["unit"]), {}).setdefault(build, []).append(r["value"])
-for (part, name, unit), by in rows.items():
-    fmt = lambda vs: " ".join(f"{v:.1f}" for v in vs) or "-"
-    b, a = by.get("before", []), by.get("after", [])
-    delta = f"{100 * (sum(a) / len(a) / (sum(b) / len(b)) - 1):+.1f}%" if a and b else ""
-    print(f"{part:<7} {name[:62]:<62} {fmt(b):>15} | {fmt(a):<15} {unit:<8} {delta}")
-EOF
+python3 "$here/compare_table.py" "$out" before after
 echo "before_after.sh: $([ $status = 0 ] && echo 'checks PASSED' || echo "FAILURES (see $out)") at ${SECONDS}s"
 exit $status

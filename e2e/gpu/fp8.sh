@@ -51,21 +51,6 @@ grep -h '"pass":false' "$out/forward-check.jsonl" | head -5
 echo "serve --quantization fp8: $served completion tokens in $(python3 -c "print(f'{($t1-$t0)*1000:.0f}')") ms, exit $serve_exit after SIGTERM"
 grep -E "ERROR|panicked" "$out/serve-fp8.log" | head -5
 echo "==== (a) decode, (b) prefill, (c) offline: each run's value (bf16 | fp8) ===="
-python3 - "$out" <<'PY'
-import json, glob, os, sys
-out = sys.argv[1]
-rows = {}
-for fmt in ("bf16", "fp8"):
-    for path in sorted(glob.glob(os.path.join(out, f"{fmt}-perf-*.jsonl"))):
-        for line in open(path):
-            r = json.loads(line)
-            if r["part"] in ("a", "b", "c") and r["pass"] is None:
-                rows.setdefault((r["part"], r["name"], r["unit"]), {}).setdefault(fmt, []).append(r["value"])
-for (part, name, unit), by in rows.items():
-    show = lambda vs: " ".join(f"{v:.1f}" for v in vs) or "-"
-    b, f = by.get("bf16", []), by.get("fp8", [])
-    ratio = f"{(sum(f) / len(f)) / (sum(b) / len(b)):.2f}x" if b and f and sum(b) else ""
-    print(f"{part:<3} {name[:60]:<60} {show(b):>15} | {show(f):<15} {unit:<8} {ratio}")
-PY
+python3 "$here/compare_table.py" "$out" bf16 fp8 --parts a,b,c --ratio
 echo "fp8.sh: $([ $status = 0 ] && echo 'PASSED' || echo "FAILURES (see $out)") at ${SECONDS}s"
 exit $status

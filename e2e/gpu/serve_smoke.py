@@ -1,12 +1,16 @@
 """The daemon on the GPU serves the same HTTP API: start `fused-daemon serve --device cuda` on
-loopback, wait for /health, send a completion (JSON and streaming) and a bad request, check
-the answers and the GPU backend in /metrics. Usage: serve_smoke.py DAEMON_BINARY TOKENIZER."""
+loopback with dummy weights, wait for /ready, send a completion (JSON and streaming) and a bad
+request, check the answers and the architecture in /metrics (`fused_model_info`), and time one
+256-token greedy completion (single-stream decode over HTTP).
+Usage: serve_smoke.py DAEMON_BINARY TOKENIZER [MODEL ARCH]   (MODEL: a preset or a config.json;
+default llama-2-7b, llama)."""
 import json, subprocess, sys, time, urllib.request, urllib.error
 
 daemon, tokenizer = sys.argv[1], sys.argv[2]
+model_arg, arch = (sys.argv[3], sys.argv[4]) if len(sys.argv) > 4 else ("llama-2-7b", "llama")
 port = 18431
 proc = subprocess.Popen([daemon, "serve", "--device", "cuda", "--load-format", "dummy",
-                         "--model", "llama-2-7b", "--tokenizer", tokenizer, "--port", str(port),
+                         "--model", model_arg, "--tokenizer", tokenizer, "--port", str(port),
                          "--max-seqs", "32", "--max-context", "2048", "--kv-memory-mib", "16384"],
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 base = f"http://127.0.0.1:{port}"
@@ -22,12 +26,13 @@ ok = True
 try:
     for _ in range(240):
         try:
-            if call("/health", timeout=2)[0] == 200: break
+            # /health answers as soon as the port is bound; /ready once the model is loaded.
+            if call("/ready", timeout=2)[0] == 200: break
         except Exception: pass
         if proc.poll() is not None: break
         time.sleep(0.5)
     else:
-        raise SystemExit("daemon did not become healthy")
+        raise SystemExit("daemon did not become ready")
     if proc.poll() is not None:
         raise SystemExit("daemon exited: " + proc.stdout.read()[-3000:])
     model = json.loads(call("/v1/models")[1])["data"][0]["id"]
@@ -51,7 +56,16 @@ try:
     ok &= status == 400
     status, body = call("/metrics")
     print("metrics:", [l for l in body.splitlines() if l.startswith("vllm:generation_tokens_total")][:1])
-    ok &= status == 200
+    info = [l for l in body.splitlines() if l.startswith("fused_model_info{")]
+    print("model info:", info[:1])
+    ok &= status == 200 and any(f'architecture="{arch}"' in l for l in info)
+    t = time.time()
+    status, body = call("/v1/completions", {"model": model, "prompt": "Hello GPU", "max_tokens": 256,
+                                             "temperature": 0, "ignore_eos": True}, timeout=120)
+    dt = time.time() - t
+    tokens = json.loads(body).get("usage", {}).get("completion_tokens", 0) if status == 200 else 0
+    print(f"single stream: {tokens} tokens in {dt*1e3:.0f} ms = {tokens / dt:.1f} tok/s (HTTP, prefill included)")
+    ok &= tokens == 256
 finally:
     proc.terminate()
     try: out = proc.communicate(timeout=30)[0]

@@ -511,6 +511,7 @@ def test_the_chart_ships_the_panels_and_alerts_the_issue_asks_for():
         "vllm:generation_tokens_total", "vllm:num_preemptions_total", "fused_vocab_base_tokens_total",
         "fused_vocab_patched_tokens_total", "fused_sched_budget_used_ratio_bucket",
         "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total", "fused_kv_shared_pages",
+        "fused_model_info",
     ]:
         assert name in exprs, f"no dashboard panel reads {name}"
     assert "by (node)" in exprs and "by (namespace, pod)" in exprs, "per-node and per-replica panels"
@@ -671,6 +672,10 @@ def test_vllm_labels_and_units_on_the_scrape(stack):
         assert blocks == scraped_value(daemon, "fused_kv_pages_total"), "interleaved: one block per page"
         # SmolLM2-135M: 30 layers x 3 KV heads x 64 dims x K and V x 4 bytes = 46,080 bytes a token.
         assert block_size == page_bytes // (30 * 3 * 64 * 2 * 4)
+        # The weights the replica serves: SmolLM2 on the CPU, unquantized.
+        model = [s for f in families for s in f.samples if s.name == "fused_model_info"]
+        assert [(s.labels["dtype"], s.labels["quantization"], s.labels["architecture"], s.value)
+                for s in model] == [("float32", "none", "llama", 1.0)], model
         n = scraped_value(daemon, "vllm:request_params_n_count")
         if name == "replica-a":
             assert scraped_value(daemon, "vllm:request_params_n_bucket", le="1.0") < n, "an n=2 request"

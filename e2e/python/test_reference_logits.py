@@ -1,5 +1,5 @@
 """Our forward pass against HF transformers (PyTorch, CPU, float32) on the same weights: the real
-SmolLM2 GGUF and dummy-weight GPT-2 / Llama shapes saved as safetensors. Each case compares a
+SmolLM2 GGUF and dummy-weight GPT-2 / Llama / Qwen2 shapes saved as safetensors. Each case compares a
 one-shot prefill, a chunked prefill followed by single-token decode steps, and a varlen batch
 (one sequence decoding while another is prefilled) against the reference's logits.
 
@@ -68,7 +68,7 @@ def test_smollm2_gguf_matches_transformers(tmp_path):
     check_all("smollm2 gguf", GGUF, ref.eval(), ref.config.vocab_size, tmp_path)
 
 
-@pytest.mark.parametrize("shape", ["gpt2", "tiny-llama3", "smollm2-135m"])
+@pytest.mark.parametrize("shape", ["gpt2", "tiny-llama3", "smollm2-135m", "tiny-qwen2"])
 def test_dummy_safetensors_match_transformers(shape, tmp_path):
     model_dir = tmp_path / shape
     subprocess.run([str(BINARY), "export-dummy", "--shape", shape, "--seed", "7", "--out", str(model_dir)], check=True)

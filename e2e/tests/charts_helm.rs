@@ -156,11 +156,22 @@ fn agreed_cluster_rules() -> Vec<PolicyRule> {
             &["get", "patch", "update"],
         ),
         rule(&["fused.dev"], &["fusedmodels/finalizers"], &["update"]),
+        rule(
+            &["fused.dev"],
+            &["fusedmodels/scale"],
+            &["get", "patch", "update"],
+        ),
         rule(&["apps"], &["deployments"], &crud),
         rule(&[""], &["services"], &crud),
+        rule(
+            &[""],
+            &["endpoints"],
+            &["get", "list", "watch", "create", "patch", "update"],
+        ),
         rule(&[""], &["pods"], &["get", "list", "watch"]),
         rule(&["autoscaling"], &["horizontalpodautoscalers"], &crud),
         rule(&["networking.k8s.io"], &["networkpolicies"], &crud),
+        rule(&["policy"], &["poddisruptionbudgets"], &crud),
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
         rule(&[""], &["events"], &["create", "patch"]),
     ]
@@ -300,9 +311,10 @@ fn default_render_is_least_privilege_and_restricted() {
             "Role",
             "RoleBinding",
             "Service",
+            "Service",
             "ServiceAccount"
         ],
-        "monitoring objects are off by default"
+        "monitoring objects are off by default (the Services: metrics and the activator)"
     );
     let cluster_role: ClusterRole = rendered(&yaml, "ClusterRole");
     assert_eq!(cluster_role.rules, Some(agreed_cluster_rules()));
@@ -341,7 +353,17 @@ fn default_render_is_least_privilege_and_restricted() {
             "--cache-host-path",
             "/var/cache/fusedmodel",
             "--artifact-cache",
-            "emptyDir"
+            "emptyDir",
+            "--autoscale-interval-s",
+            "5",
+            "--model-min-available",
+            "1",
+            "--gpu-daemon-memory",
+            "2Gi",
+            "--activator-addr",
+            "0.0.0.0:8081",
+            "--activator-service",
+            "fused-system/fused-operator-activator"
         ]
     );
     let security = container
@@ -467,8 +489,8 @@ async fn both_charts_install_upgrade_and_uninstall() {
         Some("fused-crds")
     );
 
-    // Operator chart with everything on.
-    helm(
+    // Operator chart with everything on; its notes show a first FusedModel and a curl.
+    let installed = helm(
         cluster,
         &[
             "install",
@@ -479,6 +501,22 @@ async fn both_charts_install_upgrade_and_uninstall() {
             "--create-namespace",
         ],
         ALL_FEATURES,
+    );
+    let first_model = notes_first_model(&installed);
+    assert!(
+        installed.contains("curl -s localhost:8000/v1/chat/completions"),
+        "{installed}"
+    );
+    let mut command = cluster.kubectl().expect("kubectl");
+    command.args(["apply", "--dry-run=server", "-n", "default", "-f", "-"]);
+    let out = must(command, Some(&first_model));
+    assert!(out.contains("fusedmodel.fused.dev/smollm2-135m"), "{out}");
+    let typed: fused_crds::FusedModel =
+        serde_saphyr::from_str(&first_model).expect("the notes' FusedModel parses");
+    assert_eq!(
+        typed.spec.validate(),
+        Ok(()),
+        "the notes' FusedModel is valid"
     );
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let deployment = deployments.get("fused-operator").await.expect("Deployment");
@@ -711,6 +749,68 @@ async fn both_charts_install_upgrade_and_uninstall() {
     );
     let releases = helm(cluster, &["list", "--all-namespaces", "--short"], &[]);
     assert!(releases.trim().is_empty(), "no release left: {releases}");
+}
+
+/// The FusedModel the install notes show (the here-document between `<<'YAML'` and `YAML`).
+fn notes_first_model(notes: &str) -> String {
+    let body: Vec<&str> = notes
+        .lines()
+        .skip_while(|l| !l.trim_end().ends_with("<<'YAML'"))
+        .skip(1)
+        .take_while(|l| l.trim() != "YAML")
+        .collect();
+    assert!(!body.is_empty(), "the notes show a FusedModel:\n{notes}");
+    body.iter()
+        .map(|l| l.strip_prefix("  ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// An umbrella chart (as Argo CD / Flux users and platform charts wrap ours) passes `global`
+/// values to every subchart; the values schema accepts them, with and without the umbrella.
+#[test]
+fn umbrella_charts_pass_global_values() {
+    let yaml = template(
+        OPERATOR_CHART,
+        "fused-operator",
+        "fused-system",
+        &[
+            "global.imageRegistry=registry.example",
+            "global.labels.team=ml",
+        ],
+    );
+    assert!(yaml.contains("kind: Deployment"), "{yaml}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let umbrella = dir.path().join("platform");
+    copy_dir(
+        &workspace_root().join(OPERATOR_CHART),
+        &umbrella.join("charts/fused-operator"),
+    );
+    std::fs::write(
+        umbrella.join("Chart.yaml"),
+        "apiVersion: v2\nname: platform\nversion: 1.0.0\ndependencies:\n  - name: fused-operator\n    version: 0.1.0\n",
+    )
+    .expect("write Chart.yaml");
+    std::fs::write(
+        umbrella.join("values.yaml"),
+        "global:\n  imageRegistry: registry.example\n  storageClass: fast\nfused-operator:\n  replicaCount: 2\n",
+    )
+    .expect("write values.yaml");
+    let path = umbrella.display().to_string();
+    let mut lint = helm_offline();
+    lint.args(["lint", "--strict", &path]);
+    let out = must(lint, None);
+    println!("$ helm lint --strict platform\n{out}");
+    let mut render = helm_offline();
+    render.args(["template", "platform", &path, "--namespace", "fused-system"]);
+    let yaml = must(render, None);
+    let deployment: Deployment = rendered(&yaml, "Deployment");
+    assert_eq!(
+        deployment.spec.and_then(|s| s.replicas),
+        Some(2),
+        "the umbrella's values reach the subchart"
+    );
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

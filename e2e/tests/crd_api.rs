@@ -123,8 +123,10 @@ async fn examples_are_accepted_and_listed_with_printer_columns() {
         observed_generation: smollm.metadata.generation,
         replicas: 1,
         ready_replicas: 1,
+        ready: Some("1/1".into()),
         selector: Some("fused.dev/model=smollm2-135m".into()),
         endpoint: Some("http://smollm2-135m.examples.svc:8000/v1".into()),
+        autoscaling: None,
         conditions: Vec::new(),
     };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -192,39 +194,49 @@ async fn examples_are_accepted_and_listed_with_printer_columns() {
     let header = table.lines().next().expect("a header line");
     assert_eq!(
         header.split_whitespace().collect::<Vec<_>>(),
-        [
-            "NAMESPACE",
-            "NAME",
-            "READY",
-            "REASON",
-            "REPLICAS",
-            "BLOCKSIZE",
-            "AGE"
-        ]
+        ["NAMESPACE", "NAME", "READY", "STATUS", "ENDPOINT", "AGE"]
     );
     for name in &names {
         let row = rows
             .iter()
             .find(|r| r["NAMESPACE"] == EXAMPLES_NS && &r["NAME"] == name)
             .unwrap_or_else(|| panic!("kubectl lists {name}"));
-        assert_eq!(row["BLOCKSIZE"], "2097152", "{name}");
         assert!(!row["AGE"].is_empty(), "{name} has an age");
         if name == "smollm2-135m" {
             assert_eq!(
                 (
                     row["READY"].as_str(),
-                    row["REASON"].as_str(),
-                    row["REPLICAS"].as_str()
+                    row["STATUS"].as_str(),
+                    row["ENDPOINT"].as_str()
                 ),
-                ("True", "Available", "1")
+                (
+                    "1/1",
+                    "Available",
+                    "http://smollm2-135m.examples.svc:8000/v1"
+                )
             );
         } else {
             assert_eq!(
-                (row["READY"].as_str(), row["REASON"].as_str()),
+                (row["READY"].as_str(), row["STATUS"].as_str()),
                 ("", ""),
                 "{name} has no status yet"
             );
         }
+    }
+    // The wide listing adds the KV page size.
+    let wide = cluster
+        .run_kubectl(&["get", "fm", "-n", EXAMPLES_NS, "-o", "wide"])
+        .expect("kubectl get fm -o wide");
+    println!("$ kubectl get fm -o wide\n{wide}");
+    let rows = parse_table(&wide);
+    assert!(
+        wide.lines()
+            .next()
+            .is_some_and(|h| h.split_whitespace().any(|c| c == "BLOCKSIZE")),
+        "{wide}"
+    );
+    for row in rows {
+        assert_eq!(row["BLOCKSIZE"], "2097152", "{row:?}");
     }
 }
 

@@ -1,9 +1,10 @@
 //! The `fused-operator` binary as it runs in a cluster, with only the permissions of
 //! `fused_operator::rbac` (a ServiceAccount bound to that ClusterRole, its token issued by the
 //! controller manager): it wins the leader Lease, serves `/healthz` and `/metrics`, reconciles a
-//! FusedModel into a Deployment, Service and autoscaler with status and Events, cleans up on
-//! delete, logs JSON lines without a single permission error, and on SIGTERM releases the Lease
-//! and exits 0.
+//! scale-to-zero FusedModel into a Deployment and a Service whose endpoints are its activator,
+//! reports `status.autoscaling`, wakes the model when a request reaches the activator (503 with
+//! `Retry-After` at the activation timeout, no kubelet here), cleans up on delete, logs JSON
+//! lines without a single permission error, and on SIGTERM releases the Lease and exits 0.
 
 mod operator_support;
 
@@ -11,10 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fused_crds::{FusedModel, condition_reason, condition_type};
-use fused_operator::autoscaler::HpaVersion;
+use fused_operator::autoscaler::HPA_V2BETA2;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Endpoints, Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
 use kube::api::{DeleteParams, DynamicObject, ListParams, PostParams};
@@ -143,6 +144,30 @@ async fn the_binary_runs_with_least_privilege() {
         .local_addr()
         .unwrap()
         .port();
+    let activator_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The activator's Service, as the chart makes it (its endpoints: a made-up operator Pod).
+    let activator_service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "fused-operator-activator"},
+        "spec": {"ports": [{"name": "http", "port": 8081}]}
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &activator_service)
+        .await
+        .expect("the activator Service");
+    let activator_endpoints: Endpoints = serde_json::from_value(json!({
+        "metadata": {"name": "fused-operator-activator"},
+        "subsets": [{"addresses": [{"ip": "10.250.0.9"}], "ports": [{"name": "http", "port": 8081}]}]
+    }))
+    .unwrap();
+    Api::<Endpoints>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &activator_endpoints)
+        .await
+        .expect("the activator Endpoints");
     let log_path = dir.path().join("operator.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let binary = workspace_binary("fused-operator", "FUSED_OPERATOR_BIN");
@@ -150,6 +175,13 @@ async fn the_binary_runs_with_least_privilege() {
         .env("KUBECONFIG", &kubeconfig_path)
         .env("RUST_LOG", "info")
         .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .args(["--activator-addr", &format!("127.0.0.1:{activator_port}")])
+        .args([
+            "--activator-service",
+            &format!("{NS}/fused-operator-activator"),
+            "--autoscale-interval-s",
+            "1",
+        ])
         .args([
             "--leader-election-namespace",
             NS,
@@ -193,14 +225,22 @@ async fn the_binary_runs_with_least_privilege() {
     // Reconciles with only its ClusterRole.
     let models: Api<FusedModel> = Api::namespaced(client.clone(), NS);
     let name = "smollm2-135m-on-demand";
-    create_model(&client, NS, &example("smollm2-135m-scale-from-zero")).await;
+    let mut on_demand = example("smollm2-135m-scale-from-zero");
+    if let Some(autoscaling) = on_demand.spec.autoscaling.as_mut() {
+        autoscaling.activation_timeout = "3s".into();
+    }
+    create_model(&client, NS, &on_demand).await;
     let stored = wait_model(&models, name, "ScaledToZero written by the binary", |m| {
         has(
             m,
             condition_type::READY,
             "False",
             condition_reason::SCALED_TO_ZERO,
-        )
+        ) && m
+            .status
+            .as_ref()
+            .and_then(|s| s.autoscaling.as_ref())
+            .is_some_and(|a| a.metric_source == "operator")
     })
     .await;
     println!("status:\n{}", describe(&stored));
@@ -216,9 +256,56 @@ async fn the_binary_runs_with_least_privilege() {
         .get(name)
         .await
         .expect("Service");
+    wait_for(
+        "the Service's endpoints to be the activator",
+        WAIT,
+        || async {
+            let endpoints = Api::<Endpoints>::namespaced(client.clone(), NS)
+                .get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "no Endpoints".to_owned())?;
+            let ips = fused_operator::endpoints::ready_addresses(&endpoints);
+            if ips == ["10.250.0.9:8081".parse().unwrap()] {
+                Ok(())
+            } else {
+                Err(format!("{ips:?}"))
+            }
+        },
+    )
+    .await;
     let hpas: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), NS, &HpaVersion::V2beta2.api_resource());
-    hpas.get(name).await.expect("autoscaler");
+        Api::namespaced_with(client.clone(), NS, &HPA_V2BETA2.api_resource());
+    assert!(
+        hpas.get_opt(name).await.unwrap().is_none(),
+        "the operator's own autoscaler needs no HPA"
+    );
+
+    // A request reaching the binary's activator wakes the model; no replica can become ready
+    // here (no kubelet), so it gets 503 and Retry-After at the activation timeout.
+    let sent = Instant::now();
+    let answer = http
+        .post(format!(
+            "http://127.0.0.1:{activator_port}/v1/chat/completions"
+        ))
+        .header("host", format!("{name}.{NS}.svc:8000"))
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("the activator answers");
+    println!(
+        "activator: {} after {:.1} s, Retry-After {:?}",
+        answer.status(),
+        sent.elapsed().as_secs_f64(),
+        answer.headers().get("retry-after")
+    );
+    assert_eq!(answer.status(), 503);
+    assert!(answer.headers().get("retry-after").is_some());
+    assert_eq!(
+        models.get(name).await.unwrap().spec.replicas,
+        1,
+        "the activator woke the model with the operator's permissions"
+    );
     let events = Api::<Event>::namespaced(client.clone(), NS)
         .list(&ListParams::default())
         .await
@@ -229,6 +316,13 @@ async fn the_binary_runs_with_least_privilege() {
             .iter()
             .any(|e| e.reporting_controller.as_deref() == Some("fused-operator")),
         "the binary published events"
+    );
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Activated")),
+        "the activator published its wake-up"
     );
     models.delete(name, &DeleteParams::default()).await.unwrap();
     wait_for(

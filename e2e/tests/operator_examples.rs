@@ -1,7 +1,8 @@
 //! Each example FusedModel, reconciled by the operator against a real kube-apiserver +
-//! controller manager (v1.20, loopback), yields the expected Deployment, Service and
-//! autoscaler (autoscaling/v2beta2: this server has no v2); removing `autoscaling` removes the
-//! autoscaler; a spec the schema accepts but the operator cannot serve is reported as
+//! controller manager (v1.20, loopback), yields the expected Deployment and Service (for the
+//! scale-to-zero example: a Service without selector and operator-written endpoints, no HPA;
+//! with `metricSource: customMetrics` an autoscaling/v2beta2 HPA, this server having no v2);
+//! removing `autoscaling` removes the HPA and gives the Service its selector back; a spec the schema accepts but the operator cannot serve is reported as
 //! `Degraded`/`InvalidSpec`, writes no workload and is not retried in a loop.
 
 mod operator_support;
@@ -9,7 +10,7 @@ mod operator_support;
 use std::time::Duration;
 
 use fused_crds::{FusedModel, condition_reason, condition_type};
-use fused_operator::autoscaler::HpaVersion;
+use fused_operator::autoscaler::HPA_V2BETA2;
 use fused_operator::workload::TERMINATION_GRACE_S;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Service};
@@ -68,14 +69,14 @@ async fn examples_become_the_expected_deployment_service_and_autoscaler() {
     let operator = RunningOperator::start_default(&client, ns).await;
     assert_eq!(
         operator.ctx.hpa_version,
-        Some(HpaVersion::V2beta2),
+        Some(HPA_V2BETA2),
         "a v1.20 server serves autoscaling/v2beta2 and not v2"
     );
     let models: Api<FusedModel> = Api::namespaced(client.clone(), ns);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     let hpas: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &HpaVersion::V2beta2.api_resource());
+        Api::namespaced_with(client.clone(), ns, &HPA_V2BETA2.api_resource());
 
     // --- SmolLM2 on CPU.
     let smollm = create_model(&client, ns, &example("smollm2-135m-cpu")).await;
@@ -109,7 +110,7 @@ async fn examples_become_the_expected_deployment_service_and_autoscaler() {
         ("--device", "cpu"),
         ("--kv-block-size", "2097152"),
         ("--kv-layout", "interleaved"),
-        ("--max-seqs", "8"),
+        ("--max-num-seqs", "8"),
         ("--max-context", "2048"),
         ("--token-budget", "256"),
         ("--max-queue", "64"),
@@ -251,7 +252,7 @@ async fn examples_become_the_expected_deployment_service_and_autoscaler() {
     println!("llama2-7b-medical daemon args: {}", args.join(" "));
     assert_eq!(flag(&args, "--device"), Some("cuda"));
     assert_eq!(flag(&args, "--kv-layout"), Some("perLayer"));
-    assert_eq!(flag(&args, "--max-seqs"), Some("128"));
+    assert_eq!(flag(&args, "--max-num-seqs"), Some("128"));
     assert_eq!(
         flag(&args, "--patch-tokenizer"),
         Some("/artifacts/patch-tokenizer")
@@ -296,10 +297,47 @@ async fn examples_become_the_expected_deployment_service_and_autoscaler() {
     );
     assert_eq!(flag(&model_fetch, "--sha256"), None);
 
-    // --- Scale from zero: Deployment at 0, autoscaler on the FusedModel's scale subresource.
+    // --- Scale from zero: Deployment at 0; the operator's own autoscaler (no HPA); a Service
+    // without selector whose endpoints the operator writes (none here: this operator has no
+    // activator configured).
     let on_demand = create_model(&client, ns, &example("smollm2-135m-scale-from-zero")).await;
     let deployment = deployment_of(&deployments, "smollm2-135m-on-demand").await;
     assert_eq!(deployment.spec.unwrap().replicas, Some(0));
+    let endpoints = wait_for("the on-demand endpoints", WAIT, || async {
+        Api::<k8s_openapi::api::core::v1::Endpoints>::namespaced(client.clone(), ns)
+            .get_opt("smollm2-135m-on-demand")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "absent".to_owned())
+    })
+    .await;
+    assert_owned_by(endpoints.owner_references(), &on_demand);
+    assert_eq!(endpoints.subsets.unwrap_or_default(), Vec::new());
+    let on_demand_service = Api::<Service>::namespaced(client.clone(), ns)
+        .get("smollm2-135m-on-demand")
+        .await
+        .expect("the on-demand Service");
+    assert_eq!(
+        on_demand_service.spec.and_then(|s| s.selector),
+        None,
+        "the operator routes a scale-to-zero Service"
+    );
+    assert!(
+        hpas.get_opt("smollm2-135m-on-demand")
+            .await
+            .unwrap()
+            .is_none(),
+        "the default metric source needs no HPA"
+    );
+    // With a custom-metrics adapter: an HPA on the FusedModel's scale subresource.
+    models
+        .patch(
+            "smollm2-135m-on-demand",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"autoscaling": {"metricSource": "customMetrics"}}})),
+        )
+        .await
+        .expect("switch to customMetrics");
     let hpa = wait_for("the on-demand autoscaler", WAIT, || async {
         hpas.get_opt("smollm2-135m-on-demand")
             .await
@@ -334,6 +372,10 @@ async fn examples_become_the_expected_deployment_service_and_autoscaler() {
             {"type": "Pods", "pods": {"metric": {"name": "vllm:kv_cache_usage_perc"},
              "target": {"type": "AverageValue", "averageValue": "800m"}}},
         ])
+    );
+    assert_eq!(
+        hpa_spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"], 120,
+        "the spec's scale-down window"
     );
     let stored = wait_model(&models, "smollm2-135m-on-demand", "ScaledToZero", |m| {
         has(
@@ -371,6 +413,17 @@ async fn examples_become_the_expected_deployment_service_and_autoscaler() {
         }
     })
     .await;
+    wait_for("the Service to select the Pods again", WAIT, || async {
+        let service = Api::<Service>::namespaced(client.clone(), ns)
+            .get("smollm2-135m-on-demand")
+            .await
+            .map_err(|e| e.to_string())?;
+        match service.spec.and_then(|s| s.selector) {
+            Some(selector) => Ok(selector),
+            None => Err("no selector".to_owned()),
+        }
+    })
+    .await;
     wait_for("the Deployment at 2 replicas", WAIT, || async {
         let d = deployments
             .get("smollm2-135m-on-demand")
@@ -400,10 +453,8 @@ async fn specs_the_schema_cannot_catch_are_degraded_without_a_hot_loop() {
     let mut model = example("smollm2-135m-cpu");
     model.metadata.name = Some("too-big".into());
     model.spec.autoscaling = Some(fused_crds::AutoscalingSpec {
-        min_replicas: 3,
-        max_replicas: 1,
         target_kv_cache_utilization: Some(0.8),
-        target_waiting_requests: None,
+        ..fused_crds::AutoscalingSpec::new(3, 1)
     });
     // 1 GiB pages for 8 sequences cannot fit a 1 GiB replica.
     model.spec.kv_cache.block_size = 1 << 30;

@@ -76,7 +76,7 @@ async fn a_second_reconcile_of_an_unchanged_object_writes_nothing() {
     );
     log.take();
     let models: Api<FusedModel> = Api::namespaced(client.clone(), ns);
-    // The scale-from-zero example has all three children: Deployment, Service, autoscaler.
+    // The scale-from-zero example has three children: Deployment, Service and its endpoints.
     let name = "smollm2-135m-on-demand";
     create_model(&client, ns, &example("smollm2-135m-scale-from-zero")).await;
 
@@ -109,7 +109,7 @@ async fn a_second_reconcile_of_an_unchanged_object_writes_nothing() {
     for path in [
         format!("PATCH /apis/apps/v1/namespaces/{ns}/deployments/{name}"),
         format!("PATCH /api/v1/namespaces/{ns}/services/{name}"),
-        format!("PATCH /apis/autoscaling/v2beta2/namespaces/{ns}/horizontalpodautoscalers/{name}"),
+        format!("PATCH /api/v1/namespaces/{ns}/endpoints/{name}"),
         format!("PATCH /apis/fused.dev/v1alpha1/namespaces/{ns}/fusedmodels/{name}/status"),
         format!("POST /apis/events.k8s.io/v1/namespaces/{ns}/events"),
     ] {

@@ -3,17 +3,19 @@
 //! created → RollingOut; Pods ready → `Ready=True`; a spec change → new generation in status, a
 //! rollout to new Pods with `Ready=False` until they are ready; Pods the scheduler cannot place
 //! for lack of GPUs → `Scheduled=False/InsufficientGPU`; an Event per transition; deleting the
-//! FusedModel removes everything.
+//! FusedModel removes everything; its PodDisruptionBudget lets a node drain evict replicas only
+//! while `minAvailable` stay up.
 
 mod operator_support;
 
 use fused_crds::{FusedModel, condition_reason, condition_type};
-use fused_operator::autoscaler::HpaVersion;
+use fused_operator::autoscaler::HPA_V2BETA2;
+use fused_operator::disruption_budget::PDB_V1BETA1;
 use fused_operator::labels::TEMPLATE_HASH_ANNOTATION;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, DynamicObject, EvictParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use operator_support::*;
 use serde_json::json;
@@ -221,7 +223,9 @@ async fn readiness_rollout_and_deletion() {
         .await
         .expect("delete");
     let hpas: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &HpaVersion::V2beta2.api_resource());
+        Api::namespaced_with(client.clone(), ns, &HPA_V2BETA2.api_resource());
+    let budgets: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &PDB_V1BETA1.api_resource());
     wait_for(
         "the FusedModel and everything it owned to be gone",
         WAIT,
@@ -260,6 +264,14 @@ async fn readiness_rollout_and_deletion() {
                         .is_some(),
                 ),
                 (
+                    "PodDisruptionBudget",
+                    budgets
+                        .get_opt(name)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .is_some(),
+                ),
+                (
                     "ReplicaSets",
                     !Api::<ReplicaSet>::namespaced(client.clone(), ns)
                         .list(&selector)
@@ -283,7 +295,9 @@ async fn readiness_rollout_and_deletion() {
         },
     )
     .await;
-    println!("deleted: no FusedModel, Deployment, Service, autoscaler, ReplicaSet or Pod left");
+    println!(
+        "deleted: no FusedModel, Deployment, Service, autoscaler, disruption budget, ReplicaSet or Pod left"
+    );
     operator.stop().await;
 }
 
@@ -368,5 +382,95 @@ async fn pods_without_a_gpu_node_are_insufficient_gpu() {
         has(m, condition_type::SCHEDULED, "False", "Unschedulable")
     })
     .await;
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_drain_evicts_replicas_only_down_to_min_available() {
+    let cluster = cluster(true).await;
+    let client = cluster.client().expect("client");
+    let ns = "op-disruption";
+    create_namespace(&client, ns).await;
+    let operator = RunningOperator::start_default(&client, ns).await;
+    assert_eq!(operator.ctx.pdb_version, Some(PDB_V1BETA1));
+    let models: Api<FusedModel> = Api::namespaced(client.clone(), ns);
+    let budgets: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &PDB_V1BETA1.api_resource());
+    let mut model = example("smollm2-135m-cpu");
+    let name = "drained";
+    model.metadata.name = Some(name.into());
+    model.spec.replicas = 2;
+    create_model(&client, ns, &model).await;
+
+    // The operator's default budget (one replica), selecting the model's Pods, owned by it.
+    let budget = wait_for("the PodDisruptionBudget", WAIT, || async {
+        budgets
+            .get_opt(name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "none yet".to_owned())
+    })
+    .await;
+    assert_eq!(budget.data["spec"]["minAvailable"], 1);
+    assert_eq!(
+        budget.data["spec"]["selector"]["matchLabels"]["fused.dev/model"],
+        name
+    );
+    let owner = &budget.metadata.owner_references.as_ref().expect("owned")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("FusedModel", name)
+    );
+
+    // Two ready replicas: the disruption controller allows one eviction.
+    let pods = wait_pods(&client, ns, name, 2).await;
+    for pod in &pods {
+        mark_pod_ready(&client, ns, pod).await;
+    }
+    wait_for("one disruption allowed", WAIT, || async {
+        let live = budgets.get(name).await.map_err(|e| e.to_string())?;
+        let status = &live.data["status"];
+        (status["disruptionsAllowed"] == 1 && status["currentHealthy"] == 2)
+            .then_some(())
+            .ok_or_else(|| format!("status {status}"))
+    })
+    .await;
+
+    // A drain evicts the first replica and is refused the second (429, the budget named).
+    let pods_api: Api<Pod> = Api::namespaced(cluster.client_without_retries().expect("client"), ns);
+    let first = pods[0].metadata.name.as_deref().expect("Pod name");
+    let second = pods[1].metadata.name.as_deref().expect("Pod name");
+    pods_api
+        .evict(first, &EvictParams::default())
+        .await
+        .expect("the first eviction is allowed");
+    match pods_api.evict(second, &EvictParams::default()).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 429, "{status:?}");
+            assert!(status.message.contains("disruption budget"), "{status:?}");
+        }
+        other => panic!("the second eviction must be refused by the budget: {other:?}"),
+    }
+    println!("drain: {first} evicted, {second} kept by the budget");
+
+    // The spec overrides the default; 0 removes the budget.
+    for (value, expected) in [(json!("50%"), Some(json!("50%"))), (json!(0), None)] {
+        models
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"disruptionBudget": {"minAvailable": value}}})),
+            )
+            .await
+            .expect("patch the budget");
+        wait_for(&format!("minAvailable {value}"), WAIT, || async {
+            let live = budgets.get_opt(name).await.map_err(|e| e.to_string())?;
+            let have = live.map(|b| b.data["spec"]["minAvailable"].clone());
+            (have == expected)
+                .then_some(())
+                .ok_or_else(|| format!("have {have:?}"))
+        })
+        .await;
+    }
     operator.stop().await;
 }

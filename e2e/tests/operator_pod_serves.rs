@@ -22,24 +22,6 @@ use kube::Api;
 use operator_support::*;
 use serde_json::json;
 
-const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-/// The SmolLM2 GGUF in the model cache (`$FUSED_MODEL_CACHE` or `~/.cache/fusedmodel/models`).
-fn local_model() -> PathBuf {
-    let dir = std::env::var_os("FUSED_MODEL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("$HOME")).join(".cache/fusedmodel/models")
-        });
-    let path = dir.join(MODEL_FILE);
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-model.sh",
-        path.display()
-    );
-    path
-}
-
 /// A Pod spec mapped onto this machine: each volume a local directory (hostPath volumes share
 /// one stand-in node directory), the `fused-daemon` command the release binary.
 struct LocalPod {

@@ -12,6 +12,7 @@
 
 use std::fmt::Debug;
 
+use fused_crds::FusedModel;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
@@ -68,6 +69,34 @@ pub async fn apply_if_changed_with<K>(
 where
     K: Resource + Clone + Debug + Serialize + DeserializeOwned,
 {
+    apply_unless_same(api, name, desired, dynamic, &[]).await
+}
+
+/// [`apply_if_changed`] for an object that may leave out, on purpose, fields an earlier apply
+/// set (JSON pointers in `dropped`, e.g. a Service's `/spec/selector`): when `desired` has none
+/// there, a live value is a difference, and the apply removes it.
+pub async fn apply_if_changed_dropping<K>(
+    api: &Api<K>,
+    name: &str,
+    desired: &K,
+    dropped: &[&str],
+) -> Result<Applied<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+{
+    apply_unless_same(api, name, desired, &(), dropped).await
+}
+
+async fn apply_unless_same<K>(
+    api: &Api<K>,
+    name: &str,
+    desired: &K,
+    dynamic: &K::DynamicType,
+    dropped: &[&str],
+) -> Result<Applied<K>>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
     let wanted = serde_json::to_value(desired).map_err(Error::serialize("a desired object"))?;
     let mut params = PatchParams::apply(FIELD_MANAGER);
     if let Some(live) = api.get_opt(name).await? {
@@ -75,13 +104,41 @@ where
             return Ok(Applied::NotOurs(not_ours(&live, dynamic)));
         }
         let have = serde_json::to_value(&live).map_err(Error::serialize("a live object"))?;
-        if contains(&have, &wanted) {
+        let set = |object: &serde_json::Value, pointer: &str| {
+            object.pointer(pointer).is_some_and(|v| !is_empty(v))
+        };
+        let stale = dropped
+            .iter()
+            .any(|pointer| set(&have, pointer) && !set(&wanted, pointer));
+        if !stale && contains(&have, &wanted) {
             return Ok(Applied::Unchanged(live));
         }
         params = params.force();
     }
     let written = api.patch(name, &params, &Patch::Apply(&wanted)).await?;
     Ok(Applied::Written(written))
+}
+
+/// Applies `status` (the part of a FusedModel's status that `manager` owns) with server-side
+/// apply on the status subresource, taking those fields over from any other manager.
+pub async fn apply_status(
+    api: &Api<FusedModel>,
+    name: &str,
+    manager: &str,
+    status: Value,
+) -> Result<()> {
+    let patch = serde_json::json!({
+        "apiVersion": FusedModel::api_version(&()),
+        "kind": FusedModel::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Whether `live` has the controller owner reference `desired` carries.

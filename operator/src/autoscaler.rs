@@ -1,17 +1,22 @@
-//! The HorizontalPodAutoscaler of a FusedModel with `spec.autoscaling`: it scales the
-//! FusedModel's scale subresource (not the Deployment) on the daemon's per-Pod metrics
-//! `vllm:num_requests_waiting` and `vllm:kv_cache_usage_perc` (served to the HPA by a metrics
-//! adapter such as prometheus-adapter). Written as `autoscaling/v2`, or `autoscaling/v2beta2` on
-//! servers without v2 (Kubernetes before 1.23); both have the same shape for these fields.
+//! The HorizontalPodAutoscaler of a FusedModel with `spec.autoscaling.metricSource:
+//! customMetrics`: it scales the FusedModel's scale subresource (not the Deployment) on the
+//! daemon's per-Pod metrics `vllm:num_requests_waiting`, `vllm:num_requests_running`,
+//! `vllm:kv_cache_usage_perc` and `vllm:generation_tokens_per_second` (served to the HPA by a
+//! custom-metrics adapter such as prometheus-adapter; the last one is a rate rule), with the
+//! spec's scale-down stabilisation window. Written as `autoscaling/v2`, or `autoscaling/v2beta2`
+//! on servers without v2 (Kubernetes before 1.23); both have the same shape for these fields.
+//! The default source (`operator`) needs no HPA: see [`crate::autoscale`].
 
-use fused_crds::FusedModel;
+use fused_crds::{FusedModel, MetricSource, duration};
 use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
-    MetricIdentifier, MetricSpec, MetricTarget, PodsMetricSource,
+    CrossVersionObjectReference, HPAScalingRules, HorizontalPodAutoscaler,
+    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec,
+    MetricTarget, PodsMetricSource,
 };
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-use kube::{Client, Resource};
+use kube::Resource;
+use kube::api::DynamicObject;
 
+use crate::api_versions::VersionedKind;
 use crate::error::{Error, Result};
 use crate::labels;
 use crate::quantity;
@@ -20,61 +25,39 @@ use crate::quantity;
 pub const WAITING_METRIC: &str = "vllm:num_requests_waiting";
 /// Per-Pod metric of KV-cache utilisation in [0, 1] (vLLM's name).
 pub const KV_UTILIZATION_METRIC: &str = "vllm:kv_cache_usage_perc";
+/// Per-Pod metric of running requests (vLLM's name).
+pub const RUNNING_METRIC: &str = "vllm:num_requests_running";
+/// Per-Pod rate of generated tokens: the adapter's rule over `vllm:generation_tokens_total`.
+pub const TOKENS_PER_SECOND_METRIC: &str = "vllm:generation_tokens_per_second";
 
-/// Which HorizontalPodAutoscaler API the server serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HpaVersion {
-    /// `autoscaling/v2` (Kubernetes 1.23+).
-    V2,
-    /// `autoscaling/v2beta2` (Kubernetes 1.12 to 1.25).
-    V2beta2,
-}
+/// The HorizontalPodAutoscaler in `autoscaling/v2` (Kubernetes 1.23+).
+pub const HPA_V2: VersionedKind = VersionedKind {
+    group: "autoscaling",
+    version: "v2",
+    kind: "HorizontalPodAutoscaler",
+    plural: "horizontalpodautoscalers",
+};
+/// The HorizontalPodAutoscaler in `autoscaling/v2beta2` (Kubernetes 1.12 to 1.25).
+pub const HPA_V2BETA2: VersionedKind = VersionedKind {
+    version: "v2beta2",
+    ..HPA_V2
+};
+/// The versions the operator writes, newest first.
+pub const HPA_VERSIONS: [VersionedKind; 2] = [HPA_V2, HPA_V2BETA2];
 
-impl HpaVersion {
-    /// The API version string.
-    pub fn api_version(self) -> &'static str {
-        match self {
-            Self::V2 => "autoscaling/v2",
-            Self::V2beta2 => "autoscaling/v2beta2",
-        }
-    }
-
-    /// The API resource, for a dynamic `Api`.
-    pub fn api_resource(self) -> ApiResource {
-        let version = match self {
-            Self::V2 => "v2",
-            Self::V2beta2 => "v2beta2",
-        };
-        ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("autoscaling", version, "HorizontalPodAutoscaler"),
-            "horizontalpodautoscalers",
-        )
-    }
-
-    /// The newest of v2 / v2beta2 the server serves, or `None` if neither.
-    pub async fn discover(client: &Client) -> Result<Option<Self>> {
-        let groups = client.list_api_groups().await?;
-        let Some(autoscaling) = groups.groups.iter().find(|g| g.name == "autoscaling") else {
-            return Ok(None);
-        };
-        let served = |version: &str| autoscaling.versions.iter().any(|v| v.version == version);
-        Ok(if served("v2") {
-            Some(Self::V2)
-        } else if served("v2beta2") {
-            Some(Self::V2beta2)
-        } else {
-            None
-        })
-    }
-}
-
-/// The autoscaler of `model` in API `version`, or `None` without `spec.autoscaling`.
+/// The autoscaler of `model` in API `version`, or `None` unless `spec.autoscaling` asks for an
+/// HPA (`metricSource: customMetrics`).
 ///
 /// `minReplicas` is at least 1: Kubernetes rejects 0 unless the `HPAScaleToZero` feature gate
 /// is on. A FusedModel at 0 replicas stays there until something (a request activator, or
 /// `kubectl scale fm`) sets replicas; the HPA takes over from 1.
-pub fn autoscaler(model: &FusedModel, version: HpaVersion) -> Result<Option<DynamicObject>> {
-    let Some(autoscaling) = &model.spec.autoscaling else {
+pub fn autoscaler(model: &FusedModel, version: VersionedKind) -> Result<Option<DynamicObject>> {
+    let Some(autoscaling) = model
+        .spec
+        .autoscaling
+        .as_ref()
+        .filter(|a| a.metric_source == MetricSource::CustomMetrics)
+    else {
         return Ok(None);
     };
     let (name, _) = labels::name_and_namespace(model)?;
@@ -98,9 +81,21 @@ pub fn autoscaler(model: &FusedModel, version: HpaVersion) -> Result<Option<Dyna
     if let Some(waiting) = autoscaling.target_waiting_requests {
         metrics.push(pods_metric(WAITING_METRIC, average(f64::from(waiting))));
     }
+    if let Some(running) = autoscaling.target_running_requests {
+        metrics.push(pods_metric(RUNNING_METRIC, average(f64::from(running))));
+    }
     if let Some(utilization) = autoscaling.target_kv_cache_utilization {
         metrics.push(pods_metric(KV_UTILIZATION_METRIC, average(utilization)));
     }
+    if let Some(tokens) = autoscaling.target_tokens_per_second {
+        metrics.push(pods_metric(
+            TOKENS_PER_SECOND_METRIC,
+            average(f64::from(tokens)),
+        ));
+    }
+    let window = duration::seconds(&autoscaling.scale_down_stabilization)
+        .and_then(|s| i32::try_from(s).ok())
+        .unwrap_or(300);
     let hpa = HorizontalPodAutoscaler {
         metadata: labels::child_metadata(model)?,
         spec: Some(HorizontalPodAutoscalerSpec {
@@ -112,7 +107,13 @@ pub fn autoscaler(model: &FusedModel, version: HpaVersion) -> Result<Option<Dyna
             min_replicas: Some(autoscaling.min_replicas.max(1)),
             max_replicas: autoscaling.max_replicas,
             metrics: Some(metrics),
-            behavior: None,
+            behavior: Some(HorizontalPodAutoscalerBehavior {
+                scale_down: Some(HPAScalingRules {
+                    stabilization_window_seconds: Some(window),
+                    ..HPAScalingRules::default()
+                }),
+                scale_up: None,
+            }),
         }),
         status: None,
     };

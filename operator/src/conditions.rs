@@ -112,6 +112,10 @@ pub fn status(model: &FusedModel, findings: &Findings<'_>, now: Time) -> FusedMo
     status.observed_generation = generation;
     status.replicas = observed.replicas;
     status.ready_replicas = observed.ready_replicas;
+    status.ready = Some(format!(
+        "{}/{}",
+        observed.ready_replicas, model.spec.replicas
+    ));
     status.selector = Some(labels::selector_string(&name));
     status.endpoint = Some(endpoint(&name, &namespace));
     let conditions = [

@@ -10,13 +10,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fused_crds::FusedModel;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions,
+};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::Event;
 use kube::runtime::reflector::ObjectRef;
@@ -25,10 +27,16 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::instrument;
 
-use crate::apply::{Applied, apply_if_changed, apply_if_changed_with, controlled_by};
-use crate::autoscaler::{self, HpaVersion};
+use crate::apply::{
+    Applied, apply_if_changed, apply_if_changed_dropping, apply_if_changed_with, apply_status,
+    contains, controlled_by, same_controller,
+};
+use crate::autoscale;
+use crate::autoscaler;
 use crate::conditions::{self, Findings};
 use crate::context::Context;
+use crate::disruption_budget;
+use crate::endpoints;
 use crate::error::{Error, Result};
 use crate::events;
 use crate::labels::{
@@ -105,17 +113,45 @@ async fn apply(model: &FusedModel, ctx: &Context) -> Result<Action> {
     let problems = spec_check::problems(model, &ctx.config);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let mut conflicts = Vec::new();
+    let mut service_ours = false;
     let deployment = if problems.is_empty() {
         let desired = workload::deployment(model, &ctx.config)?;
         let applied = apply_if_changed(&deployments, &name, &desired).await?;
         record(ctx, "Deployment", &applied, &mut conflicts);
         let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-        let service = apply_if_changed(&services, &name, &service::service(model)?).await?;
+        // A scale-to-zero model's Service has no selector: the operator writes its endpoints.
+        let service = apply_if_changed_dropping(
+            &services,
+            &name,
+            &service::service(model)?,
+            &["/spec/selector"],
+        )
+        .await?;
+        service_ours = !matches!(service, Applied::NotOurs(_));
         record(ctx, "Service", &service, &mut conflicts);
         if let Some(version) = ctx.hpa_version
-            && let Some(hpa) = reconcile_autoscaler(model, &namespace, version, ctx).await?
+            && let Some(hpa) = reconcile_versioned(
+                model,
+                &namespace,
+                version.api_resource(),
+                autoscaler::autoscaler(model, version)?,
+                ctx,
+            )
+            .await?
         {
             record(ctx, "HorizontalPodAutoscaler", &hpa, &mut conflicts);
+        }
+        if let Some(version) = ctx.pdb_version
+            && let Some(budget) = reconcile_versioned(
+                model,
+                &namespace,
+                version.api_resource(),
+                disruption_budget::disruption_budget(model, &ctx.config, version)?,
+                ctx,
+            )
+            .await?
+        {
+            record(ctx, "PodDisruptionBudget", &budget, &mut conflicts);
         }
         if let Some(policy) = reconcile_network_policy(model, &namespace, ctx).await? {
             record(ctx, "NetworkPolicy", &policy, &mut conflicts);
@@ -133,6 +169,9 @@ async fn apply(model: &FusedModel, ctx: &Context) -> Result<Action> {
         .list(&ListParams::default().labels(&labels::selector_string(&name)))
         .await?
         .items;
+    if service_ours && endpoints::scales_to_zero(model) {
+        reconcile_endpoints(model, &namespace, &pods, ctx).await?;
+    }
     let observed = observe::observe(deployment.as_ref(), &pods, model.spec.replicas);
     let findings = Findings {
         problems: &problems,
@@ -142,17 +181,12 @@ async fn apply(model: &FusedModel, ctx: &Context) -> Result<Action> {
     let status = conditions::status(model, &findings, Time(Timestamp::now()));
     if model.status.as_ref() != Some(&status) {
         let api: Api<FusedModel> = Api::namespaced(client.clone(), &namespace);
-        let patch = json!({
-            "apiVersion": FusedModel::api_version(&()),
-            "kind": FusedModel::kind(&()),
-            "status": status,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+        // `status.autoscaling` belongs to the autoscaler's field manager: never written here.
+        let mut body = serde_json::to_value(&status).map_err(Error::serialize("the status"))?;
+        if let Some(fields) = body.as_object_mut() {
+            fields.remove("autoscaling");
+        }
+        apply_status(&api, &name, FIELD_MANAGER, body).await?;
         publish(
             ctx,
             model,
@@ -181,16 +215,17 @@ fn record<K>(ctx: &Context, kind: &str, applied: &Applied<K>, conflicts: &mut Ve
     }
 }
 
-/// Applies the autoscaler when the spec asks for one, deletes ours when it no longer does.
-async fn reconcile_autoscaler(
+/// Applies `desired` (an autoscaler or a disruption budget, in the API version the server
+/// serves) when the model asks for one, deletes ours when it no longer does.
+async fn reconcile_versioned(
     model: &FusedModel,
     namespace: &str,
-    version: HpaVersion,
+    resource: ApiResource,
+    desired: Option<DynamicObject>,
     ctx: &Context,
 ) -> Result<Option<Applied<DynamicObject>>> {
-    let resource = version.api_resource();
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, &resource);
-    match autoscaler::autoscaler(model, version)? {
+    match desired {
         Some(desired) => {
             let (name, _) = labels::name_and_namespace(model)?;
             Ok(Some(
@@ -202,6 +237,42 @@ async fn reconcile_autoscaler(
             Ok(None)
         }
     }
+}
+
+/// Points a scale-to-zero model's Service at its serving replicas, or else at the activator.
+/// The Endpoints named like our Service are that Service's by the API's definition, so one
+/// left by the endpoints controller (before the selector was dropped) is taken over.
+async fn reconcile_endpoints(
+    model: &FusedModel,
+    namespace: &str,
+    pods: &[Pod],
+    ctx: &Context,
+) -> Result<()> {
+    let activator = match ctx.config.activator() {
+        Some((ns, name)) => Api::<Endpoints>::namespaced(ctx.client.clone(), ns)
+            .get_opt(name)
+            .await?
+            .map(|e| endpoints::ready_addresses(&e))
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let (desired, target) = endpoints::endpoints(model, pods, &activator)?;
+    let (name, _) = labels::name_and_namespace(model)?;
+    let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), namespace);
+    let wanted = serde_json::to_value(&desired).map_err(Error::serialize("the endpoints"))?;
+    let mut params = PatchParams::apply(FIELD_MANAGER);
+    if let Some(live) = api.get_opt(&name).await? {
+        let have = serde_json::to_value(&live).map_err(Error::serialize("the live endpoints"))?;
+        if same_controller(&live, &desired) && contains(&have, &wanted) {
+            ctx.metrics.count_apply("Endpoints", false);
+            return Ok(());
+        }
+        params = params.force();
+    }
+    api.patch(&name, &params, &Patch::Apply(&wanted)).await?;
+    ctx.metrics.count_apply("Endpoints", true);
+    tracing::info!(?target, "the Service's endpoints changed");
+    Ok(())
 }
 
 /// Applies the NetworkPolicy when the spec asks for one, deletes ours when it no longer does.
@@ -260,11 +331,13 @@ async fn publish(ctx: &Context, model: &FusedModel, events: Vec<Event>) {
     }
 }
 
-/// Runs the controller until `shutdown` completes (in-flight reconciles finish first).
+/// Runs the controller and the autoscaler until `shutdown` completes (in-flight reconciles
+/// finish first).
 pub async fn run(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let shutdown = shutdown.shared();
     let client = ctx.client.clone();
     let namespace = ctx.config.watch_namespace.clone();
     let models: Api<FusedModel> = scoped_api(&client, namespace.as_deref());
@@ -273,17 +346,37 @@ pub async fn run(
     let pods: Api<Pod> = scoped_api(&client, namespace.as_deref());
     let policies: Api<NetworkPolicy> = scoped_api(&client, namespace.as_deref());
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    Controller::new(models, watcher::Config::default())
+    let controller = Controller::new(models, watcher::Config::default());
+    let store = controller.store();
+    let mut controller = controller
         .owns(deployments, managed.clone())
         .owns(services, managed.clone())
         .owns(policies, managed)
-        .watches(pods, watcher::Config::default().labels(MODEL_LABEL), |pod: Pod| {
-            let name = pod.labels().get(MODEL_LABEL)?.clone();
-            let namespace = pod.namespace()?;
-            Some(ObjectRef::<FusedModel>::new(&name).within(&namespace))
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .watches(
+            pods,
+            watcher::Config::default().labels(MODEL_LABEL),
+            |pod: Pod| {
+                let name = pod.labels().get(MODEL_LABEL)?.clone();
+                let namespace = pod.namespace()?;
+                Some(ObjectRef::<FusedModel>::new(&name).within(&namespace))
+            },
+        );
+    if let Some((activator_ns, activator)) = ctx.config.activator() {
+        // When the activator's replicas change, every scale-to-zero Service follows them.
+        let api: Api<Endpoints> = Api::namespaced(client.clone(), activator_ns);
+        let config = watcher::Config::default().fields(&format!("metadata.name={activator}"));
+        controller = controller.watches(api, config, move |_| {
+            store
+                .state()
+                .into_iter()
+                .filter(|model| endpoints::scales_to_zero(model))
+                .map(|model| ObjectRef::from_obj(&*model))
+                .collect::<Vec<_>>()
+        });
+    }
+    let reconciling = controller
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => {
@@ -296,8 +389,8 @@ pub async fn run(
                 // A watch failing (lost permission, CRD missing): the controller retries.
                 Err(error) => tracing::warn!(%error, "watching failed"),
             }
-        })
-        .await;
+        });
+    futures::join!(reconciling, autoscale::run(ctx, shutdown));
     tracing::info!("controller stopped");
 }
 

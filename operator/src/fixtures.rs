@@ -100,7 +100,17 @@ pub enum Scenario {
     ScaledToZero,
     /// A FusedModel of an earlier operator version, with the `fused.dev/cleanup` finalizer.
     LegacyFinalizer,
+    /// `autoscaling.minReplicas: 0` at zero replicas; its Service still has the selector an
+    /// earlier version gave it, and the activator has one ready replica.
+    OnDemandAtZero,
+    /// The same with one ready replica.
+    OnDemandServing,
 }
+
+/// Namespace and name of the activator's Service in the test configuration.
+pub const ACTIVATOR: (&str, &str) = ("fused-system", "fused-operator-activator");
+/// The activator replica's address.
+pub const ACTIVATOR_IP: &str = "10.1.0.7";
 
 /// The FusedModel of the scenarios (the CPU example's shape), at generation 1.
 pub fn model(spec: Value) -> FusedModel {
@@ -129,7 +139,9 @@ pub fn spec() -> Value {
 
 /// The test configuration of the operator.
 pub fn config() -> OperatorConfig {
-    OperatorConfig::with_daemon_image(DAEMON_IMAGE)
+    let mut config = OperatorConfig::with_daemon_image(DAEMON_IMAGE);
+    config.activator_service = Some(format!("{}/{}", ACTIVATOR.0, ACTIVATOR.1));
+    config
 }
 
 impl Scenario {
@@ -140,6 +152,11 @@ impl Scenario {
         match self {
             Self::InvalidSpec => spec["image"] = "evil.example/rewrite-cache:1".into(),
             Self::ScaledToZero => spec["replicas"] = 0.into(),
+            Self::OnDemandAtZero | Self::OnDemandServing => {
+                spec["replicas"] = if self == Self::OnDemandAtZero { 0 } else { 1 }.into();
+                spec["autoscaling"] =
+                    json!({"minReplicas": 0, "maxReplicas": 2, "targetWaitingRequests": 4});
+            }
             Self::InsufficientGpu => spec["resources"]["gpus"] = 1.into(),
             _ => {}
         }
@@ -176,10 +193,19 @@ impl Scenario {
                     {"type": "Initialized", "status": "True"},
                     {"type": "Ready", "status": "True"}]})));
             }
-            Self::ScaledToZero => {
+            Self::ScaledToZero | Self::OnDemandAtZero => {
                 let mut deployment = deployment_with(json!({"observedGeneration": 1}));
                 deployment["spec"]["replicas"] = 0.into();
                 world.insert("deployments", NAME, deployment);
+            }
+            Self::OnDemandServing => {
+                world.insert("deployments", NAME, deployment_with(complete));
+                world
+                    .pods
+                    .push(pod(json!({"phase": "Running", "podIP": "10.2.0.9",
+                    "conditions": [{"type": "PodScheduled", "status": "True"},
+                                   {"type": "Initialized", "status": "True"},
+                                   {"type": "Ready", "status": "True"}]})));
             }
             Self::NameConflict => world.insert(
                 "services",
@@ -230,10 +256,21 @@ impl Scenario {
         // Where an earlier reconcile made the Deployment, it made the Service too.
         if world.get("deployments", NAME).is_some() {
             let service = service::service(&model).expect("the Service");
+            let mut service = serde_json::to_value(service).expect("json");
+            if self == Self::OnDemandAtZero {
+                // Made by a version that gave every Service a selector.
+                service["spec"]["selector"] = json!({"fused.dev/model": NAME});
+            }
+            world.insert("services", NAME, service);
+        }
+        if matches!(self, Self::OnDemandAtZero | Self::OnDemandServing) {
             world.insert(
-                "services",
-                NAME,
-                serde_json::to_value(service).expect("json"),
+                "endpoints",
+                ACTIVATOR.1,
+                json!({"apiVersion": "v1", "kind": "Endpoints",
+                       "metadata": {"name": ACTIVATOR.1, "namespace": ACTIVATOR.0},
+                       "subsets": [{"addresses": [{"ip": ACTIVATOR_IP}],
+                                    "ports": [{"name": "http", "port": 8081}]}]}),
             );
         }
         world.insert(
@@ -267,6 +304,8 @@ pub fn mocked_context(world: World) -> (Arc<Context>, ApiServerVerifier) {
         client,
         config: config(),
         hpa_version: None,
+        pdb_version: None,
+        pod_network: crate::pod_network::PodNetwork::direct(),
         metrics: Arc::new(Metrics::new().expect("metrics")),
     };
     let verifier = ApiServerVerifier {

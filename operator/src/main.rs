@@ -1,12 +1,14 @@
 //! `fused-operator`: runs the FusedModel controller in a cluster — leader election on a Lease,
-//! `/metrics` and `/healthz`, JSON logs, and a graceful stop on SIGTERM (in-flight reconciles
-//! finish, the Lease is released for the next leader).
+//! the activator (on every replica, leader or not), `/metrics` and `/healthz`, JSON logs, and a
+//! graceful stop on SIGTERM (in-flight reconciles and held requests finish, the Lease is
+//! released for the next leader).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use fused_operator::activator::Activator;
 use fused_operator::leader::{LeaderElector, LeaseTiming, default_identity};
 use fused_operator::{Context, Metrics, OperatorConfig, controller, http};
 use tokio::sync::watch;
@@ -25,6 +27,12 @@ struct Cli {
     /// Address of /metrics and /healthz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
+    /// Address of the activator (where scale-to-zero Services point while no replica serves).
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    activator_addr: SocketAddr,
+    /// Run no activator in this process.
+    #[arg(long)]
+    no_activator: bool,
     /// Namespace of the leader-election Lease (default: the operator's own namespace).
     #[arg(long, env = "POD_NAMESPACE")]
     leader_election_namespace: Option<String>,
@@ -74,6 +82,23 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
+    let activator = if cli.no_activator {
+        None
+    } else {
+        let ctx = Context::new(client.clone(), cli.config.clone(), metrics.clone())
+            .await
+            .context("starting the activator")?;
+        let listener = tokio::net::TcpListener::bind(cli.activator_addr)
+            .await
+            .with_context(|| format!("binding the activator to {}", cli.activator_addr))?;
+        let activator = Activator::start(&ctx)
+            .await
+            .context("starting the activator")?;
+        tracing::info!(addr = %cli.activator_addr, "activator listening");
+        Some(tokio::spawn(
+            activator.serve(listener, stopped(stop_rx.clone())),
+        ))
+    };
     let namespace = cli
         .leader_election_namespace
         .or_else(|| std::fs::read_to_string(IN_CLUSTER_NAMESPACE).ok())
@@ -91,7 +116,10 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(identity = elector.identity(), lease = %cli.lease_name, %namespace, "waiting to lead");
     tokio::select! {
         () = elector.acquire() => {}
-        () = stopped(stop_rx.clone()) => return Ok(()),
+        () = stopped(stop_rx.clone()) => {
+            wait_activator(activator).await;
+            return Ok(());
+        }
     }
     metrics.leader.set(1);
 
@@ -119,8 +147,20 @@ async fn main() -> anyhow::Result<()> {
         Ok(Err(error)) => tracing::warn!(%error, "the metrics server failed"),
         Err(error) => tracing::warn!(%error, "the metrics server task failed"),
     }
+    wait_activator(activator).await;
     tracing::info!("stopped");
     outcome
+}
+
+/// Waits for the activator to finish the requests it holds (it stops on the stop flag).
+async fn wait_activator(activator: Option<tokio::task::JoinHandle<std::io::Result<()>>>) {
+    if let Some(task) = activator {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "the activator failed"),
+            Err(error) => tracing::warn!(%error, "the activator task failed"),
+        }
+    }
 }
 
 /// Completes once the stop flag is set.

@@ -1,5 +1,6 @@
 //! The operator's Prometheus series: reconciles, reconcile errors by kind, reconcile duration,
-//! child writes versus no-op applies, and whether this instance leads.
+//! child writes versus no-op applies, whether this instance leads, the autoscaler's replica
+//! changes and failed scrapes, and the activator's held requests and their outcomes.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -20,6 +21,14 @@ pub struct Metrics {
     pub applies: IntCounterVec,
     /// `fused_operator_leader`: 1 while this instance holds the Lease.
     pub leader: IntGauge,
+    /// `fused_operator_scale_changes_total{direction="up"|"down"|"zero"}`.
+    pub scale_changes: IntCounterVec,
+    /// `fused_operator_scrape_failures_total`: replica `/metrics` reads that failed.
+    pub scrape_failures: IntCounter,
+    /// `fused_operator_activator_held_requests`: requests the activator holds now.
+    pub held_requests: IntGauge,
+    /// `fused_operator_activations_total{result="forwarded"|"timeout"|"unknown_model"|"error"}`.
+    pub activations: IntCounterVec,
 }
 
 impl Metrics {
@@ -57,6 +66,32 @@ impl Metrics {
             "fused_operator_leader",
             "1 while this operator instance holds the leader Lease",
         )?;
+        let scale_changes = IntCounterVec::new(
+            Opts::new(
+                "fused_operator_scale_changes_total",
+                "Replica count changes the autoscaler made, by direction",
+            ),
+            &["direction"],
+        )?;
+        let scrape_failures = IntCounter::new(
+            "fused_operator_scrape_failures_total",
+            "Reads of a daemon replica's /metrics that failed",
+        )?;
+        let held_requests = IntGauge::new(
+            "fused_operator_activator_held_requests",
+            "Requests the activator holds while a replica starts",
+        )?;
+        let activations = IntCounterVec::new(
+            Opts::new(
+                "fused_operator_activations_total",
+                "Requests that reached the activator, by outcome",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(scale_changes.clone()))?;
+        registry.register(Box::new(scrape_failures.clone()))?;
+        registry.register(Box::new(held_requests.clone()))?;
+        registry.register(Box::new(activations.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -69,6 +104,10 @@ impl Metrics {
             duration,
             applies,
             leader,
+            scale_changes,
+            scrape_failures,
+            held_requests,
+            activations,
         })
     }
 

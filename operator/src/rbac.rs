@@ -18,6 +18,11 @@ pub const RULES: &[(&str, &[&str], &[&str])] = &[
     ),
     ("fused.dev", &["fusedmodels/finalizers"], &["update"]),
     (
+        "fused.dev",
+        &["fusedmodels/scale"],
+        &["get", "patch", "update"],
+    ),
+    (
         "apps",
         &["deployments"],
         &[
@@ -31,6 +36,11 @@ pub const RULES: &[(&str, &[&str], &[&str])] = &[
             "get", "list", "watch", "create", "patch", "update", "delete",
         ],
     ),
+    (
+        "",
+        &["endpoints"],
+        &["get", "list", "watch", "create", "patch", "update"],
+    ),
     ("", &["pods"], &["get", "list", "watch"]),
     (
         "autoscaling",
@@ -42,6 +52,13 @@ pub const RULES: &[(&str, &[&str], &[&str])] = &[
     (
         "networking.k8s.io",
         &["networkpolicies"],
+        &[
+            "get", "list", "watch", "create", "patch", "update", "delete",
+        ],
+    ),
+    (
+        "policy",
+        &["poddisruptionbudgets"],
         &[
             "get", "list", "watch", "create", "patch", "update", "delete",
         ],

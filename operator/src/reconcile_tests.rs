@@ -11,7 +11,7 @@ use kube::runtime::controller::Action;
 use serde_json::Value;
 
 use crate::controller::{CONFLICT_RETRY, RESYNC, reconcile};
-use crate::fixtures::{Call, NAME, Scenario, World, mocked_context};
+use crate::fixtures::{Call, NAME, Scenario, UID, World, mocked_context};
 
 /// Runs one reconcile of the scenario; returns its outcome, every call, and the final world.
 async fn run(scenario: Scenario) -> (Action, Vec<Call>, World) {
@@ -19,8 +19,20 @@ async fn run(scenario: Scenario) -> (Action, Vec<Call>, World) {
     run_with(model, world).await
 }
 
+/// One reconcile at a time. tracing caches each callsite's interest when the callsite is first
+/// hit; a first hit on another thread while a test sets its capturing subscriber can cache
+/// "never" for good, and that test then sees no line (a CI failure once). Reconciles are short;
+/// the test that captures logs sets its subscriber while it holds this.
+static ONE_RECONCILE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Runs one reconcile of `model` against `world`.
 async fn run_with(model: FusedModel, world: World) -> (Action, Vec<Call>, World) {
+    let _alone = ONE_RECONCILE.lock().await;
+    run_alone(model, world).await
+}
+
+/// [`run_with`] for a caller that holds [`ONE_RECONCILE`].
+async fn run_alone(model: FusedModel, world: World) -> (Action, Vec<Call>, World) {
     let (ctx, verifier) = mocked_context(world);
     let server = tokio::spawn(verifier.serve());
     let action = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(model), ctx))
@@ -259,6 +271,75 @@ async fn zero_replicas_is_scaled_to_zero() {
     );
 }
 
+/// The IPs and ports the Endpoints patch of `calls` lists.
+fn endpoint_addresses(calls: &[Call]) -> Vec<(String, i64)> {
+    let body = calls
+        .iter()
+        .find(|c| c.resource == "endpoints" && c.is_write())
+        .and_then(|c| c.body.clone())
+        .expect("an Endpoints patch");
+    body["subsets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|subset| {
+            let port = subset["ports"][0]["port"].as_i64().unwrap_or_default();
+            subset["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |a| (a["ip"].as_str().unwrap_or_default().to_owned(), port))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn at_zero_a_scale_to_zero_service_drops_its_selector_and_points_at_the_activator() {
+    let (_, calls, world) = run(Scenario::OnDemandAtZero).await;
+    let written = writes(&calls);
+    assert!(
+        written.contains(&format!("PATCH services/{NAME}")),
+        "the selector an older version set is dropped: {written:?}"
+    );
+    let service = calls
+        .iter()
+        .find(|c| c.resource == "services" && c.is_write())
+        .and_then(|c| c.body.clone())
+        .expect("the Service apply");
+    assert_eq!(service["spec"].get("selector"), None, "{service}");
+    assert_eq!(
+        endpoint_addresses(&calls),
+        [(crate::fixtures::ACTIVATOR_IP.to_owned(), 8081)]
+    );
+    let endpoints = world.get("endpoints", NAME).expect("the endpoints");
+    assert_eq!(
+        endpoints["metadata"]["ownerReferences"][0]["uid"], UID,
+        "owned by the FusedModel"
+    );
+    let status = written_status(&calls);
+    assert_eq!(
+        condition(&status, condition_type::READY),
+        is("False", condition_reason::SCALED_TO_ZERO)
+    );
+    assert_eq!(status.ready.as_deref(), Some("0/0"));
+}
+
+#[tokio::test]
+async fn with_a_serving_replica_the_service_points_at_it() {
+    let (_, calls, world) = run(Scenario::OnDemandServing).await;
+    assert_eq!(endpoint_addresses(&calls), [("10.2.0.9".to_owned(), 8000)]);
+    // The next reconcile of the same world leaves the endpoints alone.
+    let model: FusedModel =
+        serde_json::from_value(world.get("fusedmodels", NAME).expect("model").clone())
+            .expect("a FusedModel");
+    let (_, calls, _) = run_with(model, world).await;
+    assert!(
+        !writes(&calls).iter().any(|w| w.contains("endpoints")),
+        "{:?}",
+        writes(&calls)
+    );
+}
+
 #[tokio::test]
 async fn the_legacy_finalizer_is_removed_and_nothing_else_is_touched() {
     let (action, calls, world) = run(Scenario::LegacyFinalizer).await;
@@ -299,6 +380,7 @@ impl std::io::Write for Lines {
 
 #[tokio::test]
 async fn every_log_line_of_a_reconcile_names_the_object() {
+    let _alone = ONE_RECONCILE.lock().await;
     let lines = Lines::default();
     let writer = lines.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -307,7 +389,8 @@ async fn every_log_line_of_a_reconcile_names_the_object() {
         .with_max_level(tracing::Level::INFO)
         .finish();
     let _default = tracing::subscriber::set_default(subscriber);
-    run(Scenario::InvalidSpec).await;
+    let (model, world) = Scenario::InvalidSpec.setup();
+    run_alone(model, world).await;
     let text = String::from_utf8(lines.0.lock().expect("lines").clone()).expect("UTF-8");
     println!("{text}");
     let line = text

@@ -1,10 +1,13 @@
 //! The Service in front of a FusedModel's daemon replicas: one ClusterIP port `http` (8000) for
-//! the OpenAI API. Pure; it must not call the API server.
+//! the OpenAI API. It selects the replicas, except for a FusedModel that scales to zero: that
+//! Service has no selector, and the operator writes its endpoints (the replicas, or the activator
+//! while none serves: [`crate::endpoints`]). Pure; it must not call the API server.
 
 use fused_crds::FusedModel;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::endpoints::scales_to_zero;
 use crate::error::Result;
 use crate::labels;
 use crate::workload::{HTTP_PORT, HTTP_PORT_NAME};
@@ -16,7 +19,7 @@ pub fn service(model: &FusedModel) -> Result<Service> {
         metadata: labels::child_metadata(model)?,
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
-            selector: Some(labels::selector(&name)),
+            selector: (!scales_to_zero(model)).then(|| labels::selector(&name)),
             ports: Some(vec![ServicePort {
                 name: Some(HTTP_PORT_NAME.into()),
                 port: HTTP_PORT,

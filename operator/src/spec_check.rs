@@ -212,6 +212,24 @@ mod tests {
     }
 
     #[test]
+    fn more_than_one_gpu_is_an_invalid_spec() {
+        let m = model(
+            "tp",
+            serde_json::json!({
+                "baseModel": {"uri": "file:///m.gguf", "format": "gguf"},
+                "resources": {"gpus": 2}
+            }),
+        );
+        let found = problems(&m, &config());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("spec.resources.gpus (2) must be 0 or 1"),
+            "{}",
+            found[0]
+        );
+    }
+
+    #[test]
     fn schema_gaps_are_all_reported() {
         let m = model(
             "9-starts-with-a-digit",

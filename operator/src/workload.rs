@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use fused_crds::{FusedModel, FusedModelSpec, KvLayout};
+use fused_crds::{FusedModel, FusedModelSpec, KvLayout, Quantization};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
@@ -218,7 +218,7 @@ fn daemon_container(
             }),
             ..Lifecycle::default()
         }),
-        resources: Some(resources(spec, true)),
+        resources: Some(daemon_resources(spec, &config.gpu_daemon_memory)),
         security_context: Some(pod_security::container_security_context()),
         volume_mounts: Some(vec![
             read_only_cache_mount(namespace),
@@ -261,9 +261,10 @@ pub fn daemon_args(spec: &FusedModelSpec, name: &str) -> Vec<String> {
         spec.kv_cache.block_size.to_string(),
         "--kv-layout".into(),
         layout.into(),
-        // The daemon has one number for KV slots and running sequences; the schedulers' limit
-        // is the binding one (validate() keeps it at most kvCache.maxSeqs).
-        "--max-seqs".into(),
+        // The flag named like the field (vLLM's, the daemon's alias of `--max-seqs`). The daemon
+        // has one number for KV slots and running sequences; the scheduler's limit is the
+        // binding one (validate() keeps it at most kvCache.maxSeqs).
+        "--max-num-seqs".into(),
         spec.scheduler.max_num_seqs.to_string(),
     ];
     if let Some(max_context) = spec.kv_cache.max_context_len {
@@ -284,6 +285,9 @@ pub fn daemon_args(spec: &FusedModelSpec, name: &str) -> Vec<String> {
     if spec.patch_tokenizer.is_some() {
         args.extend(["--patch-tokenizer".into(), PATCH_TOKENIZER_PATH.into()]);
     }
+    if spec.quantization == Quantization::Fp8 {
+        args.extend(["--quantization".into(), "fp8".into()]);
+    }
     if device == "cuda" {
         args.extend([
             "--gpu-memory-utilization".into(),
@@ -291,6 +295,18 @@ pub fn daemon_args(spec: &FusedModelSpec, name: &str) -> Vec<String> {
         ]);
     }
     args
+}
+
+/// The daemon container's requests and limits: [`resources`] with its GPUs, and for a GPU
+/// replica whose spec sets no memory, `gpu_memory` (the operator's `--gpu-daemon-memory`) as a
+/// request only.
+fn daemon_resources(spec: &FusedModelSpec, gpu_memory: &str) -> ResourceRequirements {
+    let mut amounts = resources(spec, true);
+    if spec.resources.gpus > 0 && spec.resources.memory.is_none() && !gpu_memory.is_empty() {
+        let requests = amounts.requests.get_or_insert_with(BTreeMap::new);
+        requests.insert("memory".to_owned(), Quantity(gpu_memory.to_owned()));
+    }
+    amounts
 }
 
 /// Requests and limits of one container: CPU and memory from the spec, GPUs for the daemon.
@@ -445,6 +461,52 @@ mod tests {
                 ArtifactCache::HostPath => assert!(volume.host_path.is_some()),
             }
         }
+    }
+
+    #[test]
+    fn a_gpu_daemon_requests_the_streaming_footprint_unless_the_spec_sets_memory() {
+        let daemon = |resources: serde_json::Value, config: &OperatorConfig| {
+            let spec = serde_json::json!({
+                "baseModel": {"uri": "pvc://weights/m.gguf", "format": "gguf"},
+                "resources": resources,
+            });
+            let pod = pod_spec(&deployment(&model(spec), config).expect("builds"));
+            let container = pod.containers.into_iter().next().expect("the daemon");
+            let amounts = container.resources.expect("resources");
+            let get = |map: &Option<BTreeMap<String, Quantity>>, key: &str| {
+                map.as_ref().and_then(|m| m.get(key)).map(|q| q.0.clone())
+            };
+            (
+                get(&amounts.requests, "memory"),
+                get(&amounts.limits, "memory"),
+                get(&amounts.requests, GPU_RESOURCE),
+            )
+        };
+        let mut config = OperatorConfig::with_daemon_image("d:1");
+        let gpu = serde_json::json!({"gpus": 1});
+        assert_eq!(
+            daemon(gpu.clone(), &config),
+            (Some("2Gi".into()), None, Some("1".into())),
+            "a request by default, no limit"
+        );
+        assert_eq!(
+            daemon(serde_json::json!({"gpus": 1, "memory": "24Gi"}), &config),
+            (Some("24Gi".into()), Some("24Gi".into()), Some("1".into())),
+            "the spec's memory wins, as request and limit"
+        );
+        assert_eq!(
+            daemon(serde_json::json!({"gpus": 0}), &config),
+            (None, None, None),
+            "a CPU replica holds its weights in host memory: no footprint to assume"
+        );
+        config.gpu_daemon_memory = String::new();
+        assert_eq!(daemon(gpu, &config), (None, None, Some("1".into())));
+        for bad in ["lots", "0", "-1Gi"] {
+            config.gpu_daemon_memory = bad.into();
+            assert!(config.check().is_err(), "{bad}");
+        }
+        config.gpu_daemon_memory = "512Mi".into();
+        assert_eq!(config.check(), Ok(()));
     }
 
     #[test]

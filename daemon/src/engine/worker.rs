@@ -103,6 +103,7 @@ pub fn spawn(parts: EngineParts) -> std::io::Result<(EngineHandle, JoinHandle<()
                 groups: HashMap::new(),
                 inbox,
                 stalls_seen: 0,
+                stall_seconds_seen: 0.0,
                 consecutive_failures: 0,
                 health: health.clone(),
                 masks: None,
@@ -142,6 +143,7 @@ struct Worker {
     groups: HashMap<u64, Group>,
     inbox: mpsc::Receiver<Command>,
     stalls_seen: u64,
+    stall_seconds_seen: f64,
     consecutive_failures: u32,
     health: Arc<Health>,
     /// Computes constrained choices' masks during the forward pass (started when first needed).
@@ -616,6 +618,9 @@ impl Worker {
         m.kv_map_stalls
             .inc_by(kv.map_stalls.saturating_sub(self.stalls_seen));
         self.stalls_seen = kv.map_stalls;
+        m.kv_map_stall_seconds
+            .inc_by((kv.map_stall_seconds - self.stall_seconds_seen).max(0.0));
+        self.stall_seconds_seen = kv.map_stall_seconds;
         for seconds in self.parts.kv.drain_latencies().map_per_page {
             m.kv_map_seconds.observe(seconds.as_secs_f64());
         }

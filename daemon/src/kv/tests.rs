@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 
-use super::{KvBudget, KvConfig, KvError, KvLayout, KvManager};
+use super::{KvBudget, KvConfig, KvError, KvLayout, KvManager, KvStats};
 use crate::kv::{KvAccess, SlotId};
 
 mod prefix;
@@ -51,6 +51,19 @@ fn fail<T>(message: impl Into<String>) -> Result<T, String> {
 
 fn ensure(condition: bool, message: impl FnOnce() -> String) -> Outcome {
     if condition { Ok(()) } else { Err(message()) }
+}
+
+/// Every page is free, cached or held, once.
+fn pages_add_up(stats: &KvStats) -> Outcome {
+    ensure(
+        stats.pages_free + stats.pages_cached + stats.pages_held == stats.pages_total,
+        || {
+            format!(
+                "free {} + cached {} + held {} != total {}",
+                stats.pages_free, stats.pages_cached, stats.pages_held, stats.pages_total
+            )
+        },
+    )
 }
 
 /// A small shape with many page boundaries: 2 layers × 8 KV heads × f32; `odd` makes tokens
@@ -114,15 +127,7 @@ fn check_state(manager: &KvManager, model: &Model) -> Outcome {
     ensure(stats.live_tokens == live_tokens, || {
         format!("live_tokens {} vs {live_tokens}", stats.live_tokens)
     })?;
-    ensure(
-        stats.pages_free + stats.pages_cached + stats.pages_held == stats.pages_total,
-        || {
-            format!(
-                "free {} + cached {} + held {} != total {}",
-                stats.pages_free, stats.pages_cached, stats.pages_held, stats.pages_total
-            )
-        },
-    )?;
+    pages_add_up(&stats)?;
     ensure(stats.pages_held >= need, || {
         format!("held {} < needed {need}", stats.pages_held)
     })?;

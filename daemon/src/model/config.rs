@@ -14,6 +14,19 @@ pub enum Arch {
     Llama,
     /// GPT-2: LayerNorm, learned positions, GELU, biases everywhere.
     Gpt2,
+    /// Qwen2 / Qwen2.5: Llama's blocks with biases on the Q, K and V projections.
+    Qwen2,
+}
+
+impl Arch {
+    /// The family's name, as `fused_model_info` labels it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Gpt2 => "gpt2",
+            Self::Qwen2 => "qwen2",
+        }
+    }
 }
 
 /// Everything the forward pass needs to know about a model's shape.
@@ -46,12 +59,16 @@ impl ModelConfig {
     /// Parameters, counting a tied embedding once.
     pub fn parameter_count(&self) -> usize {
         let attn = self.hidden * (self.q_dim() + 2 * self.kv_dim()) + self.q_dim() * self.hidden;
+        let bias = match self.arch {
+            Arch::Qwen2 => self.q_dim() + 2 * self.kv_dim(),
+            Arch::Llama | Arch::Gpt2 => 0,
+        };
         let mlp = match self.arch {
-            Arch::Llama => 3 * self.hidden * self.ffn,
+            Arch::Llama | Arch::Qwen2 => 3 * self.hidden * self.ffn,
             Arch::Gpt2 => 2 * self.hidden * self.ffn,
         };
         let embed = self.vocab_size * self.hidden * if self.tie_embeddings { 1 } else { 2 };
-        self.layers * (attn + mlp) + embed
+        self.layers * (attn + bias + mlp) + embed
     }
 
     /// Reads an HF `config.json` (Llama/Mistral/SmolLM2 or GPT-2 field names).
@@ -87,6 +104,22 @@ impl ModelConfig {
             "llama-2-7b" => llama(32000, 4096, 32, 32, 32, 11008, 10_000.0, 4096, false),
             "llama-3-8b" => llama(128_256, 4096, 32, 32, 8, 14336, 500_000.0, 8192, false),
             "tiny-llama" => llama(512, 64, 2, 4, 2, 128, 10_000.0, 256, false),
+            // Qwen2.5's released shapes (GQA groups of 7; the 0.5B has head_dim 64, a tied head).
+            "qwen2.5-0.5b" => ModelConfig {
+                arch: Arch::Qwen2,
+                norm_eps: 1e-6,
+                ..llama(151_936, 896, 24, 14, 2, 4864, 1_000_000.0, 32768, true)
+            },
+            "qwen2.5-7b" => ModelConfig {
+                arch: Arch::Qwen2,
+                norm_eps: 1e-6,
+                ..llama(152_064, 3584, 28, 28, 4, 18944, 1_000_000.0, 32768, false)
+            },
+            // Qwen2's Q/K/V biases at toy size, with its tied head and RoPE base.
+            "tiny-qwen2" => ModelConfig {
+                arch: Arch::Qwen2,
+                ..llama(512, 64, 2, 4, 2, 128, 1_000_000.0, 256, true)
+            },
             // Llama-3 features at toy size: GQA, untied head, llama3 RoPE scaling.
             "tiny-llama3" => ModelConfig {
                 rope_scaling: Some(RopeScaling {
@@ -121,16 +154,23 @@ impl ModelConfig {
         "llama-2-7b",
         "llama-3-8b",
         "gpt2",
+        "qwen2.5-0.5b",
+        "qwen2.5-7b",
         "tiny-llama",
+        "tiny-qwen2",
     ];
 
     /// The HF `config.json` a reference implementation needs to rebuild this shape.
     pub fn to_hf_json(&self) -> serde_json::Value {
         match self.arch {
-            Arch::Llama => {
+            Arch::Llama | Arch::Qwen2 => {
+                let (architecture, model_type) = match self.arch {
+                    Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+                    _ => ("LlamaForCausalLM", "llama"),
+                };
                 let mut json = serde_json::json!({
-                    "architectures": ["LlamaForCausalLM"],
-                    "model_type": "llama",
+                    "architectures": [architecture],
+                    "model_type": model_type,
                     "vocab_size": self.vocab_size,
                     "hidden_size": self.hidden,
                     "intermediate_size": self.ffn,
@@ -194,6 +234,9 @@ struct HfConfig {
     attention_bias: bool,
     #[serde(default)]
     mlp_bias: bool,
+    /// Qwen2's sliding-window attention (off in its released configs).
+    #[serde(default)]
+    use_sliding_window: bool,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
     // GPT-2 spellings
@@ -241,7 +284,15 @@ impl HfConfig {
                     tie_embeddings: true,
                 })
             }
-            Some("llama" | "mistral") | None => {
+            family @ (Some("llama" | "mistral" | "qwen2") | None) => {
+                let arch = if family == Some("qwen2") {
+                    if self.use_sliding_window {
+                        return Err("qwen2 with use_sliding_window is not supported".into());
+                    }
+                    Arch::Qwen2
+                } else {
+                    Arch::Llama
+                };
                 let hidden = self.hidden_size.ok_or_else(|| missing("hidden_size"))?;
                 let heads = self
                     .num_attention_heads
@@ -282,7 +333,7 @@ impl HfConfig {
                     },
                 };
                 Ok(ModelConfig {
-                    arch: Arch::Llama,
+                    arch,
                     vocab_size: self.vocab_size,
                     hidden,
                     layers: self
@@ -302,7 +353,7 @@ impl HfConfig {
                 })
             }
             Some(other) => Err(format!(
-                "model_type `{other}` is not supported (llama, mistral, gpt2)"
+                "model_type `{other}` is not supported (llama, mistral, qwen2, gpt2)"
             )),
         }
     }
@@ -328,6 +379,32 @@ mod tests {
             let back = ModelConfig::from_hf_str(&preset.to_hf_json().to_string()).unwrap();
             assert_eq!(back, preset, "{name}");
         }
+    }
+
+    #[test]
+    fn qwen2_is_llama_with_qkv_biases() {
+        // Qwen2.5-0.5B-Instruct's config.json, abridged.
+        let json = r#"{"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2",
+            "vocab_size":151936,"hidden_size":896,"intermediate_size":4864,
+            "num_hidden_layers":24,"num_attention_heads":14,"num_key_value_heads":2,
+            "rms_norm_eps":1e-06,"rope_theta":1000000.0,"max_position_embeddings":32768,
+            "tie_word_embeddings":true,"use_sliding_window":false,"sliding_window":32768}"#;
+        let cfg = ModelConfig::from_hf_str(json).unwrap();
+        assert_eq!(cfg.arch, Arch::Qwen2);
+        assert_eq!((cfg.heads, cfg.kv_heads, cfg.head_dim), (14, 2, 64));
+        // 494 M parameters, as its model card says (0.49 B).
+        let params = cfg.parameter_count();
+        assert!((493_000_000..495_000_000).contains(&params), "{params}");
+        assert_eq!(Some(&cfg), ModelConfig::preset("qwen2.5-0.5b").as_ref());
+        // Qwen2.5-7B: 7.61 B by its model card.
+        let seven = ModelConfig::preset("qwen2.5-7b").unwrap().parameter_count();
+        assert!((7_600_000_000..7_630_000_000).contains(&seven), "{seven}");
+        let sliding = json.replace(
+            r#""use_sliding_window":false"#,
+            r#""use_sliding_window":true"#,
+        );
+        let err = ModelConfig::from_hf_str(&sliding).unwrap_err();
+        assert!(err.contains("use_sliding_window"), "{err}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::config::ModelConfig;
 use super::weights::TensorSource;
 
 /// Tensors handed out by name: values and shape.
-type Recorded = HashMap<String, (Vec<f32>, Vec<usize>)>;
+pub(crate) type Recorded = HashMap<String, (Vec<f32>, Vec<usize>)>;
 
 pub struct DummySource {
     seed: u64,
@@ -67,11 +67,16 @@ impl TensorSource for DummySource {
     }
 }
 
-/// Writes `config.json` and `model.safetensors` (f32) of the dummy model `(cfg, seed)` into `dir`.
-pub fn save_safetensors(cfg: &ModelConfig, seed: u64, dir: &Path) -> Result<(), ModelError> {
+/// Every tensor of the dummy model `(cfg, seed)` by its HF name, as a checkpoint holds it.
+pub(crate) fn tensors(cfg: &ModelConfig, seed: u64) -> Result<Recorded, ModelError> {
     let mut src = DummySource::recording(seed);
     super::weights::Weights::load(cfg, &mut src)?;
-    let record = src.record.unwrap_or_default();
+    Ok(src.record.unwrap_or_default())
+}
+
+/// Writes `config.json` and `model.safetensors` (f32) of the dummy model `(cfg, seed)` into `dir`.
+pub fn save_safetensors(cfg: &ModelConfig, seed: u64, dir: &Path) -> Result<(), ModelError> {
+    let record = tensors(cfg, seed)?;
     let mut tensors = HashMap::new();
     for (name, (values, shape)) in record {
         let t = Tensor::from_vec(values, shape, &Device::Cpu)

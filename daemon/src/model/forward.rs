@@ -87,16 +87,36 @@ impl Model {
         for (layer, block) in self.weights.blocks.iter().enumerate() {
             norm(&block.attn_norm, &x, &mut normed);
             let attn = self.attention(layer, block, chunks, &normed, kv, total);
-            add_linear(&block.o, &attn, total, &mut x);
+            self.add_linear(&block.o, &attn, total, &mut x)?;
             norm(&block.mlp_norm, &x, &mut normed);
             let hidden = mlp(&block.mlp, &normed, total);
             let down = match &block.mlp {
                 Mlp::SwiGlu { down, .. } => down,
                 Mlp::Gelu { proj, .. } => proj,
             };
-            add_linear(down, &hidden, total, &mut x);
+            self.add_linear(down, &hidden, total, &mut x)?;
         }
         Ok(self.head(chunks, &x))
+    }
+
+    /// `x += input · Wᵀ + b`, the product summed over the tensor-parallel group first (a rank
+    /// holds a slice of `W`'s columns and `input`'s matching part).
+    fn add_linear(
+        &self,
+        layer: &Linear,
+        input: &[f32],
+        rows: usize,
+        x: &mut [f32],
+    ) -> Result<(), ModelError> {
+        let mut y = vec![0.0; rows * layer.out];
+        project(layer, input, rows, &mut y);
+        if let Some(group) = &self.group {
+            group.all_reduce_sum(&mut y)?;
+        }
+        for (a, b) in x.iter_mut().zip(&y) {
+            *a += b;
+        }
+        Ok(())
     }
 
     fn max_positions(&self) -> usize {
@@ -286,15 +306,6 @@ fn project(layer: &Linear, input: &[f32], rows: usize, y: &mut [f32]) {
             layer.out,
             y,
         ),
-    }
-}
-
-/// `x += input · Wᵀ + b`.
-fn add_linear(layer: &Linear, input: &[f32], rows: usize, x: &mut [f32]) {
-    let mut y = vec![0.0; rows * layer.out];
-    project(layer, input, rows, &mut y);
-    for (a, b) in x.iter_mut().zip(&y) {
-        *a += b;
     }
 }
 

@@ -1,6 +1,7 @@
-//! GGUF checkpoints (llama.cpp's format): the config from metadata, tensors dequantised to `f32`
-//! at load (F32, F16, Q8_0, Q4_0, Q4_1 and the other types candle reads), Q/K rows un-permuted
-//! from llama.cpp's interleaved RoPE layout back to the HF layout the forward pass uses.
+//! GGUF checkpoints (llama.cpp's format; `llama` and `qwen2`): the config from metadata, tensors
+//! dequantised to `f32` at load (F32, F16, Q8_0, Q4_0, Q4_1 and the other types candle reads),
+//! `llama`'s Q/K rows un-permuted from llama.cpp's interleaved RoPE layout back to the HF layout
+//! the forward pass uses (`qwen2`'s are stored in HF order).
 
 use std::fs::File;
 use std::io::BufReader;
@@ -64,11 +65,15 @@ impl GgufFile {
             .meta("general.architecture")
             .and_then(|v| v.to_string().ok())
             .ok_or_else(|| self.error("metadata has no general.architecture".into()))?;
-        if arch != "llama" {
-            return Err(self.error(format!(
-                "architecture `{arch}` is not supported in GGUF (llama family only)"
-            )));
-        }
+        let family = match arch.as_str() {
+            "llama" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            _ => {
+                return Err(self.error(format!(
+                    "architecture `{arch}` is not supported in GGUF (llama, qwen2)"
+                )));
+            }
+        };
         if self.content.tensor_infos.contains_key("rope_freqs.weight") {
             return Err(self.error(
                 "per-dimension RoPE frequency factors (rope_freqs) are not supported".into(),
@@ -93,7 +98,7 @@ impl GgufFile {
             None => self.meta_usize(&k("vocab_size"))?,
         };
         Ok(ModelConfig {
-            arch: Arch::Llama,
+            arch: family,
             vocab_size,
             hidden,
             layers: self.meta_usize(&k("block_count"))?,
@@ -127,44 +132,56 @@ fn gguf_name(hf: &str) -> Option<String> {
     }
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, tail) = rest.split_once('.')?;
-    let part = match tail {
-        "input_layernorm.weight" => "attn_norm",
-        "self_attn.q_proj.weight" => "attn_q",
-        "self_attn.k_proj.weight" => "attn_k",
-        "self_attn.v_proj.weight" => "attn_v",
-        "self_attn.o_proj.weight" => "attn_output",
-        "post_attention_layernorm.weight" => "ffn_norm",
-        "mlp.gate_proj.weight" => "ffn_gate",
-        "mlp.up_proj.weight" => "ffn_up",
-        "mlp.down_proj.weight" => "ffn_down",
+    let (module, kind) = tail.rsplit_once('.')?;
+    let part = match (module, kind) {
+        ("input_layernorm", "weight") => "attn_norm",
+        ("self_attn.q_proj", _) => "attn_q",
+        ("self_attn.k_proj", _) => "attn_k",
+        ("self_attn.v_proj", _) => "attn_v",
+        ("self_attn.o_proj", "weight") => "attn_output",
+        ("post_attention_layernorm", "weight") => "ffn_norm",
+        ("mlp.gate_proj", "weight") => "ffn_gate",
+        ("mlp.up_proj", "weight") => "ffn_up",
+        ("mlp.down_proj", "weight") => "ffn_down",
         _ => return None,
     };
-    Some(format!("blk.{layer}.{part}.weight"))
+    matches!(kind, "weight" | "bias").then(|| format!("blk.{layer}.{part}.{kind}"))
 }
 
-/// Undoes llama.cpp's Q/K row permutation: its rows run `[head][i][pair]`, HF's `[head][pair][i]`.
-fn unpermute_rows<T: Copy + Default>(w: &[T], heads: usize, cols: usize) -> Vec<T> {
-    let rows = w.len() / cols;
+/// llama.cpp's Q/K row order: for each row as stored (`[head][i][pair]`), the HF row it holds
+/// (`[head][pair][i]`), as `(stored, hf)` pairs over `rows` rows of `heads` heads.
+fn llama_cpp_rows(rows: usize, heads: usize) -> impl Iterator<Item = (usize, usize)> {
     let head_rows = rows / heads;
     let half = head_rows / 2;
+    (0..heads).flat_map(move |h| {
+        (0..half).flat_map(move |i| {
+            (0..2).map(move |pair| {
+                (
+                    h * head_rows + i * 2 + pair,
+                    h * head_rows + pair * half + i,
+                )
+            })
+        })
+    })
+}
+
+/// Undoes llama.cpp's Q/K row permutation.
+fn unpermute_rows<T: Copy + Default>(w: &[T], heads: usize, cols: usize) -> Vec<T> {
     let mut out = vec![T::default(); w.len()];
-    for h in 0..heads {
-        for i in 0..half {
-            for pair in 0..2 {
-                let src = h * head_rows + i * 2 + pair;
-                let dst = h * head_rows + pair * half + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
-            }
-        }
+    for (stored, hf) in llama_cpp_rows(w.len() / cols, heads) {
+        out[hf * cols..(hf + 1) * cols].copy_from_slice(&w[stored * cols..(stored + 1) * cols]);
     }
     out
 }
 
-/// Reads llama tensors out of a GGUF file by their HF names.
+/// Reads Llama-family tensors out of a GGUF file by their HF names.
 pub struct GgufSource {
     file: GgufFile,
     heads: usize,
     kv_heads: usize,
+    /// llama.cpp's converter permutes Q/K rows for `llama` (its RoPE pairs adjacent values)
+    /// and leaves `qwen2`'s in HF order (NeoX RoPE, as HF's).
+    permuted: bool,
 }
 
 impl GgufSource {
@@ -173,6 +190,7 @@ impl GgufSource {
             file,
             heads: cfg.heads,
             kv_heads: cfg.kv_heads,
+            permuted: cfg.arch == Arch::Llama,
         }
     }
 }
@@ -200,7 +218,9 @@ impl GgufSource {
 
     /// Rows in HF order: llama.cpp permutes the rows of Q and K (`row_len` values per row).
     fn hf_rows<T: Copy + Default>(&self, name: &str, rows: Vec<T>, row_len: usize) -> Vec<T> {
-        if name.ends_with("q_proj.weight") {
+        if !self.permuted {
+            rows
+        } else if name.ends_with("q_proj.weight") {
             unpermute_rows(&rows, self.heads, row_len)
         } else if name.ends_with("k_proj.weight") {
             unpermute_rows(&rows, self.kv_heads, row_len)
@@ -262,6 +282,104 @@ impl TensorSource for GgufSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::dense_kv::DenseKv;
+    use crate::model::tests::{max_diff, prefill_all};
+    use crate::model::{Model, dummy};
+    use candle_core::Tensor;
+    use candle_core::quantized::gguf_file;
+
+    /// llama.cpp's converter's Q/K permutation for `llama` (what `unpermute_rows` undoes).
+    fn permute_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+        let mut out = vec![0.0; w.len()];
+        for (stored, hf) in llama_cpp_rows(w.len() / cols, heads) {
+            out[stored * cols..(stored + 1) * cols].copy_from_slice(&w[hf * cols..(hf + 1) * cols]);
+        }
+        out
+    }
+
+    /// The dummy model `(cfg, seed)` written as llama.cpp's converter writes a checkpoint of its
+    /// architecture: its tensor names and metadata keys, `llama`'s Q/K rows permuted, f32.
+    fn write_gguf(cfg: &ModelConfig, seed: u64, path: &Path) {
+        let arch = cfg.arch.name();
+        let mut tensors = Vec::new();
+        for (name, (values, shape)) in dummy::tensors(cfg, seed).expect("dummy tensors") {
+            let cols = shape.last().copied().unwrap_or(1);
+            let values = match (cfg.arch, name.rsplit('.').nth(1)) {
+                (Arch::Llama, Some("q_proj")) if name.ends_with("weight") => {
+                    permute_rows(&values, cfg.heads, cols)
+                }
+                (Arch::Llama, Some("k_proj")) if name.ends_with("weight") => {
+                    permute_rows(&values, cfg.kv_heads, cols)
+                }
+                _ => values,
+            };
+            let tensor = Tensor::from_vec(values, shape.as_slice(), &Device::Cpu).expect("tensor");
+            let gguf = gguf_name(&name).unwrap_or_else(|| panic!("no GGUF name for {name}"));
+            tensors.push((
+                gguf,
+                QTensor::quantize(&tensor, GgmlDType::F32).expect("f32"),
+            ));
+        }
+        let count = |n: usize| Value::U32(n as u32);
+        let metadata = [
+            (
+                "general.architecture".to_owned(),
+                Value::String(arch.to_owned()),
+            ),
+            (format!("{arch}.vocab_size"), count(cfg.vocab_size)),
+            (format!("{arch}.embedding_length"), count(cfg.hidden)),
+            (format!("{arch}.block_count"), count(cfg.layers)),
+            (format!("{arch}.attention.head_count"), count(cfg.heads)),
+            (
+                format!("{arch}.attention.head_count_kv"),
+                count(cfg.kv_heads),
+            ),
+            (format!("{arch}.feed_forward_length"), count(cfg.ffn)),
+            (format!("{arch}.context_length"), count(cfg.max_positions)),
+            (
+                format!("{arch}.attention.layer_norm_rms_epsilon"),
+                Value::F32(cfg.norm_eps),
+            ),
+            (format!("{arch}.rope.freq_base"), Value::F32(cfg.rope_theta)),
+        ];
+        let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        let mut file = File::create(path).expect("create the GGUF");
+        gguf_file::write(&mut file, &metadata, &tensors).expect("write the GGUF");
+    }
+
+    #[test]
+    fn llama_and_qwen2_ggufs_as_llama_cpp_writes_them_load_as_the_same_models() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in ["tiny-llama", "tiny-qwen2"] {
+            let cfg = ModelConfig::preset(name).expect("a preset");
+            let path = dir.path().join(format!("{name}.gguf"));
+            write_gguf(&cfg, 7, &path);
+            let file = GgufFile::open(&path).expect("opens");
+            assert_eq!(file.config().expect("config"), cfg, "{name}");
+            let loaded = Model::load_gguf(file).expect("loads");
+            let reference = Model::dummy(cfg.clone(), 7).expect("dummy");
+            let prompt: Vec<u32> = (0..11)
+                .map(|i| (i * 53 + 7) % cfg.vocab_size as u32)
+                .collect();
+            let logits = |model: &Model| {
+                prefill_all(model, &DenseKv::new(&model.config, 1, 32), 0, &prompt).concat()
+            };
+            let (got, want) = (logits(&loaded), logits(&reference));
+            let worst = max_diff(&got, &want);
+            assert!(worst <= 1e-6, "{name}: max |dlogit| {worst}");
+            // Without undoing llama.cpp's permutation (or undoing one that is not there) the
+            // model is another one.
+            let mut wrong = GgufSource::new(GgufFile::open(&path).expect("opens"), &cfg);
+            wrong.permuted = !wrong.permuted;
+            let scrambled = Model::load(cfg.clone(), &mut wrong).expect("loads");
+            let off = max_diff(&logits(&scrambled), &want);
+            assert!(
+                off > 1e-3,
+                "{name}: the permutation makes no difference ({off})"
+            );
+        }
+    }
 
     #[test]
     fn unpermute_inverts_llama_cpp_permutation() {
@@ -282,5 +400,10 @@ mod tests {
             Some("token_embd.weight")
         );
         assert_eq!(gguf_name("model.layers.x"), None);
+        assert_eq!(
+            gguf_name("model.layers.3.self_attn.k_proj.bias").as_deref(),
+            Some("blk.3.attn_k.bias")
+        );
+        assert_eq!(gguf_name("model.layers.3.self_attn.o_proj.bias"), None);
     }
 }

@@ -4,7 +4,7 @@
 //! [`TensorSource`](super::weights::TensorSource)) and the GPU one that streams a safetensors
 //! checkpoint to the device — so the two cannot disagree on names, shapes or order.
 
-use super::config::ModelConfig;
+use super::config::{Arch, ModelConfig};
 
 /// A checkpoint tensor `[rows, inner]` that becomes `rows` rows of a stacked matrix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +39,8 @@ impl MatrixPlan {
 pub struct BlockPlan {
     pub attn_norm: String,
     pub qkv: MatrixPlan,
+    /// The Q, K and V biases (`[rows]` vectors, stacked like `qkv`): Qwen2's; empty for Llama.
+    pub qkv_bias: Vec<Part>,
     pub o: MatrixPlan,
     pub mlp_norm: String,
     pub gate_up: MatrixPlan,
@@ -62,7 +64,7 @@ impl LlamaPlan {
     }
 }
 
-/// The HF names of a Llama-family checkpoint (Llama, Mistral, Llama-3, SmolLM2).
+/// The HF names of a Llama-family checkpoint (Llama, Mistral, Llama-3, SmolLM2, Qwen2).
 pub fn llama(cfg: &ModelConfig) -> LlamaPlan {
     let (h, q, kv, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
     let blocks = (0..cfg.layers)
@@ -81,6 +83,15 @@ pub fn llama(cfg: &ModelConfig) -> LlamaPlan {
                         part("self_attn.v_proj.weight", kv),
                     ],
                     inner: h,
+                },
+                qkv_bias: if cfg.arch == Arch::Qwen2 {
+                    vec![
+                        part("self_attn.q_proj.bias", q),
+                        part("self_attn.k_proj.bias", kv),
+                        part("self_attn.v_proj.bias", kv),
+                    ]
+                } else {
+                    Vec::new()
                 },
                 o: MatrixPlan::single(format!("{p}.self_attn.o_proj.weight"), h, q),
                 mlp_norm: format!("{p}.post_attention_layernorm.weight"),

@@ -14,14 +14,17 @@ pub mod layout;
 pub mod progress;
 pub mod safetensors;
 pub mod sampling;
+pub mod tp;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fused_kernels::cpu::RopeTable;
 
 pub use config::{Arch, ModelConfig};
 pub use forward::{Logits, LogitsWanted, SeqChunk};
+use tp::{Communicator, Shard};
 use weights::{TensorSource, Weights};
 
 #[derive(Debug, thiserror::Error)]
@@ -85,17 +88,19 @@ impl Forward for Model {
     }
 }
 
-/// A loaded model: its shape, its weights and its position tables.
+/// A loaded model: its shape, its weights and its position tables; for a tensor-parallel rank,
+/// its slice of them and the group it sums its partial results with.
 pub struct Model {
     pub config: ModelConfig,
     pub weights: Weights,
     rope: Option<RopeTable>,
+    group: Option<Arc<dyn Communicator>>,
 }
 
 impl Model {
     pub fn new(config: ModelConfig, weights: Weights) -> Self {
         let rope = match config.arch {
-            Arch::Llama => Some(RopeTable::new(
+            Arch::Llama | Arch::Qwen2 => Some(RopeTable::new(
                 config.head_dim,
                 config.rope_theta,
                 config.rope_scaling,
@@ -107,7 +112,22 @@ impl Model {
             config,
             weights,
             rope,
+            group: None,
         }
+    }
+
+    /// Rank `group.rank()` of this model sharded over `group.world()` ranks (see [`tp`]).
+    pub fn shard(&self, group: Arc<dyn Communicator>) -> Result<Self, ModelError> {
+        let shard = Shard {
+            rank: group.rank(),
+            world: group.world(),
+        };
+        let config = shard.config(&self.config)?;
+        let weights = shard.weights(&self.config, &self.weights)?;
+        Ok(Self {
+            group: Some(group),
+            ..Self::new(config, weights)
+        })
     }
 
     /// Loads weights from `src` after checking they fit in memory.

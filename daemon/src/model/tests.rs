@@ -22,7 +22,8 @@ fn tiny(arch: &str) -> Model {
     Model::dummy(cfg, 3).unwrap()
 }
 
-fn prefill_all(model: &Model, kv: &DenseKv, slot: u32, tokens: &[u32]) -> Vec<Vec<f32>> {
+/// The logits of every position of `tokens`, prefilled in one chunk into `slot`.
+pub(crate) fn prefill_all(model: &Model, kv: &DenseKv, slot: u32, tokens: &[u32]) -> Vec<Vec<f32>> {
     let chunk = SeqChunk {
         slot,
         start_pos: 0,
@@ -33,7 +34,8 @@ fn prefill_all(model: &Model, kv: &DenseKv, slot: u32, tokens: &[u32]) -> Vec<Ve
     logits.rows(0).map(|r| r.to_vec()).collect()
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+/// The largest elementwise |a - b|.
+pub(crate) fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())

@@ -115,9 +115,22 @@ pub struct Weights {
 }
 
 impl Weights {
+    /// The same embedding, norms and head with `blocks` in place of these (a tensor-parallel
+    /// rank's slices).
+    pub fn with_blocks(&self, blocks: Vec<Block>) -> Self {
+        Self {
+            embed: self.embed.clone(),
+            positions: self.positions.clone(),
+            blocks,
+            final_norm: self.final_norm.clone(),
+            lm_head: self.lm_head.clone(),
+            lm_head_packed: self.lm_head_packed.clone(),
+        }
+    }
+
     pub fn load(cfg: &ModelConfig, src: &mut dyn TensorSource) -> Result<Self, ModelError> {
         match cfg.arch {
-            Arch::Llama => load_llama(cfg, src),
+            Arch::Llama | Arch::Qwen2 => load_llama(cfg, src),
             Arch::Gpt2 => load_gpt2(cfg, src),
         }
     }
@@ -176,9 +189,16 @@ fn load_llama(cfg: &ModelConfig, src: &mut dyn TensorSource) -> Result<Weights, 
     };
     let mut blocks = Vec::with_capacity(plan.blocks.len());
     for b in &plan.blocks {
+        let mut qkv = matrix(src, &b.qkv)?;
+        if !b.qkv_bias.is_empty() {
+            let parts = (b.qkv_bias.iter())
+                .map(|p| src.tensor(&p.name, &[p.rows]))
+                .collect::<Result<Vec<_>, _>>()?;
+            qkv.bias = Some(parts.concat());
+        }
         blocks.push(Block {
             attn_norm: rms(src, &b.attn_norm)?,
-            qkv: matrix(src, &b.qkv)?,
+            qkv,
             o: matrix(src, &b.o)?,
             mlp_norm: rms(src, &b.mlp_norm)?,
             mlp: Mlp::SwiGlu {

@@ -12,7 +12,7 @@ mod args;
 mod device;
 mod load;
 
-pub use args::{Device, Dtype, KvLayoutArg, LoadFormat, SchedulerArg, ServeArgs};
+pub use args::{Device, Dtype, KvLayoutArg, LoadFormat, Quantization, SchedulerArg, ServeArgs};
 pub use load::{DEFAULT_MODEL_FILE, apply_patch, model_cache_dir, open_model};
 
 use std::net::SocketAddr;
@@ -152,7 +152,7 @@ fn start(
     step("opening the device".into());
     let gpu = device::open_gpu(args.device)?;
     args.dtype.check(gpu.is_some())?;
-    args::Quantization::check(args.quantization, gpu.is_some())?;
+    Quantization::check(args.quantization, gpu.is_some())?;
     let loaded = load::load(args, gpu.is_some(), &step)?;
     let max_context = args.max_context.min(loaded.config.max_positions);
     step("reserving KV memory".into());
@@ -185,6 +185,11 @@ fn start(
         .clone()
         .unwrap_or(loaded.default_name);
     let metrics = Arc::new(Metrics::new(&served_model_name, max_context, &cache)?);
+    metrics.set_model_info(
+        cache.cache_dtype,
+        args.quantization.map_or("none", Quantization::name),
+        loaded.config.arch.name(),
+    );
     let codec = Arc::new(loaded.codec);
     step("starting the engine".into());
     let (engine, engine_thread) = engine::spawn(EngineParts {

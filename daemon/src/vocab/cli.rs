@@ -76,7 +76,8 @@ pub struct InitEmbeddingsArgs {
     /// The patch artifact directory (updated in place).
     #[arg(long)]
     pub patch: PathBuf,
-    /// The base model (.gguf) whose weights the rows are computed from.
+    /// The base model whose weights the rows are computed from: a .gguf file, or a safetensors
+    /// checkpoint directory (Llama family; config.json and the tokenizer beside the weights).
     #[arg(long)]
     pub model: PathBuf,
 }
@@ -160,7 +161,7 @@ fn run_build(a: BuildArgs) -> anyhow::Result<()> {
 
 fn run_init_embeddings(a: InitEmbeddingsArgs) -> anyhow::Result<()> {
     let artifact = PatchArtifact::load(&a.patch, None)?;
-    let model = ModelMatrices::from_gguf(&a.model)?;
+    let model = ModelMatrices::open(&a.model)?;
     let rows = init_rows(&artifact.spec, &model)?;
     let info = super::artifact::save_rows(&artifact.dir, &rows, model.name.clone())?;
     let mut spec = artifact.spec;

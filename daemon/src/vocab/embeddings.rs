@@ -10,6 +10,9 @@ use candle_core::{DType, Device};
 
 use super::artifact::{NewRows, PatchSpec};
 use super::error::{Result, VocabError};
+use crate::model::checkpoint::Checkpoint;
+use crate::model::layout::{self, MatrixPlan};
+use crate::model::{Arch, ModelConfig};
 use crate::tokenizer::Codec;
 
 /// The input embedding and LM head of a model, dequantized to f32, row-major `[rows, hidden]`.
@@ -27,6 +30,57 @@ pub struct ModelMatrices {
 }
 
 impl ModelMatrices {
+    /// The matrices of `path`: a GGUF file, or a safetensors checkpoint directory.
+    pub fn open(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            Self::from_safetensors(path)
+        } else {
+            Self::from_gguf(path)
+        }
+    }
+
+    /// The matrices of a Llama-family safetensors checkpoint directory (`config.json`, the
+    /// tokenizer, `model.safetensors` or its shards), read tensor by tensor from the files: the
+    /// rest of the checkpoint is never read.
+    pub fn from_safetensors(dir: &Path) -> Result<Self> {
+        let weights = |e: crate::model::ModelError| VocabError::Weights(e.to_string());
+        let config = ModelConfig::from_hf_json(&dir.join("config.json")).map_err(weights)?;
+        if !matches!(config.arch, Arch::Llama | Arch::Qwen2) {
+            return Err(VocabError::Weights(format!(
+                "{}: init-embeddings reads Llama-family safetensors checkpoints; this one is {} \
+                 (convert it to GGUF, or pass its GGUF)",
+                dir.display(),
+                config.arch.name()
+            )));
+        }
+        let codec = Codec::from_path(dir)?;
+        let checkpoint = Checkpoint::open(dir).map_err(weights)?;
+        let plan = layout::llama(&config);
+        // The embedding and the LM head are one checkpoint tensor each.
+        let tensor = |plan: &MatrixPlan| plan.parts.first().map(|part| part.name.clone());
+        let (Some(embed_name), Some(head_name)) = (tensor(&plan.embed), tensor(&plan.lm_head))
+        else {
+            return Err(VocabError::Weights(
+                "no embedding tensor in the layout".into(),
+            ));
+        };
+        let shape = [config.vocab_size, config.hidden];
+        let embedding = checkpoint.read_f32(&embed_name, &shape).map_err(weights)?;
+        let head = if plan.head_is_separate(&config, checkpoint.contains(&head_name)) {
+            Some(checkpoint.read_f32(&head_name, &shape).map_err(weights)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            name: codec.source().to_owned(),
+            tokenizer_digest: codec.base_digest().to_owned(),
+            rows: config.vocab_size,
+            hidden: config.hidden,
+            embedding,
+            head,
+        })
+    }
+
     /// `token_embd.weight` and `output.weight` (absent: tied) of a GGUF model.
     pub fn from_gguf(path: &Path) -> Result<Self> {
         let weights =
@@ -175,6 +229,8 @@ mod tests {
 #[cfg(test)]
 mod real_model_tests {
     use super::*;
+    use crate::model::safetensors::SafetensorsSource;
+    use crate::model::weights::TensorSource;
     use crate::vocab::artifact::{PatchArtifact, save_rows};
     use crate::vocab::fixtures;
     use crate::vocab::serving::load_for_serving;
@@ -232,6 +288,47 @@ mod real_model_tests {
             init_rows(&spec, &other),
             Err(VocabError::BaseMismatch { .. })
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A Llama safetensors checkpoint directory (config.json, tokenizer, weights) gives the
+    /// matrices a memory-mapped read of the same file gives, and rows for its tokenizer's patch.
+    #[test]
+    fn rows_from_a_safetensors_checkpoint() {
+        let (Some((_, spec)), Some(tokenizer)) = (
+            fixtures::patched_mistral(),
+            crate::tokenizer::fixtures::mistral_dir(),
+        ) else {
+            return;
+        };
+        let dir = fixtures::scratch_dir("safetensors");
+        std::fs::create_dir_all(&dir).unwrap();
+        for entry in std::fs::read_dir(&tokenizer).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+        let config = ModelConfig {
+            vocab_size: 32_000,
+            tie_embeddings: false,
+            ..ModelConfig::preset("tiny-llama").unwrap()
+        };
+        crate::model::dummy::save_safetensors(&config, 7, &dir).unwrap();
+        let model = ModelMatrices::open(&dir).unwrap();
+        assert_eq!((model.rows, model.hidden), (32_000, config.hidden));
+        let mut mapped = SafetensorsSource::open(&dir).unwrap();
+        let shape = [32_000, config.hidden];
+        assert_eq!(
+            model.embedding,
+            mapped.tensor("model.embed_tokens.weight", &shape).unwrap()
+        );
+        assert_eq!(
+            model.head,
+            Some(mapped.tensor("lm_head.weight", &shape).unwrap()),
+            "an untied LM head is read"
+        );
+        let rows = init_rows(&spec, &model).unwrap();
+        assert_eq!(rows.ids.len(), spec.ngrams.len());
+        assert_eq!(rows.input.len(), spec.ngrams.len() * config.hidden);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

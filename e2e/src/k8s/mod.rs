@@ -114,6 +114,17 @@ impl TestCluster {
         })
     }
 
+    /// An admin client that returns 429 and 503 at once: kube's default client retries them
+    /// with a backoff of up to 1000 s (15 times), so a refused eviction would take minutes.
+    pub fn client_without_retries(&self) -> Result<Client> {
+        let mut config = self.config.clone();
+        config.default_retry = false;
+        Client::try_from(config).map_err(|e| ClusterError::Kubeconfig {
+            path: self.kubeconfig.clone(),
+            message: e.to_string(),
+        })
+    }
+
     /// Path of an admin kubeconfig for `kubectl --kubeconfig` / `helm --kubeconfig`.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig

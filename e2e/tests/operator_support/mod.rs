@@ -334,3 +334,22 @@ pub async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
         .expect("the lease has a spec")
         .holder_identity
 }
+
+/// The SmolLM2 GGUF the tests serve.
+pub const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The SmolLM2 GGUF in the model cache (`$FUSED_MODEL_CACHE` or `~/.cache/fusedmodel/models`).
+pub fn local_model() -> PathBuf {
+    let dir = std::env::var_os("FUSED_MODEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("$HOME")).join(".cache/fusedmodel/models")
+        });
+    let path = dir.join(MODEL_FILE);
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-model.sh",
+        path.display()
+    );
+    path
+}

@@ -99,58 +99,54 @@ impl Check<'_> {
         Ok(from_bf16(&self.read(buf)?))
     }
 
+    /// A bf16 product through cuBLAS, and through the GEMV within its rows, against the CPU.
     fn gemm(&mut self, rows: usize, out: usize, inner: usize) -> Result<(), CudaError> {
         let x = round_bf16(&self.rng.vec(rows * inner, -1.0, 1.0));
         let w = round_bf16(&self.rng.vec(out * inner, -0.1, 0.1));
-        let y0 = self.rng.vec(rows * out, -1.0, 1.0);
         let mut want = vec![0.0; rows * out];
         cpu::linear(&x, &w, None, rows, out, &mut want);
         let (xd, wd) = (self.buffer(&to_bf16(&x))?, self.buffer(&to_bf16(&w))?);
         let shape = LinearShape { rows, out, inner };
-        let mut y = self.poisoned::<f32>(rows * out)?;
-        self.blas
-            .gemm(Linear::new(&xd, &wd, LinearOut::f32(&mut y), shape)?)?;
-        let got = self.read(&y)?;
-        self.report(
-            &format!("gemm bf16->f32 {rows}x{out}x{inner}"),
-            rel_l2(&got, &want),
-            FP32_TOL,
-        );
-        let mut acc = self.buffer(&y0)?;
-        self.blas
-            .gemm(Linear::new(&xd, &wd, LinearOut::add_f32(&mut acc), shape)?)?;
-        let got = self.read(&acc)?;
-        let want_acc: Vec<f32> = want.iter().zip(&y0).map(|(a, b)| a + b).collect();
-        self.report(
-            &format!("gemm bf16 y+=xW^T {rows}x{out}x{inner}"),
-            rel_l2(&got, &want_acc),
-            FP32_TOL,
-        );
-        let mut yb = self.poisoned::<bf16>(rows * out)?;
-        self.blas
-            .gemm(Linear::new(&xd, &wd, LinearOut::bf16(&mut yb), shape)?)?;
-        let got = self.read_bf16(&yb)?;
-        self.report(
-            &format!("gemm bf16->bf16 {rows}x{out}x{inner}"),
-            rel_l2(&got, &want),
-            BF16_TOL,
-        );
+        let name = format!("gemm bf16 {rows}x{out}x{inner}");
+        self.each_output(&name, &want, FP32_TOL, |check, y| {
+            check.blas.gemm(Linear::new(&xd, &wd, y, shape)?)
+        })?;
         if rows <= GEMV_MAX_ROWS {
-            let mut acc = self.buffer(&y0)?;
-            let mut yb = self.poisoned::<bf16>(rows * out)?;
-            let mut y = self.poisoned::<f32>(rows * out)?;
-            let k = &self.kernels;
-            k.gemv(Linear::new(&xd, &wd, LinearOut::f32(&mut y), shape)?)?;
-            k.gemv(Linear::new(&xd, &wd, LinearOut::add_f32(&mut acc), shape)?)?;
-            k.gemv(Linear::new(&xd, &wd, LinearOut::bf16(&mut yb), shape)?)?;
-            let name = format!("gemv {rows}x{out}x{inner}");
-            let got = self.read(&y)?;
-            self.report(&format!("{name} ->f32"), rel_l2(&got, &want), FP32_TOL);
-            let got = self.read(&acc)?;
-            self.report(&format!("{name} y+="), rel_l2(&got, &want_acc), FP32_TOL);
-            let got = self.read_bf16(&yb)?;
-            self.report(&format!("{name} ->bf16"), rel_l2(&got, &want), BF16_TOL);
+            self.each_output(
+                &format!("gemv {rows}x{out}x{inner}"),
+                &want,
+                FP32_TOL,
+                |check, y| check.kernels.gemv(Linear::new(&xd, &wd, y, shape)?),
+            )?;
         }
+        Ok(())
+    }
+
+    /// Runs `product` once into each output (a fresh f32 buffer, `y +=` onto random values, a
+    /// fresh bf16 buffer) and reports each against `want`: the f32 ones within `f32_tol`, the
+    /// bf16 one within `BF16_TOL`.
+    fn each_output(
+        &mut self,
+        name: &str,
+        want: &[f32],
+        f32_tol: f64,
+        mut product: impl FnMut(&Self, LinearOut<'_>) -> Result<(), CudaError>,
+    ) -> Result<(), CudaError> {
+        let n = want.len();
+        let y0 = self.rng.vec(n, -1.0, 1.0);
+        let want_acc: Vec<f32> = want.iter().zip(&y0).map(|(a, b)| a + b).collect();
+        let mut y = self.poisoned::<f32>(n)?;
+        let mut acc = self.buffer(&y0)?;
+        let mut yb = self.poisoned::<bf16>(n)?;
+        product(self, LinearOut::f32(&mut y))?;
+        product(self, LinearOut::add_f32(&mut acc))?;
+        product(self, LinearOut::bf16(&mut yb))?;
+        let got = self.read(&y)?;
+        self.report(&format!("{name} ->f32"), rel_l2(&got, want), f32_tol);
+        let got = self.read(&acc)?;
+        self.report(&format!("{name} y+="), rel_l2(&got, &want_acc), f32_tol);
+        let got = self.read_bf16(&yb)?;
+        self.report(&format!("{name} ->bf16"), rel_l2(&got, want), BF16_TOL);
         Ok(())
     }
 
@@ -233,41 +229,21 @@ impl Check<'_> {
 
         let mut want = vec![0.0; rows * 2 * out];
         cpu::linear(&x, &decoded, None, rows, 2 * out, &mut want);
-        let y0 = self.rng.vec(rows * 2 * out, -1.0, 1.0);
-        let want_acc: Vec<f32> = want.iter().zip(&y0).map(|(a, b)| a + b).collect();
         let shape = LinearShape {
             rows,
             out: 2 * out,
             inner,
         };
-        let mut y = self.poisoned::<f32>(rows * 2 * out)?;
-        let mut acc = self.buffer(&y0)?;
-        let mut yb = self.poisoned::<bf16>(rows * 2 * out)?;
-        let (k, blas) = (&self.kernels, self.blas);
-        k.linear_dense(
-            blas,
-            Linear::new(&xd, &m, LinearOut::f32(&mut y), shape)?,
-            &mut dense,
-        )?;
-        let acc_layer = Linear::new(&xd, &m, LinearOut::add_f32(&mut acc), shape)?;
-        k.linear_dense(blas, acc_layer, &mut dense)?;
-        k.linear_dense(
-            blas,
-            Linear::new(&xd, &m, LinearOut::bf16(&mut yb), shape)?,
-            &mut dense,
-        )?;
         // The GEMV sums in f32; cuBLAS multiplies the bf16 expansion (rounded weights).
         let tol = if Kernels::gemv_takes(&m.weights(), rows, inner) {
             FP32_TOL
         } else {
             BF16_TOL
         };
-        let got = self.read(&y)?;
-        self.report(&format!("{name} ->f32"), rel_l2(&got, &want), tol);
-        let got = self.read(&acc)?;
-        self.report(&format!("{name} y+="), rel_l2(&got, &want_acc), tol);
-        let got = self.read_bf16(&yb)?;
-        self.report(&format!("{name} ->bf16"), rel_l2(&got, &want), BF16_TOL);
+        self.each_output(&name, &want, tol, |check, y| {
+            let layer = Linear::new(&xd, &m, y, shape)?;
+            check.kernels.linear_dense(check.blas, layer, &mut dense)
+        })?;
         if Kernels::gemv_takes(&m.weights(), rows, inner) {
             let mut act = vec![0.0; rows * out];
             cpu::silu_mul(&want, out, &mut act);
@@ -428,6 +404,8 @@ impl Check<'_> {
         let total: usize = seqs.iter().map(|(_, n)| n).sum();
         let rows = total + 2;
         let qkv = self.rng.vec(rows * width, -1.0, 1.0);
+        // Qwen2's Q/K/V biases: one vector added to every row before the rotation.
+        let bias = self.rng.vec(width, -0.5, 0.5);
         let (mut positions, mut row_chunk) = (Vec::new(), Vec::new());
         let (mut q_start, mut lens, mut starts) = (Vec::new(), Vec::new(), Vec::new());
         for (i, &(start, n)) in seqs.iter().enumerate() {
@@ -504,10 +482,10 @@ impl Check<'_> {
         let batch = unsafe { DeviceBatch::new(arrays, batch_shape) }?;
         let layer = batch.layer(0)?;
         let tables = RopeTables::upload(self.dev, &rope, d)?;
-        let qkv_d = self.buffer(&qkv)?;
+        let (qkv_d, bias_d) = (self.buffer(&qkv)?, self.buffer(&bias)?);
         let mut q = self.poisoned::<bf16>(rows * q_dim)?;
         self.kernels
-            .rope_kv_write(&layer, &qkv_d, &mut q, Some(&tables))?;
+            .rope_kv_write(&layer, &qkv_d, Some(&bias_d), &mut q, Some(&tables))?;
         // CPU reference of RoPE + scatter.
         let mut want_q = Vec::with_capacity(total * q_dim);
         let mut k_all = Vec::new();
@@ -518,6 +496,7 @@ impl Check<'_> {
             let mut v = v_hist[i].clone();
             for t in 0..n {
                 let mut r = qkv[row * width..(row + 1) * width].to_vec();
+                r.iter_mut().zip(&bias).for_each(|(x, b)| *x += b);
                 let (qp, rest) = r.split_at_mut(q_dim);
                 let (kp, vp) = rest.split_at_mut(kv_dim);
                 rope.apply(qp, start + t);
@@ -531,7 +510,7 @@ impl Check<'_> {
             v_all.push(v);
         }
         let got_q = self.read_bf16(&q.slice(0..total * q_dim)?)?;
-        let name = format!("rope_q h{heads}/{kv_heads} d{d}");
+        let name = format!("rope_q (+bias) h{heads}/{kv_heads} d{d}");
         self.report(&name, rel_l2(&got_q, &want_q), BF16_TOL);
         let (mut got_kv, mut want_kv) = (Vec::new(), Vec::new());
         let mut pad_untouched = true;

@@ -285,13 +285,15 @@ impl Kernels {
             && heads / kv_heads <= DECODE_MAX_GROUP
     }
 
-    /// RoPE on Q and K of `qkv [rows, q + 2 kv] f32`; Q to `q_out [rows, q] bf16`; K and V (bf16)
+    /// RoPE on Q and K of `qkv [rows, q + 2 kv] f32` plus `bias [q + 2 kv]` (added to every row
+    /// before the rotation: Qwen2's Q/K/V biases); Q to `q_out [rows, q] bf16`; K and V (bf16)
     /// into the KV region at each row's position (padding rows: not written). `rope`: none for
     /// no rotation.
     pub fn rope_kv_write(
         &self,
         batch: &LayerBatch<'_>,
         qkv: &impl DeviceView<f32>,
+        bias: Option<&DeviceBuffer<f32>>,
         q_out: &mut impl DeviceViewMut<bf16>,
         rope: Option<&RopeTables>,
     ) -> Result<(), CudaError> {
@@ -308,6 +310,9 @@ impl Kernels {
             rows * (heads + 2 * kv_heads) * head_dim,
         )?;
         check_len("RoPE output", q_out.len(), rows * heads * head_dim)?;
+        if let Some(bias) = bias {
+            check_len("QKV bias", bias.len(), (heads + 2 * kv_heads) * head_dim)?;
+        }
         if let Some(rope) = rope {
             // Padding rows read position 0's row.
             check_len("RoPE tables", rope.positions(), shape.positions.max(1))?;
@@ -331,6 +336,7 @@ impl Kernels {
         let a = &batch.batch.arrays;
         let args = (
             qkv,
+            bias.map(|b| b.view()),
             q_out,
             a.positions,
             a.row_chunk,
@@ -343,8 +349,8 @@ impl Kernels {
             as_i32(head_dim, "head dim")?,
             i32::from(rope.is_some()),
         );
-        // SAFETY: block `(r, _)` reads row `r < rows` of `qkv` and writes row `r` of `q_out`
-        // (extents checked above), reads the tables' row of its position (`< shape.positions`,
+        // SAFETY: block `(r, _)` reads row `r < rows` of `qkv` and the bias vector and writes row
+        // `r` of `q_out` (extents checked above), reads the tables' row of its position (`< shape.positions`,
         // the tables' rows, checked above) and writes K/V at that position of its chunk: inside
         // the mapped KV region by `DeviceBatch::new`'s contract.
         unsafe { self.queue(&self.rope_kv, grid(rows, parts, 1, 256)?, args) }

@@ -32,11 +32,11 @@ pub const SOURCES: [(&str, &str); 5] = [
 pub(crate) type Embed = Kernel<(In<u32>, In<bf16>, Out<f32>, i32)>;
 /// `rms_norm_rows(x, weight, out, row_map, hidden, eps)`.
 pub(crate) type RmsNorm = Kernel<(In<f32>, In<f32>, Out<bf16>, Nullable<u32>, i32, f32)>;
-/// `rope_kv_write(qkv, q_out, positions, row_chunk, kv, token_stride, cos_table, sin_table,
+/// `rope_kv_write(qkv, bias, q_out, positions, row_chunk, kv, token_stride, cos_table, sin_table,
 /// heads, kv_heads, head_dim, use_rope)`.
 #[rustfmt::skip]
 pub(crate) type RopeKv = Kernel<(
-    In<f32>, Out<bf16>, In<u32>,
+    In<f32>, Nullable<f32>, Out<bf16>, In<u32>,
     In<u32>, In<u64>,
     i64, Nullable<f32>,
     Nullable<f32>, i32, i32,

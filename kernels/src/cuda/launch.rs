@@ -114,6 +114,7 @@ signature!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
 signature!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
 signature!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8);
 signature!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11);
+signature!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12);
 signature!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13);
 
 /// A compiled kernel whose C prototype is `S`.

@@ -85,6 +85,17 @@ pub fn small_gqa() -> ModelConfig {
     }
 }
 
+/// Qwen2.5-0.5B's blocks (Q/K/V biases, GQA groups of 7, head_dim 64, hidden 896) at 4 layers
+/// and an 8,192-token vocabulary.
+pub fn small_qwen2() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 8192,
+        layers: 4,
+        max_positions: 2048,
+        ..ModelConfig::preset("qwen2.5-0.5b").expect("preset exists")
+    }
+}
+
 fn seed() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -142,6 +153,7 @@ pub fn run(
             "smollm2-135m",
             ModelConfig::preset("smollm2-135m").expect("preset exists"),
         ),
+        ("qwen2-d64-g7", small_qwen2()),
     ];
     for (name, cfg) in shapes {
         let mut host = Model::dummy(cfg.clone(), seed % 1000)?;
@@ -173,7 +185,12 @@ pub fn run(
         )?;
     }
     if let Some(dir) = hf_dir {
-        hf_export(device, dir, seed, report)?;
+        for (name, cfg) in [
+            ("llama-gqa-d128", small_gqa()),
+            ("qwen2-d64-g7", small_qwen2()),
+        ] {
+            hf_export(device, &dir.join(name), cfg, seed, report)?;
+        }
     }
     Ok(())
 }
@@ -360,16 +377,16 @@ fn greedy_picks(
     Ok(wrong)
 }
 
-/// Writes a dummy checkpoint (f32), a prompt and the GPU's logits for every prompt position;
-/// `e2e/gpu/hf_logits.py` runs HF transformers on the same weights (rounded to bf16, computed in
-/// f32) and prints the relative error.
+/// Writes a dummy checkpoint (f32) of `cfg`, a prompt and the GPU's logits for every prompt
+/// position into `dir`; `e2e/gpu/hf_logits.py` runs HF transformers on the same weights (rounded
+/// to bf16, computed in f32) and prints the relative error.
 fn hf_export(
     device: &Arc<GpuDevice>,
     dir: &Path,
+    cfg: ModelConfig,
     seed: u64,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let cfg = small_gqa();
     let weights_seed = seed % 1000;
     fused_daemon::model::dummy::save_safetensors(&cfg, weights_seed, dir)?;
     let mut host = Model::dummy(cfg.clone(), weights_seed)?;
@@ -404,7 +421,10 @@ fn hf_export(
         .fold(0f32, f32::max);
     report.check(
         "check",
-        "streamed checkpoint = uploaded weights (max |dlogit|)",
+        &format!(
+            "{} streamed checkpoint = uploaded weights (max |dlogit|)",
+            cfg.arch.name()
+        ),
         f64::from(max_diff),
         0.0,
     );
@@ -414,7 +434,10 @@ fn hf_export(
     std::fs::write(dir.join("prompt.json"), serde_json::to_string(&prompt)?)?;
     report.value(
         "check",
-        "HF export (see hf_logits.py for the comparison)",
+        &format!(
+            "{} HF export (see hf_logits.py for the comparison)",
+            cfg.arch.name()
+        ),
         prompt.len() as f64,
         "tokens",
         &dir.display().to_string(),

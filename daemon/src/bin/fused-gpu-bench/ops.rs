@@ -249,7 +249,7 @@ fn attention(
     let batch = unsafe { DeviceBatch::new(prefill, shape) }?;
     let layer = batch.layer(0)?;
     let rope_t = time_us(device, || {
-        kernels.rope_kv_write(&layer, &qkv, &mut qb, Some(&rope))
+        kernels.rope_kv_write(&layer, &qkv, None, &mut qb, Some(&rope))
     })?;
     report.value(
         "ops",

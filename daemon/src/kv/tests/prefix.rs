@@ -13,7 +13,7 @@
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 
-use super::{Backend, Outcome, ensure, fail, shape};
+use super::{Backend, Outcome, ensure, fail, pages_add_up, shape};
 use crate::kv::{KvAccess, KvBudget, KvConfig, KvError, KvLayout, KvManager, PartialPage};
 use crate::kv::{SlotId, TokenHash};
 
@@ -57,7 +57,20 @@ struct Run<'a> {
     cached_tokens: usize,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    /// A run on a fresh manager of `config`, nothing live yet.
+    fn start(backend: &'a Backend, config: &KvConfig) -> Result<Self, String> {
+        let manager = (backend.make)(config).map_err(|e| format!("building the manager: {e}"))?;
+        Ok(Self {
+            backend,
+            manager,
+            config: config.clone(),
+            live: Vec::new(),
+            next_own: 1,
+            cached_tokens: 0,
+        })
+    }
+
     /// Writes positions `from..to` of `live` in every layer, after checking that none of their
     /// bytes lies on a prefix index page.
     fn write(&self, live: &Live, from: usize, to: usize) -> Outcome {
@@ -78,22 +91,33 @@ impl Run<'_> {
                     })?;
                 }
             }
-            for layer in 0..geometry.layers {
+            for (_, address, bytes) in self.signatures(live, position) {
+                (self.backend.memory)
+                    .write(address, &bytes)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Each layer's K and V of token `position` of `live`: `((layer, 0 for K | 1 for V),
+    /// address, the signature that belongs there)`.
+    fn signatures(&self, live: &Live, position: usize) -> Vec<((usize, u8), usize, Vec<u8>)> {
+        let geometry = self.manager.geometry();
+        (0..geometry.layers)
+            .flat_map(|layer| {
                 let kv = self.manager.layer_kv(live.slot, layer);
-                for (which, base) in [(0u8, kv.k as usize), (1, kv.v as usize)] {
+                [(0u8, kv.k as usize), (1, kv.v as usize)].map(|(which, base)| {
                     let bytes = signature(
                         live.hashes[position],
                         layer,
                         which,
                         geometry.layer_token_bytes,
                     );
-                    (self.backend.memory)
-                        .write(base + position * kv.token_stride, &bytes)
-                        .map_err(|e| e.to_string())?;
-                }
-            }
-        }
-        Ok(())
+                    ((layer, which), base + position * kv.token_stride, bytes)
+                })
+            })
+            .collect()
     }
 
     /// Checks positions of `live` below `to`: every one within two of a page boundary, every
@@ -106,25 +130,16 @@ impl Run<'_> {
             offset < 2.0 || per_page - offset < 3.0
         };
         for position in (0..to).filter(|&p| p % 11 == 0 || near_boundary(p) || p + 1 == to) {
-            for layer in 0..geometry.layers {
-                let kv = self.manager.layer_kv(live.slot, layer);
-                for (which, base) in [(0u8, kv.k as usize), (1, kv.v as usize)] {
-                    let expected = signature(
-                        live.hashes[position],
-                        layer,
-                        which,
-                        geometry.layer_token_bytes,
-                    );
-                    let found = (self.backend.memory)
-                        .read(base + position * kv.token_stride, expected.len())
-                        .map_err(|e| e.to_string())?;
-                    ensure(found == expected, || {
-                        format!(
-                            "slot {} token {position} layer {layer} kv {which} reads back wrong",
-                            live.slot
-                        )
-                    })?;
-                }
+            for ((layer, which), address, expected) in self.signatures(live, position) {
+                let found = (self.backend.memory)
+                    .read(address, expected.len())
+                    .map_err(|e| e.to_string())?;
+                ensure(found == expected, || {
+                    format!(
+                        "slot {} token {position} layer {layer} kv {which} reads back wrong",
+                        live.slot
+                    )
+                })?;
             }
         }
         Ok(())
@@ -135,15 +150,7 @@ impl Run<'_> {
     fn check(&self) -> Outcome {
         self.manager.sync().map_err(|e| e.to_string())?;
         let stats = self.manager.stats();
-        ensure(
-            stats.pages_free + stats.pages_cached + stats.pages_held == stats.pages_total,
-            || {
-                format!(
-                    "free {} + cached {} + held {} != {}",
-                    stats.pages_free, stats.pages_cached, stats.pages_held, stats.pages_total
-                )
-            },
-        )?;
+        pages_add_up(&stats)?;
         let accounting = self.manager.accounting();
         let free = accounting.free_list();
         let claimed = accounting.claimed_pages();
@@ -383,15 +390,7 @@ fn config_strategy() -> impl Strategy<Value = KvConfig> {
 }
 
 fn run_steps(backend: &Backend, config: &KvConfig, steps: &[Step]) -> Result<usize, String> {
-    let manager = (backend.make)(config).map_err(|e| format!("building the manager: {e}"))?;
-    let mut run = Run {
-        backend,
-        manager,
-        config: config.clone(),
-        live: Vec::new(),
-        next_own: 1,
-        cached_tokens: 0,
-    };
+    let mut run = Run::start(backend, config)?;
     for step in steps {
         match *step {
             Step::Admit {
@@ -443,15 +442,7 @@ pub(crate) fn sharing_suite(backend: &Backend) -> Outcome {
                 let mut config = shape(layout, odd, 40);
                 config.prefix_caching = true;
                 config.partial_page = partial;
-                let manager = (backend.make)(&config).map_err(|e| e.to_string())?;
-                let mut run = Run {
-                    backend,
-                    manager,
-                    config: config.clone(),
-                    live: Vec::new(),
-                    next_own: 1,
-                    cached_tokens: 0,
-                };
+                let mut run = Run::start(backend, &config)?;
                 let geometry = run.manager.geometry().clone();
                 let per_page = geometry.tokens_per_page();
                 let first = (3 * per_page + per_page / 2).min(config.max_context_len - 50);

@@ -79,7 +79,7 @@ impl Pass<'_> {
             .rms_norm(x, weight, out, rows, self.hidden(), eps)?)
     }
 
-    /// QKV projection, RoPE, K/V written to the region, causal attention per sequence (prefill
+    /// QKV projection, its bias (Qwen2) and RoPE, K/V written to the region, causal attention per sequence (prefill
     /// tiles and split-KV decodes).
     fn attention<'b>(
         &self,
@@ -91,7 +91,13 @@ impl Pass<'_> {
     ) -> Result<DeviceSlice<'b, bf16>, ModelError> {
         self.project(&block.qkv, normed, LinearOut::f32(&mut a.qkv), dense)?;
         let (k, batch) = (self.kernels, self.batch.layer(layer)?);
-        k.rope_kv_write(&batch, &a.qkv, &mut a.q, Some(self.rope))?;
+        k.rope_kv_write(
+            &batch,
+            &a.qkv,
+            block.qkv_bias.as_ref(),
+            &mut a.q,
+            Some(self.rope),
+        )?;
         k.attention_prefill(&batch, &a.q, &mut a.out)?;
         k.attention_decode(
             &batch,

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::model::ModelError;
 use crate::model::checkpoint::{Checkpoint, Dtype, to_bf16_bytes};
 use crate::model::config::{Arch, ModelConfig};
-use crate::model::layout::{self, MatrixPlan};
+use crate::model::layout::{self, MatrixPlan, Part};
 use crate::model::weights::{Linear, Mlp, Norm, Weights};
 
 /// Bytes of one page-locked staging buffer (two alternate: one fills from disk while the other
@@ -99,6 +99,8 @@ impl Store<'_> {
 pub struct GpuBlock {
     pub attn_norm: DeviceBuffer<f32>,
     pub qkv: GpuLinear,
+    /// `[q + 2 kv]` f32, added before RoPE: Qwen2's; `None` for Llama.
+    pub qkv_bias: Option<DeviceBuffer<f32>>,
     pub o: GpuLinear,
     pub mlp_norm: DeviceBuffer<f32>,
     /// Gate rows, then up rows: `[2 ffn, hidden]`.
@@ -160,13 +162,21 @@ impl GpuWeights {
             format,
         };
         let matrix = |m: &[f32]| upload_bf16(device, m);
+        let weight =
+            |l: &Linear| store.linear(matrix(&l.weight)?, l.out, l.weight.len() / l.out.max(1));
         let linear = |l: &Linear| {
             if l.bias.is_some() {
                 return Err(ModelError::Config(
-                    "the CUDA forward pass has no bias terms (Llama family only)".into(),
+                    "the CUDA forward pass has biases on Q, K and V only (Qwen2)".into(),
                 ));
             }
-            store.linear(matrix(&l.weight)?, l.out, l.weight.len() / l.out.max(1))
+            weight(l)
+        };
+        let qkv_bias = |l: &Linear| -> Result<Option<DeviceBuffer<f32>>, ModelError> {
+            Ok(l.bias
+                .as_deref()
+                .map(|b| device.upload_new(b))
+                .transpose()?)
         };
         let norm = |n: &Norm| match n {
             Norm::Rms { weight, .. } => Ok(device.upload_new(weight)?),
@@ -183,7 +193,8 @@ impl GpuWeights {
             };
             blocks.push(GpuBlock {
                 attn_norm: norm(&b.attn_norm)?,
-                qkv: linear(&b.qkv)?,
+                qkv: weight(&b.qkv)?,
+                qkv_bias: qkv_bias(&b.qkv)?,
                 o: linear(&b.o)?,
                 mlp_norm: norm(&b.mlp_norm)?,
                 gate_up: linear(gate_up)?,
@@ -220,11 +231,21 @@ impl GpuWeights {
         let norm = |name: &str| -> Result<DeviceBuffer<f32>, ModelError> {
             Ok(device.upload_new(&checkpoint.read_f32(name, &[cfg.hidden])?)?)
         };
+        let qkv_bias = |parts: &[Part]| -> Result<Option<DeviceBuffer<f32>>, ModelError> {
+            if parts.is_empty() {
+                return Ok(None);
+            }
+            let stacked = (parts.iter())
+                .map(|p| checkpoint.read_f32(&p.name, &[p.rows]))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(device.upload_new(&stacked.concat())?))
+        };
         let mut blocks = Vec::with_capacity(plan.blocks.len());
         for b in &plan.blocks {
             blocks.push(GpuBlock {
                 attn_norm: norm(&b.attn_norm)?,
                 qkv: linear(&b.qkv)?,
+                qkv_bias: qkv_bias(&b.qkv_bias)?,
                 o: linear(&b.o)?,
                 mlp_norm: norm(&b.mlp_norm)?,
                 gate_up: linear(&b.gate_up)?,
@@ -275,17 +296,21 @@ impl GpuWeights {
         let linear = |name: &str, out: usize, inner: usize| {
             store.linear(matrix(name, out, inner)?, out, inner)
         };
-        let norm = |name: &str| -> Result<DeviceBuffer<f32>, ModelError> {
-            let mut weight = device.alloc::<f32>(h)?;
-            kernels.fill_uniform(&mut weight, tensor_seed(seed, name), 0.8, 1.2)?;
-            Ok(weight)
+        let uniform = |name: &str, len: usize, lo: f32, hi: f32| {
+            let mut values = device.alloc::<f32>(len)?;
+            kernels.fill_uniform(&mut values, tensor_seed(seed, name), lo, hi)?;
+            Ok::<_, ModelError>(values)
         };
+        let norm = |name: &str| uniform(name, h, 0.8, 1.2);
         let mut blocks = Vec::with_capacity(cfg.layers);
         for l in 0..cfg.layers {
             let p = format!("model.layers.{l}");
             blocks.push(GpuBlock {
                 attn_norm: norm(&format!("{p}.input_layernorm.weight"))?,
                 qkv: linear(&format!("{p}.self_attn.qkv"), q + 2 * kv, h)?,
+                qkv_bias: (cfg.arch == Arch::Qwen2)
+                    .then(|| uniform(&format!("{p}.self_attn.qkv_bias"), q + 2 * kv, -0.02, 0.02))
+                    .transpose()?,
                 o: linear(&format!("{p}.self_attn.o_proj.weight"), h, q)?,
                 mlp_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
                 gate_up: linear(&format!("{p}.mlp.gate_up"), 2 * f, h)?,
@@ -310,10 +335,10 @@ impl GpuWeights {
 }
 
 fn check_llama(cfg: &ModelConfig) -> Result<(), ModelError> {
-    if cfg.arch != Arch::Llama {
+    if !matches!(cfg.arch, Arch::Llama | Arch::Qwen2) {
         return Err(ModelError::Config(format!(
-            "the CUDA forward pass runs Llama-family models, not {:?}",
-            cfg.arch
+            "the CUDA forward pass runs Llama-family models (Llama, Qwen2), not {}",
+            cfg.arch.name()
         )));
     }
     Ok(())

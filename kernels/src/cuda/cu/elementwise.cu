@@ -41,13 +41,15 @@ extern "C" __global__ void rms_norm_rows(const float* x, const float* weight, bf
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = f2bf(row[i] * inv * weight[i]);
 }
 
-// RoPE (rotate-half) on Q and K of one row of `qkv` (f32, [q | k | v]); Q goes to `q_out` (bf16),
+// RoPE (rotate-half) on Q and K of one row of `qkv` (f32, [q | k | v]) plus `bias` (the same
+// [q | k | v] vector for every row, added before the rotation: Qwen2's; null for none); Q goes to `q_out` (bf16),
 // K and V are written (bf16) into the KV region at kv[chunk].k/v + pos * token_stride. A row
 // whose position is 0xffffffff is padding: its Q is computed at position 0 and its K/V skipped.
 // `kv` holds (k, v) device addresses per chunk for this layer. Grid: (rows, parts); block: 256;
 // the row's rotation pairs and V elements are spread over the parts' threads (one or a few each:
 // a single block looping over a row is bound by load latency).
-extern "C" __global__ void rope_kv_write(const float* qkv, bf16_t* q_out, const unsigned* positions,
+extern "C" __global__ void rope_kv_write(const float* qkv, const float* bias, bf16_t* q_out,
+                                         const unsigned* positions,
                                          const unsigned* row_chunk, const u64* kv,
                                          long long token_stride, const float* cos_table,
                                          const float* sin_table, int heads, int kv_heads,
@@ -70,7 +72,11 @@ extern "C" __global__ void rope_kv_write(const float* qkv, bf16_t* q_out, const 
     for (int p = first; p < rot_pairs; p += step) {
         const int head = p / half, i = p % half;
         const int base = head * head_dim;  // heads then kv heads: K follows Q in the row
-        const float x0 = row[base + i], x1 = row[base + i + half];
+        float x0 = row[base + i], x1 = row[base + i + half];
+        if (bias) {
+            x0 += bias[base + i];
+            x1 += bias[base + i + half];
+        }
         float y0 = x0, y1 = x1;
         if (use_rope) {
             y0 = x0 * cs[i] - x1 * sn[i];
@@ -88,7 +94,8 @@ extern "C" __global__ void rope_kv_write(const float* qkv, bf16_t* q_out, const 
     }
     if (!pad) {
         const float* v = row + q_dim + kv_dim;
-        for (int i = first; i < kv_dim; i += step) v_dst[i] = f2bf(v[i]);
+        const float* vb = bias ? bias + q_dim + kv_dim : 0;
+        for (int i = first; i < kv_dim; i += step) v_dst[i] = f2bf(vb ? v[i] + vb[i] : v[i]);
     }
 }
 
