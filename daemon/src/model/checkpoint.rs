@@ -11,6 +11,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use fused_kernels::cpu::e4m3_to_f32;
 use half::{bf16, f16};
 use serde::Deserialize;
 
@@ -25,14 +26,37 @@ pub enum Dtype {
     F16,
     #[serde(rename = "F32")]
     F32,
+    /// FP8 codes of a matrix whose scales are the tensor `{name}_scale` (vLLM's `fp8` and
+    /// `compressed-tensors` checkpoints).
+    #[serde(rename = "F8_E4M3")]
+    F8E4M3,
 }
 
 impl Dtype {
     pub fn bytes(self) -> usize {
         match self {
+            Dtype::F8E4M3 => 1,
             Dtype::Bf16 | Dtype::F16 => 2,
             Dtype::F32 => 4,
         }
+    }
+}
+
+/// The scale of each of `rows` rows of an FP8 matrix from the values of its `_scale` tensor
+/// (`scale_name`): one for the whole tensor, or one per output row. Block-wise scales are
+/// refused with the reason.
+pub fn fp8_row_scales(
+    values: Vec<f32>,
+    rows: usize,
+    scale_name: &str,
+) -> Result<Vec<f32>, ModelError> {
+    match values.len() {
+        1 => Ok(vec![values[0]; rows]),
+        n if n == rows => Ok(values),
+        n => Err(ModelError::Format(format!(
+            "`{scale_name}` holds {n} scales for {rows} rows: FP8 checkpoints with one scale per \
+             tensor or per output row are read, block-wise scales are not"
+        ))),
     }
 }
 
@@ -166,6 +190,28 @@ impl Checkpoint {
         self.read(entry, 0, &mut raw)?;
         Ok(decode_f32(entry.dtype, &raw))
     }
+
+    /// Whether tensor `name` holds FP8 codes.
+    pub fn is_fp8(&self, name: &str) -> bool {
+        self.tensors
+            .get(name)
+            .is_some_and(|t| t.dtype == Dtype::F8E4M3)
+    }
+
+    /// The scale of each of the `rows` rows of FP8 matrix `name`, from `{name}_scale`.
+    pub fn fp8_scales(&self, name: &str, rows: usize) -> Result<Vec<f32>, ModelError> {
+        let scale_name = format!("{name}_scale");
+        let shape = match self.tensors.get(&scale_name) {
+            Some(entry) => entry.shape.clone(),
+            None => {
+                return Err(ModelError::Format(format!(
+                    "{}: FP8 tensor `{name}` has no `{scale_name}`",
+                    self.dir.display()
+                )));
+            }
+        };
+        fp8_row_scales(self.read_f32(&scale_name, &shape)?, rows, &scale_name)
+    }
 }
 
 fn read_header(
@@ -200,7 +246,7 @@ fn read_header(
         let dtype: Dtype = serde_json::from_value(serde_json::Value::String(raw.dtype.clone()))
             .map_err(|_| {
                 bad(format!(
-                    "`{name}` is {}; only BF16, F16 and F32 tensors are read",
+                    "`{name}` is {}; only BF16, F16, F32 and F8_E4M3 tensors are read",
                     raw.dtype
                 ))
             })?;
@@ -229,9 +275,10 @@ fn read_header(
     Ok(entries)
 }
 
-/// Little-endian `dtype` values → `f32`.
+/// Little-endian `dtype` values → `f32` (FP8: the codes' values, without their scales).
 pub fn decode_f32(dtype: Dtype, raw: &[u8]) -> Vec<f32> {
     match dtype {
+        Dtype::F8E4M3 => raw.iter().map(|&c| e4m3_to_f32(c)).collect(),
         Dtype::Bf16 => raw
             .chunks_exact(2)
             .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
@@ -248,11 +295,11 @@ pub fn decode_f32(dtype: Dtype, raw: &[u8]) -> Vec<f32> {
 }
 
 /// Little-endian `dtype` values → little-endian bf16 bytes in `out` (`raw.len() / dtype.bytes()`
-/// values; rounding to nearest, as the host loader's `bf16::from_f32`).
+/// values; rounding to nearest, as the host loader's `bf16::from_f32`; FP8 codes unscaled).
 pub fn to_bf16_bytes(dtype: Dtype, raw: &[u8], out: &mut [u8]) {
     match dtype {
         Dtype::Bf16 => out[..raw.len()].copy_from_slice(raw),
-        Dtype::F16 | Dtype::F32 => {
+        Dtype::F16 | Dtype::F32 | Dtype::F8E4M3 => {
             for (value, dst) in decode_f32(dtype, raw)
                 .into_iter()
                 .zip(out.chunks_exact_mut(2))
@@ -334,6 +381,46 @@ mod tests {
     }
 
     #[test]
+    fn fp8_matrices_read_as_codes_with_a_scale_per_tensor_or_per_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Codes 0x38 = 1.0, 0xb8 = -1.0, 0x40 = 2.0, 0x01 = 2^-9.
+        let codes = vec![0x38u8, 0xb8, 0x40, 0x01];
+        write(
+            &dir.path().join("model.safetensors"),
+            &[
+                ("a.weight", "F8_E4M3", vec![2, 2], codes.clone()),
+                ("a.weight_scale", "F32", vec![], f32_bytes(&[0.5])),
+                ("b.weight", "F8_E4M3", vec![2, 2], codes.clone()),
+                ("b.weight_scale", "F32", vec![2, 1], f32_bytes(&[0.5, 4.0])),
+                ("c.weight", "F8_E4M3", vec![2, 2], codes.clone()),
+                (
+                    "c.weight_scale",
+                    "F32",
+                    vec![3],
+                    f32_bytes(&[1.0, 1.0, 1.0]),
+                ),
+                ("d.weight", "F8_E4M3", vec![2, 2], codes),
+            ],
+        );
+        let ckpt = Checkpoint::open(dir.path()).expect("opens");
+        assert!(ckpt.is_fp8("a.weight") && !ckpt.is_fp8("a.weight_scale"));
+        let entry = ckpt.entry("a.weight", &[2, 2]).expect("a");
+        assert_eq!(entry.bytes, 4);
+        let mut raw = vec![0u8; 4];
+        ckpt.read(entry, 0, &mut raw).expect("codes");
+        assert_eq!(
+            decode_f32(entry.dtype, &raw),
+            vec![1.0, -1.0, 2.0, 2f32.powi(-9)]
+        );
+        assert_eq!(ckpt.fp8_scales("a.weight", 2).expect("a"), vec![0.5, 0.5]);
+        assert_eq!(ckpt.fp8_scales("b.weight", 2).expect("b"), vec![0.5, 4.0]);
+        let err = ckpt.fp8_scales("c.weight", 2).expect_err("block-wise");
+        assert!(err.to_string().contains("block-wise"), "{err}");
+        let err = ckpt.fp8_scales("d.weight", 2).expect_err("no scale");
+        assert!(err.to_string().contains("has no `d.weight_scale`"), "{err}");
+    }
+
+    #[test]
     fn bad_files_are_refused_with_the_reason() {
         let dir = tempfile::tempdir().expect("tempdir");
         write(
@@ -341,7 +428,10 @@ mod tests {
             &[("i", "I64", vec![1], vec![0; 8])],
         );
         let err = Checkpoint::open(dir.path()).expect_err("I64 is not a float");
-        assert!(err.to_string().contains("only BF16, F16 and F32"), "{err}");
+        assert!(
+            err.to_string().contains("only BF16, F16, F32 and F8_E4M3"),
+            "{err}"
+        );
         write(
             &dir.path().join("model.safetensors"),
             &[("x", "F32", vec![3], vec![0; 8])],

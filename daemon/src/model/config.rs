@@ -77,6 +77,15 @@ impl ModelConfig {
         Self::from_hf_str(&text).map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))
     }
 
+    /// The quantization an HF checkpoint's `config.json` in `dir` declares
+    /// (`quantization_config.quant_method`: `fp8`, `compressed-tensors`, ...), if any.
+    pub fn quantization_method(dir: &Path) -> Option<String> {
+        let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let method = json.get("quantization_config")?.get("quant_method")?;
+        method.as_str().map(str::to_owned)
+    }
+
     pub fn from_hf_str(text: &str) -> Result<Self, String> {
         let raw: HfConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
         raw.into_config()

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -83,12 +83,82 @@ pub fn save_safetensors(cfg: &ModelConfig, seed: u64, dir: &Path) -> Result<(), 
             .map_err(|e| ModelError::Format(e.to_string()))?;
         tensors.insert(name, t);
     }
+    write_checkpoint(cfg, &tensors, dir)
+}
+
+/// Writes `config.json` for `cfg` and `tensors` as `model.safetensors` into `dir`.
+pub fn write_checkpoint(
+    cfg: &ModelConfig,
+    tensors: &HashMap<String, Tensor>,
+    dir: &Path,
+) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let st = dir.join("model.safetensors");
-    candle_core::safetensors::save(&tensors, &st)
+    candle_core::safetensors::save(tensors, &st)
         .map_err(|e| ModelError::Format(format!("{}: {e}", st.display())))?;
     let config = dir.join("config.json");
     let json = serde_json::to_string_pretty(&cfg.to_hf_json())
         .map_err(|e| ModelError::Format(e.to_string()))?;
     std::fs::write(&config, json).map_err(|e| ModelError::io(&config, e))
+}
+
+/// A dummy model's tensors as an FP8 checkpoint holds them and as they decode.
+pub struct Fp8Checkpoint {
+    /// Block matrices as E4M3 codes, each with its `_scale` tensor; the rest as they are.
+    pub fp8: HashMap<String, Tensor>,
+    /// The same tensors with each block matrix as its codes times their scales.
+    pub decoded: HashMap<String, Tensor>,
+    /// Matrices stored as FP8.
+    pub quantized: usize,
+}
+
+/// The dummy model `(cfg, seed)` as an FP8 checkpoint: every block matrix as E4M3 codes with a
+/// `_scale` tensor (per output row `[rows, 1]` and per tensor `[]` alternating, as vLLM's `fp8`
+/// and `compressed-tensors` checkpoints store them).
+pub fn fp8_checkpoint(cfg: &ModelConfig, seed: u64) -> Result<Fp8Checkpoint, ModelError> {
+    let format = |e: candle_core::Error| ModelError::Format(e.to_string());
+    let tensor = |values: Vec<f32>, shape: Vec<usize>| {
+        Tensor::from_vec(values, shape, &Device::Cpu).map_err(format)
+    };
+    let (mut fp8, mut decoded) = (HashMap::new(), HashMap::new());
+    let mut quantized = 0;
+    let mut names: Vec<_> = tensors(cfg, seed)?.into_iter().collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, (values, shape)) in names {
+        let (true, &[rows, cols]) = (name.contains(".layers."), &shape[..]) else {
+            decoded.insert(name.clone(), tensor(values.clone(), shape.clone())?);
+            fp8.insert(name, tensor(values, shape)?);
+            continue;
+        };
+        let largest = |row: &[f32]| row.iter().fold(0f32, |m, v| m.max(v.abs())) / 448.0;
+        let scales: Vec<f32> = if quantized % 2 == 0 {
+            values.chunks(cols.max(1)).map(largest).collect()
+        } else {
+            vec![largest(&values)]
+        };
+        quantized += 1;
+        let scale_of = |i: usize| scales[if scales.len() == 1 { 0 } else { i / cols }];
+        let scaled = values.iter().enumerate().map(|(i, v)| v / scale_of(i));
+        let codes = tensor(scaled.collect(), shape.clone())?
+            .to_dtype(DType::F8E4M3)
+            .map_err(format)?;
+        let back = (codes.to_dtype(DType::F32))
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(format)?;
+        let values = back.iter().enumerate().map(|(i, v)| v * scale_of(i));
+        decoded.insert(name.clone(), tensor(values.collect(), shape)?);
+        let scale_shape = if scales.len() == 1 {
+            vec![]
+        } else {
+            vec![rows, 1]
+        };
+        fp8.insert(format!("{name}_scale"), tensor(scales, scale_shape)?);
+        fp8.insert(name, codes);
+    }
+    Ok(Fp8Checkpoint {
+        fp8,
+        decoded,
+        quantized,
+    })
 }

@@ -1,5 +1,6 @@
 //! HF safetensors checkpoints, single file or sharded (`model.safetensors.index.json`), any float
-//! dtype converted to `f32` at load.
+//! dtype converted to `f32` at load; FP8 (E4M3) matrices times their `_scale` tensor (vLLM's `fp8`
+//! and `compressed-tensors` checkpoints: one scale per tensor or per output row).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 
 use super::ModelError;
+use super::checkpoint::fp8_row_scales;
 use super::weights::TensorSource;
 
 pub struct SafetensorsSource {
@@ -73,10 +75,30 @@ impl TensorSource for SafetensorsSource {
                 t.dims()
             )));
         }
-        t.to_dtype(DType::F32)
+        let fp8 = t.dtype() == DType::F8E4M3;
+        let mut values = t
+            .to_dtype(DType::F32)
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|e| err(format!("`{stored}`: {e}")))
+            .map_err(|e| err(format!("`{stored}`: {e}")))?;
+        if fp8 {
+            let scale_name = format!("{stored}_scale");
+            let [rows, cols] = shape else {
+                return Err(err(format!("FP8 tensor `{stored}` is not a matrix")));
+            };
+            let scales = self
+                .files
+                .load(&scale_name, &Device::Cpu)
+                .and_then(|t| t.to_dtype(DType::F32))
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| err(format!("FP8 tensor `{stored}` needs `{scale_name}`: {e}")))?;
+            let scales = fp8_row_scales(scales, *rows, &scale_name)?;
+            for (row, scale) in values.chunks_mut((*cols).max(1)).zip(scales) {
+                row.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
+        Ok(values)
     }
 
     fn contains(&self, name: &str) -> bool {

@@ -194,3 +194,37 @@ fn gguf_blocks_decode_like_the_f32_matrices() {
         assert!(worst < 1e-4, "{rows} rows: {worst}");
     }
 }
+
+/// An FP8 checkpoint (E4M3 block matrices with a scale per row or per tensor, as vLLM's `fp8`
+/// and `compressed-tensors` checkpoints store them) loads on the CPU as its codes times their
+/// scales: the same logits as the checkpoint of the decoded values.
+#[test]
+fn an_fp8_checkpoint_loads_as_its_codes_times_their_scales() {
+    let cfg = ModelConfig::preset("tiny-llama").unwrap();
+    let dummy::Fp8Checkpoint {
+        mut fp8,
+        decoded,
+        quantized,
+    } = dummy::fp8_checkpoint(&cfg, 5).unwrap();
+    assert_eq!(
+        quantized,
+        7 * cfg.layers,
+        "q, k, v, o, gate, up, down per layer"
+    );
+    let dirs = tempfile::tempdir().unwrap();
+    let (fp8_dir, decoded_dir) = (dirs.path().join("fp8"), dirs.path().join("decoded"));
+    dummy::write_checkpoint(&cfg, &fp8, &fp8_dir).unwrap();
+    dummy::write_checkpoint(&cfg, &decoded, &decoded_dir).unwrap();
+    let from_fp8 = Model::load_hf_dir(&fp8_dir).unwrap();
+    let from_decoded = Model::load_hf_dir(&decoded_dir).unwrap();
+    let tokens: Vec<u32> = (0..12).map(|i| (i * 29 % 250) as u32).collect();
+    let kv = DenseKv::new(&cfg, 1, 16);
+    let a = prefill_all(&from_fp8, &kv, 0, &tokens).concat();
+    let b = prefill_all(&from_decoded, &kv, 0, &tokens).concat();
+    assert_eq!(max_diff(&a, &b), 0.0);
+    // A matrix without its scale is refused, naming it.
+    fp8.remove("model.layers.0.mlp.down_proj.weight_scale");
+    dummy::write_checkpoint(&cfg, &fp8, &fp8_dir).unwrap();
+    let err = Model::load_hf_dir(&fp8_dir).err().expect("no scale");
+    assert!(err.to_string().contains("down_proj.weight_scale"), "{err}");
+}

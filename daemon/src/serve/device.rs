@@ -102,6 +102,22 @@ pub fn forward_and_kv(
         #[cfg(feature = "cuda")]
         Some(gpu) => {
             use crate::model::cuda::{GpuModel, GpuOptions, WeightFormat};
+            // An FP8 checkpoint is served in FP8 unless --quantization says otherwise (as vLLM).
+            let checkpoint_fp8 = match (&model, args.load_format) {
+                (None, super::LoadFormat::Auto) => {
+                    let dir = super::load::model_path(args.model_spec()?)?;
+                    let method = ModelConfig::quantization_method(&dir);
+                    let fp8 = matches!(method.as_deref(), Some("fp8" | "compressed-tensors"));
+                    if fp8 && args.quantization.is_none() {
+                        tracing::info!(
+                            method = method.as_deref().unwrap_or_default(),
+                            "the checkpoint holds FP8 weights: serving them as FP8"
+                        );
+                    }
+                    fp8
+                }
+                _ => false,
+            };
             let options = GpuOptions {
                 graphs: !args.no_cuda_graphs,
                 max_graph_batch: args.max_seqs.next_power_of_two(),
@@ -113,6 +129,7 @@ pub fn forward_and_kv(
                 max_seqs: args.max_seqs,
                 weights: match args.quantization {
                     Some(super::args::Quantization::Fp8) => WeightFormat::Fp8,
+                    None if checkpoint_fp8 => WeightFormat::Fp8,
                     None => WeightFormat::Bf16,
                 },
                 ..GpuOptions::default()

@@ -113,7 +113,7 @@ impl Check<'_> {
         })?;
         if rows <= GEMV_MAX_ROWS {
             self.each_output(
-                &format!("gemv {rows}x{out}x{inner}"),
+                &format!("gemv {} {rows}x{out}x{inner}", self.gemv_kind()),
                 &want,
                 FP32_TOL,
                 |check, y| check.kernels.gemv(Linear::new(&xd, &wd, y, shape)?),
@@ -150,8 +150,17 @@ impl Check<'_> {
         Ok(())
     }
 
-    /// The GEMV with its rows split over 1, the default number of and 8 warps, plain and with
-    /// SwiGLU folded in (`w` a stacked `[gate; up]` of `2 out` rows), against a GEMM and SwiGLU
+    /// Which GEMV build the checks run (the names say it).
+    fn gemv_kind(&self) -> &'static str {
+        if self.kernels.gemv_stream {
+            "stream"
+        } else {
+            "per-row"
+        }
+    }
+
+    /// The GEMV (the per-row build with its rows split over 1, the default number of and 8
+    /// warps; the streaming build once), plain and with SwiGLU folded in (`w` a stacked `[gate; up]` of `2 out` rows), against a GEMM and SwiGLU
     /// on the CPU.
     fn gemv_splits(&mut self, rows: usize, out: usize, inner: usize) -> Result<(), CudaError> {
         let x = round_bf16(&self.rng.vec(rows * inner, -1.0, 1.0));
@@ -168,14 +177,20 @@ impl Check<'_> {
         };
         let halves = LinearShape { out, ..stacked };
         let default_blocks = self.kernels.gemv_min_blocks;
-        for (split, min_blocks) in [("1", 0), ("default", default_blocks), ("8", usize::MAX)] {
+        let splits: &[_] = if self.kernels.gemv_stream {
+            &[("-", default_blocks)]
+        } else {
+            &[("1", 0), ("default", default_blocks), ("8", usize::MAX)]
+        };
+        for &(split, min_blocks) in splits {
             self.kernels.gemv_min_blocks = min_blocks;
             let mut y = self.poisoned::<f32>(rows * 2 * out)?;
             let mut y_act = self.poisoned::<bf16>(rows * out)?;
             let k = &self.kernels;
             k.gemv(Linear::new(&xd, &wd, LinearOut::f32(&mut y), stacked)?)?;
             k.gemv_swiglu(&xd, &wd, &mut y_act, halves)?;
-            let name = format!("gemv {rows}x{}x{inner} split {split}", 2 * out);
+            let kind = self.gemv_kind();
+            let name = format!("gemv {kind} {rows}x{}x{inner} split {split}", 2 * out);
             let got = self.read(&y)?;
             self.report(&format!("{name} ->f32"), rel_l2(&got, &want), FP32_TOL);
             let got = self.read_bf16(&y_act)?;
@@ -215,7 +230,7 @@ impl Check<'_> {
                 f64::from((s - largest / E4M3_MAX).abs() / s)
             })
             .fold(0.0, f64::max);
-        let name = format!("fp8 {rows}x{}x{inner}", 2 * out);
+        let name = format!("fp8 {} {rows}x{}x{inner}", self.gemv_kind(), 2 * out);
         self.report(&format!("{name} quantize (half-steps)"), worst_step, 1.0);
         self.report(&format!("{name} scales"), worst_scale, 1e-6);
         let mut dense = self.poisoned::<bf16>(2 * out * inner)?;
@@ -613,23 +628,28 @@ fn run(seed: u64) -> Result<usize, CudaError> {
         rng: Rng(seed),
         failures: 0,
     };
-    check.gemm(1, 4096, 4096)?;
-    check.gemm(3, 22016, 4096)?;
-    check.gemm(8, 4096, 11008)?;
-    check.gemm(5, 4096, 576)?;
-    check.gemm(37, 1000, 576)?;
-    check.gemm(300, 2304, 4096)?;
-    check.gemv_splits(1, 11008, 4096)?;
-    check.gemv_splits(1, 2048, 11008)?;
-    check.gemv_splits(3, 1000, 576)?;
-    check.gemv_splits(8, 2048, 4096)?;
-    // Parts of uneven length, and five rows in the eight-row build.
-    check.gemv_splits(5, 300, 4104)?;
-    // FP8: the GEMV's row counts, and past them (cuBLAS on the expansion).
-    check.fp8(1, 5504, 4096)?;
-    check.fp8(5, 1000, 576)?;
-    check.fp8(8, 2048, 4096)?;
-    check.fp8(100, 2048, 4096)?;
+    // Every product check once per GEMV build (cuBLAS's rows again with each: cheap).
+    for stream in [true, false] {
+        check.kernels.gemv_stream = stream;
+        check.gemm(1, 4096, 4096)?;
+        check.gemm(3, 22016, 4096)?;
+        check.gemm(8, 4096, 11008)?;
+        check.gemm(5, 4096, 576)?;
+        check.gemm(37, 1000, 576)?;
+        check.gemm(300, 2304, 4096)?;
+        check.gemv_splits(1, 11008, 4096)?;
+        check.gemv_splits(1, 2048, 11008)?;
+        check.gemv_splits(3, 1000, 576)?;
+        check.gemv_splits(8, 2048, 4096)?;
+        // Parts of uneven length, and five rows in the eight-row build.
+        check.gemv_splits(5, 300, 4104)?;
+        // FP8: the GEMV's row counts, and past them (cuBLAS on the expansion).
+        check.fp8(1, 5504, 4096)?;
+        check.fp8(5, 1000, 576)?;
+        check.fp8(8, 2048, 4096)?;
+        check.fp8(100, 2048, 4096)?;
+    }
+    check.kernels.gemv_stream = false;
     check.embed_and_norm(37, 4096, 1000)?;
     check.silu_and_argmax(29, 11008, 32000)?;
     // Widths off the vectorised paths.

@@ -6,15 +6,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaStream, LaunchConfig};
+use cudarc::driver::{CudaModule, CudaStream, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 use half::bf16;
 
 use super::compile::{CacheStatus, compile_cubin};
 use super::device::GpuDevice;
 use super::error::{CudaError, DriverResult, as_u32};
-use super::launch::{In, Kernel, Nullable, Out};
-use super::linear::OutVoid;
+use super::launch::{In, Kernel, Nullable, Out, Signature};
+use super::linear::{GEMV_STREAM_BLOCKS_PER_SM, OutVoid};
 
 /// The kernel sources, in the order they are concatenated for NVRTC.
 pub const SOURCES: [(&str, &str); 5] = [
@@ -71,10 +71,41 @@ pub(crate) type Combine = Kernel<(In<f32>, In<f32>, In<u32>, Out<bf16>, i32, i32
 pub(crate) type Gemv = Kernel<(In<bf16>, In<bf16>, OutVoid, i32, i32, i32, i32, i32)>;
 /// `gemv_fp8_r*_p*(x, w, scale, y, rows, out, in, mode, ksplit)`.
 pub(crate) type GemvFp8 = Kernel<(In<bf16>, In<u8>, In<f32>, OutVoid, i32, i32, i32, i32, i32)>;
+/// `gemv_stream_r*_p*(x, w, y, rows, out, in, mode)`.
+pub(crate) type GemvStream = Kernel<(In<bf16>, In<bf16>, OutVoid, i32, i32, i32, i32)>;
+/// `gemv_stream_fp8_r*_p*(x, w, scale, y, rows, out, in, mode)`.
+pub(crate) type GemvStreamFp8 = Kernel<(In<bf16>, In<u8>, In<f32>, OutVoid, i32, i32, i32, i32)>;
 /// `quantize_fp8_rows(w, q, scale, in)`.
 pub(crate) type QuantizeFp8 = Kernel<(In<bf16>, Out<u8>, Out<f32>, i32)>;
 /// `dequantize_fp8_rows(q, scale, w, out, in)`.
 pub(crate) type DequantizeFp8 = Kernel<(In<u8>, In<f32>, Out<bf16>, i32, i32)>;
+
+/// The eight builds of a GEMV family `PREFIX_r{1,2,4,8}_p{0,1}`, at `4 pair + rows bucket`.
+macro_rules! gemv_names {
+    ($prefix:literal) => {
+        [
+            concat!($prefix, "_r1_p0"),
+            concat!($prefix, "_r2_p0"),
+            concat!($prefix, "_r4_p0"),
+            concat!($prefix, "_r8_p0"),
+            concat!($prefix, "_r1_p1"),
+            concat!($prefix, "_r2_p1"),
+            concat!($prefix, "_r4_p1"),
+            concat!($prefix, "_r8_p1"),
+        ]
+    };
+}
+
+/// The kernels `names` of `module`, in order.
+fn load_family<S: Signature, const N: usize>(
+    module: &Arc<CudaModule>,
+    names: [&'static str; N],
+) -> Result<Vec<Kernel<S>>, CudaError> {
+    names
+        .into_iter()
+        .map(|name| Kernel::load(module, name))
+        .collect()
+}
 
 /// The compiled kernels, launched on the device's stream.
 pub struct Kernels {
@@ -96,6 +127,17 @@ pub struct Kernels {
     pub(crate) gemv: Vec<Gemv>,
     /// `gemv_fp8_r{1,2,4,8}_p{pair}` at `4 pair + rows bucket`.
     pub(crate) gemv_fp8: Vec<GemvFp8>,
+    /// `gemv_stream_r{1,2,4,8}_p{pair}` at `4 pair + rows bucket`.
+    pub(crate) gemv_stream_bf16: Vec<GemvStream>,
+    /// `gemv_stream_fp8_r{1,2,4,8}_p{pair}` at `4 pair + rows bucket`.
+    pub(crate) gemv_stream_fp8: Vec<GemvStreamFp8>,
+    /// GEMVs through the streaming kernels (a fixed grid whose warps stream runs of rows, the
+    /// inputs in shared memory) where their inputs fit, rather than a warp per row. Off by
+    /// default: not faster on the H100 (docs/BENCHMARKS.md); benchmarks turn it on.
+    pub gemv_stream: bool,
+    /// Bytes of inputs (`rows × inner` bf16) a streaming GEMV block can hold with its SM's other
+    /// blocks resident.
+    pub(crate) gemv_stream_inputs: usize,
     pub(crate) quantize_fp8: QuantizeFp8,
     pub(crate) dequantize_fp8: DequantizeFp8,
     /// Blocks a GEMV should have: rows are split over up to 8 warps until it has as many (the
@@ -154,24 +196,6 @@ impl Kernels {
             .context()
             .load_module(Ptx::from_binary(cubin))
             .during("cuModuleLoadData")?;
-        const GEMV: [[&str; 4]; 2] = [
-            ["gemv_r1_p0", "gemv_r2_p0", "gemv_r4_p0", "gemv_r8_p0"],
-            ["gemv_r1_p1", "gemv_r2_p1", "gemv_r4_p1", "gemv_r8_p1"],
-        ];
-        const GEMV_FP8: [[&str; 4]; 2] = [
-            [
-                "gemv_fp8_r1_p0",
-                "gemv_fp8_r2_p0",
-                "gemv_fp8_r4_p0",
-                "gemv_fp8_r8_p0",
-            ],
-            [
-                "gemv_fp8_r1_p1",
-                "gemv_fp8_r2_p1",
-                "gemv_fp8_r4_p1",
-                "gemv_fp8_r8_p1",
-            ],
-        ];
         let m = &module;
         let kernels = Self {
             stream: device.stream().clone(),
@@ -187,16 +211,12 @@ impl Kernels {
             prefill_128: Kernel::load(m, "attn_prefill_d128")?,
             prefill_128_occ3: Kernel::load(m, "attn_prefill_d128_occ3")?,
             prefill_occupancy3: false,
-            gemv: GEMV
-                .iter()
-                .flatten()
-                .map(|&name| Kernel::load(m, name))
-                .collect::<Result<_, _>>()?,
-            gemv_fp8: GEMV_FP8
-                .iter()
-                .flatten()
-                .map(|&name| Kernel::load(m, name))
-                .collect::<Result<_, _>>()?,
+            gemv: load_family(m, gemv_names!("gemv"))?,
+            gemv_fp8: load_family(m, gemv_names!("gemv_fp8"))?,
+            gemv_stream_bf16: load_family(m, gemv_names!("gemv_stream"))?,
+            gemv_stream_fp8: load_family(m, gemv_names!("gemv_stream_fp8"))?,
+            gemv_stream: false,
+            gemv_stream_inputs: device.shared_per_block() / GEMV_STREAM_BLOCKS_PER_SM,
             quantize_fp8: Kernel::load(m, "quantize_fp8_rows")?,
             dequantize_fp8: Kernel::load(m, "dequantize_fp8_rows")?,
             gemv_min_blocks: 8 * device.multiprocessors(),
@@ -215,6 +235,12 @@ impl Kernels {
             combine: Kernel::load(m, "attn_decode_combine")?,
             dependent_launch: device.compute_capability().0 >= 9,
         };
+        for kernel in &kernels.gemv_stream_bf16 {
+            kernel.allow_shared(kernels.gemv_stream_inputs)?;
+        }
+        for kernel in &kernels.gemv_stream_fp8 {
+            kernel.allow_shared(kernels.gemv_stream_inputs)?;
+        }
         Ok((kernels, status))
     }
 

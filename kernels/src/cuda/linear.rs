@@ -2,14 +2,17 @@
 //! [`Fp8Matrix`] — as checkpoints store `W`): the bandwidth-bound GEMV of `cu/gemv.cu` for a few
 //! rows, cuBLAS ([`Blas::gemm`], bf16 only) for more, chosen in one place ([`Kernels::linear`];
 //! [`Kernels::linear_dense`] expands FP8 weights to bf16 for cuBLAS when the rows are too many
-//! for the GEMV). Both take a [`Linear`]: the operands, checked against the shape once. The output's element type and whether it
-//! accumulates travel with the output buffer ([`LinearOut`]), so a layer cannot write f32 into a
-//! bf16 buffer.
+//! for the GEMV). Both take a [`Linear`]: the operands, checked against the shape once. The
+//! output's element type and whether it accumulates travel with the output buffer
+//! ([`LinearOut`]), so a layer cannot write f32 into a bf16 buffer. The GEMV has two builds
+//! (`Kernels::gemv_stream` picks): a warp per row, split over warps to fill the SMs, and the
+//! streaming one, whose fixed grid of warps each stream a run of rows with the inputs in shared
+//! memory.
 
 use half::bf16;
 
 use super::blas::Blas;
-use super::error::{CudaError, as_i32};
+use super::error::{CudaError, as_i32, as_u32};
 use super::fp8::Fp8Matrix;
 use super::kernels::{Kernels, grid};
 use super::launch::{Param, Value};
@@ -17,6 +20,10 @@ use super::memory::{DeviceSlice, DeviceSliceMut, DeviceView, DeviceViewMut, chec
 
 /// Most rows [`Kernels::gemv`] takes (decode batches up to this use it instead of cuBLAS).
 pub const GEMV_MAX_ROWS: usize = 8;
+
+/// Blocks per SM of a streaming GEMV launch (`GEMV_STREAM_BLOCKS` in `cu/gemv.cu`, its launch
+/// bounds).
+pub(crate) const GEMV_STREAM_BLOCKS_PER_SM: usize = 2;
 
 /// A dense layer's weights as the kernels read them.
 #[derive(Debug, Clone, Copy)]
@@ -259,29 +266,44 @@ impl Kernels {
             _ => 3,
         };
         let kernel = 4 * usize::from(mode == GEMV_MODE_SWIGLU) + bucket;
+        let input_bytes = rows * inner * 2;
+        let (rows, out_i, inner) = (
+            as_i32(rows, "rows")?,
+            as_i32(out, "out")?,
+            as_i32(inner, "inner")?,
+        );
+        // SAFETY (every launch): the kernel reads `rows × inner` of `x` and `out` (SwiGLU:
+        // `2 out`) weight rows of `inner` (FP8: and their scales), and writes `rows × out` of
+        // `y` in the type `mode` names (the variant of `y`, or bf16 for SwiGLU): the extents
+        // `Linear::new` or `gemv_swiglu` checked. Neither build touches more for any grid.
+        if self.gemv_stream && input_bytes <= self.gemv_stream_inputs {
+            let mut cfg = grid(self.multiprocessors * GEMV_STREAM_BLOCKS_PER_SM, 1, 1, 256)?;
+            cfg.shared_mem_bytes = as_u32(input_bytes, "GEMV input bytes")?;
+            return match w {
+                LinearWeights::Bf16(w) => {
+                    let args = (x, w, y, rows, out_i, inner, mode);
+                    unsafe { self.queue(&self.gemv_stream_bf16[kernel], cfg, args) }
+                }
+                LinearWeights::Fp8 { codes, scales } => {
+                    let args = (x, codes, scales, y, rows, out_i, inner, mode);
+                    unsafe { self.queue(&self.gemv_stream_fp8[kernel], cfg, args) }
+                }
+            };
+        }
         let row_blocks = out.div_ceil(8);
         let ksplit = [1, 2, 4, 8]
             .into_iter()
             .find(|k| row_blocks * k >= self.gemv_min_blocks)
             .unwrap_or(8);
         let cfg = grid((out * ksplit).div_ceil(8), 1, 1, 256)?;
-        let (rows, out, inner) = (
-            as_i32(rows, "rows")?,
-            as_i32(out, "out")?,
-            as_i32(inner, "inner")?,
-        );
         let ksplit = as_i32(ksplit, "ksplit")?;
-        // SAFETY (both launches): the kernel reads `rows × inner` of `x` and `out` (SwiGLU:
-        // `2 out`) weight rows of `inner` (FP8: and their scales), and writes `rows × out` of
-        // `y` in the type `mode` names (the variant of `y`, or bf16 for SwiGLU): the extents
-        // `Linear::new` or `gemv_swiglu` checked.
         match w {
             LinearWeights::Bf16(w) => {
-                let args = (x, w, y, rows, out, inner, mode, ksplit);
+                let args = (x, w, y, rows, out_i, inner, mode, ksplit);
                 unsafe { self.queue(&self.gemv[kernel], cfg, args) }
             }
             LinearWeights::Fp8 { codes, scales } => {
-                let args = (x, codes, scales, y, rows, out, inner, mode, ksplit);
+                let args = (x, codes, scales, y, rows, out_i, inner, mode, ksplit);
                 unsafe { self.queue(&self.gemv_fp8[kernel], cfg, args) }
             }
         }

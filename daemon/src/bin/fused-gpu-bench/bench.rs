@@ -113,14 +113,14 @@ fn prompt(n: usize, vocab: usize, salt: u32) -> Vec<u32> {
 
 /// A decode configuration timed by (a): GEMV build-time knobs (`Kernels::load_with`), whether
 /// kernels launch as programmatic dependents, whether SwiGLU folds into the gate/up GEMV, and
-/// how many blocks per SM a GEMV's rows are split to fill (`None`: the default).
+/// which GEMV build runs (the streaming one, or a warp per row split to fill the SMs).
 struct DecodeVariant {
     name: &'static str,
     graphs: bool,
     defines: &'static [(&'static str, i64)],
     dependent_launch: bool,
     fused_gemv: bool,
-    gemv_blocks_per_sm: Option<usize>,
+    gemv_stream: bool,
 }
 
 const DEFAULT: DecodeVariant = DecodeVariant {
@@ -129,12 +129,12 @@ const DEFAULT: DecodeVariant = DecodeVariant {
     defines: &[],
     dependent_launch: true,
     fused_gemv: true,
-    gemv_blocks_per_sm: None,
+    gemv_stream: false,
 };
 
-/// The default build first (eager, then graph), then one change at a time, then all of this
-/// session's changes off at once. The default won these sweeps on the H200 (docs/BENCHMARKS.md).
-const DECODE_VARIANTS: [DecodeVariant; 13] = [
+/// The default build first (eager, then graph), then one change at a time. The earlier sweeps
+/// of the warp-per-row GEMV's knobs (unroll, split, L1) are in docs/BENCHMARKS.md.
+const DECODE_VARIANTS: [DecodeVariant; 7] = [
     DecodeVariant {
         name: "eager",
         graphs: false,
@@ -142,19 +142,8 @@ const DECODE_VARIANTS: [DecodeVariant; 13] = [
     },
     DEFAULT,
     DecodeVariant {
-        name: "eager, no dependent launch",
-        graphs: false,
-        dependent_launch: false,
-        ..DEFAULT
-    },
-    DecodeVariant {
         name: "graph, no dependent launch",
         dependent_launch: false,
-        ..DEFAULT
-    },
-    DecodeVariant {
-        name: "graph, dependent launch triggered at exit",
-        defines: &[("PDL_EARLY_TRIGGER", 0)],
         ..DEFAULT
     },
     DecodeVariant {
@@ -163,42 +152,20 @@ const DECODE_VARIANTS: [DecodeVariant; 13] = [
         ..DEFAULT
     },
     DecodeVariant {
-        name: "graph, GEMV rows not split",
-        gemv_blocks_per_sm: Some(0),
+        name: "graph, streaming GEMV",
+        gemv_stream: true,
         ..DEFAULT
     },
     DecodeVariant {
-        name: "graph, GEMV rows split to 16 blocks per SM",
-        gemv_blocks_per_sm: Some(16),
+        name: "graph, streaming GEMV 4 loads deep",
+        defines: &[("GEMV_STREAM_DEPTH", 4)],
+        gemv_stream: true,
         ..DEFAULT
     },
     DecodeVariant {
-        name: "graph, GEMV rows split to 32 blocks per SM",
-        gemv_blocks_per_sm: Some(32),
-        ..DEFAULT
-    },
-    DecodeVariant {
-        name: "graph, GEMV unroll 1, rows split to 16 blocks per SM",
-        defines: &[("GEMV_UNROLL", 1)],
-        gemv_blocks_per_sm: Some(16),
-        ..DEFAULT
-    },
-    DecodeVariant {
-        name: "graph, GEMV unroll 4",
-        defines: &[("GEMV_UNROLL", 4)],
-        ..DEFAULT
-    },
-    DecodeVariant {
-        name: "graph, GEMV unroll 4 through L1",
-        defines: &[("GEMV_UNROLL", 4), ("GEMV_NC", 0)],
-        ..DEFAULT
-    },
-    DecodeVariant {
-        name: "graph, as before this session: stream order, SwiGLU apart, rows whole, unroll 4",
-        defines: &[("GEMV_UNROLL", 4)],
-        dependent_launch: false,
-        fused_gemv: false,
-        gemv_blocks_per_sm: Some(0),
+        name: "graph, streaming GEMV 12 loads deep",
+        defines: &[("GEMV_STREAM_DEPTH", 12)],
+        gemv_stream: true,
         ..DEFAULT
     },
 ];
@@ -255,9 +222,7 @@ fn configure(
     let cache = GpuOptions::default().kernel_cache;
     let mut kernels = Kernels::load_with(device, cache.as_deref(), v.defines)?.0;
     kernels.dependent_launch &= v.dependent_launch && dependent_launch;
-    if let Some(per_sm) = v.gemv_blocks_per_sm {
-        kernels.gemv_min_blocks = per_sm * device.multiprocessors();
-    }
+    kernels.gemv_stream = v.gemv_stream;
     *model.kernels_mut() = kernels;
     model.set_fused_gemv(v.fused_gemv);
     model.set_graphs(v.graphs);

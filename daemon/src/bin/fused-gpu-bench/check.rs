@@ -184,6 +184,7 @@ pub fn run(
             report,
         )?;
     }
+    fp8_checkpoint(device, small_gqa(), seed, report)?;
     if let Some(dir) = hf_dir {
         for (name, cfg) in [
             ("llama-gqa-d128", small_gqa()),
@@ -375,6 +376,55 @@ fn greedy_picks(
         }
     }
     Ok(wrong)
+}
+
+/// An FP8 checkpoint of `cfg` (E4M3 block matrices, scales per row and per tensor) streamed to
+/// the device, kept FP8 and expanded to bf16, against the CPU model of the values it decodes to:
+/// prompt logits within the forward check's tolerance.
+fn fp8_checkpoint(
+    device: &Arc<GpuDevice>,
+    cfg: ModelConfig,
+    seed: u64,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    use fused_daemon::model::dummy;
+    let dir = std::env::temp_dir().join(format!("fused-fp8-check-{}", std::process::id()));
+    let (fp8_dir, decoded_dir) = (dir.join("fp8"), dir.join("decoded"));
+    let checkpoint = dummy::fp8_checkpoint(&cfg, seed % 1000)?;
+    dummy::write_checkpoint(&cfg, &checkpoint.fp8, &fp8_dir)?;
+    dummy::write_checkpoint(&cfg, &checkpoint.decoded, &decoded_dir)?;
+    let cpu = Model::load_hf_dir(&decoded_dir)?;
+    let prompt = tokens(seed ^ 5, 96, cfg.vocab_size);
+    let dense = DenseKv::new(&cfg, 1, 128);
+    let whole = [chunk(0, 0, &prompt, LogitsWanted::All)];
+    let want = cpu.forward(&whole, &dense)?;
+    let kv_config = KvConfig {
+        max_seqs: 1,
+        max_context_len: 256,
+        pool_bytes: 1 << 30,
+        ..KvConfig::for_model(cfg.layers, cfg.kv_heads, cfg.head_dim, 2)
+    };
+    let mut kv = KvManager::cuda(&kv_config, device.context().clone())?;
+    let slot = kv.admit(prompt.len())?;
+    kv.sync()?;
+    let whole = [chunk(slot, 0, &prompt, LogitsWanted::All)];
+    for format in [WeightFormat::Fp8, WeightFormat::Bf16] {
+        let options = GpuOptions {
+            weights: format,
+            ..GpuOptions::default()
+        };
+        let mut gpu = GpuModel::from_checkpoint(device.clone(), cfg.clone(), &fp8_dir, options)?;
+        let got = gpu.forward(&whole, &kv)?;
+        report.check(
+            "check",
+            &format!("FP8 checkpoint streamed, kept {format:?}, prefill vs CPU"),
+            rel_l2(&got.data, &want.data),
+            E2E_TOL,
+        );
+    }
+    kv.shutdown()?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
 }
 
 /// Writes a dummy checkpoint (f32) of `cfg`, a prompt and the GPU's logits for every prompt

@@ -7,23 +7,33 @@ use std::sync::Arc;
 use fused_daemon::model::ModelConfig;
 use fused_kernels::cpu::{AttentionShape, RopeTable};
 use fused_kernels::cuda::{
-    BatchArrays, BatchShape, Blas, CudaError, DecodeSplits, DeviceBatch, DeviceBuffer, GpuDevice,
-    Kernels, Linear, LinearOut, LinearShape, NormRows, PREFILL_TILE_ROWS, RopeTables,
+    BatchArrays, BatchShape, Blas, CudaError, DecodeSplits, DeviceBatch, DeviceBuffer, Fp8Matrix,
+    GpuDevice, Kernels, Linear, LinearOut, LinearShape, NormRows, PREFILL_TILE_ROWS, RopeTables,
+    WeightView,
 };
 use half::bf16;
 
 use crate::report::Report;
 
-fn time_us(
+fn time_us(device: &GpuDevice, op: impl FnMut() -> Result<(), CudaError>) -> anyhow::Result<f64> {
+    time_us_each(device, 1, op)
+}
+
+/// Median over 12 timings of `reps` back-to-back runs of `op`, per run: with `reps` > 1 the
+/// launch latency overlaps the previous run, as in a decode step.
+fn time_us_each(
     device: &GpuDevice,
+    reps: usize,
     mut op: impl FnMut() -> Result<(), CudaError>,
 ) -> anyhow::Result<f64> {
     let timer = device.timer()?;
     let mut times = Vec::new();
     for _ in 0..12 {
         timer.start()?;
-        op()?;
-        times.push(f64::from(timer.stop_ms()?) * 1e3);
+        for _ in 0..reps {
+            op()?;
+        }
+        times.push(f64::from(timer.stop_ms()?) * 1e3 / reps as f64);
     }
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
@@ -96,6 +106,7 @@ pub fn run(
         ("down (+= residual)", &w_down, h, f, Out::AddF32),
         ("lm_head", &w_head, vocab, h, Out::Logits),
     ];
+    gemv_builds(device, &blas, kernels, &x_bf, &mut y, &gemms, report)?;
     for (name, w, out, inner, kind) in gemms {
         let shape = |rows| LinearShape { rows, out, inner };
         let bytes = (out * inner * 2) as f64;
@@ -180,6 +191,98 @@ pub fn run(
         report.value("ops", &format!("silu_mul {rows} rows"), silu, "us", "");
     }
     attention(device, cfg, kernels, report)
+}
+
+/// The decode GEMVs of one layer (`gemms`: name, weights, out, inner, output; gate/up with
+/// SwiGLU folded in, as decode runs it) and the LM head at 1 and 8 rows, bf16 and FP8 (quantized
+/// here; the LM head stays bf16, as in the model), through the streaming build and the
+/// warp-per-row build, and bf16 through cuBLAS (gate/up without SwiGLU): device time per GEMV
+/// and weight bytes per second.
+fn gemv_builds(
+    device: &GpuDevice,
+    blas: &Blas,
+    kernels: &mut Kernels,
+    x: &DeviceBuffer<bf16>,
+    y: &mut Outputs,
+    gemms: &[(&str, &DeviceBuffer<bf16>, usize, usize, Out)],
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    for &(name, w, out, inner, kind) in gemms {
+        let fp8 = match kind {
+            Out::Logits => None,
+            _ => Some(Fp8Matrix::quantize(device, kernels, w, out, inner)?),
+        };
+        for rows in [1, 2, 4, 8] {
+            for (dtype, bytes) in [("bf16", out * inner * 2), ("fp8", out * inner + 4 * out)] {
+                let times = match (dtype, &fp8) {
+                    ("bf16", _) => gemv_times(device, kernels, x, y, w, (rows, out, inner), kind)?,
+                    (_, Some(m)) => gemv_times(device, kernels, x, y, m, (rows, out, inner), kind)?,
+                    _ => continue,
+                };
+                let [stream, per_row] = times;
+                let rate = |t: f64| bytes as f64 / t / 1e6;
+                let cublas = if dtype == "bf16" {
+                    let shape = LinearShape { rows, out, inner };
+                    let t = time_us_each(device, 20, || {
+                        blas.gemm(Linear::new(x, w, y.get(kind), shape)?)
+                    })?;
+                    format!("; cuBLAS {t:.1} us ({:.2} TB/s)", rate(t))
+                } else {
+                    String::new()
+                };
+                report.value(
+                    "ops",
+                    &format!("decode gemv {name} {inner}->{out} {rows} rows {dtype}: stream"),
+                    stream,
+                    "us",
+                    &format!(
+                        "{:.2} TB/s; warp per row {per_row:.1} us ({:.2} TB/s); {:.2}x{cublas}",
+                        rate(stream),
+                        rate(per_row),
+                        per_row / stream
+                    ),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One GEMV of `shape` (rows, out, inner) with the streaming build and with the warp-per-row
+/// build, alternating twice: the faster time of each, in µs per GEMV over 20 back-to-back
+/// launches. A bf16 output is gate/up with SwiGLU folded in (`out` stacked rows).
+fn gemv_times(
+    device: &GpuDevice,
+    kernels: &mut Kernels,
+    x: &DeviceBuffer<bf16>,
+    y: &mut Outputs,
+    w: &impl WeightView,
+    (rows, out, inner): (usize, usize, usize),
+    kind: Out,
+) -> anyhow::Result<[f64; 2]> {
+    let mut best = [f64::INFINITY; 2];
+    for _ in 0..2 {
+        for (i, stream) in [true, false].into_iter().enumerate() {
+            kernels.gemv_stream = stream;
+            let k = &*kernels;
+            let t = time_us_each(device, 20, || {
+                if kind == Out::Bf16 {
+                    let shape = LinearShape {
+                        rows,
+                        out: out / 2,
+                        inner,
+                    };
+                    k.gemv_swiglu(x, w, &mut y.bf16, shape)
+                } else {
+                    let shape = LinearShape { rows, out, inner };
+                    k.gemv(Linear::new(x, w, y.get(kind), shape)?)
+                }
+            })?;
+            best[i] = best[i].min(t);
+        }
+    }
+    kernels.gemv_stream = false;
+    Ok(best)
 }
 
 /// RoPE + K/V scatter and attention for one 4K-token prefill and for one decode at 4K context.

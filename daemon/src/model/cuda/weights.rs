@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use fused_kernels::cuda::{
-    DeviceBuffer, Fp8Matrix, GpuDevice, Kernels, LinearWeights, PinnedStaging, WeightView,
+    DeviceBuffer, Element, Fp8Matrix, GpuDevice, Kernels, LinearWeights, PinnedStaging, WeightView,
 };
 use half::bf16;
 use sha2::{Digest, Sha256};
@@ -91,6 +91,21 @@ impl Store<'_> {
                 out,
                 inner,
             )?),
+        };
+        Ok(GpuLinear { weight, out, inner })
+    }
+
+    /// An FP8 matrix read from an FP8 checkpoint: kept as it is, or expanded to bf16 when the
+    /// model runs bf16 weights.
+    fn fp8_linear(&self, matrix: Fp8Matrix) -> Result<GpuLinear, ModelError> {
+        let (out, inner) = (matrix.out(), matrix.inner());
+        let weight = match self.format {
+            WeightFormat::Fp8 => GpuMatrix::Fp8(matrix),
+            WeightFormat::Bf16 => {
+                let mut dense = self.device.alloc::<bf16>(out * inner)?;
+                self.kernels.dequantize_fp8(&matrix, &mut dense)?;
+                GpuMatrix::Bf16(dense)
+            }
         };
         Ok(GpuLinear { weight, out, inner })
     }
@@ -210,8 +225,9 @@ impl GpuWeights {
         })
     }
 
-    /// Streams a safetensors checkpoint (bf16, f16 or f32; single or sharded) to the device,
-    /// tensor by tensor in chunks of [`STAGING_BYTES`]; logs progress every few seconds.
+    /// Streams a safetensors checkpoint (bf16, f16 or f32, or FP8 block matrices with their
+    /// scales; single or sharded) to the device, tensor by tensor in chunks of
+    /// [`STAGING_BYTES`]; logs progress every few seconds.
     pub fn stream(
         device: &GpuDevice,
         kernels: &Kernels,
@@ -227,7 +243,13 @@ impl GpuWeights {
             format,
         };
         let mut streamer = Streamer::new(device, checkpoint)?;
-        let mut linear = |m: &MatrixPlan| store.linear(streamer.matrix(m)?, m.out(), m.inner);
+        let mut linear = |m: &MatrixPlan| {
+            if checkpoint.is_fp8(&m.parts[0].name) {
+                store.fp8_linear(streamer.fp8_matrix(m)?)
+            } else {
+                store.linear(streamer.matrix(m)?, m.out(), m.inner)
+            }
+        };
         let norm = |name: &str| -> Result<DeviceBuffer<f32>, ModelError> {
             Ok(device.upload_new(&checkpoint.read_f32(name, &[cfg.hidden])?)?)
         };
@@ -409,26 +431,57 @@ impl<'a> Streamer<'a> {
         Ok(weight)
     }
 
-    /// Tensor `name` (of `shape`) into `dst` from element `offset` on, chunk by chunk.
-    fn upload(
+    /// An FP8 matrix: each part's codes uploaded as stored, after the previous part's, and its
+    /// scales (per tensor or per row) as one per row.
+    fn fp8_matrix(&mut self, m: &MatrixPlan) -> Result<Fp8Matrix, ModelError> {
+        let mut codes = self.device.alloc::<u8>(m.out() * m.inner)?;
+        let mut scales = Vec::with_capacity(m.out());
+        let mut row = 0;
+        for part in &m.parts {
+            let shape = [part.rows, m.inner];
+            if !self.checkpoint.is_fp8(&part.name) {
+                return Err(ModelError::Format(format!(
+                    "`{}` is stacked with FP8 matrices but is not FP8",
+                    part.name
+                )));
+            }
+            self.upload(&part.name, &shape, &mut codes, row * m.inner)?;
+            scales.extend(self.checkpoint.fp8_scales(&part.name, part.rows)?);
+            row += part.rows;
+        }
+        let scales = self.device.upload_new(&scales)?;
+        Ok(Fp8Matrix::from_parts(codes, scales, m.out(), m.inner)?)
+    }
+
+    /// Tensor `name` (of `shape`) into `dst` from element `offset` on, chunk by chunk: bf16
+    /// from any float type, or FP8 codes (`u8`) as stored.
+    fn upload<T: Element>(
         &mut self,
         name: &str,
         shape: &[usize],
-        dst: &mut DeviceBuffer<bf16>,
+        dst: &mut DeviceBuffer<T>,
         offset: usize,
     ) -> Result<(), ModelError> {
         let entry = self.checkpoint.entry(name, shape)?.clone();
-        let width = entry.dtype.bytes();
-        let per_chunk = STAGING_BYTES / size_of::<bf16>();
+        let (width, element) = (entry.dtype.bytes(), size_of::<T>());
+        let as_stored = width == element && matches!(entry.dtype, Dtype::Bf16 | Dtype::F8E4M3);
+        let converts = element == size_of::<bf16>() && entry.dtype != Dtype::F8E4M3;
+        if !as_stored && !converts {
+            return Err(ModelError::Format(format!(
+                "`{name}` is {:?}, which does not load into {element}-byte elements",
+                entry.dtype
+            )));
+        }
+        let per_chunk = STAGING_BYTES / element;
         let elements = entry.elements();
         let mut done = 0;
         while done < elements {
             let count = per_chunk.min(elements - done);
             let staging = &mut self.staging[self.next];
             self.next ^= 1;
-            let out = &mut staging.bytes_mut()?[..count * size_of::<bf16>()];
+            let out = &mut staging.bytes_mut()?[..count * element];
             let start = (done * width) as u64;
-            if entry.dtype == Dtype::Bf16 {
+            if as_stored {
                 self.checkpoint.read(&entry, start, out)?;
             } else {
                 self.raw.resize(count * width, 0);
@@ -436,7 +489,7 @@ impl<'a> Streamer<'a> {
                 to_bf16_bytes(entry.dtype, &self.raw, out);
             }
             self.device
-                .upload_staged(dst, offset + done, staging, count * size_of::<bf16>())?;
+                .upload_staged(dst, offset + done, staging, count * element)?;
             done += count;
             self.loaded += (count * width) as u64;
             self.report(false);

@@ -56,6 +56,53 @@ __device__ __forceinline__ void unpack_weights(const uint4& v, float* f) {
     else unpack8(v, f);
 }
 
+// One 16-byte weight chunk (chunk `c` of its row; `wv2`: the same chunk of the PAIR row) against
+// the matching elements of each of the `rows` inputs, summed into acc (acc2).
+template <int R, bool PAIR, bool FP8>
+__device__ __forceinline__ void gemv_chunk(const bf16_t* __restrict__ x, int in, int rows, int c,
+                                           const uint4& wv, const uint4& wv2, float* acc,
+                                           float* acc2) {
+    constexpr int PER = FP8 ? 16 : 8;
+    float wf[PER], wf2[PER];
+    unpack_weights<FP8>(wv, wf);
+    if (PAIR) unpack_weights<FP8>(wv2, wf2);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        if (r < rows) {
+            float xf[PER];
+            const uint4* xc = (const uint4*)(x + (u64)r * in + (u64)c * PER);
+            unpack8(xc[0], xf);
+            if constexpr (FP8) unpack8(xc[1], xf + 8);
+#pragma unroll
+            for (int j = 0; j < PER; ++j) {
+                acc[r] += wf[j] * xf[j];
+                if (PAIR) acc2[r] += wf2[j] * xf[j];
+            }
+        }
+    }
+}
+
+// Output row `o` of each input row from the finished sums (the lane that holds them): the FP8 row
+// scales applied, then written as `mode` says (PAIR: SwiGLU of the two sums).
+template <int R, bool PAIR, bool FP8>
+__device__ __forceinline__ void gemv_store(void* y, const float* __restrict__ scale, int o, int out,
+                                           int rows, int mode, const float* acc,
+                                           const float* acc2) {
+    const float s1 = FP8 ? scale[o] * E4M3_UNPACK_RESTORE : 1.0f;
+    const float s2 = FP8 && PAIR ? scale[o + out] * E4M3_UNPACK_RESTORE : 1.0f;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        if (r < rows) {
+            const float s = acc[r] * s1;
+            const u64 at = (u64)r * out + o;
+            if (PAIR) ((bf16_t*)y)[at] = f2bf(swiglu(s, acc2[r] * s2));
+            else if (mode == 2) ((bf16_t*)y)[at] = f2bf(s);
+            else if (mode == 1) ((float*)y)[at] += s;
+            else ((float*)y)[at] = s;
+        }
+    }
+}
+
 template <int R, bool PAIR, bool FP8>
 __device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const void* __restrict__ w,
                                      const float* __restrict__ scale, void* y, int rows, int out,
@@ -87,25 +134,7 @@ __device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const void* _
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; ++u) {
             const int c = c0 + u * 32;
-            if (c < end) {
-                float wf[PER], wf2[PER];
-                unpack_weights<FP8>(wv[u], wf);
-                if (PAIR) unpack_weights<FP8>(wv2[u], wf2);
-#pragma unroll
-                for (int r = 0; r < R; ++r) {
-                    if (r < rows) {
-                        float xf[PER];
-                        const uint4* xc = (const uint4*)(x + (u64)r * in + (u64)c * PER);
-                        unpack8(xc[0], xf);
-                        if constexpr (FP8) unpack8(xc[1], xf + 8);
-#pragma unroll
-                        for (int j = 0; j < PER; ++j) {
-                            acc[r] += wf[j] * xf[j];
-                            if (PAIR) acc2[r] += wf2[j] * xf[j];
-                        }
-                    }
-                }
-            }
+            if (c < end) gemv_chunk<R, PAIR, FP8>(x, in, rows, c, wv[u], wv2[u], acc, acc2);
         }
     }
     __shared__ float parts[2][8][R];
@@ -126,20 +155,7 @@ __device__ __forceinline__ void gemv(const bf16_t* __restrict__ x, const void* _
             for (int r = 0; r < R; ++r) acc[r] += parts[0][warp + p][r], acc2[r] += parts[1][warp + p][r];
         }
     }
-    if (!live || lane != 0) return;
-    const float s1 = FP8 ? scale[o] * E4M3_UNPACK_RESTORE : 1.0f;
-    const float s2 = FP8 && PAIR ? scale[o + out] * E4M3_UNPACK_RESTORE : 1.0f;
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-        if (r < rows) {
-            const float s = acc[r] * s1;
-            const u64 at = (u64)r * out + o;
-            if (PAIR) ((bf16_t*)y)[at] = f2bf(swiglu(s, acc2[r] * s2));
-            else if (mode == 2) ((bf16_t*)y)[at] = f2bf(s);
-            else if (mode == 1) ((float*)y)[at] += s;
-            else ((float*)y)[at] = s;
-        }
-    }
+    if (live && lane == 0) gemv_store<R, PAIR, FP8>(y, scale, o, out, rows, mode, acc, acc2);
 }
 
 #define GEMV_ENTRY(R, PAIR)                                                                          \
@@ -169,3 +185,114 @@ GEMV_FP8_ENTRY(1, 1)
 GEMV_FP8_ENTRY(2, 1)
 GEMV_FP8_ENTRY(4, 1)
 GEMV_FP8_ENTRY(8, 1)
+
+// ---------------------------------------------------------------------------------------------
+// Streaming GEMV (`gemv_stream*`): a grid of GEMV_STREAM_BLOCKS blocks per SM whose warps each own
+// a contiguous run of output rows (run lengths differ by at most one row, so every warp streams
+// the same bytes) and read it as one sequence of steps — a step is 32 consecutive 16-byte chunks
+// of a row, one per lane — with GEMV_STREAM_DEPTH loads in flight per lane across row
+// boundaries: a warp's loads drain once, after its last row, instead of at every row as when
+// a warp takes a row and exits. The inputs are copied into shared memory once per block
+// (dynamic shared memory of rows × in bf16), so the R reads of x per weight chunk hit shared
+// memory instead of competing with the weight stream in L1 and L2. Same arguments and output
+// modes as `gemv`, without ksplit; PAIR steps load the gate and the up chunk (two of the DEPTH
+// loads).
+#ifndef GEMV_STREAM_DEPTH
+#define GEMV_STREAM_DEPTH 8
+#endif
+// Blocks per SM the launch makes (`GEMV_STREAM_BLOCKS_PER_SM` in `linear.rs`).
+#define GEMV_STREAM_BLOCKS 2
+
+template <int R, bool PAIR, bool FP8>
+__device__ __forceinline__ void gemv_stream(const bf16_t* __restrict__ x, const void* __restrict__ w,
+                                            const float* __restrict__ scale, void* y, int rows,
+                                            int out, int in, int mode) {
+    constexpr int PER = FP8 ? 16 : 8;
+    constexpr int WIDTH = FP8 ? 1 : 2;
+    constexpr int AHEAD = PAIR ? GEMV_STREAM_DEPTH / 2 : GEMV_STREAM_DEPTH;  // steps in flight
+    const int lane = threadIdx.x & 31;
+    const int warps = gridDim.x * (blockDim.x >> 5);
+    const int warp = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int first = (int)((long long)warp * out / warps);
+    const int last = (int)((long long)(warp + 1) * out / warps);
+    const int chunks = in / PER, per_row = (chunks + 31) / 32;
+    const int total = (last - first) * per_row;
+    const u64 row_bytes = (u64)in * WIDTH, pair_offset = (u64)out * row_bytes;
+    const unsigned char* wbytes = (const unsigned char*)w;
+
+    // The load side runs AHEAD steps in front: step `sent` is chunk lstep * 32 + lane of row lrow.
+    int sent = 0, lrow = first, lstep = 0;
+    auto issue = [&](uint4& a, uint4& b) {
+        const int c = lstep * 32 + lane;
+        const bool ok = sent < total && c < chunks;
+        const unsigned char* p = wbytes + (u64)lrow * row_bytes + (u64)c * 16;
+        a = ok ? load_weights((const uint4*)p) : make_uint4(0, 0, 0, 0);
+        if (PAIR) b = ok ? load_weights((const uint4*)(p + pair_offset)) : make_uint4(0, 0, 0, 0);
+        ++sent;
+        if (++lstep == per_row) lstep = 0, ++lrow;
+    };
+    uint4 wv[AHEAD], wv2[AHEAD];
+#pragma unroll
+    for (int u = 0; u < AHEAD; ++u) issue(wv[u], wv2[u]);
+    pdl_trigger();
+    pdl_wait();
+    extern __shared__ uint4 gemv_inputs[];
+    const u64 input_chunks = (u64)rows * in / 8;
+    for (u64 i = threadIdx.x; i < input_chunks; i += blockDim.x) gemv_inputs[i] = ((const uint4*)x)[i];
+    __syncthreads();
+    const bf16_t* xs = (const bf16_t*)gemv_inputs;
+    float acc[R], acc2[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = acc2[r] = 0.0f;
+    int row = first, step = 0;
+    for (int s0 = 0; s0 < total; s0 += AHEAD) {
+#pragma unroll
+        for (int u = 0; u < AHEAD; ++u) {
+            if (s0 + u < total) {
+                const uint4 a = wv[u], b = wv2[u];
+                issue(wv[u], wv2[u]);
+                const int c = step * 32 + lane;
+                if (c < chunks) gemv_chunk<R, PAIR, FP8>(xs, in, rows, c, a, b, acc, acc2);
+                if (++step == per_row) {
+#pragma unroll
+                    for (int r = 0; r < R; ++r) {
+                        acc[r] = warp_sum(acc[r]);
+                        if (PAIR) acc2[r] = warp_sum(acc2[r]);
+                    }
+                    if (lane == 0) gemv_store<R, PAIR, FP8>(y, scale, row, out, rows, mode, acc, acc2);
+#pragma unroll
+                    for (int r = 0; r < R; ++r) acc[r] = acc2[r] = 0.0f;
+                    step = 0, ++row;
+                }
+            }
+        }
+    }
+}
+
+#define GEMV_STREAM_ENTRY(R, PAIR)                                                                   \
+    extern "C" __global__ void __launch_bounds__(256, GEMV_STREAM_BLOCKS) gemv_stream_r##R##_p##PAIR( \
+        const bf16_t* x, const bf16_t* w, void* y, int rows, int out, int in, int mode) {             \
+        gemv_stream<R, PAIR, false>(x, w, nullptr, y, rows, out, in, mode);                           \
+    }
+#define GEMV_STREAM_FP8_ENTRY(R, PAIR)                                                               \
+    extern "C" __global__ void __launch_bounds__(256, GEMV_STREAM_BLOCKS)                             \
+        gemv_stream_fp8_r##R##_p##PAIR(const bf16_t* x, const unsigned char* w, const float* scale,   \
+                                       void* y, int rows, int out, int in, int mode) {                \
+        gemv_stream<R, PAIR, true>(x, w, scale, y, rows, out, in, mode);                              \
+    }
+GEMV_STREAM_ENTRY(1, 0)
+GEMV_STREAM_ENTRY(2, 0)
+GEMV_STREAM_ENTRY(4, 0)
+GEMV_STREAM_ENTRY(8, 0)
+GEMV_STREAM_ENTRY(1, 1)
+GEMV_STREAM_ENTRY(2, 1)
+GEMV_STREAM_ENTRY(4, 1)
+GEMV_STREAM_ENTRY(8, 1)
+GEMV_STREAM_FP8_ENTRY(1, 0)
+GEMV_STREAM_FP8_ENTRY(2, 0)
+GEMV_STREAM_FP8_ENTRY(4, 0)
+GEMV_STREAM_FP8_ENTRY(8, 0)
+GEMV_STREAM_FP8_ENTRY(1, 1)
+GEMV_STREAM_FP8_ENTRY(2, 1)
+GEMV_STREAM_FP8_ENTRY(4, 1)
+GEMV_STREAM_FP8_ENTRY(8, 1)
