@@ -152,7 +152,9 @@ impl Check<'_> {
 
     /// Which GEMV build the checks run (the names say it).
     fn gemv_kind(&self) -> &'static str {
-        if self.kernels.gemv_stream {
+        if self.kernels.gemv_mma {
+            "mma"
+        } else if self.kernels.gemv_stream {
             "stream"
         } else {
             "per-row"
@@ -177,7 +179,7 @@ impl Check<'_> {
         };
         let halves = LinearShape { out, ..stacked };
         let default_blocks = self.kernels.gemv_min_blocks;
-        let splits: &[_] = if self.kernels.gemv_stream {
+        let splits: &[_] = if self.kernels.gemv_stream || self.kernels.gemv_mma {
             &[("-", default_blocks)]
         } else {
             &[("1", 0), ("default", default_blocks), ("8", usize::MAX)]
@@ -629,8 +631,9 @@ fn run(seed: u64) -> Result<usize, CudaError> {
         failures: 0,
     };
     // Every product check once per GEMV build (cuBLAS's rows again with each: cheap).
-    for stream in [true, false] {
+    for (stream, mma) in [(false, false), (true, false), (false, true)] {
         check.kernels.gemv_stream = stream;
+        check.kernels.gemv_mma = mma;
         check.gemm(1, 4096, 4096)?;
         check.gemm(3, 22016, 4096)?;
         check.gemm(8, 4096, 11008)?;
@@ -650,6 +653,7 @@ fn run(seed: u64) -> Result<usize, CudaError> {
         check.fp8(100, 2048, 4096)?;
     }
     check.kernels.gemv_stream = false;
+    check.kernels.gemv_mma = false;
     check.embed_and_norm(37, 4096, 1000)?;
     check.silu_and_argmax(29, 11008, 32000)?;
     // Widths off the vectorised paths.

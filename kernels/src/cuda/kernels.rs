@@ -135,6 +135,13 @@ pub struct Kernels {
     /// inputs in shared memory) where their inputs fit, rather than a warp per row. Off by
     /// default: not faster on the H100 (docs/BENCHMARKS.md); benchmarks turn it on.
     pub gemv_stream: bool,
+    /// `gemv_mma_p{pair}`: the tensor-core GEMV.
+    pub(crate) gemv_mma_bf16: Vec<Gemv>,
+    /// `gemv_mma_fp8_p{pair}`.
+    pub(crate) gemv_mma_fp8: Vec<GemvFp8>,
+    /// GEMVs on the tensor cores (16 weight rows against up to 8 input rows per MMA) where the
+    /// inner size allows, rather than a warp per row. Benchmarks turn it on.
+    pub gemv_mma: bool,
     /// Bytes of inputs (`rows × inner` bf16) a streaming GEMV block can hold with its SM's other
     /// blocks resident.
     pub(crate) gemv_stream_inputs: usize,
@@ -215,6 +222,9 @@ impl Kernels {
             gemv_fp8: load_family(m, gemv_names!("gemv_fp8"))?,
             gemv_stream_bf16: load_family(m, gemv_names!("gemv_stream"))?,
             gemv_stream_fp8: load_family(m, gemv_names!("gemv_stream_fp8"))?,
+            gemv_mma_bf16: load_family(m, ["gemv_mma_p0", "gemv_mma_p1"])?,
+            gemv_mma_fp8: load_family(m, ["gemv_mma_fp8_p0", "gemv_mma_fp8_p1"])?,
+            gemv_mma: false,
             gemv_stream: false,
             gemv_stream_inputs: device.shared_per_block() / GEMV_STREAM_BLOCKS_PER_SM,
             quantize_fp8: Kernel::load(m, "quantize_fp8_rows")?,

@@ -25,6 +25,11 @@ pub const GEMV_MAX_ROWS: usize = 8;
 /// bounds).
 pub(crate) const GEMV_STREAM_BLOCKS_PER_SM: usize = 2;
 
+/// Inner sizes the tensor-core GEMV takes are multiples of these (`GEMV_MMA_K` in `cu/gemv.cu`:
+/// 4 lanes × 16 bytes of a row per step).
+const GEMV_MMA_K: usize = 32;
+const GEMV_MMA_K_FP8: usize = 64;
+
 /// A dense layer's weights as the kernels read them.
 #[derive(Debug, Clone, Copy)]
 pub enum LinearWeights<'a> {
@@ -267,6 +272,11 @@ impl Kernels {
         };
         let kernel = 4 * usize::from(mode == GEMV_MODE_SWIGLU) + bucket;
         let input_bytes = rows * inner * 2;
+        let mma_k = match w {
+            LinearWeights::Bf16(_) => GEMV_MMA_K,
+            LinearWeights::Fp8 { .. } => GEMV_MMA_K_FP8,
+        };
+        let mma = self.gemv_mma && inner.is_multiple_of(mma_k);
         let (rows, out_i, inner) = (
             as_i32(rows, "rows")?,
             as_i32(out, "out")?,
@@ -276,6 +286,28 @@ impl Kernels {
         // `2 out`) weight rows of `inner` (FP8: and their scales), and writes `rows × out` of
         // `y` in the type `mode` names (the variant of `y`, or bf16 for SwiGLU): the extents
         // `Linear::new` or `gemv_swiglu` checked. Neither build touches more for any grid.
+        if mma {
+            let tiles = out.div_ceil(16);
+            let ksplit = [1, 2, 4, 8]
+                .into_iter()
+                .find(|k| (tiles * k).div_ceil(8) >= self.gemv_min_blocks)
+                .unwrap_or(8);
+            let cfg = grid((tiles * ksplit).div_ceil(8), 1, 1, 256)?;
+            let (ksplit, pair) = (
+                as_i32(ksplit, "ksplit")?,
+                usize::from(mode == GEMV_MODE_SWIGLU),
+            );
+            return match w {
+                LinearWeights::Bf16(w) => {
+                    let args = (x, w, y, rows, out_i, inner, mode, ksplit);
+                    unsafe { self.queue(&self.gemv_mma_bf16[pair], cfg, args) }
+                }
+                LinearWeights::Fp8 { codes, scales } => {
+                    let args = (x, codes, scales, y, rows, out_i, inner, mode, ksplit);
+                    unsafe { self.queue(&self.gemv_mma_fp8[pair], cfg, args) }
+                }
+            };
+        }
         if self.gemv_stream && input_bytes <= self.gemv_stream_inputs {
             let mut cfg = grid(self.multiprocessors * GEMV_STREAM_BLOCKS_PER_SM, 1, 1, 256)?;
             cfg.shared_mem_bytes = as_u32(input_bytes, "GEMV input bytes")?;

@@ -113,7 +113,8 @@ fn prompt(n: usize, vocab: usize, salt: u32) -> Vec<u32> {
 
 /// A decode configuration timed by (a): GEMV build-time knobs (`Kernels::load_with`), whether
 /// kernels launch as programmatic dependents, whether SwiGLU folds into the gate/up GEMV, and
-/// which GEMV build runs (the streaming one, or a warp per row split to fill the SMs).
+/// which GEMV build runs (a warp per row split to fill the SMs, the streaming one or the
+/// tensor-core one).
 struct DecodeVariant {
     name: &'static str,
     graphs: bool,
@@ -121,6 +122,7 @@ struct DecodeVariant {
     dependent_launch: bool,
     fused_gemv: bool,
     gemv_stream: bool,
+    gemv_mma: bool,
 }
 
 const DEFAULT: DecodeVariant = DecodeVariant {
@@ -130,11 +132,12 @@ const DEFAULT: DecodeVariant = DecodeVariant {
     dependent_launch: true,
     fused_gemv: true,
     gemv_stream: false,
+    gemv_mma: false,
 };
 
 /// The default build first (eager, then graph), then one change at a time. The earlier sweeps
 /// of the warp-per-row GEMV's knobs (unroll, split, L1) are in docs/BENCHMARKS.md.
-const DECODE_VARIANTS: [DecodeVariant; 7] = [
+const DECODE_VARIANTS: [DecodeVariant; 8] = [
     DecodeVariant {
         name: "eager",
         graphs: false,
@@ -149,6 +152,11 @@ const DECODE_VARIANTS: [DecodeVariant; 7] = [
     DecodeVariant {
         name: "graph, SwiGLU unfused",
         fused_gemv: false,
+        ..DEFAULT
+    },
+    DecodeVariant {
+        name: "graph, tensor-core GEMV",
+        gemv_mma: true,
         ..DEFAULT
     },
     DecodeVariant {
@@ -223,6 +231,7 @@ fn configure(
     let mut kernels = Kernels::load_with(device, cache.as_deref(), v.defines)?.0;
     kernels.dependent_launch &= v.dependent_launch && dependent_launch;
     kernels.gemv_stream = v.gemv_stream;
+    kernels.gemv_mma = v.gemv_mma;
     *model.kernels_mut() = kernels;
     model.set_fused_gemv(v.fused_gemv);
     model.set_graphs(v.graphs);

@@ -219,7 +219,7 @@ fn gemv_builds(
                     (_, Some(m)) => gemv_times(device, kernels, x, y, m, (rows, out, inner), kind)?,
                     _ => continue,
                 };
-                let [stream, per_row] = times;
+                let [stream, per_row, mma] = times;
                 let rate = |t: f64| bytes as f64 / t / 1e6;
                 let cublas = if dtype == "bf16" {
                     let shape = LinearShape { rows, out, inner };
@@ -236,10 +236,11 @@ fn gemv_builds(
                     stream,
                     "us",
                     &format!(
-                        "{:.2} TB/s; warp per row {per_row:.1} us ({:.2} TB/s); {:.2}x{cublas}",
+                        "{:.2} TB/s; warp per row {per_row:.1} us ({:.2} TB/s); tensor cores \
+                         {mma:.1} us ({:.2} TB/s){cublas}",
                         rate(stream),
                         rate(per_row),
-                        per_row / stream
+                        rate(mma)
                     ),
                 );
             }
@@ -248,9 +249,9 @@ fn gemv_builds(
     Ok(())
 }
 
-/// One GEMV of `shape` (rows, out, inner) with the streaming build and with the warp-per-row
-/// build, alternating twice: the faster time of each, in µs per GEMV over 20 back-to-back
-/// launches. A bf16 output is gate/up with SwiGLU folded in (`out` stacked rows).
+/// One GEMV of `shape` (rows, out, inner) with the streaming build, the warp-per-row build and
+/// the tensor-core build, alternating twice: the faster time of each, in µs per GEMV over 20
+/// back-to-back launches. A bf16 output is gate/up with SwiGLU folded in (`out` stacked rows).
 fn gemv_times(
     device: &GpuDevice,
     kernels: &mut Kernels,
@@ -259,11 +260,15 @@ fn gemv_times(
     w: &impl WeightView,
     (rows, out, inner): (usize, usize, usize),
     kind: Out,
-) -> anyhow::Result<[f64; 2]> {
-    let mut best = [f64::INFINITY; 2];
+) -> anyhow::Result<[f64; 3]> {
+    let mut best = [f64::INFINITY; 3];
     for _ in 0..2 {
-        for (i, stream) in [true, false].into_iter().enumerate() {
+        for (i, (stream, mma)) in [(true, false), (false, false), (false, true)]
+            .into_iter()
+            .enumerate()
+        {
             kernels.gemv_stream = stream;
+            kernels.gemv_mma = mma;
             let k = &*kernels;
             let t = time_us_each(device, 20, || {
                 if kind == Out::Bf16 {
@@ -282,6 +287,7 @@ fn gemv_times(
         }
     }
     kernels.gemv_stream = false;
+    kernels.gemv_mma = false;
     Ok(best)
 }
 
