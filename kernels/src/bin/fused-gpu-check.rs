@@ -150,6 +150,13 @@ impl Check<'_> {
         Ok(())
     }
 
+    /// Runs the GEMV checks with the streaming build, the tensor-core build, or (neither) the
+    /// warp-per-row build.
+    fn use_gemv(&mut self, stream: bool, mma: bool) {
+        self.kernels.gemv_stream = stream;
+        self.kernels.gemv_mma = mma;
+    }
+
     /// Which GEMV build the checks run (the names say it).
     fn gemv_kind(&self) -> &'static str {
         if self.kernels.gemv_mma {
@@ -632,8 +639,7 @@ fn run(seed: u64) -> Result<usize, CudaError> {
     };
     // Every product check once per GEMV build (cuBLAS's rows again with each: cheap).
     for (stream, mma) in [(false, false), (true, false), (false, true)] {
-        check.kernels.gemv_stream = stream;
-        check.kernels.gemv_mma = mma;
+        check.use_gemv(stream, mma);
         check.gemm(1, 4096, 4096)?;
         check.gemm(3, 22016, 4096)?;
         check.gemm(8, 4096, 11008)?;
@@ -652,8 +658,7 @@ fn run(seed: u64) -> Result<usize, CudaError> {
         check.fp8(8, 2048, 4096)?;
         check.fp8(100, 2048, 4096)?;
     }
-    check.kernels.gemv_stream = false;
-    check.kernels.gemv_mma = false;
+    check.use_gemv(false, false);
     check.embed_and_norm(37, 4096, 1000)?;
     check.silu_and_argmax(29, 11008, 32000)?;
     // Widths off the vectorised paths.

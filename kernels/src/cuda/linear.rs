@@ -251,6 +251,15 @@ impl Kernels {
         self.queue_gemv(Linear { x, w, y, shape }, GEMV_MODE_SWIGLU)
     }
 
+    /// Warps (1, 2, 4 or 8) that split each of `units` (rows, or 16-row tiles) of a GEMV whose
+    /// blocks hold 8 warps: the fewest that give the grid `gemv_min_blocks` blocks.
+    fn gemv_ksplit(&self, units: usize) -> usize {
+        [1, 2, 4, 8]
+            .into_iter()
+            .find(|k| (units * k).div_ceil(8) >= self.gemv_min_blocks)
+            .unwrap_or(8)
+    }
+
     /// The GEMV launch of checked operands (`W` having `2 out` rows in SwiGLU mode).
     fn queue_gemv(&self, layer: Linear<'_>, mode: i32) -> Result<(), CudaError> {
         let Linear { x, w, y, shape } = layer;
@@ -288,10 +297,7 @@ impl Kernels {
         // `Linear::new` or `gemv_swiglu` checked. Neither build touches more for any grid.
         if mma {
             let tiles = out.div_ceil(16);
-            let ksplit = [1, 2, 4, 8]
-                .into_iter()
-                .find(|k| (tiles * k).div_ceil(8) >= self.gemv_min_blocks)
-                .unwrap_or(8);
+            let ksplit = self.gemv_ksplit(tiles);
             let cfg = grid((tiles * ksplit).div_ceil(8), 1, 1, 256)?;
             let (ksplit, pair) = (
                 as_i32(ksplit, "ksplit")?,
@@ -322,11 +328,7 @@ impl Kernels {
                 }
             };
         }
-        let row_blocks = out.div_ceil(8);
-        let ksplit = [1, 2, 4, 8]
-            .into_iter()
-            .find(|k| row_blocks * k >= self.gemv_min_blocks)
-            .unwrap_or(8);
+        let ksplit = self.gemv_ksplit(out);
         let cfg = grid((out * ksplit).div_ceil(8), 1, 1, 256)?;
         let ksplit = as_i32(ksplit, "ksplit")?;
         match w {

@@ -378,6 +378,17 @@ fn greedy_picks(
     Ok(wrong)
 }
 
+/// A CUDA KV region for one sequence of up to 256 tokens of `cfg`.
+fn one_sequence_kv(device: &Arc<GpuDevice>, cfg: &ModelConfig) -> anyhow::Result<KvManager> {
+    let kv_config = KvConfig {
+        max_seqs: 1,
+        max_context_len: 256,
+        pool_bytes: 1 << 30,
+        ..KvConfig::for_model(cfg.layers, cfg.kv_heads, cfg.head_dim, 2)
+    };
+    Ok(KvManager::cuda(&kv_config, device.context().clone())?)
+}
+
 /// An FP8 checkpoint of `cfg` (E4M3 block matrices, scales per row and per tensor) streamed to
 /// the device, kept FP8 and expanded to bf16, against the CPU model of the values it decodes to:
 /// prompt logits within the forward check's tolerance.
@@ -398,13 +409,7 @@ fn fp8_checkpoint(
     let dense = DenseKv::new(&cfg, 1, 128);
     let whole = [chunk(0, 0, &prompt, LogitsWanted::All)];
     let want = cpu.forward(&whole, &dense)?;
-    let kv_config = KvConfig {
-        max_seqs: 1,
-        max_context_len: 256,
-        pool_bytes: 1 << 30,
-        ..KvConfig::for_model(cfg.layers, cfg.kv_heads, cfg.head_dim, 2)
-    };
-    let mut kv = KvManager::cuda(&kv_config, device.context().clone())?;
+    let mut kv = one_sequence_kv(device, &cfg)?;
     let slot = kv.admit(prompt.len())?;
     kv.sync()?;
     let whole = [chunk(slot, 0, &prompt, LogitsWanted::All)];
@@ -442,13 +447,7 @@ fn hf_export(
     let mut host = Model::dummy(cfg.clone(), weights_seed)?;
     round_weights(&mut host.weights);
     let host = Model::new(host.config, host.weights);
-    let kv_config = KvConfig {
-        max_seqs: 1,
-        max_context_len: 256,
-        pool_bytes: 1 << 30,
-        ..KvConfig::for_model(cfg.layers, cfg.kv_heads, cfg.head_dim, 2)
-    };
-    let mut kv = KvManager::cuda(&kv_config, device.context().clone())?;
+    let mut kv = one_sequence_kv(device, &cfg)?;
     let mut gpu = GpuModel::from_host(device.clone(), &host, GpuOptions::default())?;
     let prompt = tokens(seed ^ 3, 96, cfg.vocab_size);
     let slot = kv.admit(prompt.len())?;
