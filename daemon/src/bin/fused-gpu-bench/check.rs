@@ -96,7 +96,7 @@ pub fn small_qwen2() -> ModelConfig {
     }
 }
 
-fn seed() -> u64 {
+pub fn seed() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -392,7 +392,7 @@ fn one_sequence_kv(device: &Arc<GpuDevice>, cfg: &ModelConfig) -> anyhow::Result
 /// An FP8 checkpoint of `cfg` (E4M3 block matrices, scales per row and per tensor) streamed to
 /// the device, kept FP8 and expanded to bf16, against the CPU model of the values it decodes to:
 /// prompt logits within the forward check's tolerance.
-fn fp8_checkpoint(
+pub fn fp8_checkpoint(
     device: &Arc<GpuDevice>,
     cfg: ModelConfig,
     seed: u64,

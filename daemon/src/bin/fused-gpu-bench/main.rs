@@ -3,7 +3,8 @@
 //!
 //! - `check`: the GPU forward pass against the CPU forward pass on the same (bf16-rounded) dummy
 //!   weights, through the real CUDA KV region in both layouts, chunked prefill, eager and graph
-//!   decode; optionally writes a dummy checkpoint + GPU logits for the HF transformers check;
+//!   decode, and an FP8 checkpoint streamed in (alone: `fp8-checkpoint`); optionally writes a
+//!   dummy checkpoint + GPU logits for the HF transformers check;
 //! - `ceilings`: device copy bandwidth and bf16 GEMM rate, measured in the same run;
 //! - `ops`: device time of each operation of a layer (decode at batch 1, 4K prefill);
 //! - `decode`: batch-1 decode tok/s of dummy Llama-2-7B against the memory roofline (a);
@@ -32,7 +33,8 @@ use report::Report;
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Comma-separated parts: check, ceilings, ops, decode, prefill, vattn, offline.
+    /// Comma-separated parts: check, ceilings, ops, decode, prefill, vattn, offline
+    /// (`fp8-checkpoint`: the one check of `check` that streams an FP8 checkpoint).
     #[arg(
         long,
         default_value = "check,ceilings,ops,decode,prefill,vattn,offline"
@@ -105,6 +107,8 @@ fn main() -> anyhow::Result<()> {
     let mut report = Report::default();
     if wants("check") {
         check::run(&device, &mut report, args.hf_dir.as_deref())?;
+    } else if wants("fp8-checkpoint") {
+        check::fp8_checkpoint(&device, check::small_gqa(), check::seed(), &mut report)?;
     }
     let mut ceilings = None;
     if wants("ceilings") {
