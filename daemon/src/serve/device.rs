@@ -102,22 +102,24 @@ pub fn forward_and_kv(
         #[cfg(feature = "cuda")]
         Some(gpu) => {
             use crate::model::cuda::{GpuModel, GpuOptions, WeightFormat};
-            // An FP8 checkpoint is served in FP8 unless --quantization says otherwise (as vLLM).
-            let checkpoint_fp8 = match (&model, args.load_format) {
+            // A checkpoint without host weights streams to the device from this directory.
+            let checkpoint_dir = match (&model, args.load_format) {
                 (None, super::LoadFormat::Auto) => {
-                    let dir = super::load::model_path(args.model_spec()?)?;
-                    let method = ModelConfig::quantization_method(&dir);
-                    let fp8 = matches!(method.as_deref(), Some("fp8" | "compressed-tensors"));
-                    if fp8 && args.quantization.is_none() {
-                        tracing::info!(
-                            method = method.as_deref().unwrap_or_default(),
-                            "the checkpoint holds FP8 weights: serving them as FP8"
-                        );
-                    }
-                    fp8
+                    Some(super::load::model_path(args.model_spec()?)?)
                 }
-                _ => false,
+                _ => None,
             };
+            // An FP8 checkpoint is served in FP8 unless --quantization says otherwise (as vLLM).
+            let method = checkpoint_dir
+                .as_deref()
+                .and_then(ModelConfig::quantization_method);
+            let checkpoint_fp8 = matches!(method.as_deref(), Some("fp8" | "compressed-tensors"));
+            if checkpoint_fp8 && args.quantization.is_none() {
+                tracing::info!(
+                    method = method.as_deref().unwrap_or_default(),
+                    "the checkpoint holds FP8 weights: serving them as FP8"
+                );
+            }
             let options = GpuOptions {
                 graphs: !args.no_cuda_graphs,
                 max_graph_batch: args.max_seqs.next_power_of_two(),
@@ -138,16 +140,12 @@ pub fn forward_and_kv(
             tracing::info!(
                 "compiling CUDA kernels (NVRTC; cached after the first start) and uploading weights"
             );
-            let forward = match (model, args.load_format) {
+            let forward = match (model, checkpoint_dir) {
                 (Some(model), _) => GpuModel::from_host(gpu.clone(), &model, options)?,
-                // No host weights for a checkpoint: it streams to the device.
-                (None, super::LoadFormat::Auto) => {
-                    let dir = super::load::model_path(args.model_spec()?)?;
+                (None, Some(dir)) => {
                     GpuModel::from_checkpoint(gpu.clone(), config.clone(), &dir, options)?
                 }
-                (None, super::LoadFormat::Dummy) => {
-                    GpuModel::dummy(gpu.clone(), config.clone(), args.seed, options)?
-                }
+                (None, None) => GpuModel::dummy(gpu.clone(), config.clone(), args.seed, options)?,
             };
             tracing::info!(
                 seconds = started.elapsed().as_secs_f64(),

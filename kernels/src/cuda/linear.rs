@@ -294,7 +294,7 @@ impl Kernels {
         // SAFETY (every launch): the kernel reads `rows × inner` of `x` and `out` (SwiGLU:
         // `2 out`) weight rows of `inner` (FP8: and their scales), and writes `rows × out` of
         // `y` in the type `mode` names (the variant of `y`, or bf16 for SwiGLU): the extents
-        // `Linear::new` or `gemv_swiglu` checked. Neither build touches more for any grid.
+        // `Linear::new` or `gemv_swiglu` checked. No build touches more for any grid.
         if mma {
             let tiles = out.div_ceil(16);
             let ksplit = self.gemv_ksplit(tiles);
