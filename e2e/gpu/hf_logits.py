@@ -1,6 +1,6 @@
 """End-to-end check of the GPU forward pass against HF transformers on the same dummy weights.
 
-fused-gpu-bench --hf-dir DIR wrote, for each shape (a Llama and a Qwen2 one), DIR/<shape>/ with
+fused-gpu-bench --hf-dir DIR wrote, for each shape (a Llama, a Qwen2 and a GPT-2 one), DIR/<shape>/ with
 config.json + model.safetensors (f32 dummy weights), prompt.json and gpu_logits.f32 (the GPU's
 logits for every prompt position, computed with matrices rounded to bf16 and bf16 activations).
 Here transformers runs the same prompt on the same bf16-rounded matrices twice: in float32 (the
@@ -19,12 +19,18 @@ def check(d):
     cfg = AutoConfig.from_pretrained(d)
     model = AutoModelForCausalLM.from_config(cfg).float().eval()
     state = load_file(f"{d}/model.safetensors")
+    # GPT-2 checkpoints name the base model's tensors without its prefix (`h.0...`, `wte.weight`).
+    expected = model.state_dict().keys()
+    prefix = model.base_model_prefix
+    state = {(k if k in expected else f"{prefix}.{k}"): t for k, t in state.items()}
     for name, t in state.items():
-        if "norm" not in name:  # the GPU keeps norm weights f32, everything else bf16
+        # The GPU keeps norm weights and biases f32, every matrix bf16.
+        if "norm" not in name and ".ln_" not in name and not name.endswith("bias"):
             state[name] = t.to(torch.bfloat16).to(torch.float32)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    # A tied head is not in the checkpoint; rotary buffers never are.
-    missing = [m for m in missing if "rotary" not in m and not (m == "lm_head.weight" and cfg.tie_word_embeddings)]
+    # A tied head is not in the checkpoint; rotary buffers and GPT-2's causal-mask buffers never are.
+    missing = [m for m in missing if "rotary" not in m and not m.endswith((".attn.bias", ".attn.masked_bias"))
+               and not (m == "lm_head.weight" and cfg.tie_word_embeddings)]
     if missing or unexpected:
         print(f"{d}: weights do not match:", missing, unexpected)
         return False

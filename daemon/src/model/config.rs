@@ -27,6 +27,18 @@ impl Arch {
             Self::Qwen2 => "qwen2",
         }
     }
+
+    /// Whether the GPU streams this family's safetensors checkpoints to the device itself (their
+    /// matrices are stored `[out, in]`; GPT-2's Conv1D ones are `[in, out]` and load through the
+    /// host, which transposes them).
+    pub fn streams_to_gpu(self) -> bool {
+        matches!(self, Self::Llama | Self::Qwen2)
+    }
+
+    /// Whether positions enter as a rotation of Q and K (RoPE) rather than learned embeddings.
+    pub fn rotary(self) -> bool {
+        !matches!(self, Self::Gpt2)
+    }
 }
 
 /// Everything the forward pass needs to know about a model's shape.

@@ -99,15 +99,14 @@ pub struct Model {
 
 impl Model {
     pub fn new(config: ModelConfig, weights: Weights) -> Self {
-        let rope = match config.arch {
-            Arch::Llama | Arch::Qwen2 => Some(RopeTable::new(
+        let rope = config.arch.rotary().then(|| {
+            RopeTable::new(
                 config.head_dim,
                 config.rope_theta,
                 config.rope_scaling,
                 config.max_positions,
-            )),
-            Arch::Gpt2 => None,
-        };
+            )
+        });
         Self {
             config,
             weights,

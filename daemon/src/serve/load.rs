@@ -182,10 +182,17 @@ pub fn load(args: &ServeArgs, on_gpu: bool, step: &dyn Fn(String)) -> anyhow::Re
     })
 }
 
-/// Whether the GPU loads `path` itself, streaming the checkpoint to the device (an HF directory
-/// without a patch tokenizer; a patch needs the host's embedding and head).
+/// Whether the GPU loads `path` itself, streaming the checkpoint to the device: an HF directory
+/// of a family the GPU streams (GPT-2's goes through the host, which transposes its matrices),
+/// without a patch tokenizer (a patch needs the host's embedding and head).
 pub fn streams_to_gpu(args: &ServeArgs, path: &Path) -> bool {
-    args.load_format == LoadFormat::Auto && path.is_dir() && args.patch_tokenizer.is_none()
+    let streamable = || {
+        ModelConfig::from_hf_json(&path.join("config.json")).is_ok_and(|c| c.arch.streams_to_gpu())
+    };
+    args.load_format == LoadFormat::Auto
+        && path.is_dir()
+        && args.patch_tokenizer.is_none()
+        && streamable()
 }
 
 /// `--chat-template`: a file's contents, or the value itself when it is a template (vLLM's
@@ -337,6 +344,38 @@ mod tests {
         assert!(error.contains("no such file"), "{error}");
         assert!(!looks_like_hub_name("./x/y") && !looks_like_hub_name("a/b/c"));
         assert!(looks_like_hub_name("meta-llama/Llama-3.1-8B-Instruct"));
+    }
+
+    #[test]
+    fn only_checkpoints_of_families_the_gpu_streams_skip_the_host_load() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let args = |extra: &[&str]| {
+            let argv = std::iter::once("serve").chain(extra.iter().copied());
+            Cli::try_parse_from(argv).expect("valid flags").serve
+        };
+        let dir = tempfile::tempdir().unwrap();
+        for (preset, streams) in [
+            ("smollm2-135m", true),
+            ("qwen2.5-0.5b", true),
+            ("gpt2", false),
+        ] {
+            let model = dir.path().join(preset);
+            std::fs::create_dir_all(&model).unwrap();
+            let config = ModelConfig::preset(preset).expect("preset").to_hf_json();
+            std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+            assert_eq!(streams_to_gpu(&args(&[]), &model), streams, "{preset}");
+        }
+        // A patch needs the host's embedding and head; an unreadable config loads on the host,
+        // which reports it.
+        let llama = dir.path().join("smollm2-135m");
+        assert!(!streams_to_gpu(&args(&["--patch-tokenizer", "p"]), &llama));
+        std::fs::write(llama.join("config.json"), "{").unwrap();
+        assert!(!streams_to_gpu(&args(&[]), &llama));
     }
 
     #[test]

@@ -9,7 +9,8 @@ use fused_kernels::cpu::{self, AttentionShape, RopeTable};
 use fused_kernels::cuda::{
     BatchArrays, BatchShape, Blas, CudaError, DecodeSplits, DeviceBatch, DeviceBuffer, DeviceView,
     E4M3_MAX, Element, Fp8Matrix, GEMV_MAX_ROWS, GpuDevice, IndexBuffer, Kernels, Linear,
-    LinearOut, LinearShape, NormRows, PREFILL_TILE_ROWS, RopeTables, WeightView, e4m3_to_f32,
+    LinearOut, LinearShape, NormRows, PREFILL_TILE_ROWS, PositionEmbedding, RopeTables, WeightView,
+    e4m3_to_f32,
 };
 use half::bf16;
 
@@ -280,6 +281,8 @@ impl Check<'_> {
         Ok(())
     }
 
+    /// The embedding gather alone and with learned positions, then RMSNorm and LayerNorm over
+    /// gathered rows.
     fn embed_and_norm(
         &mut self,
         rows: usize,
@@ -291,35 +294,95 @@ impl Check<'_> {
         let td = IndexBuffer::upload(self.dev, &tokens, vocab)?;
         let tabd = self.buffer(&to_bf16(&table))?;
         let mut x = self.poisoned::<f32>(rows * hidden)?;
-        self.kernels.embed(td.indices(), &tabd, &mut x, hidden)?;
+        self.kernels
+            .embed(td.indices(), &tabd, None, &mut x, hidden)?;
         let got = self.read(&x)?;
-        let want: Vec<f32> = tokens
+        let mut want: Vec<f32> = tokens
             .iter()
             .flat_map(|&t| table[t as usize * hidden..(t as usize + 1) * hidden].to_vec())
             .collect();
         self.report(&format!("embed {rows}x{hidden}"), rel_l2(&got, &want), 0.0);
 
-        let xs = self.rng.vec(rows * hidden, -2.0, 2.0);
+        let max_positions = 2 * rows + 3;
+        let pos_table = round_bf16(&self.rng.vec(max_positions * hidden, -1.0, 1.0));
+        let positions: Vec<u32> = (0..rows)
+            .map(|_| self.rng.below(max_positions) as u32)
+            .collect();
+        let pd = IndexBuffer::upload(self.dev, &positions, max_positions)?;
+        let pos_tabd = self.buffer(&to_bf16(&pos_table))?;
+        let learned = PositionEmbedding {
+            positions: pd.indices().into(),
+            table: pos_tabd.view(),
+        };
+        let mut x = self.poisoned::<f32>(rows * hidden)?;
+        (self.kernels).embed(td.indices(), &tabd, Some(learned), &mut x, hidden)?;
+        let got = self.read(&x)?;
+        for (row, &p) in want.chunks_exact_mut(hidden).zip(&positions) {
+            let p = p as usize;
+            for (v, add) in row.iter_mut().zip(&pos_table[p * hidden..(p + 1) * hidden]) {
+                *v += add;
+            }
+        }
+        let name = format!("embed + positions {rows}x{hidden}");
+        self.report(&name, rel_l2(&got, &want), 0.0);
+
+        // Rows with a large common offset: LayerNorm must subtract the mean first.
+        let xs: Vec<f32> = (self.rng.vec(rows * hidden, -2.0, 2.0).iter())
+            .map(|v| v + 3.0)
+            .collect();
         let weight = self.rng.vec(hidden, 0.5, 1.5);
+        let bias = self.rng.vec(hidden, -0.5, 0.5);
         let map: Vec<u32> = (0..rows).rev().step_by(2).map(|r| r as u32).collect();
-        let (xd, wd) = (self.buffer(&xs)?, self.buffer(&weight)?);
+        let (xd, wd, bd) = (
+            self.buffer(&xs)?,
+            self.buffer(&weight)?,
+            self.buffer(&bias)?,
+        );
         let md = IndexBuffer::upload(self.dev, &map, rows)?;
+        let gathered: Vec<f32> = map
+            .iter()
+            .flat_map(|&r| xs[r as usize * hidden..(r as usize + 1) * hidden].to_vec())
+            .collect();
         let mut out = self.poisoned::<bf16>(map.len() * hidden)?;
         let gather = NormRows::Gather(md.indices());
         self.kernels
             .rms_norm(&xd, &wd, &mut out, gather, hidden, 1e-5)?;
         let got = self.read_bf16(&out)?;
-        let gathered: Vec<f32> = map
-            .iter()
-            .flat_map(|&r| xs[r as usize * hidden..(r as usize + 1) * hidden].to_vec())
-            .collect();
         let mut want = vec![0.0; gathered.len()];
         cpu::rms_norm(&gathered, &weight, 1e-5, &mut want);
-        self.report(
-            &format!("rms_norm (row map) {}x{hidden}", map.len()),
-            rel_l2(&got, &want),
-            BF16_TOL,
-        );
+        let name = format!("rms_norm (row map) {}x{hidden}", map.len());
+        self.report(&name, rel_l2(&got, &want), BF16_TOL);
+
+        let mut out = self.poisoned::<bf16>(map.len() * hidden)?;
+        self.kernels
+            .layer_norm(&xd, &wd, &bd, &mut out, gather, hidden, 1e-5)?;
+        let got = self.read_bf16(&out)?;
+        cpu::layer_norm(&gathered, &weight, &bias, 1e-5, &mut want);
+        let name = format!("layer_norm (row map) {}x{hidden}", map.len());
+        self.report(&name, rel_l2(&got, &want), BF16_TOL);
+        Ok(())
+    }
+
+    /// GELU of bf16 rows plus a bias, and a bias added to f32 rows.
+    fn gelu_and_bias(&mut self, rows: usize, n: usize) -> Result<(), CudaError> {
+        let input = round_bf16(&self.rng.vec(rows * n, -4.0, 4.0));
+        let bias = self.rng.vec(n, -0.5, 0.5);
+        let (ind, bd) = (self.buffer(&to_bf16(&input))?, self.buffer(&bias)?);
+        let mut out = self.poisoned::<bf16>(rows * n)?;
+        self.kernels.gelu_bias(&ind, &bd, &mut out, rows, n)?;
+        let got = self.read_bf16(&out)?;
+        let mut want: Vec<f32> = input.clone();
+        cpu::add_bias(&mut want, &bias);
+        cpu::gelu_tanh_inplace(&mut want);
+        let name = format!("gelu_bias {rows}x{n}");
+        self.report(&name, rel_l2(&got, &want), BF16_TOL);
+
+        let mut xd = self.buffer(&input)?;
+        self.kernels.add_bias(&mut xd, &bd, rows, n)?;
+        let got = self.read(&xd)?;
+        let mut want = input;
+        cpu::add_bias(&mut want, &bias);
+        self.report(&format!("add_bias {rows}x{n}"), rel_l2(&got, &want), 0.0);
         Ok(())
     }
 
@@ -664,6 +727,8 @@ fn run(seed: u64) -> Result<usize, CudaError> {
     // Widths off the vectorised paths.
     check.silu_and_argmax(3, 1001, 999)?;
     check.embed_and_norm(5, 577, 300)?;
+    check.gelu_and_bias(37, 3072)?;
+    check.gelu_and_bias(3, 1001)?;
     check.fill()?;
     // (start, new tokens) per sequence: fresh prefills, continued chunks, decodes.
     let seqs = [

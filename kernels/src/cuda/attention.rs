@@ -14,7 +14,9 @@ use half::bf16;
 use super::GpuDevice;
 use super::error::{CudaError, as_i32, as_u32};
 use super::kernels::{Decode, Kernels, grid};
-use super::memory::{DeviceBuffer, DeviceSlice, DeviceView, DeviceViewMut, Indices, check_len};
+use super::memory::{
+    DeviceBuffer, DeviceSlice, DeviceView, DeviceViewMut, Indices, Positions, check_len,
+};
 use crate::cpu::{AttentionShape, RopeTable};
 
 /// Query rows per prefill tile.
@@ -153,6 +155,14 @@ impl<'a> DeviceBatch<'a> {
         Indices {
             values: self.arrays.tokens,
             bound: self.shape.vocab,
+        }
+    }
+
+    /// Each row's position (below the batch's positions, or `u32::MAX` for padding).
+    pub fn positions(&self) -> Positions<'a> {
+        Positions {
+            values: self.arrays.positions,
+            bound: self.shape.positions,
         }
     }
 

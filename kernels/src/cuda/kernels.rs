@@ -28,10 +28,25 @@ pub const SOURCES: [(&str, &str); 5] = [
 // The prototypes, as `cu/` declares them (parameter names in the comments; the long ones laid out
 // line for line as in the source).
 
-/// `embed_rows(tokens, table, x, hidden)`.
-pub(crate) type Embed = Kernel<(In<u32>, In<bf16>, Out<f32>, i32)>;
-/// `rms_norm_rows(x, weight, out, row_map, hidden, eps)`.
-pub(crate) type RmsNorm = Kernel<(In<f32>, In<f32>, Out<bf16>, Nullable<u32>, i32, f32)>;
+/// `embed_rows(tokens, table, positions, pos_table, x, hidden)`.
+pub(crate) type Embed = Kernel<(
+    In<u32>,
+    In<bf16>,
+    Nullable<u32>,
+    Nullable<bf16>,
+    Out<f32>,
+    i32,
+)>;
+/// `norm_rows(x, weight, bias, out, row_map, hidden, eps)`.
+pub(crate) type Norm = Kernel<(
+    In<f32>,
+    In<f32>,
+    Nullable<f32>,
+    Out<bf16>,
+    Nullable<u32>,
+    i32,
+    f32,
+)>;
 /// `rope_kv_write(qkv, bias, q_out, positions, row_chunk, kv, token_stride, cos_table, sin_table,
 /// heads, kv_heads, head_dim, use_rope)`.
 #[rustfmt::skip]
@@ -44,6 +59,10 @@ pub(crate) type RopeKv = Kernel<(
 )>;
 /// `silu_mul_rows(gu, out, rows, ffn)`.
 pub(crate) type SiluMul = Kernel<(In<bf16>, Out<bf16>, i32, i32)>;
+/// `gelu_bias_rows(in, bias, out, n)`.
+pub(crate) type GeluBias = Kernel<(In<bf16>, In<f32>, Out<bf16>, i32)>;
+/// `add_bias_rows(x, bias, n)`.
+pub(crate) type AddBias = Kernel<(Out<f32>, In<f32>, i32)>;
 /// `argmax_rows(logits, out, vocab)`.
 pub(crate) type Argmax = Kernel<(In<f32>, Out<u32>, i32)>;
 /// `fill_uniform_{bf16,f32}(out, n, seed, lo, hi)`.
@@ -112,9 +131,11 @@ pub struct Kernels {
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) multiprocessors: usize,
     pub(crate) embed: Embed,
-    pub(crate) rms_norm: RmsNorm,
+    pub(crate) norm: Norm,
     pub(crate) rope_kv: RopeKv,
     pub(crate) silu_mul: SiluMul,
+    pub(crate) gelu_bias: GeluBias,
+    pub(crate) add_bias: AddBias,
     pub(crate) argmax: Argmax,
     pub(crate) fill_bf16: FillUniform<bf16>,
     pub(crate) fill_f32: FillUniform<f32>,
@@ -208,9 +229,11 @@ impl Kernels {
             stream: device.stream().clone(),
             multiprocessors: device.multiprocessors(),
             embed: Kernel::load(m, "embed_rows")?,
-            rms_norm: Kernel::load(m, "rms_norm_rows")?,
+            norm: Kernel::load(m, "norm_rows")?,
             rope_kv: Kernel::load(m, "rope_kv_write")?,
             silu_mul: Kernel::load(m, "silu_mul_rows")?,
+            gelu_bias: Kernel::load(m, "gelu_bias_rows")?,
+            add_bias: Kernel::load(m, "add_bias_rows")?,
             argmax: Kernel::load(m, "argmax_rows")?,
             fill_bf16: Kernel::load(m, "fill_uniform_bf16")?,
             fill_f32: Kernel::load(m, "fill_uniform_f32")?,

@@ -306,6 +306,39 @@ impl Indices<'_> {
     }
 }
 
+/// Each row's position on the device: below `bound`, or `u32::MAX` for a padding row. Made from
+/// [`Indices`] (every index a valid position) or by a [`DeviceBatch`](super::DeviceBatch), whose
+/// constructor's contract states it.
+#[derive(Debug, Clone, Copy)]
+pub struct Positions<'a> {
+    pub(crate) values: DeviceSlice<'a, u32>,
+    pub(crate) bound: usize,
+}
+
+impl Positions<'_> {
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Every position that is not padding is below this.
+    pub fn bound(&self) -> usize {
+        self.bound
+    }
+}
+
+impl<'a> From<Indices<'a>> for Positions<'a> {
+    fn from(indices: Indices<'a>) -> Self {
+        Self {
+            values: indices.values,
+            bound: indices.bound,
+        }
+    }
+}
+
 /// Device memory holding indices checked against a bound when they were uploaded.
 #[derive(Debug)]
 pub struct IndexBuffer {

@@ -41,7 +41,7 @@ pub use attention::{
 pub use blas::Blas;
 pub use compile::{CacheStatus, compile_cubin};
 pub use device::{GpuDevice, GpuTimer};
-pub use elementwise::{FillElement, NormRows};
+pub use elementwise::{FillElement, NormRows, PositionEmbedding};
 pub use error::CudaError;
 pub use fp8::{E4M3_MAX, Fp8Matrix, e4m3_to_f32, round_to_e4m3};
 pub use graph::Graph;
@@ -49,6 +49,6 @@ pub use kernels::{Kernels, SOURCES};
 pub use linear::{GEMV_MAX_ROWS, Linear, LinearOut, LinearShape, LinearWeights, WeightView};
 pub use memory::{
     DeviceBuffer, DeviceSlice, DeviceSliceMut, DeviceView, DeviceViewMut, Element, IndexBuffer,
-    Indices,
+    Indices, Positions,
 };
 pub use staging::PinnedStaging;

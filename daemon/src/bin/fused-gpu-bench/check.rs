@@ -32,11 +32,12 @@ fn round(v: &mut [f32]) {
     }
 }
 
-/// Rounds every matrix to bf16 as the GPU stores it (norm weights stay f32 on both sides).
+/// Rounds every matrix to bf16 as the GPU stores it (norm weights and biases stay f32 on both
+/// sides).
 fn round_weights(w: &mut Weights) {
     round(&mut w.embed);
-    if let Some(head) = &mut w.lm_head {
-        round(head);
+    for table in [&mut w.lm_head, &mut w.positions].into_iter().flatten() {
+        round(table);
     }
     for b in &mut w.blocks {
         for l in b.linears_mut() {
@@ -93,6 +94,16 @@ pub fn small_qwen2() -> ModelConfig {
         layers: 4,
         max_positions: 2048,
         ..ModelConfig::preset("qwen2.5-0.5b").expect("preset exists")
+    }
+}
+
+/// GPT-2's blocks (LayerNorm, learned positions, GELU, biases everywhere, head_dim 64, hidden
+/// 768) at 4 layers and an 8,192-token vocabulary.
+pub fn small_gpt2() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 8192,
+        layers: 4,
+        ..ModelConfig::preset("gpt2").expect("preset exists")
     }
 }
 
@@ -154,6 +165,7 @@ pub fn run(
             ModelConfig::preset("smollm2-135m").expect("preset exists"),
         ),
         ("qwen2-d64-g7", small_qwen2()),
+        ("gpt2-d64", small_gpt2()),
     ];
     for (name, cfg) in shapes {
         let mut host = Model::dummy(cfg.clone(), seed % 1000)?;
@@ -189,6 +201,7 @@ pub fn run(
         for (name, cfg) in [
             ("llama-gqa-d128", small_gqa()),
             ("qwen2-d64-g7", small_qwen2()),
+            ("gpt2-d64", small_gpt2()),
         ] {
             hf_export(device, &dir.join(name), cfg, seed, report)?;
         }
@@ -459,25 +472,32 @@ fn hf_export(
         logits: LogitsWanted::All,
     }];
     let logits = gpu.forward(&whole_prompt, &kv)?;
-    // The same checkpoint streamed from disk (f32 → bf16 on the way) is the same model: the
-    // logits must be bit for bit those of the uploaded host weights.
+    // The same checkpoint loaded from disk as `serve` loads it (streamed to the device, f32 →
+    // bf16 on the way, or read on the host first for a family the GPU does not stream) is the
+    // same model: the logits must be bit for bit those of the uploaded host weights.
     drop(gpu);
-    let mut streamed =
-        GpuModel::from_checkpoint(device.clone(), cfg.clone(), dir, GpuOptions::default())?;
-    let again = streamed.forward(&whole_prompt, &kv)?;
+    let (mut loaded, how) = if cfg.arch.streams_to_gpu() {
+        let model = GpuModel::from_checkpoint(device.clone(), cfg.clone(), dir, Default::default());
+        (model?, "streamed")
+    } else {
+        let host = Model::load_hf_dir(dir)?;
+        let model = GpuModel::from_host(device.clone(), &host, GpuOptions::default());
+        (model?, "read on the host")
+    };
+    let again = loaded.forward(&whole_prompt, &kv)?;
     let max_diff = (logits.data.iter().zip(&again.data))
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     report.check(
         "check",
         &format!(
-            "{} streamed checkpoint = uploaded weights (max |dlogit|)",
+            "{} checkpoint {how} = uploaded weights (max |dlogit|)",
             cfg.arch.name()
         ),
         f64::from(max_diff),
         0.0,
     );
-    drop(streamed);
+    drop(loaded);
     let bytes: Vec<u8> = logits.data.iter().flat_map(|x| x.to_le_bytes()).collect();
     std::fs::write(dir.join("gpu_logits.f32"), bytes)?;
     std::fs::write(dir.join("prompt.json"), serde_json::to_string(&prompt)?)?;

@@ -81,8 +81,8 @@ pub struct GpuModel {
     kernels: Kernels,
     blas: Blas,
     weights: GpuWeights,
-    /// `(cos, sin)` tables `[max_positions, head_dim / 2]` f32.
-    rope: RopeTables,
+    /// `(cos, sin)` tables `[max_positions, head_dim / 2]` f32; `None` for learned positions.
+    rope: Option<RopeTables>,
     scratch: Scratch,
     /// Where FP8 matrices are expanded to bf16 for GEMMs of many rows (empty for bf16 models).
     dense: DeviceBuffer<half::bf16>,
@@ -174,13 +174,18 @@ impl GpuModel {
                 config.head_dim, config.heads, config.kv_heads
             )));
         }
-        let table = RopeTable::new(
-            config.head_dim,
-            config.rope_theta,
-            config.rope_scaling,
-            config.max_positions,
-        );
-        let rope = RopeTables::upload(&device, &table, config.head_dim)?;
+        let rope = match config.arch.rotary() {
+            true => {
+                let table = RopeTable::new(
+                    config.head_dim,
+                    config.rope_theta,
+                    config.rope_scaling,
+                    config.max_positions,
+                );
+                Some(RopeTables::upload(&device, &table, config.head_dim)?)
+            }
+            false => None,
+        };
         let blas = Blas::new(&device)?;
         let needs = Needs::upper_bound(
             &config,
@@ -458,7 +463,7 @@ impl Forward for GpuModel {
             kernels: &self.kernels,
             blas: &self.blas,
             weights: &self.weights,
-            rope: &self.rope,
+            rope: self.rope.as_ref(),
             batch,
             splits,
             fused_gemv: self.options.fused_gemv,

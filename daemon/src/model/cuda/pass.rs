@@ -1,18 +1,19 @@
 //! One forward pass queued on the device: the steps of the CPU's `Model::forward`
 //! (`model/forward.rs`), in its order and under its names — `embed`, then for each block `norm`,
 //! `attention`, `add_linear` (o), `norm`, `mlp`, `add_linear` (down), then `head` — with GPU
-//! kernels in place of the CPU ops. What a decode graph captures is one [`Pass::forward`].
+//! kernels in place of the CPU ops, for every architecture the CPU runs (RMSNorm or LayerNorm,
+//! RoPE or learned positions, SwiGLU or GELU, biases where the weights have them). What a decode graph captures is one [`Pass::forward`].
 //!
 //! Must not: allocate, copy to or from the host, or lay the batch out (the plan does).
 
 use fused_kernels::cuda::{
     Blas, DecodeSplits, DeviceBatch, DeviceBuffer, DeviceSlice, DeviceView, Kernels, Linear,
-    LinearOut, LinearShape, NormRows, RopeTables, WeightView,
+    LinearOut, LinearShape, NormRows, PositionEmbedding, RopeTables, WeightView,
 };
 use half::bf16;
 
 use super::scratch::{Activations, AttentionBuffers, HeadBuffers, MlpBuffers};
-use super::weights::{GpuBlock, GpuLinear, GpuWeights};
+use super::weights::{Activation, GpuBlock, GpuLinear, GpuNorm, GpuWeights};
 use crate::model::ModelError;
 use crate::model::config::ModelConfig;
 
@@ -22,7 +23,8 @@ pub(super) struct Pass<'a> {
     pub kernels: &'a Kernels,
     pub blas: &'a Blas,
     pub weights: &'a GpuWeights,
-    pub rope: &'a RopeTables,
+    /// `None`: the model has learned positions (added at `embed`).
+    pub rope: Option<&'a RopeTables>,
     pub batch: DeviceBatch<'a>,
     /// How decode attention splits the keys (fixed for a graph's lifetime).
     pub splits: DecodeSplits,
@@ -40,10 +42,11 @@ impl Pass<'_> {
     ) -> Result<(), ModelError> {
         self.embed(&mut s.x)?;
         for (layer, block) in self.weights.blocks.iter().enumerate() {
-            self.norm(&block.attn_norm, &s.x, &mut s.normed)?;
+            let rows = NormRows::First(self.rows());
+            self.norm(&block.attn_norm, &s.x, &mut s.normed, rows)?;
             let attn = self.attention(layer, block, &s.normed, &mut s.attn, dense)?;
             self.add_linear(&block.o, &attn, &mut s.x, dense)?;
-            self.norm(&block.mlp_norm, &s.x, &mut s.normed)?;
+            self.norm(&block.mlp_norm, &s.x, &mut s.normed, rows)?;
             let hidden = self.mlp(block, &s.normed, &mut s.mlp, dense)?;
             self.add_linear(&block.down, &hidden, &mut s.x, dense)?;
         }
@@ -59,28 +62,35 @@ impl Pass<'_> {
     }
 
     fn embed(&self, x: &mut DeviceBuffer<f32>) -> Result<(), ModelError> {
-        let table = &self.weights.embed;
+        let w = self.weights;
+        let positions = w.positions.as_ref().map(|table| PositionEmbedding {
+            positions: self.batch.positions(),
+            table: table.view(),
+        });
+        let tokens = self.batch.tokens();
         Ok(self
             .kernels
-            .embed(self.batch.tokens(), table, x, self.hidden())?)
+            .embed(tokens, &w.embed, positions, x, self.hidden())?)
     }
 
-    /// RMSNorm of the batch's rows of `x` into `out`.
+    /// RMSNorm or LayerNorm of `rows` of `x` into `out`.
     fn norm(
         &self,
-        weight: &DeviceBuffer<f32>,
+        norm: &GpuNorm,
         x: &DeviceBuffer<f32>,
         out: &mut DeviceBuffer<bf16>,
+        rows: NormRows<'_>,
     ) -> Result<(), ModelError> {
-        let rows = NormRows::First(self.rows());
-        let eps = self.weights.eps;
-        Ok(self
-            .kernels
-            .rms_norm(x, weight, out, rows, self.hidden(), eps)?)
+        let (k, hidden, eps) = (self.kernels, self.hidden(), self.weights.eps);
+        match &norm.bias {
+            None => k.rms_norm(x, &norm.weight, out, rows, hidden, eps)?,
+            Some(bias) => k.layer_norm(x, &norm.weight, bias, out, rows, hidden, eps)?,
+        }
+        Ok(())
     }
 
-    /// QKV projection, its bias (Qwen2) and RoPE, K/V written to the region, causal attention per sequence (prefill
-    /// tiles and split-KV decodes).
+    /// QKV projection, its bias (Qwen2, GPT-2) and RoPE (none with learned positions), K/V
+    /// written to the region, causal attention per sequence (prefill tiles and split-KV decodes).
     fn attention<'b>(
         &self,
         layer: usize,
@@ -91,13 +101,7 @@ impl Pass<'_> {
     ) -> Result<DeviceSlice<'b, bf16>, ModelError> {
         self.project(&block.qkv, normed, LinearOut::f32(&mut a.qkv), dense)?;
         let (k, batch) = (self.kernels, self.batch.layer(layer)?);
-        k.rope_kv_write(
-            &batch,
-            &a.qkv,
-            block.qkv_bias.as_ref(),
-            &mut a.q,
-            Some(self.rope),
-        )?;
+        k.rope_kv_write(&batch, &a.qkv, block.qkv.bias.as_ref(), &mut a.q, self.rope)?;
         k.attention_prefill(&batch, &a.q, &mut a.out)?;
         k.attention_decode(
             &batch,
@@ -127,7 +131,7 @@ impl Pass<'_> {
         Ok(self.kernels.linear_dense(self.blas, layer, dense)?)
     }
 
-    /// `x += input · Wᵀ` (the residual add folded into the layer).
+    /// `x += input · Wᵀ + b` (the residual add folded into the layer, the bias added after).
     fn add_linear(
         &self,
         layer: &GpuLinear,
@@ -135,11 +139,15 @@ impl Pass<'_> {
         x: &mut DeviceBuffer<f32>,
         dense: &mut DeviceBuffer<bf16>,
     ) -> Result<(), ModelError> {
-        self.project(layer, input, LinearOut::add_f32(x), dense)
+        self.project(layer, input, LinearOut::add_f32(x), dense)?;
+        if let Some(bias) = &layer.bias {
+            (self.kernels).add_bias(x, bias, self.rows(), layer.out)?;
+        }
+        Ok(())
     }
 
-    /// The MLP up to (not including) its output projection: SwiGLU of the gate/up projection,
-    /// in one GEMV for a few rows.
+    /// The MLP up to (not including) its output projection: SwiGLU of the gate/up projection
+    /// (in one GEMV for a few rows), or GELU of the input projection plus its bias.
     fn mlp<'b>(
         &self,
         block: &GpuBlock,
@@ -147,18 +155,29 @@ impl Pass<'_> {
         m: &'b mut MlpBuffers,
         dense: &mut DeviceBuffer<bf16>,
     ) -> Result<DeviceSlice<'b, bf16>, ModelError> {
-        let (k, rows, gate_up) = (self.kernels, self.rows(), &block.gate_up);
-        let ffn = gate_up.out / 2;
-        if self.fused_gemv && Kernels::gemv_takes(&gate_up.weight.weights(), rows, gate_up.inner) {
-            let shape = LinearShape {
-                rows,
-                out: ffn,
-                inner: gate_up.inner,
-            };
-            k.gemv_swiglu(normed, &gate_up.weight, &mut m.hidden, shape)?;
-        } else {
-            self.project(gate_up, normed, LinearOut::bf16(&mut m.gate_up), dense)?;
-            k.silu_mul(&m.gate_up, &mut m.hidden, rows, ffn)?;
+        let (k, rows, up) = (self.kernels, self.rows(), &block.up);
+        match block.activation {
+            Activation::SwiGlu => {
+                let ffn = up.out / 2;
+                if self.fused_gemv && Kernels::gemv_takes(&up.weight.weights(), rows, up.inner) {
+                    let shape = LinearShape {
+                        rows,
+                        out: ffn,
+                        inner: up.inner,
+                    };
+                    k.gemv_swiglu(normed, &up.weight, &mut m.hidden, shape)?;
+                } else {
+                    self.project(up, normed, LinearOut::bf16(&mut m.gate_up), dense)?;
+                    k.silu_mul(&m.gate_up, &mut m.hidden, rows, ffn)?;
+                }
+            }
+            Activation::Gelu => {
+                let bias = up.bias.as_ref().ok_or_else(|| {
+                    ModelError::Config("a GELU MLP's input projection has no bias".into())
+                })?;
+                self.project(up, normed, LinearOut::bf16(&mut m.gate_up), dense)?;
+                k.gelu_bias(&m.gate_up, bias, &mut m.hidden, rows, up.out)?;
+            }
         }
         Ok(m.hidden.view())
     }
@@ -174,14 +193,7 @@ impl Pass<'_> {
         let (k, w, hidden) = (self.kernels, self.weights, self.hidden());
         let rows = self.batch.head_rows();
         let (count, vocab) = (rows.len(), self.config.vocab_size);
-        k.rms_norm(
-            x,
-            &w.final_norm,
-            normed,
-            NormRows::Gather(rows),
-            hidden,
-            w.eps,
-        )?;
+        self.norm(&w.final_norm, x, normed, NormRows::Gather(rows))?;
         let shape = LinearShape {
             rows: count,
             out: vocab,

@@ -1,10 +1,10 @@
 //! The model's weights in GPU memory: matrices `[out, in]` (as the CPU's `f32` ones) bf16, or
 //! FP8 with a scale per row for the blocks' matrices when [`WeightFormat::Fp8`] asks (quantized
-//! on the device as each matrix arrives, so the model is never whole in bf16), norm weights
-//! `f32`. Uploaded from host [`Weights`] (rounded to bf16 on the host), streamed from a
-//! safetensors checkpoint tensor by tensor through two page-locked buffers (host memory stays at
-//! the two buffers, whatever the model's size), or generated on the device from a seed
-//! (`--load-format dummy`).
+//! on the device as each matrix arrives, so the model is never whole in bf16), norm weights and
+//! biases `f32`. Uploaded from host [`Weights`] (rounded to bf16 on the host; every architecture),
+//! streamed from a Llama-family safetensors checkpoint tensor by tensor through two page-locked
+//! buffers (host memory stays at the two buffers, whatever the model's size), or generated on the
+//! device from a seed (`--load-format dummy`).
 //!
 //! Must not: run layers (the model does).
 
@@ -60,11 +60,34 @@ impl WeightView for GpuMatrix {
     }
 }
 
-/// A dense layer without bias: `weight [out, inner]` (the CPU's [`Linear`], on the GPU).
+/// A dense layer: `weight [out, inner]` and an optional `bias [out]` f32 (the CPU's [`Linear`],
+/// on the GPU).
 pub struct GpuLinear {
     pub weight: GpuMatrix,
+    pub bias: Option<DeviceBuffer<f32>>,
     pub out: usize,
     pub inner: usize,
+}
+
+impl GpuLinear {
+    fn with_bias(self, bias: Option<DeviceBuffer<f32>>) -> Self {
+        Self { bias, ..self }
+    }
+}
+
+/// A norm's weights (`[hidden]` f32): RMSNorm, or LayerNorm when it has a bias.
+pub struct GpuNorm {
+    pub weight: DeviceBuffer<f32>,
+    pub bias: Option<DeviceBuffer<f32>>,
+}
+
+/// The MLP's activation between its two projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `silu(gate) · up`: the input projection holds the gate rows, then the up rows.
+    SwiGlu,
+    /// GELU (tanh approximation) of the input projection plus its bias: GPT-2's.
+    Gelu,
 }
 
 /// Puts each bf16 matrix that arrives on the device into the [`WeightFormat`] the model runs.
@@ -92,7 +115,12 @@ impl Store<'_> {
                 inner,
             )?),
         };
-        Ok(GpuLinear { weight, out, inner })
+        Ok(GpuLinear {
+            weight,
+            bias: None,
+            out,
+            inner,
+        })
     }
 
     /// An FP8 matrix read from an FP8 checkpoint: kept as it is, or expanded to bf16 when the
@@ -107,27 +135,41 @@ impl Store<'_> {
                 GpuMatrix::Bf16(dense)
             }
         };
-        Ok(GpuLinear { weight, out, inner })
+        Ok(GpuLinear {
+            weight,
+            bias: None,
+            out,
+            inner,
+        })
     }
 }
 
 pub struct GpuBlock {
-    pub attn_norm: DeviceBuffer<f32>,
+    pub attn_norm: GpuNorm,
+    /// Q, K and V rows `[q + 2 kv, hidden]`; their bias (Qwen2's, GPT-2's) is added before RoPE.
     pub qkv: GpuLinear,
-    /// `[q + 2 kv]` f32, added before RoPE: Qwen2's; `None` for Llama.
-    pub qkv_bias: Option<DeviceBuffer<f32>>,
     pub o: GpuLinear,
-    pub mlp_norm: DeviceBuffer<f32>,
-    /// Gate rows, then up rows: `[2 ffn, hidden]`.
-    pub gate_up: GpuLinear,
+    pub mlp_norm: GpuNorm,
+    /// The MLP's input projection: gate rows then up rows `[2 ffn, hidden]` (SwiGLU), or
+    /// `[ffn, hidden]` with its bias (GELU).
+    pub up: GpuLinear,
+    pub activation: Activation,
     pub down: GpuLinear,
+}
+
+impl GpuBlock {
+    pub fn linears(&self) -> [&GpuLinear; 4] {
+        [&self.qkv, &self.o, &self.up, &self.down]
+    }
 }
 
 pub struct GpuWeights {
     /// `[vocab, hidden]` bf16.
     pub embed: DeviceBuffer<bf16>,
+    /// Learned positions `[max_positions, hidden]` bf16 (GPT-2); `None` with RoPE.
+    pub positions: Option<DeviceBuffer<bf16>>,
     pub blocks: Vec<GpuBlock>,
-    pub final_norm: DeviceBuffer<f32>,
+    pub final_norm: GpuNorm,
     /// `None`: tied to `embed`.
     pub lm_head: Option<DeviceBuffer<bf16>>,
     pub eps: f32,
@@ -144,7 +186,7 @@ impl GpuWeights {
     pub fn dense_values(&self) -> usize {
         self.blocks
             .iter()
-            .flat_map(|b| [&b.qkv, &b.o, &b.gate_up, &b.down])
+            .flat_map(GpuBlock::linears)
             .filter(|l| matches!(l.weight, GpuMatrix::Fp8(_)))
             .map(|l| l.out * l.inner)
             .max()
@@ -156,13 +198,13 @@ impl GpuWeights {
         let blocks: usize = self
             .blocks
             .iter()
-            .flat_map(|b| [&b.qkv, &b.o, &b.gate_up, &b.down])
+            .flat_map(GpuBlock::linears)
             .map(|l| l.weight.bytes())
             .sum::<usize>();
         blocks + self.lm_head().bytes()
     }
 
-    /// Uploads host weights of a Llama-family model.
+    /// Uploads host weights (any architecture).
     pub fn upload(
         device: &GpuDevice,
         kernels: &Kernels,
@@ -170,54 +212,58 @@ impl GpuWeights {
         cfg: &ModelConfig,
         w: &Weights,
     ) -> Result<Self, ModelError> {
-        check_llama(cfg)?;
         let store = Store {
             device,
             kernels,
             format,
         };
         let matrix = |m: &[f32]| upload_bf16(device, m);
-        let weight =
-            |l: &Linear| store.linear(matrix(&l.weight)?, l.out, l.weight.len() / l.out.max(1));
-        let linear = |l: &Linear| {
-            if l.bias.is_some() {
-                return Err(ModelError::Config(
-                    "the CUDA forward pass has biases on Q, K and V only (Qwen2)".into(),
-                ));
-            }
-            weight(l)
+        let vector =
+            |v: &[f32]| -> Result<DeviceBuffer<f32>, ModelError> { Ok(device.upload_new(v)?) };
+        let linear = |l: &Linear| -> Result<GpuLinear, ModelError> {
+            let inner = l.weight.len() / l.out.max(1);
+            let bias = l.bias.as_deref().map(vector).transpose()?;
+            Ok(store
+                .linear(matrix(&l.weight)?, l.out, inner)?
+                .with_bias(bias))
         };
-        let qkv_bias = |l: &Linear| -> Result<Option<DeviceBuffer<f32>>, ModelError> {
-            Ok(l.bias
-                .as_deref()
-                .map(|b| device.upload_new(b))
-                .transpose()?)
-        };
-        let norm = |n: &Norm| match n {
-            Norm::Rms { weight, .. } => Ok(device.upload_new(weight)?),
-            Norm::Layer { .. } => Err(ModelError::Config(
-                "the CUDA forward pass has RMSNorm only (Llama family)".into(),
-            )),
+        let norm = |n: &Norm| -> Result<GpuNorm, ModelError> {
+            Ok(match n {
+                Norm::Rms { weight, .. } => GpuNorm {
+                    weight: vector(weight)?,
+                    bias: None,
+                },
+                Norm::Layer { weight, bias, .. } => GpuNorm {
+                    weight: vector(weight)?,
+                    bias: Some(vector(bias)?),
+                },
+            })
         };
         let mut blocks = Vec::with_capacity(w.blocks.len());
         for b in &w.blocks {
-            let Mlp::SwiGlu { gate_up, down } = &b.mlp else {
-                return Err(ModelError::Config(
-                    "the CUDA forward pass has SwiGLU MLPs only (Llama family)".into(),
-                ));
+            let (up, activation, down) = match &b.mlp {
+                Mlp::SwiGlu { gate_up, down } => (gate_up, Activation::SwiGlu, down),
+                Mlp::Gelu { fc, proj } => (fc, Activation::Gelu, proj),
             };
+            if activation == Activation::SwiGlu && up.bias.is_some() {
+                return Err(ModelError::Config(
+                    "the CUDA forward pass has no biases on SwiGLU's gate and up projections"
+                        .into(),
+                ));
+            }
             blocks.push(GpuBlock {
                 attn_norm: norm(&b.attn_norm)?,
-                qkv: weight(&b.qkv)?,
-                qkv_bias: qkv_bias(&b.qkv)?,
+                qkv: linear(&b.qkv)?,
                 o: linear(&b.o)?,
                 mlp_norm: norm(&b.mlp_norm)?,
-                gate_up: linear(gate_up)?,
+                up: linear(up)?,
+                activation,
                 down: linear(down)?,
             });
         }
         Ok(Self {
             embed: matrix(&w.embed)?,
+            positions: w.positions.as_deref().map(matrix).transpose()?,
             blocks,
             final_norm: norm(&w.final_norm)?,
             lm_head: w.lm_head.as_deref().map(matrix).transpose()?,
@@ -225,8 +271,8 @@ impl GpuWeights {
         })
     }
 
-    /// Streams a safetensors checkpoint (bf16, f16 or f32, or FP8 block matrices with their
-    /// scales; single or sharded) to the device, tensor by tensor in chunks of
+    /// Streams a Llama-family safetensors checkpoint (bf16, f16 or f32, or FP8 block matrices
+    /// with their scales; single or sharded) to the device, tensor by tensor in chunks of
     /// [`STAGING_BYTES`]; logs progress every few seconds.
     pub fn stream(
         device: &GpuDevice,
@@ -235,7 +281,13 @@ impl GpuWeights {
         cfg: &ModelConfig,
         checkpoint: &Checkpoint,
     ) -> Result<Self, ModelError> {
-        check_llama(cfg)?;
+        if !cfg.arch.streams_to_gpu() {
+            return Err(ModelError::Config(format!(
+                "{} checkpoints load through the host (Conv1D matrices are transposed there), not \
+                 streamed to the GPU",
+                cfg.arch.name()
+            )));
+        }
         let plan = layout::llama(cfg);
         let store = Store {
             device,
@@ -250,8 +302,11 @@ impl GpuWeights {
                 store.linear(streamer.matrix(m)?, m.out(), m.inner)
             }
         };
-        let norm = |name: &str| -> Result<DeviceBuffer<f32>, ModelError> {
-            Ok(device.upload_new(&checkpoint.read_f32(name, &[cfg.hidden])?)?)
+        let norm = |name: &str| -> Result<GpuNorm, ModelError> {
+            Ok(GpuNorm {
+                weight: device.upload_new(&checkpoint.read_f32(name, &[cfg.hidden])?)?,
+                bias: None,
+            })
         };
         let qkv_bias = |parts: &[Part]| -> Result<Option<DeviceBuffer<f32>>, ModelError> {
             if parts.is_empty() {
@@ -266,11 +321,11 @@ impl GpuWeights {
         for b in &plan.blocks {
             blocks.push(GpuBlock {
                 attn_norm: norm(&b.attn_norm)?,
-                qkv: linear(&b.qkv)?,
-                qkv_bias: qkv_bias(&b.qkv_bias)?,
+                qkv: linear(&b.qkv)?.with_bias(qkv_bias(&b.qkv_bias)?),
                 o: linear(&b.o)?,
                 mlp_norm: norm(&b.mlp_norm)?,
-                gate_up: linear(&b.gate_up)?,
+                up: linear(&b.gate_up)?,
+                activation: Activation::SwiGlu,
                 down: linear(&b.down)?,
             });
         }
@@ -283,6 +338,7 @@ impl GpuWeights {
         };
         let weights = Self {
             embed,
+            positions: None,
             blocks,
             final_norm: norm(&plan.final_norm)?,
             lm_head,
@@ -294,7 +350,8 @@ impl GpuWeights {
     }
 
     /// Seeded random weights made on the device, distributed like the host's dummy weights
-    /// (matrices uniform with the variance of N(0, 0.04²), norm weights uniform in [0.8, 1.2)).
+    /// (matrices uniform with the variance of N(0, 0.04²), norm weights uniform in [0.8, 1.2),
+    /// biases in [-0.02, 0.02)).
     pub fn dummy(
         device: &GpuDevice,
         kernels: &Kernels,
@@ -302,8 +359,8 @@ impl GpuWeights {
         cfg: &ModelConfig,
         seed: u64,
     ) -> Result<Self, ModelError> {
-        check_llama(cfg)?;
         let (h, q, kv, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
+        let gpt2 = cfg.arch == Arch::Gpt2;
         let bound = 0.02 * 3f32.sqrt() * 2.0;
         let store = Store {
             device,
@@ -315,28 +372,47 @@ impl GpuWeights {
             kernels.fill_uniform(&mut weight, tensor_seed(seed, name), -bound, bound)?;
             Ok(weight)
         };
-        let linear = |name: &str, out: usize, inner: usize| {
-            store.linear(matrix(name, out, inner)?, out, inner)
-        };
         let uniform = |name: &str, len: usize, lo: f32, hi: f32| {
             let mut values = device.alloc::<f32>(len)?;
             kernels.fill_uniform(&mut values, tensor_seed(seed, name), lo, hi)?;
             Ok::<_, ModelError>(values)
         };
-        let norm = |name: &str| uniform(name, h, 0.8, 1.2);
+        // A bias where the architecture has one.
+        let bias = |name: &str, len: usize, present: bool| {
+            present
+                .then(|| uniform(&format!("{name}.bias"), len, -0.02, 0.02))
+                .transpose()
+        };
+        let linear = |name: &str, out: usize, inner: usize, biased: bool| {
+            Ok::<_, ModelError>(
+                store
+                    .linear(matrix(name, out, inner)?, out, inner)?
+                    .with_bias(bias(name, out, biased)?),
+            )
+        };
+        let norm = |name: &str| {
+            Ok::<_, ModelError>(GpuNorm {
+                weight: uniform(&format!("{name}.weight"), h, 0.8, 1.2)?,
+                bias: bias(name, h, gpt2)?,
+            })
+        };
+        let (activation, up_rows) = if gpt2 {
+            (Activation::Gelu, f)
+        } else {
+            (Activation::SwiGlu, 2 * f)
+        };
         let mut blocks = Vec::with_capacity(cfg.layers);
         for l in 0..cfg.layers {
             let p = format!("model.layers.{l}");
+            let qkv_biased = cfg.arch != Arch::Llama;
             blocks.push(GpuBlock {
-                attn_norm: norm(&format!("{p}.input_layernorm.weight"))?,
-                qkv: linear(&format!("{p}.self_attn.qkv"), q + 2 * kv, h)?,
-                qkv_bias: (cfg.arch == Arch::Qwen2)
-                    .then(|| uniform(&format!("{p}.self_attn.qkv_bias"), q + 2 * kv, -0.02, 0.02))
-                    .transpose()?,
-                o: linear(&format!("{p}.self_attn.o_proj.weight"), h, q)?,
-                mlp_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
-                gate_up: linear(&format!("{p}.mlp.gate_up"), 2 * f, h)?,
-                down: linear(&format!("{p}.mlp.down_proj.weight"), h, f)?,
+                attn_norm: norm(&format!("{p}.input_layernorm"))?,
+                qkv: linear(&format!("{p}.self_attn.qkv"), q + 2 * kv, h, qkv_biased)?,
+                o: linear(&format!("{p}.self_attn.o_proj.weight"), h, q, gpt2)?,
+                mlp_norm: norm(&format!("{p}.post_attention_layernorm"))?,
+                up: linear(&format!("{p}.mlp.gate_up"), up_rows, h, gpt2)?,
+                activation,
+                down: linear(&format!("{p}.mlp.down_proj.weight"), h, f, gpt2)?,
             });
         }
         let lm_head = if cfg.tie_embeddings {
@@ -346,24 +422,17 @@ impl GpuWeights {
         };
         let weights = Self {
             embed: matrix("model.embed_tokens.weight", cfg.vocab_size, h)?,
+            positions: gpt2
+                .then(|| matrix("wpe.weight", cfg.max_positions, h))
+                .transpose()?,
             blocks,
-            final_norm: norm("model.norm.weight")?,
+            final_norm: norm("model.norm")?,
             lm_head,
             eps: cfg.norm_eps,
         };
         device.synchronize()?;
         Ok(weights)
     }
-}
-
-fn check_llama(cfg: &ModelConfig) -> Result<(), ModelError> {
-    if !matches!(cfg.arch, Arch::Llama | Arch::Qwen2) {
-        return Err(ModelError::Config(format!(
-            "the CUDA forward pass runs Llama-family models (Llama, Qwen2), not {}",
-            cfg.arch.name()
-        )));
-    }
-    Ok(())
 }
 
 fn tensor_seed(seed: u64, name: &str) -> u64 {

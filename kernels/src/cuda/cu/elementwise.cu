@@ -1,19 +1,28 @@
-// Row-wise and element-wise kernels of the forward pass: embedding gather, RMSNorm, RoPE with the
-// K/V scatter into the KV region, SwiGLU, greedy sampling, and seeded fills for dummy weights.
+// Row-wise and element-wise kernels of the forward pass: embedding gather (with learned positions),
+// RMSNorm and LayerNorm, RoPE with the K/V scatter into the KV region, SwiGLU, GELU and bias adds,
+// greedy sampling, and seeded fills for dummy weights.
 
-// x[r, :] = table[tokens[r], :] (bf16 table, f32 residual stream). Grid: rows.
-extern "C" __global__ void embed_rows(const unsigned* tokens, const bf16_t* table, float* x, int hidden) {
+// x[r, :] = table[tokens[r], :] + pos_table[positions[r], :] (bf16 tables, f32 residual stream;
+// no position row when pos_table is null (RoPE models) or the row is padding, position
+// 0xffffffff). Grid: rows.
+extern "C" __global__ void embed_rows(const unsigned* tokens, const bf16_t* table,
+                                      const unsigned* positions, const bf16_t* pos_table, float* x,
+                                      int hidden) {
     pdl_enter();
     const bf16_t* src = table + (u64)tokens[blockIdx.x] * hidden;
+    const unsigned pos = pos_table ? positions[blockIdx.x] : 0xffffffffu;
+    const bf16_t* add = pos == 0xffffffffu ? 0 : pos_table + (u64)pos * hidden;
     float* dst = x + (u64)blockIdx.x * hidden;
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = bf2f(src[i]);
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x)
+        dst[i] = add ? bf2f(src[i]) + bf2f(add[i]) : bf2f(src[i]);
 }
 
-// out[r, :] = x[m(r), :] / rms(x[m(r), :]) * weight, m = row_map (identity when null).
-// f32 in, bf16 out; 4 elements per access when hidden is a multiple of 4. Grid: output rows;
-// block: 256 threads.
-extern "C" __global__ void rms_norm_rows(const float* x, const float* weight, bf16_t* out,
-                                         const unsigned* row_map, int hidden, float eps) {
+// out[r, :] = norm(x[m(r), :]) * weight (+ bias), m = row_map (identity when null): RMSNorm when
+// bias is null (Llama family), LayerNorm otherwise (the row's mean subtracted first, bias added:
+// GPT-2). f32 in, bf16 out; 4 elements per access when hidden is a multiple of 4. Grid: output
+// rows; block: 256 threads.
+extern "C" __global__ void norm_rows(const float* x, const float* weight, const float* bias,
+                                     bf16_t* out, const unsigned* row_map, int hidden, float eps) {
     pdl_enter();
     unsigned src_row = row_map ? row_map[blockIdx.x] : blockIdx.x;
     const float* row = x + (u64)src_row * hidden;
@@ -21,24 +30,43 @@ extern "C" __global__ void rms_norm_rows(const float* x, const float* weight, bf
     if ((hidden & 3) == 0) {
         const float4* row4 = (const float4*)row;
         const float4* w4 = (const float4*)weight;
+        const float4* b4 = (const float4*)bias;
+        float mean = 0.0f;
+        if (bias) {
+            float s = 0.0f;
+            for (int i = threadIdx.x; i < hidden / 4; i += blockDim.x) {
+                float4 v = row4[i];
+                s += v.x + v.y + v.z + v.w;
+            }
+            mean = block_sum(s) / (float)hidden;
+        }
         float ss = 0.0f;
         for (int i = threadIdx.x; i < hidden / 4; i += blockDim.x) {
             float4 v = row4[i];
+            v = make_float4(v.x - mean, v.y - mean, v.z - mean, v.w - mean);
             ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
         }
         float inv = rsqrtf(block_sum(ss) / (float)hidden + eps);
         for (int i = threadIdx.x; i < hidden / 4; i += blockDim.x) {
-            float4 v = row4[i], w = w4[i];
-            uint2 packed = make_uint2(pack_bf2(v.x * inv * w.x, v.y * inv * w.y),
-                                      pack_bf2(v.z * inv * w.z, v.w * inv * w.w));
+            float4 v = row4[i], w = w4[i], b = bias ? b4[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+            uint2 packed = make_uint2(
+                pack_bf2((v.x - mean) * inv * w.x + b.x, (v.y - mean) * inv * w.y + b.y),
+                pack_bf2((v.z - mean) * inv * w.z + b.z, (v.w - mean) * inv * w.w + b.w));
             *(uint2*)(o + 4 * i) = packed;
         }
         return;
     }
+    float mean = 0.0f;
+    if (bias) {
+        float s = 0.0f;
+        for (int i = threadIdx.x; i < hidden; i += blockDim.x) s += row[i];
+        mean = block_sum(s) / (float)hidden;
+    }
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) ss += row[i] * row[i];
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) ss += (row[i] - mean) * (row[i] - mean);
     float inv = rsqrtf(block_sum(ss) / (float)hidden + eps);
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = f2bf(row[i] * inv * weight[i]);
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x)
+        o[i] = f2bf((row[i] - mean) * inv * weight[i] + (bias ? bias[i] : 0.0f));
 }
 
 // RoPE (rotate-half) on Q and K of one row of `qkv` (f32, [q | k | v]) plus `bias` (the same
@@ -125,6 +153,26 @@ extern "C" __global__ void silu_mul_rows(const bf16_t* gu, bf16_t* out, int rows
             o[j] = f2bf(swiglu(bf2f(g[j]), bf2f(u[j])));
         }
     }
+}
+
+// out[r, j] = gelu(in[r, j] + bias[j]), GELU's tanh approximation (GPT-2's `gelu_new`); bf16 in
+// and out, f32 bias. Grid: (ceil(n / 256), rows); block: 256.
+extern "C" __global__ void gelu_bias_rows(const bf16_t* in, const float* bias, bf16_t* out, int n) {
+    pdl_enter();
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    const u64 at = (u64)blockIdx.y * n + j;
+    const float v = bf2f(in[at]) + bias[j];
+    const float inner = 0.7978845608f * (v + 0.044715f * v * v * v);
+    out[at] = f2bf(0.5f * v * (1.0f + tanhf(inner)));
+}
+
+// x[r, j] += bias[j] (f32): the bias of a projection whose product was added to x. Grid:
+// (ceil(n / 256), rows); block: 256.
+extern "C" __global__ void add_bias_rows(float* x, const float* bias, int n) {
+    pdl_enter();
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j < n) x[(u64)blockIdx.y * n + j] += bias[j];
 }
 
 // out[r] = the first index of the largest value of logits[r, :] (NaN is never the largest).
