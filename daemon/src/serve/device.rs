@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use super::{Device, ServeArgs};
 use crate::kv::{KvConfig, KvManager};
 use crate::model::{Forward, Model, ModelConfig};
+use crate::vocab::serving::ServedPatch;
 
 /// A usable GPU, in a `cuda` build.
 #[cfg(feature = "cuda")]
@@ -84,10 +85,12 @@ fn kv_config(
     })
 }
 
-/// The forward pass and the KV region on the chosen device.
+/// The forward pass and the KV region on the chosen device; `vocab_patch`: a patch the GPU lays
+/// into its own embedding and head (a host model came patched).
 pub fn forward_and_kv(
     gpu: Option<Gpu>,
     model: Option<Model>,
+    vocab_patch: Option<&ServedPatch>,
     config: &ModelConfig,
     max_context: usize,
     args: &ServeArgs,
@@ -140,13 +143,16 @@ pub fn forward_and_kv(
             tracing::info!(
                 "compiling CUDA kernels (NVRTC; cached after the first start) and uploading weights"
             );
-            let forward = match (model, checkpoint_dir) {
+            let mut forward = match (model, checkpoint_dir) {
                 (Some(model), _) => GpuModel::from_host(gpu.clone(), &model, options)?,
                 (None, Some(dir)) => {
                     GpuModel::from_checkpoint(gpu.clone(), config.clone(), &dir, options)?
                 }
                 (None, None) => GpuModel::dummy(gpu.clone(), config.clone(), args.seed, options)?,
             };
+            if let Some(patch) = vocab_patch {
+                patch_gpu_vocab(&mut forward, patch, config)?;
+            }
             tracing::info!(
                 seconds = started.elapsed().as_secs_f64(),
                 graphs = !args.no_cuda_graphs,
@@ -163,10 +169,42 @@ pub fn forward_and_kv(
         }
         #[cfg(not(feature = "cuda"))]
         Some(never) => {
-            let _ = (config, max_context, args);
+            let _ = (config, max_context, args, vocab_patch);
             match never {}
         }
     }
+}
+
+/// Lays `patch`'s vocabulary into the GPU model's embedding and head (its new rows rounded to
+/// bf16, as the device holds every row).
+#[cfg(feature = "cuda")]
+fn patch_gpu_vocab(
+    forward: &mut crate::model::cuda::GpuModel,
+    patch: &ServedPatch,
+    config: &ModelConfig,
+) -> anyhow::Result<()> {
+    use crate::model::ModelError;
+    use crate::model::cuda::VocabMatrix;
+    use half::bf16;
+    let started = Instant::now();
+    let rounded = |rows: &[f32]| rows.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>();
+    let (input, output) = (rounded(&patch.rows.input), rounded(&patch.rows.output));
+    forward.remap_vocab(|base, matrix| {
+        let new_rows = match matrix {
+            VocabMatrix::Input => &input,
+            VocabMatrix::Output => &output,
+        };
+        (patch.tokenizer)
+            .remap_rows(base, config.vocab_size, config.hidden, new_rows)
+            .map_err(|e| ModelError::Input(e.to_string()))
+    })?;
+    tracing::info!(
+        patch = %patch.artifact.dir.display(),
+        new_tokens = patch.rows.ids.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "vocabulary patch applied to the GPU's embedding and LM head"
+    );
+    Ok(())
 }
 
 /// Bytes of GPU memory for KV pages: free memory now (weights and work buffers are already

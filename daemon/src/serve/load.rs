@@ -16,6 +16,7 @@ use crate::model::safetensors::SafetensorsSource;
 use crate::model::weights::TensorSource;
 use crate::model::{Model, ModelConfig};
 use crate::tokenizer::Codec;
+use crate::vocab::serving::ServedPatch;
 
 /// The default model's file name in the model cache (fetched by `scripts/fetch-model.sh`).
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -84,6 +85,9 @@ fn looks_like_hub_name(spec: &str) -> bool {
 /// model's shape, its tokenizer and the name it is served under by default.
 pub struct Loaded {
     pub model: Option<Model>,
+    /// A vocabulary patch whose rows the GPU lays into its own embedding and head once its
+    /// weights are there (`model` is `None`); a host model is patched here already.
+    pub vocab_patch: Option<ServedPatch>,
     pub config: ModelConfig,
     pub codec: Codec,
     pub default_name: String,
@@ -152,14 +156,25 @@ pub fn load(args: &ServeArgs, on_gpu: bool, step: &dyn Fn(String)) -> anyhow::Re
         None => codec,
         Some(template) => codec.with_chat_template(chat_template_source(template)?)?,
     };
-    let codec = match &args.patch_tokenizer {
-        None => codec,
-        Some(dir) => {
-            let model = model.as_mut().context(
-                "--patch-tokenizer needs host weights, not dummy weights made on the GPU",
-            )?;
+    let sha256 = args.patch_sha256.as_deref();
+    let (codec, vocab_patch) = match (&args.patch_tokenizer, model.as_mut()) {
+        (None, _) => (codec, None),
+        (Some(dir), Some(model)) => {
             step("applying the vocabulary patch".into());
-            apply_patch(model, codec, dir, args.patch_sha256.as_deref())?
+            (apply_patch(model, codec, dir, sha256)?, None)
+        }
+        (Some(dir), None) => {
+            step("reading the vocabulary patch (the GPU applies it to its weights)".into());
+            let (codec, patch) = load_patch(dir, sha256, codec)?;
+            if patch.rows.hidden != config.hidden {
+                bail!(
+                    "the patch {} has rows of {} values; the model's hidden size is {}",
+                    dir.display(),
+                    patch.rows.hidden,
+                    config.hidden
+                );
+            }
+            (codec, Some(patch))
         }
     };
     if codec.vocab_size() > config.vocab_size {
@@ -176,6 +191,7 @@ pub fn load(args: &ServeArgs, on_gpu: bool, step: &dyn Fn(String)) -> anyhow::Re
     );
     Ok(Loaded {
         model,
+        vocab_patch,
         config,
         codec,
         default_name,
@@ -183,16 +199,12 @@ pub fn load(args: &ServeArgs, on_gpu: bool, step: &dyn Fn(String)) -> anyhow::Re
 }
 
 /// Whether the GPU loads `path` itself, streaming the checkpoint to the device: an HF directory
-/// of a family the GPU streams (GPT-2's goes through the host, which transposes its matrices),
-/// without a patch tokenizer (a patch needs the host's embedding and head).
+/// of a family the GPU streams (GPT-2's goes through the host, which transposes its matrices).
 pub fn streams_to_gpu(args: &ServeArgs, path: &Path) -> bool {
     let streamable = || {
         ModelConfig::from_hf_json(&path.join("config.json")).is_ok_and(|c| c.arch.streams_to_gpu())
     };
-    args.load_format == LoadFormat::Auto
-        && path.is_dir()
-        && args.patch_tokenizer.is_none()
-        && streamable()
+    args.load_format == LoadFormat::Auto && path.is_dir() && streamable()
 }
 
 /// `--chat-template`: a file's contents, or the value itself when it is a template (vLLM's
@@ -302,6 +314,17 @@ fn checkpoint_bytes(path: &Path) -> u64 {
 }
 
 /// Loads the AdaptiVocab patch in `dir` onto `codec` (refusing one built for another base
+/// tokenizer, or whose digest is not `sha256`), keeping its rows for the weights.
+fn load_patch(
+    dir: &Path,
+    sha256: Option<&str>,
+    codec: Codec,
+) -> anyhow::Result<(Codec, ServedPatch)> {
+    crate::vocab::serving::load_for_serving(dir, sha256, codec)
+        .with_context(|| format!("loading the patch tokenizer {}", dir.display()))
+}
+
+/// Loads the AdaptiVocab patch in `dir` onto `codec` (refusing one built for another base
 /// tokenizer, or whose digest is not `sha256`) and patches `model`'s embedding and LM head.
 pub fn apply_patch(
     model: &mut Model,
@@ -309,8 +332,7 @@ pub fn apply_patch(
     dir: &Path,
     sha256: Option<&str>,
 ) -> anyhow::Result<Codec> {
-    let (codec, patch) = crate::vocab::serving::load_for_serving(dir, sha256, codec)
-        .with_context(|| format!("loading the patch tokenizer {}", dir.display()))?;
+    let (codec, patch) = load_patch(dir, sha256, codec)?;
     let weights = &mut model.weights;
     let (embed, head) = patch.tokenizer.remap_embedding_and_head(
         &weights.embed,
@@ -370,10 +392,10 @@ mod tests {
             std::fs::write(model.join("config.json"), config.to_string()).unwrap();
             assert_eq!(streams_to_gpu(&args(&[]), &model), streams, "{preset}");
         }
-        // A patch needs the host's embedding and head; an unreadable config loads on the host,
+        // A patch is laid into the GPU's own matrices; an unreadable config loads on the host,
         // which reports it.
         let llama = dir.path().join("smollm2-135m");
-        assert!(!streams_to_gpu(&args(&["--patch-tokenizer", "p"]), &llama));
+        assert!(streams_to_gpu(&args(&["--patch-tokenizer", "p"]), &llama));
         std::fs::write(llama.join("config.json"), "{").unwrap();
         assert!(!streams_to_gpu(&args(&[]), &llama));
     }

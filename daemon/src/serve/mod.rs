@@ -156,7 +156,14 @@ fn start(
     let loaded = load::load(args, gpu.is_some(), &step)?;
     let max_context = args.max_context.min(loaded.config.max_positions);
     step("reserving KV memory".into());
-    let (model, kv) = device::forward_and_kv(gpu, loaded.model, &loaded.config, max_context, args)?;
+    let (model, kv) = device::forward_and_kv(
+        gpu,
+        loaded.model,
+        loaded.vocab_patch.as_ref(),
+        &loaded.config,
+        max_context,
+        args,
+    )?;
     let kv_stats = kv.stats();
     tracing::info!(
         backend = kv_stats.backend,

@@ -114,13 +114,14 @@ impl PatchTokenizer {
     /// order). `base` is `[rows, hidden]` with `rows ≥ vocab_size`; rows past the vocabulary
     /// (padding) are copied unchanged. Use it for the input embedding (`NewRows::input`) and,
     /// separately, the LM head (`NewRows::output`) — a model with tied embeddings must untie them.
-    pub fn remap_rows(
+    /// Any element type: the host's `f32` matrices, the GPU's `bf16` ones.
+    pub fn remap_rows<T: Copy>(
         &self,
-        base: &[f32],
+        base: &[T],
         rows: usize,
         hidden: usize,
-        new_rows: &[f32],
-    ) -> Result<Vec<f32>> {
+        new_rows: &[T],
+    ) -> Result<Vec<T>> {
         if base.len() != rows * hidden || rows < self.vocab_size || hidden == 0 {
             return Err(VocabError::BadMatrix {
                 len: base.len(),

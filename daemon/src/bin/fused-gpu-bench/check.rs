@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fused_daemon::kv::{KvBudget, KvConfig, KvLayout, KvManager};
-use fused_daemon::model::cuda::{GpuModel, GpuOptions, WeightFormat};
+use fused_daemon::model::cuda::{GpuModel, GpuOptions, VocabMatrix, WeightFormat};
 use fused_daemon::model::dense_kv::DenseKv;
 use fused_daemon::model::weights::Weights;
 use fused_daemon::model::{Forward, Logits, LogitsWanted, Model, ModelConfig, SeqChunk};
@@ -197,6 +197,7 @@ pub fn run(
         )?;
     }
     fp8_checkpoint(device, small_gqa(), seed, report)?;
+    vocab_remap(device, seed, report)?;
     if let Some(dir) = hf_dir {
         for (name, cfg) in [
             ("llama-gqa-d128", small_gqa()),
@@ -402,6 +403,65 @@ fn one_sequence_kv(device: &Arc<GpuDevice>, cfg: &ModelConfig) -> anyhow::Result
     Ok(KvManager::cuda(&kv_config, device.context().clone())?)
 }
 
+/// The largest difference between two passes' logits; NaN when either has a value that is not
+/// finite or they differ in length (so the check fails).
+fn max_abs_diff(a: &Logits, b: &Logits) -> f64 {
+    let finite = |l: &Logits| l.data.iter().all(|v| v.is_finite());
+    if a.data.len() != b.data.len() || !finite(a) || !finite(b) {
+        return f64::NAN;
+    }
+    let diffs = a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs());
+    f64::from(diffs.fold(0f32, f32::max))
+}
+
+/// `m [rows, hidden]` with its rows rotated `by` rows up: a stand-in for a vocabulary patch's
+/// row layout.
+fn rotate_rows<T: Copy>(m: &[T], hidden: usize, by: usize) -> Vec<T> {
+    let mut out = m.to_vec();
+    out.rotate_left(by * hidden);
+    out
+}
+
+/// A vocabulary patch laid into the GPU's own embedding and head (`GpuModel::remap_vocab`, what
+/// `serve --patch-tokenizer` does to streamed or dummy weights) is the model whose host weights
+/// were patched before the upload: prompt logits bit for bit. SmolLM2's tied head becomes its
+/// own matrix on both sides.
+fn vocab_remap(device: &Arc<GpuDevice>, seed: u64, report: &mut Report) -> anyhow::Result<()> {
+    let cfg = ModelConfig {
+        layers: 2,
+        ..ModelConfig::preset("smollm2-135m").expect("preset exists")
+    };
+    let (hidden, input_shift, output_shift) = (cfg.hidden, 7, 11);
+    let mut host = Model::dummy(cfg.clone(), seed % 1000)?;
+    round_weights(&mut host.weights);
+    let mut patched = host.weights.clone();
+    let embed = rotate_rows(&patched.embed, hidden, input_shift);
+    let head = rotate_rows(patched.lm_head(), hidden, output_shift);
+    patched.set_vocab(embed, head);
+    let patched = Model::new(cfg.clone(), patched);
+    let mut kv = one_sequence_kv(device, &cfg)?;
+    let prompt = tokens(seed ^ 4, 64, cfg.vocab_size);
+    let slot = kv.admit(prompt.len())?;
+    kv.sync()?;
+    let whole_prompt = [chunk(slot, 0, &prompt, LogitsWanted::All)];
+    let mut remapped = GpuModel::from_host(device.clone(), &host, GpuOptions::default())?;
+    remapped.remap_vocab(|base, matrix| {
+        let by = match matrix {
+            VocabMatrix::Input => input_shift,
+            VocabMatrix::Output => output_shift,
+        };
+        Ok(rotate_rows(base, hidden, by))
+    })?;
+    let got = remapped.forward(&whole_prompt, &kv)?;
+    drop(remapped);
+    let mut uploaded = GpuModel::from_host(device.clone(), &patched, GpuOptions::default())?;
+    let want = uploaded.forward(&whole_prompt, &kv)?;
+    let name = "vocabulary remapped on the GPU = patched host weights (max |dlogit|)";
+    report.check("check", name, max_abs_diff(&got, &want), 0.0);
+    kv.shutdown()?;
+    Ok(())
+}
+
 /// An FP8 checkpoint of `cfg` (E4M3 block matrices, scales per row and per tensor) streamed to
 /// the device, kept FP8 and expanded to bf16, against the CPU model of the values it decodes to:
 /// prompt logits within the forward check's tolerance.
@@ -485,16 +545,13 @@ fn hf_export(
         (model?, "read on the host")
     };
     let again = loaded.forward(&whole_prompt, &kv)?;
-    let max_diff = (logits.data.iter().zip(&again.data))
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
     report.check(
         "check",
         &format!(
             "{} checkpoint {how} = uploaded weights (max |dlogit|)",
             cfg.arch.name()
         ),
-        f64::from(max_diff),
+        max_abs_diff(&logits, &again),
         0.0,
     );
     drop(loaded);

@@ -19,7 +19,7 @@ mod scratch;
 mod weights;
 
 #[cfg(feature = "cuda")]
-pub use model::{GpuModel, GpuOptions};
+pub use model::{GpuModel, GpuOptions, VocabMatrix};
 #[cfg(feature = "cuda")]
 pub use weights::WeightFormat;
 

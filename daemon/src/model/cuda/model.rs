@@ -75,6 +75,15 @@ fn default_kernel_cache() -> Option<PathBuf> {
     Some(base.join("fusedmodel").join("kernels"))
 }
 
+/// Which vocabulary matrix [`GpuModel::remap_vocab`] hands over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VocabMatrix {
+    /// The input embedding.
+    Input,
+    /// The LM head.
+    Output,
+}
+
 pub struct GpuModel {
     config: ModelConfig,
     device: Arc<GpuDevice>,
@@ -241,6 +250,36 @@ impl GpuModel {
             self.options.max_context = tokens;
             self.graphs.clear();
         }
+    }
+
+    /// Lays the input embedding and the LM head out anew (a vocabulary patch): `remap` gets each
+    /// base matrix `[vocab, hidden]` bf16 and which one it is, and returns the patched matrix of
+    /// the same shape. A tied head becomes its own matrix. Host memory: the base matrices and
+    /// the patched one being uploaded.
+    pub fn remap_vocab(
+        &mut self,
+        remap: impl Fn(&[half::bf16], VocabMatrix) -> Result<Vec<half::bf16>, ModelError>,
+    ) -> Result<(), ModelError> {
+        self.device.bind()?;
+        let download = |buffer: &DeviceBuffer<half::bf16>| {
+            let mut host = vec![half::bf16::ZERO; buffer.len()];
+            self.device.download(buffer, &mut host)?;
+            Ok::<_, ModelError>(host)
+        };
+        let embed = download(&self.weights.embed)?;
+        let head = self.weights.lm_head.as_ref().map(download).transpose()?;
+        let patched = remap(&embed, VocabMatrix::Input)?;
+        self.device.upload(&mut self.weights.embed, &patched)?;
+        let patched = remap(head.as_deref().unwrap_or(&embed), VocabMatrix::Output)?;
+        match &mut self.weights.lm_head {
+            Some(head) => self.device.upload(head, &patched)?,
+            None => {
+                // The head's address changes: graphs captured with the tied one are stale.
+                self.weights.lm_head = Some(self.device.upload_new(&patched)?);
+                self.graphs.clear();
+            }
+        }
+        Ok(())
     }
 
     /// The kernels, for benchmarks that time single operations.
