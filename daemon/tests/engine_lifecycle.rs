@@ -31,6 +31,9 @@ enum Kind {
     PanicsAt(usize),
     /// Every forward call fails.
     AlwaysFails,
+    /// The model has 64 rows past the tokenizer's ids (a padded vocabulary), and those rows
+    /// score highest.
+    PaddingWins,
 }
 
 struct Faulty {
@@ -57,6 +60,14 @@ impl Forward for Faulty {
         match self.kind {
             Kind::PanicsAt(at) if call == at => panic!("injected panic in forward call {call}"),
             Kind::AlwaysFails => Err(ModelError::Device("injected device failure".into())),
+            Kind::PaddingWins => {
+                let mut logits = self.model.forward(chunks, kv)?;
+                let decodable = logits.vocab - PADDING_ROWS;
+                for row in logits.data.chunks_mut(logits.vocab) {
+                    row[decodable..].fill(1e4);
+                }
+                Ok(logits)
+            }
             _ => self.model.forward(chunks, kv),
         }
     }
@@ -66,15 +77,23 @@ fn start(max_seqs: usize, budget: usize) -> Option<Engine> {
     start_with(max_seqs, budget, Kind::Plain)
 }
 
+/// Rows of [`Kind::PaddingWins`]'s model past the tokenizer's ids.
+const PADDING_ROWS: usize = 64;
+
 fn start_with(max_seqs: usize, budget: usize, kind: Kind) -> Option<Engine> {
     let codec = fixtures::smollm2()?;
+    let tiny = ModelConfig::preset("tiny-llama").unwrap();
     // Big enough that a step takes a noticeable fraction of a millisecond.
     let config = ModelConfig {
         hidden: 256,
         layers: 4,
         head_dim: 64,
         ffn: 768,
-        ..ModelConfig::preset("tiny-llama").unwrap()
+        vocab_size: match kind {
+            Kind::PaddingWins => codec.vocab_size() + PADDING_ROWS,
+            _ => tiny.vocab_size,
+        },
+        ..tiny
     };
     let model = Model::dummy(config, 0).unwrap();
     let c = &model.config;
@@ -207,6 +226,40 @@ async fn requests_finish_with_exactly_max_tokens() {
     wait_idle(&metrics).await;
     assert_eq!(engine.in_flight(), 0, "permits come back when requests end");
     assert_eq!(finished(&metrics, "length"), 6);
+    engine.shutdown();
+    drop(streams);
+    thread.join().unwrap();
+}
+
+/// A model with more rows than its tokenizer has ids (Qwen2's padded vocabulary) never outputs
+/// an id the tokenizer cannot decode, greedy or sampled, even when those rows score highest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_past_the_tokenizer_are_never_sampled() {
+    let Some(Engine {
+        handle: engine,
+        metrics,
+        thread,
+    }) = start_with(4, 32, Kind::PaddingWins)
+    else {
+        return;
+    };
+    let sampled = SamplingParams {
+        temperature: 1.0,
+        seed: Some(3),
+        ..SamplingParams::greedy()
+    };
+    let mut streams = Vec::new();
+    for (i, sampling) in [SamplingParams::greedy(), sampled].into_iter().enumerate() {
+        let mut request = request(20 + i, 6);
+        request.sampling = sampling;
+        streams.push(submit(&engine, request).await);
+    }
+    for stream in &mut streams {
+        let (_, tokens, reason, _) = run_to_end(stream).await;
+        assert_eq!((tokens, reason), (6, FinishReason::Length));
+    }
+    wait_idle(&metrics).await;
+    assert_eq!(finished(&metrics, "length"), 2);
     engine.shutdown();
     drop(streams);
     thread.join().unwrap();

@@ -200,10 +200,12 @@ impl Worker {
         permits: Vec<Permit>,
         events: &UnboundedSender<Event>,
     ) -> Result<(), EngineError> {
+        let decodable = self.parts.codec.vocab_size();
         let limits = Limits {
             codec: &self.parts.codec,
             eos_ids: &self.parts.eos_ids,
             max_context: self.parts.max_context,
+            sampled_vocab: (decodable < self.parts.model.config().vocab_size).then_some(decodable),
         };
         let mut added = Vec::with_capacity(ids.len());
         let hasher = self.parts.prefix_caching.clone();

@@ -8,9 +8,9 @@ use fused_kernels::compare::rel_l2;
 use fused_kernels::cpu::{self, AttentionShape, RopeTable};
 use fused_kernels::cuda::{
     BatchArrays, BatchShape, Blas, CudaError, DecodeSplits, DeviceBatch, DeviceBuffer, DeviceView,
-    E4M3_MAX, Element, Fp8Matrix, GEMV_MAX_ROWS, GpuDevice, IndexBuffer, Kernels, Linear,
-    LinearOut, LinearShape, NormRows, PREFILL_TILE_ROWS, PositionEmbedding, RopeTables, WeightView,
-    e4m3_to_f32,
+    E4M3_MAX, Element, Fp8Matrix, GEMV_MAX_ROWS, GemvBuild, GpuDevice, IndexBuffer, Kernels,
+    Linear, LinearOut, LinearShape, NormRows, PREFILL_TILE_ROWS, PositionEmbedding, RopeTables,
+    WeightView, e4m3_to_f32,
 };
 use half::bf16;
 
@@ -151,26 +151,17 @@ impl Check<'_> {
         Ok(())
     }
 
-    /// Runs the GEMV checks with the streaming build, the tensor-core build, or (neither) the
-    /// warp-per-row build.
-    fn use_gemv(&mut self, stream: bool, mma: bool) {
-        self.kernels.gemv_stream = stream;
-        self.kernels.gemv_mma = mma;
-    }
-
     /// Which GEMV build the checks run (the names say it).
     fn gemv_kind(&self) -> &'static str {
-        if self.kernels.gemv_mma {
-            "mma"
-        } else if self.kernels.gemv_stream {
-            "stream"
-        } else {
-            "per-row"
+        match self.kernels.gemv_build {
+            GemvBuild::TensorCores => "mma",
+            GemvBuild::PerRow => "per-row",
+            GemvBuild::Auto => "auto",
         }
     }
 
-    /// The GEMV (the per-row build with its rows split over 1, the default number of and 8
-    /// warps; the streaming build once), plain and with SwiGLU folded in (`w` a stacked `[gate; up]` of `2 out` rows), against a GEMM and SwiGLU
+    /// The GEMV with its rows split over 1, the default number of and 8 warps, plain and with
+    /// SwiGLU folded in (`w` a stacked `[gate; up]` of `2 out` rows), against a GEMM and SwiGLU
     /// on the CPU.
     fn gemv_splits(&mut self, rows: usize, out: usize, inner: usize) -> Result<(), CudaError> {
         let x = round_bf16(&self.rng.vec(rows * inner, -1.0, 1.0));
@@ -187,12 +178,8 @@ impl Check<'_> {
         };
         let halves = LinearShape { out, ..stacked };
         let default_blocks = self.kernels.gemv_min_blocks;
-        let splits: &[_] = if self.kernels.gemv_stream || self.kernels.gemv_mma {
-            &[("-", default_blocks)]
-        } else {
-            &[("1", 0), ("default", default_blocks), ("8", usize::MAX)]
-        };
-        for &(split, min_blocks) in splits {
+        let splits = [("1", 0), ("default", default_blocks), ("8", usize::MAX)];
+        for (split, min_blocks) in splits {
             self.kernels.gemv_min_blocks = min_blocks;
             let mut y = self.poisoned::<f32>(rows * 2 * out)?;
             let mut y_act = self.poisoned::<bf16>(rows * out)?;
@@ -701,8 +688,8 @@ fn run(seed: u64) -> Result<usize, CudaError> {
         failures: 0,
     };
     // Every product check once per GEMV build (cuBLAS's rows again with each: cheap).
-    for (stream, mma) in [(false, false), (true, false), (false, true)] {
-        check.use_gemv(stream, mma);
+    for build in [GemvBuild::PerRow, GemvBuild::TensorCores] {
+        check.kernels.gemv_build = build;
         check.gemm(1, 4096, 4096)?;
         check.gemm(3, 22016, 4096)?;
         check.gemm(8, 4096, 11008)?;
@@ -721,7 +708,7 @@ fn run(seed: u64) -> Result<usize, CudaError> {
         check.fp8(8, 2048, 4096)?;
         check.fp8(100, 2048, 4096)?;
     }
-    check.use_gemv(false, false);
+    check.kernels.gemv_build = GemvBuild::default();
     check.embed_and_norm(37, 4096, 1000)?;
     check.silu_and_argmax(29, 11008, 32000)?;
     // Widths off the vectorised paths.

@@ -18,8 +18,6 @@ pub struct GpuDevice {
     name: String,
     compute_capability: (i32, i32),
     multiprocessors: usize,
-    /// Opt-in shared memory per block, bytes.
-    shared_per_block: usize,
 }
 
 impl std::fmt::Debug for GpuDevice {
@@ -74,11 +72,6 @@ impl GpuDevice {
             let multiprocessors = context
                 .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
                 .during("cuDeviceGetAttribute(multiprocessors)")?;
-            let shared_optin = context
-                .attribute(
-                    sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-                )
-                .during("cuDeviceGetAttribute(shared memory per block)")?;
             let name = context.name().during("cuDeviceGetName")?;
             Ok(Self {
                 context,
@@ -86,7 +79,6 @@ impl GpuDevice {
                 name,
                 compute_capability,
                 multiprocessors: usize::try_from(multiprocessors).unwrap_or(1).max(1),
-                shared_per_block: usize::try_from(shared_optin).unwrap_or(0),
             })
         })
     }
@@ -117,11 +109,6 @@ impl GpuDevice {
 
     pub fn multiprocessors(&self) -> usize {
         self.multiprocessors
-    }
-
-    /// The most shared memory a block may ask for (with the opt-in attribute).
-    pub fn shared_per_block(&self) -> usize {
-        self.shared_per_block
     }
 
     /// Makes the context current on the calling thread (each thread that launches must).

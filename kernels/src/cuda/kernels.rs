@@ -14,7 +14,7 @@ use super::compile::{CacheStatus, compile_cubin};
 use super::device::GpuDevice;
 use super::error::{CudaError, DriverResult, as_u32};
 use super::launch::{In, Kernel, Nullable, Out, Signature};
-use super::linear::{GEMV_STREAM_BLOCKS_PER_SM, OutVoid};
+use super::linear::{GemvBuild, OutVoid};
 
 /// The kernel sources, in the order they are concatenated for NVRTC.
 pub const SOURCES: [(&str, &str); 5] = [
@@ -90,10 +90,6 @@ pub(crate) type Combine = Kernel<(In<f32>, In<f32>, In<u32>, Out<bf16>, i32, i32
 pub(crate) type Gemv = Kernel<(In<bf16>, In<bf16>, OutVoid, i32, i32, i32, i32, i32)>;
 /// `gemv_fp8_r*_p*(x, w, scale, y, rows, out, in, mode, ksplit)`.
 pub(crate) type GemvFp8 = Kernel<(In<bf16>, In<u8>, In<f32>, OutVoid, i32, i32, i32, i32, i32)>;
-/// `gemv_stream_r*_p*(x, w, y, rows, out, in, mode)`.
-pub(crate) type GemvStream = Kernel<(In<bf16>, In<bf16>, OutVoid, i32, i32, i32, i32)>;
-/// `gemv_stream_fp8_r*_p*(x, w, scale, y, rows, out, in, mode)`.
-pub(crate) type GemvStreamFp8 = Kernel<(In<bf16>, In<u8>, In<f32>, OutVoid, i32, i32, i32, i32)>;
 /// `quantize_fp8_rows(w, q, scale, in)`.
 pub(crate) type QuantizeFp8 = Kernel<(In<bf16>, Out<u8>, Out<f32>, i32)>;
 /// `dequantize_fp8_rows(q, scale, w, out, in)`.
@@ -148,24 +144,13 @@ pub struct Kernels {
     pub(crate) gemv: Vec<Gemv>,
     /// `gemv_fp8_r{1,2,4,8}_p{pair}` at `4 pair + rows bucket`.
     pub(crate) gemv_fp8: Vec<GemvFp8>,
-    /// `gemv_stream_r{1,2,4,8}_p{pair}` at `4 pair + rows bucket`.
-    pub(crate) gemv_stream_bf16: Vec<GemvStream>,
-    /// `gemv_stream_fp8_r{1,2,4,8}_p{pair}` at `4 pair + rows bucket`.
-    pub(crate) gemv_stream_fp8: Vec<GemvStreamFp8>,
-    /// GEMVs through the streaming kernels (a fixed grid whose warps stream runs of rows, the
-    /// inputs in shared memory) where their inputs fit, rather than a warp per row. Off by
-    /// default: not faster on the H100 (docs/BENCHMARKS.md); benchmarks turn it on.
-    pub gemv_stream: bool,
     /// `gemv_mma_p{pair}`: the tensor-core GEMV.
     pub(crate) gemv_mma_bf16: Vec<Gemv>,
     /// `gemv_mma_fp8_p{pair}`.
     pub(crate) gemv_mma_fp8: Vec<GemvFp8>,
-    /// GEMVs on the tensor cores (16 weight rows against up to 8 input rows per MMA) where the
-    /// inner size allows, rather than a warp per row. Benchmarks turn it on.
-    pub gemv_mma: bool,
-    /// Bytes of inputs (`rows × inner` bf16) a streaming GEMV block can hold with its SM's other
-    /// blocks resident.
-    pub(crate) gemv_stream_inputs: usize,
+    /// Which GEMV build runs each product (default: [`GemvBuild::Auto`]); benchmarks and
+    /// checks pin one.
+    pub gemv_build: GemvBuild,
     pub(crate) quantize_fp8: QuantizeFp8,
     pub(crate) dequantize_fp8: DequantizeFp8,
     /// Blocks a GEMV should have: rows are split over up to 8 warps until it has as many (the
@@ -243,13 +228,9 @@ impl Kernels {
             prefill_occupancy3: false,
             gemv: load_family(m, gemv_names!("gemv"))?,
             gemv_fp8: load_family(m, gemv_names!("gemv_fp8"))?,
-            gemv_stream_bf16: load_family(m, gemv_names!("gemv_stream"))?,
-            gemv_stream_fp8: load_family(m, gemv_names!("gemv_stream_fp8"))?,
             gemv_mma_bf16: load_family(m, ["gemv_mma_p0", "gemv_mma_p1"])?,
             gemv_mma_fp8: load_family(m, ["gemv_mma_fp8_p0", "gemv_mma_fp8_p1"])?,
-            gemv_mma: false,
-            gemv_stream: false,
-            gemv_stream_inputs: device.shared_per_block() / GEMV_STREAM_BLOCKS_PER_SM,
+            gemv_build: GemvBuild::default(),
             quantize_fp8: Kernel::load(m, "quantize_fp8_rows")?,
             dequantize_fp8: Kernel::load(m, "dequantize_fp8_rows")?,
             gemv_min_blocks: 8 * device.multiprocessors(),
@@ -268,12 +249,6 @@ impl Kernels {
             combine: Kernel::load(m, "attn_decode_combine")?,
             dependent_launch: device.compute_capability().0 >= 9,
         };
-        for kernel in &kernels.gemv_stream_bf16 {
-            kernel.allow_shared(kernels.gemv_stream_inputs)?;
-        }
-        for kernel in &kernels.gemv_stream_fp8 {
-            kernel.allow_shared(kernels.gemv_stream_inputs)?;
-        }
         Ok((kernels, status))
     }
 

@@ -139,18 +139,6 @@ impl<S: Signature> Kernel<S> {
     }
 }
 
-impl<S> Kernel<S> {
-    /// Lets launches of this kernel ask for up to `bytes` of dynamic shared memory (past the
-    /// default 48 KiB).
-    pub(crate) fn allow_shared(&self, bytes: usize) -> Result<(), CudaError> {
-        let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
-        let attribute = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-        self.function
-            .set_attribute(attribute, bytes)
-            .during("cuFuncSetAttribute(max dynamic shared memory)")
-    }
-}
-
 impl Kernels {
     /// Queues `kernel` with `args` on the device's stream, as a programmatic dependent of the
     /// previous kernel where enabled: the launch helper every kernel wrapper goes through.

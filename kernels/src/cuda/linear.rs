@@ -5,14 +5,13 @@
 //! for the GEMV). Both take a [`Linear`]: the operands, checked against the shape once. The
 //! output's element type and whether it accumulates travel with the output buffer
 //! ([`LinearOut`]), so a layer cannot write f32 into a bf16 buffer. The GEMV has two builds
-//! (`Kernels::gemv_stream` picks): a warp per row, split over warps to fill the SMs, and the
-//! streaming one, whose fixed grid of warps each stream a run of rows with the inputs in shared
-//! memory.
+//! ([`GemvBuild`] picks): a warp per weight row, split over warps to fill the SMs, and the
+//! tensor-core one, whose warps multiply 16 weight rows by all the input rows at once.
 
 use half::bf16;
 
 use super::blas::Blas;
-use super::error::{CudaError, as_i32, as_u32};
+use super::error::{CudaError, as_i32};
 use super::fp8::Fp8Matrix;
 use super::kernels::{Kernels, grid};
 use super::launch::{Param, Value};
@@ -21,9 +20,19 @@ use super::memory::{DeviceSlice, DeviceSliceMut, DeviceView, DeviceViewMut, chec
 /// Most rows [`Kernels::gemv`] takes (decode batches up to this use it instead of cuBLAS).
 pub const GEMV_MAX_ROWS: usize = 8;
 
-/// Blocks per SM of a streaming GEMV launch (`GEMV_STREAM_BLOCKS` in `cu/gemv.cu`, its launch
-/// bounds).
-pub(crate) const GEMV_STREAM_BLOCKS_PER_SM: usize = 2;
+/// Which build of the GEMV runs a product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GemvBuild {
+    /// The tensor cores wherever the inner size allows, except bf16 weights at one row, where a
+    /// warp per row reads as fast (at 2–8 rows the tensor cores read the weights 1.4–6× faster
+    /// and FP8 ones 2–17×: H100, docs/BENCHMARKS.md "Ninth session").
+    #[default]
+    Auto,
+    /// The tensor cores wherever the inner size allows.
+    TensorCores,
+    /// A warp per weight row.
+    PerRow,
+}
 
 /// Inner sizes the tensor-core GEMV takes are multiples of these (`GEMV_MMA_K` in `cu/gemv.cu`:
 /// 4 lanes × 16 bytes of a row per step).
@@ -280,12 +289,16 @@ impl Kernels {
             _ => 3,
         };
         let kernel = 4 * usize::from(mode == GEMV_MODE_SWIGLU) + bucket;
-        let input_bytes = rows * inner * 2;
-        let mma_k = match w {
-            LinearWeights::Bf16(_) => GEMV_MMA_K,
-            LinearWeights::Fp8 { .. } => GEMV_MMA_K_FP8,
+        let (mma_k, fp8) = match w {
+            LinearWeights::Bf16(_) => (GEMV_MMA_K, false),
+            LinearWeights::Fp8 { .. } => (GEMV_MMA_K_FP8, true),
         };
-        let mma = self.gemv_mma && inner.is_multiple_of(mma_k);
+        let mma = inner.is_multiple_of(mma_k)
+            && match self.gemv_build {
+                GemvBuild::Auto => fp8 || rows > 1,
+                GemvBuild::TensorCores => true,
+                GemvBuild::PerRow => false,
+            };
         let (rows, out_i, inner) = (
             as_i32(rows, "rows")?,
             as_i32(out, "out")?,
@@ -311,20 +324,6 @@ impl Kernels {
                 LinearWeights::Fp8 { codes, scales } => {
                     let args = (x, codes, scales, y, rows, out_i, inner, mode, ksplit);
                     unsafe { self.queue(&self.gemv_mma_fp8[pair], cfg, args) }
-                }
-            };
-        }
-        if self.gemv_stream && input_bytes <= self.gemv_stream_inputs {
-            let mut cfg = grid(self.multiprocessors * GEMV_STREAM_BLOCKS_PER_SM, 1, 1, 256)?;
-            cfg.shared_mem_bytes = as_u32(input_bytes, "GEMV input bytes")?;
-            return match w {
-                LinearWeights::Bf16(w) => {
-                    let args = (x, w, y, rows, out_i, inner, mode);
-                    unsafe { self.queue(&self.gemv_stream_bf16[kernel], cfg, args) }
-                }
-                LinearWeights::Fp8 { codes, scales } => {
-                    let args = (x, codes, scales, y, rows, out_i, inner, mode);
-                    unsafe { self.queue(&self.gemv_stream_fp8[kernel], cfg, args) }
                 }
             };
         }

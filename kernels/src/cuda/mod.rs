@@ -46,7 +46,9 @@ pub use error::CudaError;
 pub use fp8::{E4M3_MAX, Fp8Matrix, e4m3_to_f32, round_to_e4m3};
 pub use graph::Graph;
 pub use kernels::{Kernels, SOURCES};
-pub use linear::{GEMV_MAX_ROWS, Linear, LinearOut, LinearShape, LinearWeights, WeightView};
+pub use linear::{
+    GEMV_MAX_ROWS, GemvBuild, Linear, LinearOut, LinearShape, LinearWeights, WeightView,
+};
 pub use memory::{
     DeviceBuffer, DeviceSlice, DeviceSliceMut, DeviceView, DeviceViewMut, Element, IndexBuffer,
     Indices, Positions,

@@ -1,5 +1,5 @@
-//! Benchmarks of the GPU path on a dummy model: the two ceilings, batch-1 decode against the
-//! memory roofline (a), a long prefill against the GEMM rate (b), and the KV layouts (e).
+//! Benchmarks of the GPU path on a dummy model: the two ceilings, decode of 1, 2, 4 and 8
+//! sequences against the memory roofline (a), a long prefill against the GEMM rate (b), and the KV layouts (e).
 //! Timings are wall-clock around whole forward passes (each ends by copying its picks or logits
 //! to the host), after warm-up; the ceilings use device events.
 
@@ -10,7 +10,7 @@ use anyhow::Context;
 use fused_daemon::kv::{KvBudget, KvConfig, KvLayout, KvManager};
 use fused_daemon::model::cuda::{GpuModel, GpuOptions};
 use fused_daemon::model::{Forward, Logits, LogitsWanted, SeqChunk};
-use fused_kernels::cuda::{Blas, GpuDevice, Kernels, Linear, LinearOut, LinearShape};
+use fused_kernels::cuda::{Blas, GemvBuild, GpuDevice, Kernels, Linear, LinearOut, LinearShape};
 use half::bf16;
 
 use crate::report::{Report, argmax};
@@ -113,16 +113,14 @@ fn prompt(n: usize, vocab: usize, salt: u32) -> Vec<u32> {
 
 /// A decode configuration timed by (a): GEMV build-time knobs (`Kernels::load_with`), whether
 /// kernels launch as programmatic dependents, whether SwiGLU folds into the gate/up GEMV, and
-/// which GEMV build runs (a warp per row split to fill the SMs, the streaming one or the
-/// tensor-core one).
+/// which GEMV build runs.
 struct DecodeVariant {
     name: &'static str,
     graphs: bool,
     defines: &'static [(&'static str, i64)],
     dependent_launch: bool,
     fused_gemv: bool,
-    gemv_stream: bool,
-    gemv_mma: bool,
+    gemv_build: GemvBuild,
 }
 
 const DEFAULT: DecodeVariant = DecodeVariant {
@@ -131,13 +129,20 @@ const DEFAULT: DecodeVariant = DecodeVariant {
     defines: &[],
     dependent_launch: true,
     fused_gemv: true,
-    gemv_stream: false,
-    gemv_mma: false,
+    gemv_build: GemvBuild::Auto,
+};
+
+/// The GEMV a warp per weight row at every batch size (the build before the tensor-core one).
+const PER_ROW: DecodeVariant = DecodeVariant {
+    name: "graph, warp-per-row GEMV",
+    gemv_build: GemvBuild::PerRow,
+    ..DEFAULT
 };
 
 /// The default build first (eager, then graph), then one change at a time. The earlier sweeps
-/// of the warp-per-row GEMV's knobs (unroll, split, L1) are in docs/BENCHMARKS.md.
-const DECODE_VARIANTS: [DecodeVariant; 8] = [
+/// of the warp-per-row GEMV's knobs (unroll, split, L1) and of a streaming build are in
+/// docs/BENCHMARKS.md.
+const DECODE_VARIANTS: [DecodeVariant; 6] = [
     DecodeVariant {
         name: "eager",
         graphs: false,
@@ -154,29 +159,16 @@ const DECODE_VARIANTS: [DecodeVariant; 8] = [
         fused_gemv: false,
         ..DEFAULT
     },
+    PER_ROW,
     DecodeVariant {
-        name: "graph, tensor-core GEMV",
-        gemv_mma: true,
-        ..DEFAULT
-    },
-    DecodeVariant {
-        name: "graph, streaming GEMV",
-        gemv_stream: true,
-        ..DEFAULT
-    },
-    DecodeVariant {
-        name: "graph, streaming GEMV 4 loads deep",
-        defines: &[("GEMV_STREAM_DEPTH", 4)],
-        gemv_stream: true,
-        ..DEFAULT
-    },
-    DecodeVariant {
-        name: "graph, streaming GEMV 12 loads deep",
-        defines: &[("GEMV_STREAM_DEPTH", 12)],
-        gemv_stream: true,
+        name: "graph, tensor-core GEMV at one row too",
+        gemv_build: GemvBuild::TensorCores,
         ..DEFAULT
     },
 ];
+
+/// Sequences of the batched decode runs ([`decode_batches`]).
+const DECODE_BATCHES: [usize; 3] = [2, 4, 8];
 
 /// (a) Batch-1 decode of each [`DECODE_VARIANTS`] against weight bytes / copy bandwidth.
 pub fn decode_batch1(
@@ -192,17 +184,13 @@ pub fn decode_batch1(
     let launch_mode = model.kernels_mut().dependent_launch;
     for v in &DECODE_VARIANTS {
         configure(device, model, v, launch_mode)?;
-        let times = decode_steps(model, &mut kv, steps)?;
-        // The first steps capture the graph and warm caches: leave them out.
-        let timed = &times[steps.min(8)..];
-        let mean = timed.iter().sum::<f64>() / timed.len().max(1) as f64;
+        let mean = mean_step(&decode_steps(model, &mut kv, steps, 1)?, steps);
         let note = ceilings.map_or(String::new(), |c| {
             let floor = model.weight_bytes_per_step() as f64 / c.copy_bytes_per_s;
             format!(
-                "{:.1}% of roofline {:.1} tok/s (median step {:.3} ms)",
+                "{:.1}% of roofline {:.1} tok/s",
                 100.0 * floor / mean,
-                1.0 / floor,
-                median(timed.to_vec()) * 1e3
+                1.0 / floor
             )
         });
         report.value(
@@ -218,6 +206,56 @@ pub fn decode_batch1(
     Ok(())
 }
 
+/// Decode of 2, 4 and 8 sequences in one batch (graphs), the default GEMV against a warp per
+/// row: aggregate tok/s, and per sequence against the batch-1 roofline (the weights are read
+/// once per step whatever the batch).
+pub fn decode_batches(
+    device: &Arc<GpuDevice>,
+    model: &mut GpuModel,
+    steps: usize,
+    ceilings: Option<Ceilings>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let most = DECODE_BATCHES.into_iter().max().unwrap_or(1);
+    let mut kv = kv_for(device, model, KvLayout::Interleaved, most, 4096, 8 << 30)?;
+    model.set_max_context(4096);
+    let launch_mode = model.kernels_mut().dependent_launch;
+    for sequences in DECODE_BATCHES {
+        for v in [&DEFAULT, &PER_ROW] {
+            configure(device, model, v, launch_mode)?;
+            let mean = mean_step(&decode_steps(model, &mut kv, steps, sequences)?, steps);
+            let note = ceilings.map_or(String::new(), |c| {
+                let floor = model.weight_bytes_per_step() as f64 / c.copy_bytes_per_s;
+                format!(
+                    "{:.1} tok/s per sequence, {:.1}% of the step roofline {:.3} ms",
+                    1.0 / mean,
+                    100.0 * floor / mean,
+                    floor * 1e3
+                )
+            });
+            report.value(
+                "a",
+                &format!(
+                    "llama-2-7b batch-{sequences} decode aggregate tok/s ({})",
+                    v.name
+                ),
+                sequences as f64 / mean,
+                "tok/s",
+                &note,
+            );
+        }
+    }
+    configure(device, model, &DEFAULT, launch_mode)?;
+    kv.shutdown()?;
+    Ok(())
+}
+
+/// The mean of `times` without the first steps, which capture the graph and warm caches.
+fn mean_step(times: &[f64], steps: usize) -> f64 {
+    let timed = &times[steps.min(8).min(times.len())..];
+    timed.iter().sum::<f64>() / timed.len().max(1) as f64
+}
+
 /// Sets `model` up as `v` says (kernels built with its knobs, from the model's kernel cache).
 fn configure(
     device: &GpuDevice,
@@ -230,47 +268,61 @@ fn configure(
     let cache = GpuOptions::default().kernel_cache;
     let mut kernels = Kernels::load_with(device, cache.as_deref(), v.defines)?.0;
     kernels.dependent_launch &= v.dependent_launch && dependent_launch;
-    kernels.gemv_stream = v.gemv_stream;
-    kernels.gemv_mma = v.gemv_mma;
+    kernels.gemv_build = v.gemv_build;
     *model.kernels_mut() = kernels;
     model.set_fused_gemv(v.fused_gemv);
     model.set_graphs(v.graphs);
     Ok(())
 }
 
-/// One sequence: a 128-token prompt, then `steps` greedy decode steps (the device picks the
-/// token, as for a greedy request); the seconds of each step.
+/// `sequences` sequences: each a 128-token prompt, then `steps` greedy decode steps of all of
+/// them in one batch (the device picks each token, as for greedy requests); the seconds of each
+/// step.
 fn decode_steps(
     model: &mut GpuModel,
     kv: &mut KvManager,
     steps: usize,
+    sequences: usize,
 ) -> anyhow::Result<Vec<f64>> {
     let prompt_len = 128;
-    let slot = kv.admit(prompt_len + steps + 1)?;
+    let slots = (0..sequences)
+        .map(|_| kv.admit(prompt_len + steps + 1))
+        .collect::<Result<Vec<_>, _>>()?;
     kv.sync()?;
-    let tokens = prompt(prompt_len, model.config().vocab_size, 1);
-    fn chunk(slot: u32, start_pos: usize, tokens: &[u32]) -> [SeqChunk<'_>; 1] {
-        [SeqChunk {
-            slot,
-            start_pos,
-            tokens,
-            logits: LogitsWanted::Greedy,
-        }]
+    let vocab = model.config().vocab_size;
+    let prompts: Vec<Vec<u32>> = (0..sequences)
+        .map(|i| prompt(prompt_len, vocab, 1 + i as u32))
+        .collect();
+    fn chunks<'a>(slots: &[u32], start_pos: usize, tokens: &'a [Vec<u32>]) -> Vec<SeqChunk<'a>> {
+        (slots.iter().zip(tokens))
+            .map(|(&slot, tokens)| SeqChunk {
+                slot,
+                start_pos,
+                tokens,
+                logits: LogitsWanted::Greedy,
+            })
+            .collect()
     }
-    let picked = |logits: &Logits| {
-        logits
-            .picked(0)
-            .context("a greedy decode step returned no token")
+    let picked = |logits: &Logits| -> anyhow::Result<Vec<Vec<u32>>> {
+        (0..sequences)
+            .map(|i| {
+                let token = logits
+                    .picked(i)
+                    .context("a greedy decode step returned no token")?;
+                Ok(vec![token])
+            })
+            .collect()
     };
-    let mut next = picked(&model.forward(&chunk(slot, 0, &tokens), &*kv)?)?;
+    let mut next = picked(&model.forward(&chunks(&slots, 0, &prompts), &*kv)?)?;
     let mut times = Vec::with_capacity(steps);
     for step in 0..steps {
         let started = Instant::now();
-        let token = [next];
-        next = picked(&model.forward(&chunk(slot, prompt_len + step, &token), &*kv)?)?;
+        next = picked(&model.forward(&chunks(&slots, prompt_len + step, &next), &*kv)?)?;
         times.push(started.elapsed().as_secs_f64());
     }
-    kv.free(slot)?;
+    for slot in slots {
+        kv.free(slot)?;
+    }
     Ok(times)
 }
 

@@ -33,11 +33,11 @@ use report::Report;
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Comma-separated parts: check, ceilings, ops, decode, prefill, vattn, offline
-    /// (`fp8-checkpoint`: the one check of `check` that streams an FP8 checkpoint).
+    /// Comma-separated parts: check, ceilings, ops, decode, decode-batches, prefill, vattn,
+    /// offline (`fp8-checkpoint`: the one check of `check` that streams an FP8 checkpoint).
     #[arg(
         long,
-        default_value = "check,ceilings,ops,decode,prefill,vattn,offline"
+        default_value = "check,ceilings,ops,decode,decode-batches,prefill,vattn,offline"
     )]
     only: String,
     /// Write a dummy checkpoint, prompt and GPU logits here for `e2e/gpu/hf_logits.py`.
@@ -114,7 +114,14 @@ fn main() -> anyhow::Result<()> {
     if wants("ceilings") {
         ceilings = Some(bench::ceilings(&device, &mut report)?);
     }
-    let perf = ["ops", "decode", "prefill", "vattn", "offline"];
+    let perf = [
+        "ops",
+        "decode",
+        "decode-batches",
+        "prefill",
+        "vattn",
+        "offline",
+    ];
     if perf.iter().any(|p| wants(p)) {
         let config = ModelConfig::preset(&args.shape)
             .with_context(|| format!("unknown shape {}", args.shape))?;
@@ -146,6 +153,15 @@ fn main() -> anyhow::Result<()> {
         }
         if wants("decode") {
             bench::decode_batch1(
+                &device,
+                &mut model,
+                args.decode_steps,
+                ceilings,
+                &mut report,
+            )?;
+        }
+        if wants("decode-batches") {
+            bench::decode_batches(
                 &device,
                 &mut model,
                 args.decode_steps,

@@ -8,8 +8,8 @@ use fused_daemon::model::ModelConfig;
 use fused_kernels::cpu::{AttentionShape, RopeTable};
 use fused_kernels::cuda::{
     BatchArrays, BatchShape, Blas, CudaError, DecodeSplits, DeviceBatch, DeviceBuffer, Fp8Matrix,
-    GpuDevice, Kernels, Linear, LinearOut, LinearShape, NormRows, PREFILL_TILE_ROWS, RopeTables,
-    WeightView,
+    GEMV_MAX_ROWS, GemvBuild, GpuDevice, Kernels, Linear, LinearOut, LinearShape, NormRows,
+    PREFILL_TILE_ROWS, RopeTables, WeightView,
 };
 use half::bf16;
 
@@ -96,7 +96,7 @@ pub fn run(
     let mut y = Outputs {
         f32: device.alloc(rows_max * (q + 2 * kv).max(h))?,
         bf16: matrix(rows_max * 2 * f, 7)?,
-        logits: device.alloc(vocab)?,
+        logits: device.alloc(GEMV_MAX_ROWS * vocab)?,
     };
     kernels.fill_uniform(&mut y.f32, 8, -1.0, 1.0)?;
     let gemms = [
@@ -194,9 +194,9 @@ pub fn run(
 }
 
 /// The decode GEMVs of one layer (`gemms`: name, weights, out, inner, output; gate/up with
-/// SwiGLU folded in, as decode runs it) and the LM head at 1 and 8 rows, bf16 and FP8 (quantized
-/// here; the LM head stays bf16, as in the model), through the streaming build and the
-/// warp-per-row build, and bf16 through cuBLAS (gate/up without SwiGLU): device time per GEMV
+/// SwiGLU folded in, as decode runs it) and the LM head at 1, 2, 4 and 8 rows, bf16 and FP8
+/// (quantized here; the LM head stays bf16, as in the model), through the tensor-core build and
+/// the warp-per-row build, and bf16 through cuBLAS (gate/up without SwiGLU): device time per GEMV
 /// and weight bytes per second.
 fn gemv_builds(
     device: &GpuDevice,
@@ -219,7 +219,7 @@ fn gemv_builds(
                     (_, Some(m)) => gemv_times(device, kernels, x, y, m, (rows, out, inner), kind)?,
                     _ => continue,
                 };
-                let [stream, per_row, mma] = times;
+                let [per_row, mma] = times;
                 let rate = |t: f64| bytes as f64 / t / 1e6;
                 let cublas = if dtype == "bf16" {
                     let shape = LinearShape { rows, out, inner };
@@ -232,15 +232,13 @@ fn gemv_builds(
                 };
                 report.value(
                     "ops",
-                    &format!("decode gemv {name} {inner}->{out} {rows} rows {dtype}: stream"),
-                    stream,
+                    &format!("decode gemv {name} {inner}->{out} {rows} rows {dtype}: tensor cores"),
+                    mma,
                     "us",
                     &format!(
-                        "{:.2} TB/s; warp per row {per_row:.1} us ({:.2} TB/s); tensor cores \
-                         {mma:.1} us ({:.2} TB/s){cublas}",
-                        rate(stream),
+                        "{:.2} TB/s; warp per row {per_row:.1} us ({:.2} TB/s){cublas}",
+                        rate(mma),
                         rate(per_row),
-                        rate(mma)
                     ),
                 );
             }
@@ -249,8 +247,8 @@ fn gemv_builds(
     Ok(())
 }
 
-/// One GEMV of `shape` (rows, out, inner) with the streaming build, the warp-per-row build and
-/// the tensor-core build, alternating twice: the faster time of each, in µs per GEMV over 20
+/// One GEMV of `shape` (rows, out, inner) with the warp-per-row build and the tensor-core build,
+/// alternating twice: the faster time of each, in µs per GEMV over 20
 /// back-to-back launches. A bf16 output is gate/up with SwiGLU folded in (`out` stacked rows).
 fn gemv_times(
     device: &GpuDevice,
@@ -260,15 +258,14 @@ fn gemv_times(
     w: &impl WeightView,
     (rows, out, inner): (usize, usize, usize),
     kind: Out,
-) -> anyhow::Result<[f64; 3]> {
-    let mut best = [f64::INFINITY; 3];
+) -> anyhow::Result<[f64; 2]> {
+    let mut best = [f64::INFINITY; 2];
     for _ in 0..2 {
-        for (i, (stream, mma)) in [(true, false), (false, false), (false, true)]
+        for (i, build) in [GemvBuild::PerRow, GemvBuild::TensorCores]
             .into_iter()
             .enumerate()
         {
-            kernels.gemv_stream = stream;
-            kernels.gemv_mma = mma;
+            kernels.gemv_build = build;
             let k = &*kernels;
             let t = time_us_each(device, 20, || {
                 if kind == Out::Bf16 {
@@ -286,8 +283,7 @@ fn gemv_times(
             best[i] = best[i].min(t);
         }
     }
-    kernels.gemv_stream = false;
-    kernels.gemv_mma = false;
+    kernels.gemv_build = GemvBuild::default();
     Ok(best)
 }
 
