@@ -107,12 +107,14 @@ pub struct ServeArgs {
     /// KV layout.
     #[arg(long, value_enum, ignore_case = true, default_value = "interleaved")]
     pub kv_layout: KvLayoutArg,
-    /// Physical KV memory (host memory, or GPU memory with `--device cuda`), in MiB.
-    #[arg(long, default_value_t = 1024)]
-    pub kv_memory_mib: usize,
+    /// Physical KV memory in MiB: the host pool on the CPU (default 1024); on the GPU, a cap on
+    /// the pool `--gpu-memory-utilization` leaves (default: none), so that runs on different
+    /// cards can hold the same KV budget.
+    #[arg(long)]
+    pub kv_memory_mib: Option<usize>,
     /// On the GPU: the share of device memory the daemon may use (vLLM's meaning). The KV pool
-    /// is what stays free after the weights and work buffers, less the other `1 − this` share;
-    /// `--kv-memory-mib` is the CPU pool.
+    /// is what stays free after the weights and work buffers, less the other `1 − this` share
+    /// (and at most `--kv-memory-mib`).
     #[arg(long, default_value_t = 0.9)]
     pub gpu_memory_utilization: f64,
     /// Allocate each sequence's KV for the whole context at admission (ablation: the world

@@ -61,6 +61,9 @@ fn try_open_gpu() -> Result<Gpu, String> {
     Err("this build has no CUDA support (build with `--features cuda`)".into())
 }
 
+/// The host KV pool without `--kv-memory-mib`, MiB.
+const DEFAULT_CPU_KV_MIB: usize = 1024;
+
 /// The KV region's shape for `forward` (its element size comes from the model's KV dtype).
 fn kv_config(
     args: &ServeArgs,
@@ -73,7 +76,10 @@ fn kv_config(
         max_context_len: max_context,
         page_bytes: args.kv_block_size,
         layout: args.kv_layout.into(),
-        pool_bytes: args.kv_memory_mib << 20,
+        pool_bytes: args
+            .kv_memory_mib
+            .unwrap_or(DEFAULT_CPU_KV_MIB)
+            .saturating_mul(1 << 20),
         eager: args.eager_kv,
         prefix_caching: !args.no_enable_prefix_caching,
         ..KvConfig::for_model(
@@ -160,7 +166,7 @@ pub fn forward_and_kv(
                  decode of each batch shape (--enforce-eager: none)"
             );
             let kv_config = KvConfig {
-                pool_bytes: gpu_kv_pool_bytes(&gpu, args.gpu_memory_utilization)?,
+                pool_bytes: gpu_kv_pool_bytes(&gpu, args)?,
                 ..kv_config(args, &forward, max_context)?
             };
             let kv = KvManager::cuda(&kv_config, gpu.context().clone())
@@ -208,13 +214,23 @@ fn patch_gpu_vocab(
 }
 
 /// Bytes of GPU memory for KV pages: free memory now (weights and work buffers are already
-/// allocated) less the `1 − utilization` share of the device that the daemon leaves alone.
+/// allocated) less the `1 − utilization` share of the device that the daemon leaves alone, at
+/// most `--kv-memory-mib`.
 #[cfg(feature = "cuda")]
-fn gpu_kv_pool_bytes(gpu: &Gpu, utilization: f64) -> anyhow::Result<usize> {
+fn gpu_kv_pool_bytes(gpu: &Gpu, args: &ServeArgs) -> anyhow::Result<usize> {
+    let utilization = args.gpu_memory_utilization;
     let (free, total) = gpu.memory()?;
     let kept_back = ((1.0 - utilization) * total as f64) as usize;
-    let pool = free.saturating_sub(kept_back);
-    tracing::info!(free, total, utilization, pool, "GPU memory for the KV pool");
+    let cap = (args.kv_memory_mib).map_or(usize::MAX, |mib| mib.saturating_mul(1 << 20));
+    let pool = free.saturating_sub(kept_back).min(cap);
+    tracing::info!(
+        free,
+        total,
+        utilization,
+        cap,
+        pool,
+        "GPU memory for the KV pool"
+    );
     if pool < crate::kv::DEFAULT_PAGE_BYTES {
         bail!(
             "--gpu-memory-utilization {utilization}: {free} bytes free of {total} leave no room for KV pages; raise it"
