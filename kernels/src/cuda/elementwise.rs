@@ -116,12 +116,9 @@ impl Kernels {
         check_len("embedding table", table.len(), tokens.bound() * hidden)?;
         check_len("embed output", x.len(), rows * hidden)?;
         if let Some(p) = positions {
-            check_len("row positions", p.positions.len(), rows)?;
-            check_len(
-                "position table",
-                p.table.len(),
-                p.positions.bound() * hidden,
-            )?;
+            let (positions, table_rows) = (p.positions.rows(), p.positions.bound);
+            check_len("row positions", positions, rows)?;
+            check_len("position table", p.table.len(), table_rows * hidden)?;
         }
         if rows == 0 {
             return Ok(());
@@ -136,7 +133,7 @@ impl Kernels {
         );
         // SAFETY: block `r` reads row `tokens[r]` of `table`, below `tokens.bound()` (the rows
         // checked above), row `positions[r]` of the position table unless it is padding (below
-        // `bound()`, the rows checked above), and writes row `r < rows` of `x` (checked above).
+        // `bound`, the rows checked above), and writes row `r < rows` of `x` (checked above).
         unsafe { self.queue(&self.embed, grid(rows, 1, 1, 256)?, args) }
     }
 

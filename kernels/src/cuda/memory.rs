@@ -316,17 +316,9 @@ pub struct Positions<'a> {
 }
 
 impl Positions<'_> {
-    pub fn len(&self) -> usize {
+    /// Rows (one position each).
+    pub(crate) fn rows(&self) -> usize {
         self.values.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
-
-    /// Every position that is not padding is below this.
-    pub fn bound(&self) -> usize {
-        self.bound
     }
 }
 
