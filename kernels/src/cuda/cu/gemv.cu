@@ -1,7 +1,8 @@
 // Matrix-vector products for decode batches of a few rows: y[r, o] = x[r, :] · W[o, :] for
 // r < rows <= R, bf16 x, W row-major [out, in] bf16 (in a multiple of 8) or FP8 E4M3 with a scale
 // per row (in a multiple of 16; `fp8.cu`, widened in registers, the scale applied to the sum),
-// fp32 accumulation.
+// fp32 accumulation. Two builds: a warp per weight row (this section) and the tensor-core one
+// (below); `GemvBuild` in `linear.rs` picks (the tensor cores except bf16 weights at one row).
 // cuBLAS's GEMMs leave bandwidth unused at one to eight rows; here a warp streams one weight row
 // (two with PAIR), or the ksplit-th part of one, with 16-byte loads, UNROLL of them in flight per
 // lane, and x stays in L1. Splitting rows over ksplit warps of a block keeps enough loads in flight
