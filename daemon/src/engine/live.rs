@@ -25,7 +25,8 @@ pub(super) struct Limits<'a> {
     /// Tokens of context per sequence (prompt plus output).
     pub max_context: usize,
     /// Ids a choice may output when the model has more rows than the tokenizer has ids
-    /// (padded vocabularies): the first this many, the ones the tokenizer can decode.
+    /// (padded vocabularies): the first this many, the ones the tokenizer can decode. Rows a
+    /// model returns whole are cut to these before sampling.
     pub sampled_vocab: Option<usize>,
 }
 
@@ -134,10 +135,10 @@ impl LiveRequest {
     }
 
     /// What the model must return for this request's next token. A constrained choice needs the
-    /// row: its mask applies before the pick (a device argmax would ignore it); so does a model
-    /// with rows past the tokenizer's ids (the device would pick among all of them).
+    /// row: its mask applies before the pick (a device argmax would ignore it). A device pick is
+    /// among the tokenizer's ids (`Forward::limit_output_ids`).
     pub fn wants(&self) -> LogitsWanted {
-        if self.sampler.is_plain_greedy() && !self.constrained && self.sampled_vocab.is_none() {
+        if self.sampler.is_plain_greedy() && !self.constrained {
             LogitsWanted::Greedy
         } else {
             LogitsWanted::Last

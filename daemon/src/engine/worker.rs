@@ -97,6 +97,10 @@ pub fn spawn(parts: EngineParts) -> std::io::Result<(EngineHandle, JoinHandle<()
     let thread = std::thread::Builder::new()
         .name("fused-engine".into())
         .spawn(move || {
+            // Ids past the tokenizer's (a padded vocabulary) are never output: the model need not
+            // score them.
+            let mut parts = parts;
+            parts.model.limit_output_ids(parts.codec.vocab_size());
             let mut worker = Worker {
                 parts,
                 live: HashMap::new(),

@@ -61,6 +61,11 @@ pub trait Forward: Send {
     fn config(&self) -> &ModelConfig;
     /// Bytes of one element of the K/V this model writes to the KV region (its K/V dtype).
     fn kv_element_bytes(&self) -> usize;
+    /// Scores only the first `ids` rows of the LM head: the ids the tokenizer decodes, when the
+    /// model has more rows (a padded vocabulary). A model that picks greedy tokens itself
+    /// ([`LogitsWanted::Greedy`]) must then pick among these; one that ignores this returns
+    /// whole rows, and the engine leaves the rest out when it samples.
+    fn limit_output_ids(&mut self, _ids: usize) {}
     /// One batched varlen pass; see [`Model::forward`] for the contract.
     fn forward(
         &mut self,

@@ -98,6 +98,9 @@ pub struct GpuModel {
     options: GpuOptions,
     graphs: HashMap<GraphKey, Graph>,
     cache_status: CacheStatus,
+    /// Rows of the LM head the head scores and the device picks among (`Forward::
+    /// limit_output_ids`): the vocabulary, or the tokenizer's ids when the model has more rows.
+    output_ids: usize,
 }
 
 impl std::fmt::Debug for GpuModel {
@@ -211,6 +214,7 @@ impl GpuModel {
         })?;
         let dense = device.alloc(weights.dense_values())?;
         Ok(Self {
+            output_ids: config.vocab_size,
             config,
             device,
             kernels,
@@ -396,7 +400,7 @@ impl GpuModel {
         chunks: &[SeqChunk<'_>],
         plan: &BatchPlan,
     ) -> Result<Logits, ModelError> {
-        let vocab = self.config.vocab_size;
+        let vocab = self.output_ids;
         let greedy = chunks.iter().any(|c| c.logits == LogitsWanted::Greedy);
         let head = &self.scratch.act.head;
         let mut ids = vec![0u32; if greedy { plan.head_rows.len() } else { 0 }];
@@ -455,6 +459,17 @@ impl Forward for GpuModel {
         size_of::<half::bf16>()
     }
 
+    /// The head's GEMM covers the first `ids` rows only (they are contiguous), so the padding
+    /// rows are neither scored nor picked nor copied back.
+    fn limit_output_ids(&mut self, ids: usize) {
+        let ids = ids.clamp(1, self.config.vocab_size);
+        if ids != self.output_ids {
+            self.output_ids = ids;
+            // The head's width is baked into captured graphs.
+            self.graphs.clear();
+        }
+    }
+
     fn forward(
         &mut self,
         chunks: &[SeqChunk<'_>],
@@ -506,6 +521,7 @@ impl Forward for GpuModel {
             batch,
             splits,
             fused_gemv: self.options.fused_gemv,
+            output_ids: self.output_ids,
         };
         let (activations, dense) = (&mut self.scratch.act, &mut self.dense);
         match bucket {

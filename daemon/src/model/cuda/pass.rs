@@ -30,6 +30,8 @@ pub(super) struct Pass<'a> {
     pub splits: DecodeSplits,
     /// Fold SwiGLU into the gate/up GEMV when the batch is small enough for the GEMV.
     pub fused_gemv: bool,
+    /// The first rows of the LM head that are scored (`GpuModel::output_ids`).
+    pub output_ids: usize,
 }
 
 impl Pass<'_> {
@@ -192,7 +194,7 @@ impl Pass<'_> {
     ) -> Result<(), ModelError> {
         let (k, w, hidden) = (self.kernels, self.weights, self.hidden());
         let rows = self.batch.head_rows();
-        let (count, vocab) = (rows.len(), self.config.vocab_size);
+        let (count, vocab) = (rows.len(), self.output_ids);
         self.norm(&w.final_norm, x, normed, NormRows::Gather(rows))?;
         let shape = LinearShape {
             rows: count,
