@@ -32,7 +32,7 @@ use fused_e2e::bench::report::ResultFile;
 use fused_e2e::k8s::TestCluster;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::ListParams;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use operator_support::*;
 use serde_json::json;
@@ -694,15 +694,17 @@ async fn a_scale_down_during_load_loses_no_request() {
     let ns = "as-down";
     let (_cluster, client, dir, net, kubelet, stack, models) = start(ns, &[]).await;
     let name = "drain";
-    // Two replicas, a target the load never reaches: the autoscaler removes one replica once
-    // its 25 s window has passed, while the load runs.
+    // Two replicas, a target the load never reaches. `minReplicas: 2` holds both while they
+    // start (on a loaded machine the second one can take longer than the 25 s window, and the
+    // autoscaler would otherwise remove it before the load begins); it drops to 0 once the load
+    // runs on both, and the autoscaler then removes one replica while the load runs.
     create_model(
         &client,
         ns,
         &model(
             name,
             2,
-            json!({"minReplicas": 0, "maxReplicas": 2, "targetWaitingRequests": 16,
+            json!({"minReplicas": 2, "maxReplicas": 2, "targetWaitingRequests": 16,
                    "scaleDownStabilization": "25s"}),
         ),
     )
@@ -735,6 +737,19 @@ async fn a_scale_down_during_load_loses_no_request() {
             &bench_dir,
         )
     });
+    let routed = proxy.routed.clone();
+    wait_for("connections to both replicas", SLOW, || async {
+        match routed.lock().expect("routed").len() {
+            endpoints if endpoints >= 2 => Ok(()),
+            endpoints => Err(format!("{endpoints} endpoint(s)")),
+        }
+    })
+    .await;
+    let release = json!({"spec": {"autoscaling": {"minReplicas": 0}}});
+    models
+        .patch(name, &PatchParams::default(), &Patch::Merge(&release))
+        .await
+        .expect("lower minReplicas");
     let scaled_down = wait_for("the scale-down to 1 during the load", SLOW, || async {
         match replicas(&models, name).await {
             (1, _) => Ok(load_start.elapsed()),
