@@ -185,8 +185,7 @@ pub fn decode_batch1(
     for v in &DECODE_VARIANTS {
         configure(device, model, v, launch_mode)?;
         let mean = mean_step(&decode_steps(model, &mut kv, steps, 1)?, steps);
-        let note = ceilings.map_or(String::new(), |c| {
-            let floor = model.weight_bytes_per_step() as f64 / c.copy_bytes_per_s;
+        let note = step_floor(model, ceilings).map_or(String::new(), |floor| {
             format!(
                 "{:.1}% of roofline {:.1} tok/s",
                 100.0 * floor / mean,
@@ -224,8 +223,7 @@ pub fn decode_batches(
         for v in [&DEFAULT, &PER_ROW] {
             configure(device, model, v, launch_mode)?;
             let mean = mean_step(&decode_steps(model, &mut kv, steps, sequences)?, steps);
-            let note = ceilings.map_or(String::new(), |c| {
-                let floor = model.weight_bytes_per_step() as f64 / c.copy_bytes_per_s;
+            let note = step_floor(model, ceilings).map_or(String::new(), |floor| {
                 format!(
                     "{:.1} tok/s per sequence, {:.1}% of the step roofline {:.3} ms",
                     1.0 / mean,
@@ -248,6 +246,12 @@ pub fn decode_batches(
     configure(device, model, &DEFAULT, launch_mode)?;
     kv.shutdown()?;
     Ok(())
+}
+
+/// Seconds a decode step takes at the memory roofline: the weight bytes it reads over the copy
+/// bandwidth (`None` without the ceilings).
+fn step_floor(model: &GpuModel, ceilings: Option<Ceilings>) -> Option<f64> {
+    ceilings.map(|c| model.weight_bytes_per_step() as f64 / c.copy_bytes_per_s)
 }
 
 /// The mean of `times` without the first steps, which capture the graph and warm caches.
