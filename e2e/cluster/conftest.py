@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -88,6 +89,34 @@ def wait_for(what: str, probe, timeout: float, interval: float = 0.5):
             return last
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; last seen: {last!r}")
+
+
+def kube_proxy_routes(namespace: str, service: str) -> set[str]:
+    """The Pod IPs kube-proxy has programmed behind a Service: the DNAT targets of its endpoint
+    rules in the node's nat table. The Endpoints object listing a Pod is not enough for a request
+    to reach it: until kube-proxy syncs, the ClusterIP rejects connections (a CI run saw that
+    right after the first Pod turned Ready)."""
+    rules = run("iptables-save", "-t", "nat").stdout
+    comment = re.escape(f"{namespace}/{service}")
+    return set(re.findall(rf'--comment "?{comment}(?::[^" ]*)?"? .*-j DNAT --to-destination ([0-9.]+):', rules))
+
+
+def wait_for_routes(namespace: str, service: str, pod_ips, timeout: float = 60):
+    """Waits until kube-proxy routes the Service to every one of `pod_ips`."""
+    wanted = set(pod_ips)
+    seen: set[str] = set()
+
+    def routed() -> bool:
+        nonlocal seen
+        seen = kube_proxy_routes(namespace, service)
+        return wanted <= seen
+
+    deadline = time.monotonic() + timeout
+    while not routed():
+        if time.monotonic() > deadline:
+            pytest.fail(f"kube-proxy did not route {namespace}/{service} to {sorted(wanted)} within "
+                        f"{timeout:.0f} s; it routes to {sorted(seen)}")
+        time.sleep(0.5)
 
 
 def condition(model: dict | None, type_: str) -> dict:

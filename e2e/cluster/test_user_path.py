@@ -26,8 +26,8 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import (
-    CONTAINERD_SOCK, DAEMON_IMAGE, EXAMPLE, MODEL_FILE, NODE_IP, ROOT, condition, get, items, kubectl,
-    run, timed, wait_for,
+    CONTAINERD_SOCK, DAEMON_IMAGE, EXAMPLE, MODEL_FILE, NODE_IP, ROOT, condition, get, items,
+    kubectl, run, timed, wait_for, wait_for_routes,
 )
 from pod_discovery import PodDiscovery
 
@@ -115,6 +115,8 @@ class TestUserPath:
         context = next(c for c in pod["spec"]["containers"] if c["name"] == "daemon")["securityContext"]
         assert context.get("readOnlyRootFilesystem") is True, context
         type(self).cluster_ip = get("svc", NAME, ns)["spec"]["clusterIP"]
+        wait_for_routes(ns, NAME, [pod["status"]["podIP"]])
+        timed("kubectl apply -> the ClusterIP routes to the Pod", t)
 
     def test_chat_through_the_service_answers_paris(self, class_namespace):
         client = OpenAI(base_url=f"http://{self.cluster_ip}:8000/v1", api_key="unused", max_retries=0,
@@ -138,6 +140,7 @@ class TestUserPath:
                              lambda: addresses if len(addresses := service_addresses(ns)) == 2 else None, 60)
         pods = serving_pods(ns)
         assert sorted(p["status"]["podIP"] for p in pods) == sorted(endpoints)
+        wait_for_routes(ns, NAME, endpoints)
         before = {ip: requests_served(ip) for ip in endpoints}
         n = 16
         for i in range(n):
