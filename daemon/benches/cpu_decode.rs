@@ -1,15 +1,22 @@
 //! CPU decode from the checkpoint's blocks against the f32 matrices, on the real SmolLM2-135M
-//! GGUF (Q4_1 layers, Q8_0 head): (1) each matrix product of a decode step at 1–16 rows, block
-//! product vs f32 GEMM (where `PACKED_MAX_ROWS` comes from); (2) whole decode steps of the
-//! model at batch 1, 2, 4, 8 with and without the blocks. Rounds alternate between the two so that
-//! load on this machine hits both; medians; ratios in the same run.
+//! GGUF (Q4_1 layers, Q8_0 head) and on its weights requantized as llama.cpp's Q4_K_M mix
+//! (Q4_K, Q6_K for V / down in a third of the layers and for the head; Q5_0 / Q8_0 where a row
+//! is not a whole 256-weight super-block): (1) each matrix product of a decode step at 1–16
+//! rows, block product vs f32 GEMM (where `PACKED_MAX_ROWS` comes from); (2) whole decode steps
+//! of the model at batch 1, 2, 4, 8 with and without the blocks. Rounds alternate between the two
+//! so that load on this machine hits both; medians; ratios in the same run.
 //!
-//! `cargo bench -p fused-daemon --bench cpu_decode` (≈ 1 min; needs `scripts/fetch-model.sh`).
+//! `cargo bench -p fused-daemon --bench cpu_decode` (≈ 2 min; needs `scripts/fetch-model.sh`).
 
 mod common;
 
+use std::fs::File;
+use std::path::Path;
 use std::time::Instant;
 
+use candle_core::Device;
+use candle_core::quantized::gguf_file::{self, Content};
+use candle_core::quantized::{GgmlDType, QTensor};
 use common::{median, time};
 use fused_daemon::model::dense_kv::DenseKv;
 use fused_daemon::model::gguf::GgufFile;
@@ -21,18 +28,84 @@ fn main() {
     let Some(path) = fixtures::smollm2_gguf() else {
         return;
     };
-    let load = || Model::load_gguf(GgufFile::open(&path).expect("GGUF opens")).expect("loads");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let k_mix = dir.path().join("SmolLM2-135M-Instruct.Q4_K_M-style.gguf");
+    requantize_q4_k_m(&path, &k_mix);
+    for (label, path) in [
+        ("Q4_1 as published", path.as_path()),
+        ("Q4_K_M-style", &k_mix),
+    ] {
+        report(label, path);
+    }
+}
+
+/// llama.cpp's Q4_K_M choice for a tensor of `layers` blocks: Q6_K for the head, and for V and
+/// down in the first and last eighth of the layers and every third between; Q4_K elsewhere;
+/// 1-D tensors f32. A row that is not whole super-blocks falls back to Q5_0 (for Q4_K) or Q8_0
+/// (for Q6_K), as llama.cpp does.
+fn q4_k_m_format(name: &str, layers: usize, inner: usize, dims: usize) -> GgmlDType {
+    if dims < 2 {
+        return GgmlDType::F32;
+    }
+    let layer = name
+        .strip_prefix("blk.")
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|n| n.parse::<usize>().ok());
+    let more_bits = |i: usize| i < layers / 8 || i >= 7 * layers / 8 || (i - layers / 8) % 3 == 2;
+    let wide = name == "output.weight"
+        || ((name.contains("attn_v") || name.contains("ffn_down")) && layer.is_some_and(more_bits));
+    match (wide, inner.is_multiple_of(256)) {
+        (true, true) => GgmlDType::Q6K,
+        (true, false) => GgmlDType::Q8_0,
+        (false, true) => GgmlDType::Q4K,
+        (false, false) => GgmlDType::Q5_0,
+    }
+}
+
+/// Writes the tensors of the GGUF at `src` to `dst` in [`q4_k_m_format`]s, metadata unchanged.
+fn requantize_q4_k_m(src: &Path, dst: &Path) {
+    let mut reader = File::open(src).expect("opens");
+    let content = Content::read(&mut reader).expect("a GGUF");
+    let layers = content
+        .metadata
+        .get("llama.block_count")
+        .and_then(|v| v.to_u32().ok())
+        .expect("llama.block_count") as usize;
+    let mut tensors = Vec::new();
+    for name in content.tensor_infos.keys() {
+        let q = content
+            .tensor(&mut reader, name, &Device::Cpu)
+            .expect("reads");
+        let values = q.dequantize(&Device::Cpu).expect("dequantizes");
+        let dims = values.dims().to_vec();
+        let inner = dims.last().copied().unwrap_or(1);
+        let format = q4_k_m_format(name, layers, inner, dims.len());
+        let q = QTensor::quantize(&values, format).expect("quantizes");
+        tensors.push((name.clone(), q));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let mut out = File::create(dst).expect("creates");
+    gguf_file::write(&mut out, &metadata, &tensors).expect("writes");
+}
+
+fn report(label: &str, path: &Path) {
+    let load = || Model::load_gguf(GgufFile::open(path).expect("GGUF opens")).expect("loads");
     let packed = load();
     let mut plain = load();
     plain.weights.drop_packed();
     println!(
-        "SmolLM2-135M: {} matrices with blocks; threads {}",
+        "\n## SmolLM2-135M, {label}: {} matrices with blocks; threads {}",
         packed.weights.packed_count(),
         rayon::current_num_threads()
     );
 
-    println!("\n| matrix | in→out | rows | blocks µs | f32 GEMM µs | f32 / blocks |");
-    println!("|---|---|---:|---:|---:|---:|");
+    println!("\n| matrix | formats | in→out | rows | blocks µs | f32 GEMM µs | f32 / blocks |");
+    println!("|---|---|---|---:|---:|---:|---:|");
     let block = &packed.weights.blocks[0];
     let head = packed
         .weights
@@ -61,7 +134,8 @@ fn main() {
             }
             let (tq, tf) = (median(tq), median(tf));
             println!(
-                "| {name} | {}→{} | {rows} | {:.1} | {:.1} | {:.2}× |",
+                "| {name} | {:?} | {}→{} | {rows} | {:.1} | {:.1} | {:.2}× |",
+                q.kinds(),
                 q.inner(),
                 q.out(),
                 tq * 1e6,

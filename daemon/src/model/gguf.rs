@@ -253,11 +253,8 @@ impl TensorSource for GgufSource {
     ) -> Result<(Vec<f32>, Option<QuantMatrix>), ModelError> {
         let (gguf, q) = self.load(name, shape)?;
         let values = self.dequantized(name, &gguf, &q)?;
-        let kind = match q.dtype() {
-            GgmlDType::Q4_0 => BlockKind::Q4_0,
-            GgmlDType::Q4_1 => BlockKind::Q4_1,
-            GgmlDType::Q8_0 => BlockKind::Q8_0,
-            _ => return Ok((values, None)),
+        let Some(kind) = block_kind(q.dtype()) else {
+            return Ok((values, None));
         };
         let (out, inner) = match shape {
             [out, inner] => (*out, *inner),
@@ -277,6 +274,22 @@ impl TensorSource for GgufSource {
     fn contains(&self, name: &str) -> bool {
         gguf_name(name).is_some_and(|g| self.file.content.tensor_infos.contains_key(&g))
     }
+}
+
+/// The format of a GGUF tensor type the CPU multiplies from its blocks; `None` for the others
+/// (F32, F16 and the rarer quantizations), which run from their f32 values.
+fn block_kind(dtype: GgmlDType) -> Option<BlockKind> {
+    Some(match dtype {
+        GgmlDType::Q4_0 => BlockKind::Q4_0,
+        GgmlDType::Q4_1 => BlockKind::Q4_1,
+        GgmlDType::Q5_0 => BlockKind::Q5_0,
+        GgmlDType::Q5_1 => BlockKind::Q5_1,
+        GgmlDType::Q8_0 => BlockKind::Q8_0,
+        GgmlDType::Q4K => BlockKind::Q4_K,
+        GgmlDType::Q5K => BlockKind::Q5_K,
+        GgmlDType::Q6K => BlockKind::Q6_K,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -300,6 +313,12 @@ mod tests {
     /// The dummy model `(cfg, seed)` written as llama.cpp's converter writes a checkpoint of its
     /// architecture: its tensor names and metadata keys, `llama`'s Q/K rows permuted, f32.
     fn write_gguf(cfg: &ModelConfig, seed: u64, path: &Path) {
+        write_gguf_as(cfg, seed, path, |_| GgmlDType::F32);
+    }
+
+    /// As [`write_gguf`], each matrix in the format `format` gives its GGUF name (1-D tensors
+    /// stay f32, as llama.cpp keeps norms).
+    fn write_gguf_as(cfg: &ModelConfig, seed: u64, path: &Path, format: fn(&str) -> GgmlDType) {
         let arch = cfg.arch.name();
         let mut tensors = Vec::new();
         for (name, (values, shape)) in dummy::tensors(cfg, seed).expect("dummy tensors") {
@@ -315,10 +334,13 @@ mod tests {
             };
             let tensor = Tensor::from_vec(values, shape.as_slice(), &Device::Cpu).expect("tensor");
             let gguf = gguf_name(&name).unwrap_or_else(|| panic!("no GGUF name for {name}"));
-            tensors.push((
-                gguf,
-                QTensor::quantize(&tensor, GgmlDType::F32).expect("f32"),
-            ));
+            let dtype = if shape.len() == 2 {
+                format(&gguf)
+            } else {
+                GgmlDType::F32
+            };
+            let q = QTensor::quantize(&tensor, dtype).expect("quantizes");
+            tensors.push((gguf, q));
         }
         let count = |n: usize| Value::U32(n as u32);
         let metadata = [
@@ -379,6 +401,79 @@ mod tests {
                 "{name}: the permutation makes no difference ({off})"
             );
         }
+    }
+
+    /// A Q4_K_M-style file (Q4_K for most matrices, Q6_K for V, down and the head, Q5_0 for O)
+    /// keeps every matrix's blocks, mixed stacks (QKV) included, and decodes like its f32 values.
+    #[test]
+    fn a_k_quant_mix_decodes_from_its_blocks_like_its_f32_values() {
+        let cfg = ModelConfig {
+            hidden: 256,
+            head_dim: 64,
+            ffn: 512,
+            ..ModelConfig::preset("tiny-llama").expect("a preset")
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k-mix.gguf");
+        write_gguf_as(&cfg, 3, &path, |name| {
+            if name.contains("attn_v") || name.contains("ffn_down") || name == "output.weight" {
+                GgmlDType::Q6K
+            } else if name.contains("attn_output") {
+                GgmlDType::Q5_0
+            } else {
+                GgmlDType::Q4K
+            }
+        });
+        let load = || Model::load_gguf(GgufFile::open(&path).expect("opens")).expect("loads");
+        let packed = load();
+        assert_eq!(packed.weights.packed_count(), 4 * cfg.layers + 1);
+        let qkv = packed.weights.blocks[0].linears()[0].packed.as_ref();
+        assert_eq!(
+            qkv.map(QuantMatrix::kinds),
+            Some(vec![BlockKind::Q4_K, BlockKind::Q6_K]),
+            "Q and K in Q4_K, V in Q6_K"
+        );
+        let mut plain = load();
+        plain.weights.drop_packed();
+        crate::model::tests::assert_blocks_decode_like_f32(&packed, &plain, &[1, 3, 8]);
+    }
+
+    /// Each block format decodes as candle's ggml port does (an implementation of its own):
+    /// a tensor quantized by candle, read as our blocks, gives candle's dequantized values.
+    #[test]
+    fn every_packed_format_decodes_as_ggml_does() {
+        let (out, inner) = (5, 512);
+        let values: Vec<f32> = (0..out * inner)
+            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * (1.0 + (i % 7) as f32))
+            .collect();
+        let tensor = Tensor::from_vec(values, (out, inner), &Device::Cpu).expect("tensor");
+        let formats = [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ];
+        for dtype in formats {
+            let q = QTensor::quantize(&tensor, dtype).expect("quantizes");
+            let want: Vec<f32> = q
+                .dequantize(&Device::Cpu)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1())
+                .expect("dequantizes");
+            let kind = block_kind(dtype).expect("packed");
+            let bytes = q.data().expect("blocks").into_owned();
+            let ours = QuantMatrix::new(kind, out, inner, bytes)
+                .expect("sized")
+                .dequantize();
+            let worst = max_diff(&ours, &want);
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(worst <= 1e-6 * scale, "{dtype:?}: max |Δ| {worst}");
+        }
+        assert_eq!(block_kind(GgmlDType::F16), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod activation;
 mod attention;
+mod blocks;
 mod fp8;
 mod matmul;
 mod norm;
@@ -11,8 +12,9 @@ mod rope;
 
 pub use activation::{gelu_tanh_inplace, silu_mul};
 pub use attention::{AttentionShape, attend_causal};
+pub use blocks::BlockKind;
 pub use fp8::{E4M3_MAX, e4m3_to_f32, round_to_e4m3};
 pub use matmul::{add_bias, linear};
 pub use norm::{layer_norm, rms_norm};
-pub use quant::{BlockKind, QuantError, QuantMatrix};
+pub use quant::{QuantError, QuantMatrix};
 pub use rope::{RopeScaling, RopeTable};
