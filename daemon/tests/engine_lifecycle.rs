@@ -32,7 +32,7 @@ enum Kind {
     /// Every forward call fails.
     AlwaysFails,
     /// The model has 64 rows past the tokenizer's ids (a padded vocabulary), and those rows
-    /// score highest.
+    /// score highest if the model scores them (it must not: `Forward::limit_output_ids`).
     PaddingWins,
 }
 
@@ -51,6 +51,10 @@ impl Forward for Faulty {
         self.model.kv_element_bytes()
     }
 
+    fn limit_output_ids(&mut self, ids: usize) {
+        self.model.limit_output_ids(ids);
+    }
+
     fn forward(
         &mut self,
         chunks: &[SeqChunk<'_>],
@@ -61,10 +65,12 @@ impl Forward for Faulty {
             Kind::PanicsAt(at) if call == at => panic!("injected panic in forward call {call}"),
             Kind::AlwaysFails => Err(ModelError::Device("injected device failure".into())),
             Kind::PaddingWins => {
+                // Whatever rows the model scores past the tokenizer's ids win.
                 let mut logits = self.model.forward(chunks, kv)?;
-                let decodable = logits.vocab - PADDING_ROWS;
+                let decodable = self.model.config.vocab_size - PADDING_ROWS;
+                let from = decodable.min(logits.vocab);
                 for row in logits.data.chunks_mut(logits.vocab) {
-                    row[decodable..].fill(1e4);
+                    row[from..].fill(1e4);
                 }
                 Ok(logits)
             }

@@ -21,7 +21,7 @@
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
 set +e
-out="${OUT:-/tmp/fused-gpu-out}/ablation"; mkdir -p "$out"
+out="$out/ablation"; mkdir -p "$out"
 N=${N:-64} RATE=${RATE:-16} IN_LEN=${IN_LEN:-512} OUT_LEN=${OUT_LEN:-128} CAP=${CAP:-64}
 KV_MIB=${KV_MIB:-4096} CTX=${CTX:-2048} BUDGET=${BUDGET:-1024} MAX_SEQS=${MAX_SEQS:-64}
 patch="$out/patch"

@@ -13,7 +13,6 @@
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
 set +e
-out="${OUT:-/tmp/fused-gpu-out}"; mkdir -p "$out"
 shape="$(mktemp -d /tmp/fused-qwen2.XXXX)/config.json"
 cat > "$shape" <<'JSON'
 {"model_type": "qwen2", "vocab_size": 32000, "hidden_size": 3584, "num_hidden_layers": 28,

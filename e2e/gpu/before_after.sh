@@ -12,7 +12,6 @@
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
 set +e
-out="${OUT:-/tmp/fused-gpu-out}"; mkdir -p "$out"
 declare -A dir=([before]="$(cd "$1" && pwd)" [after]="$(cd "$2" && pwd)")
 rounds="${ROUNDS:-2}" steps="${STEPS:-128}" budget="${BUDGET:-8192}" deadline="${DEADLINE:-330}"
 parts="${PARTS:-ceilings,decode,prefill,offline}" order="${ORDER:-before after}"

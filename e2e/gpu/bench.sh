@@ -9,7 +9,6 @@
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
 set +e
-out="${OUT:-/tmp/fused-gpu-out}"; mkdir -p "$out"
 parts="${PARTS:-ceilings,ops,decode,prefill,vattn,offline}"
 status=0
 "$bin/fused-gpu-check" > "$out/kernel-check.txt" 2>&1 || status=1

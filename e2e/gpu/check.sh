@@ -3,7 +3,6 @@
 # the CPU one (both KV layouts, eager and graph decode), and against HF transformers.
 # Run from the directory holding bin/ (see e2e/gpu/README.md). Exit status: non-zero on failure.
 source "$(dirname "$0")/env.sh"
-out="${OUT:-/tmp/fused-gpu-out}"; mkdir -p "$out"
 status=0
 "$bin/fused-gpu-check" 2>&1 | tee "$out/kernel-check.txt" || status=1
 hf="$(mktemp -d /tmp/fused-hf.XXXX)"

@@ -17,5 +17,7 @@ done
 export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
 export FUSED_KERNEL_CACHE="${FUSED_KERNEL_CACHE:-/tmp/fused-kernel-cache}"
 bin="$here/bin"
+# Where a script writes what it measures ($OUT on the device machine).
+out="${OUT:-/tmp/fused-gpu-out}"; mkdir -p "$out"
 echo "GPU libraries from $nvlib: $(cd "$libs" && ls | tr '\n' ' ')"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv,noheader || true

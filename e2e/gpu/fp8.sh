@@ -12,7 +12,6 @@
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
 set +e
-out="${OUT:-/tmp/fused-gpu-out}"; mkdir -p "$out"
 rounds="${ROUNDS:-2}" steps="${STEPS:-128}" deadline="${DEADLINE:-300}"
 status=0
 "$bin/fused-gpu-check" > "$out/kernel-check.txt" 2>&1 || status=1

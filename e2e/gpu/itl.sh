@@ -9,7 +9,7 @@
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
 set +e
-out="${OUT:-/tmp/fused-gpu-out}/itl"; mkdir -p "$out"
+out="$out/itl"; mkdir -p "$out"
 status=0
 for format in bf16 fp8; do
   flag=$([ "$format" = fp8 ] && echo --fp8)

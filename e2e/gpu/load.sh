@@ -7,7 +7,6 @@
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
 set +e
-out="${OUT:-/tmp/fused-gpu-out}"; mkdir -p "$out"
 status=0
 python3 "$here/load_checkpoint.py" "$bin/fused-daemon" "$here/tok" > "$out/load.txt" 2>&1 || status=1
 python3 "$here/full_memory.py" "$bin/fused-daemon" "$here/tok" > "$out/full-memory.txt" 2>&1 || status=1

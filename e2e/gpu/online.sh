@@ -10,7 +10,7 @@
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
 set +e
-out="${OUT:-/tmp/fused-gpu-out}/online"; mkdir -p "$out"
+out="$out/online"; mkdir -p "$out"
 rates="${RATES:-12,24,36,48}"
 duration="${DURATION:-8}"
 budget="${BUDGET:-1024}"

@@ -4,7 +4,6 @@
 # before each kernel, as for weights streamed once), and the table sums them per kernel and grid.
 # Env: SKIP (kernel launches before the window: the prompt's and the first steps'), COUNT.
 source "$(dirname "$0")/env.sh"
-out="${OUT:-/tmp/fused-gpu-out}"; mkdir -p "$out"
 ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
 [ -n "$ncu" ] || { echo "profile.sh: Nsight Compute (ncu) not found" >&2; exit 3; }
 "$ncu" --clock-control none -k 'regex:^(gemv|attn_decode|rope|rms|silu|argmax|embed)' \

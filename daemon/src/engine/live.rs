@@ -24,10 +24,6 @@ pub(super) struct Limits<'a> {
     pub eos_ids: &'a [u32],
     /// Tokens of context per sequence (prompt plus output).
     pub max_context: usize,
-    /// Ids a choice may output when the model has more rows than the tokenizer has ids
-    /// (padded vocabularies): the first this many, the ones the tokenizer can decode. Rows a
-    /// model returns whole are cut to these before sampling.
-    pub sampled_vocab: Option<usize>,
 }
 
 /// How a request ended, for the metrics and the request's log line.
@@ -52,8 +48,6 @@ pub(super) struct LiveRequest {
     guide: Option<Guide>,
     /// Whether the choice is constrained (its guide may be on loan).
     constrained: bool,
-    /// See [`Limits::sampled_vocab`].
-    sampled_vocab: Option<usize>,
     max_new_tokens: usize,
     min_tokens: usize,
     max_context: usize,
@@ -96,7 +90,6 @@ impl LiveRequest {
             sampler: Sampler::new(sampling, &request.prompt),
             guide: request.guide.clone(),
             constrained: request.guide.is_some(),
-            sampled_vocab: limits.sampled_vocab,
             prompt_len: request.prompt.len(),
             tokens: request.prompt.clone(),
             max_new_tokens: request.max_new_tokens,
@@ -170,9 +163,6 @@ impl LiveRequest {
         logits: Option<&[f32]>,
         mask: Option<TokenMask>,
     ) -> Option<Result<Option<Ending>, EngineError>> {
-        // Rows past the tokenizer's ids (a padded vocabulary) are never sampled.
-        let logits =
-            logits.map(|row| &row[..self.sampled_vocab.unwrap_or(row.len()).min(row.len())]);
         let sampled = match (picked, logits) {
             (Some(token), _) => self.sampler.record(token),
             (None, Some(row)) => match (self.constrained, &mask) {

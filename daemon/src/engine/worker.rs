@@ -97,8 +97,8 @@ pub fn spawn(parts: EngineParts) -> std::io::Result<(EngineHandle, JoinHandle<()
     let thread = std::thread::Builder::new()
         .name("fused-engine".into())
         .spawn(move || {
-            // Ids past the tokenizer's (a padded vocabulary) are never output: the model need not
-            // score them.
+            // Ids past the tokenizer's (a padded vocabulary) are never output: the model scores
+            // only the others, so they are never sampled either.
             let mut parts = parts;
             parts.model.limit_output_ids(parts.codec.vocab_size());
             let mut worker = Worker {
@@ -204,12 +204,10 @@ impl Worker {
         permits: Vec<Permit>,
         events: &UnboundedSender<Event>,
     ) -> Result<(), EngineError> {
-        let decodable = self.parts.codec.vocab_size();
         let limits = Limits {
             codec: &self.parts.codec,
             eos_ids: &self.parts.eos_ids,
             max_context: self.parts.max_context,
-            sampled_vocab: (decodable < self.parts.model.config().vocab_size).then_some(decodable),
         };
         let mut added = Vec::with_capacity(ids.len());
         let hasher = self.parts.prefix_caching.clone();

@@ -214,7 +214,7 @@ impl Model {
 
     /// Final norm and LM head over the rows the chunks asked for.
     fn head(&self, chunks: &[SeqChunk<'_>], x: &[f32]) -> Logits {
-        let (h, vocab) = (self.config.hidden, self.config.vocab_size);
+        let (h, vocab) = (self.config.hidden, self.output_ids);
         let mut rows = Vec::new();
         let mut spans = Vec::with_capacity(chunks.len());
         let mut offset = 0;
@@ -232,10 +232,12 @@ impl Model {
         norm(&self.weights.final_norm, &rows, &mut normed);
         let mut data = vec![0.0; count * vocab];
         match self.weights.lm_head_packed() {
-            Some(packed) if count <= PACKED_MAX_ROWS => packed.matmul(&normed, count, &mut data),
+            Some(packed) if count <= PACKED_MAX_ROWS => {
+                packed.matmul_first(&normed, count, vocab, &mut data)
+            }
             _ if count > 0 => cpu::linear(
                 &normed,
-                self.weights.lm_head(),
+                &self.weights.lm_head()[..vocab * h],
                 None,
                 count,
                 vocab,

@@ -62,10 +62,9 @@ pub trait Forward: Send {
     /// Bytes of one element of the K/V this model writes to the KV region (its K/V dtype).
     fn kv_element_bytes(&self) -> usize;
     /// Scores only the first `ids` rows of the LM head: the ids the tokenizer decodes, when the
-    /// model has more rows (a padded vocabulary). A model that picks greedy tokens itself
-    /// ([`LogitsWanted::Greedy`]) must then pick among these; one that ignores this returns
-    /// whole rows, and the engine leaves the rest out when it samples.
-    fn limit_output_ids(&mut self, _ids: usize) {}
+    /// model has more rows (a padded vocabulary). Rows of logits are then `ids` wide and a
+    /// greedy pick ([`LogitsWanted::Greedy`]) is among them: the engine samples what it gets.
+    fn limit_output_ids(&mut self, ids: usize);
     /// One batched varlen pass; see [`Model::forward`] for the contract.
     fn forward(
         &mut self,
@@ -84,6 +83,11 @@ impl Forward for Model {
         size_of::<f32>()
     }
 
+    /// The head's product covers the first `ids` rows only (a prefix of its matrix).
+    fn limit_output_ids(&mut self, ids: usize) {
+        self.output_ids = ids.clamp(1, self.config.vocab_size);
+    }
+
     fn forward(
         &mut self,
         chunks: &[SeqChunk<'_>],
@@ -100,6 +104,8 @@ pub struct Model {
     pub weights: Weights,
     rope: Option<RopeTable>,
     group: Option<Arc<dyn Communicator>>,
+    /// Rows of the LM head that are scored (see `Forward::limit_output_ids`).
+    output_ids: usize,
 }
 
 impl Model {
@@ -113,6 +119,7 @@ impl Model {
             )
         });
         Self {
+            output_ids: config.vocab_size,
             config,
             weights,
             rope,
@@ -130,6 +137,7 @@ impl Model {
         let weights = shard.weights(&self.config, &self.weights)?;
         Ok(Self {
             group: Some(group),
+            output_ids: self.output_ids,
             ..Self::new(config, weights)
         })
     }

@@ -139,17 +139,19 @@ impl QuantMatrix {
     /// (`[rows, out]`). Meant for a few rows: the weights are read and decoded once per group of
     /// four rows, so the arithmetic grows with the rows while the bytes read do not.
     pub fn matmul(&self, x: &[f32], rows: usize, y: &mut [f32]) {
+        self.matmul_first(x, rows, self.out, y);
+    }
+
+    /// [`matmul`](Self::matmul) with the first `out` rows of the matrix (`y` is `[rows, out]`).
+    pub fn matmul_first(&self, x: &[f32], rows: usize, out: usize, y: &mut [f32]) {
+        assert!(out <= self.out, "quant matmul: {out} of {} rows", self.out);
         assert_eq!(
             x.len(),
             rows * self.inner,
             "quant matmul: x is not rows × inner"
         );
-        assert_eq!(
-            y.len(),
-            rows * self.out,
-            "quant matmul: y is not rows × out"
-        );
-        if rows == 0 || self.out == 0 {
+        assert_eq!(y.len(), rows * out, "quant matmul: y is not rows × out");
+        if rows == 0 || out == 0 {
             return;
         }
         // Σx of each unit of each row (the terms of the units' minimums and offsets).
@@ -157,21 +159,20 @@ impl QuantMatrix {
         let row_bytes = self.data.len() / self.out;
         // Tasks of at least 64 KiB of blocks (a hand-off costs microseconds), a few per thread.
         let threads = rayon::current_num_threads();
-        let chunk_rows = self
-            .out
+        let chunk_rows = out
             .div_ceil(4 * threads)
             .max((64 << 10) / row_bytes.max(1))
             .max(1);
         let kernel = pick_kernel();
         // Output-major scratch so that tasks own whole output rows.
-        let mut t = vec![0.0f32; self.out * rows];
+        let mut t = vec![0.0f32; out * rows];
         let task = |(c, out_chunk): (usize, &mut [f32])| {
             for (i, dst) in out_chunk.chunks_exact_mut(rows).enumerate() {
                 let (kind, w) = self.row(c * chunk_rows + i);
                 kernel(kind, w, x, &xsum, dst);
             }
         };
-        if self.out <= chunk_rows {
+        if out <= chunk_rows {
             task((0, &mut t));
         } else {
             t.par_chunks_mut(chunk_rows * rows)
@@ -180,7 +181,7 @@ impl QuantMatrix {
         }
         for (o, values) in t.chunks_exact(rows).enumerate() {
             for (r, v) in values.iter().enumerate() {
-                y[r * self.out + o] = *v;
+                y[r * out + o] = *v;
             }
         }
     }
@@ -436,6 +437,13 @@ mod tests {
             prop_assert!(y.iter().all(|v| v.is_finite()));
             let err = rel_l2(&y, &want);
             prop_assert!(err < 1e-5, "{kind:?} {rows}x{inner}->{out}: rel l2 {err}");
+            // The first rows alone are the same columns of the product.
+            let first = out.div_ceil(2);
+            let mut part = vec![f32::NAN; rows * first];
+            m.matmul_first(&x, rows, first, &mut part);
+            for r in 0..rows {
+                prop_assert_eq!(&part[r * first..(r + 1) * first], &y[r * out..r * out + first]);
+            }
         }
 
         #[test]
