@@ -170,10 +170,20 @@ const DECODE_VARIANTS: [DecodeVariant; 6] = [
 /// Sequences of the batched decode runs ([`decode_batches`]).
 const DECODE_BATCHES: [usize; 3] = [2, 4, 8];
 
+/// Prompt tokens before the timed steps of (a) and the batched runs.
+const PROMPT: usize = 128;
+
+/// Contexts of the batch-1 runs whose roofline counts the KV read too ([`decode_contexts`]).
+const DECODE_CONTEXTS: [usize; 3] = [512, 2048, 4000];
+
+/// Steps timed at each of [`DECODE_CONTEXTS`]: the context stays within ±32 tokens of it.
+const CONTEXT_STEPS: usize = 64;
+
 /// (a) Batch-1 decode of each [`DECODE_VARIANTS`] against weight bytes / copy bandwidth.
 pub fn decode_batch1(
     device: &Arc<GpuDevice>,
     model: &mut GpuModel,
+    shape: &str,
     steps: usize,
     ceilings: Option<Ceilings>,
     report: &mut Report,
@@ -184,7 +194,7 @@ pub fn decode_batch1(
     let launch_mode = model.kernels_mut().dependent_launch;
     for v in &DECODE_VARIANTS {
         configure(device, model, v, launch_mode)?;
-        let mean = mean_step(&decode_steps(model, &mut kv, steps, 1)?, steps);
+        let mean = mean_step(&decode_steps(model, &mut kv, PROMPT, steps, 1)?, steps);
         let note = step_floor(model, ceilings).map_or(String::new(), |floor| {
             format!(
                 "{:.1}% of roofline {:.1} tok/s",
@@ -194,7 +204,7 @@ pub fn decode_batch1(
         });
         report.value(
             "a",
-            &format!("llama-2-7b batch-1 decode tok/s ({})", v.name),
+            &format!("{shape} batch-1 decode tok/s ({})", v.name),
             1.0 / mean,
             "tok/s",
             &note,
@@ -211,6 +221,7 @@ pub fn decode_batch1(
 pub fn decode_batches(
     device: &Arc<GpuDevice>,
     model: &mut GpuModel,
+    shape: &str,
     steps: usize,
     ceilings: Option<Ceilings>,
     report: &mut Report,
@@ -222,7 +233,10 @@ pub fn decode_batches(
     for sequences in DECODE_BATCHES {
         for v in [&DEFAULT, &PER_ROW] {
             configure(device, model, v, launch_mode)?;
-            let mean = mean_step(&decode_steps(model, &mut kv, steps, sequences)?, steps);
+            let mean = mean_step(
+                &decode_steps(model, &mut kv, PROMPT, steps, sequences)?,
+                steps,
+            );
             let note = step_floor(model, ceilings).map_or(String::new(), |floor| {
                 format!(
                     "{:.1} tok/s per sequence, {:.1}% of the step roofline {:.3} ms",
@@ -234,7 +248,7 @@ pub fn decode_batches(
             report.value(
                 "a",
                 &format!(
-                    "llama-2-7b batch-{sequences} decode aggregate tok/s ({})",
+                    "{shape} batch-{sequences} decode aggregate tok/s ({})",
                     v.name
                 ),
                 sequences as f64 / mean,
@@ -244,6 +258,60 @@ pub fn decode_batches(
         }
     }
     configure(device, model, &DEFAULT, launch_mode)?;
+    kv.shutdown()?;
+    Ok(())
+}
+
+/// Batch-1 decode (the default build, graphs) at each of [`DECODE_CONTEXTS`], against a
+/// roofline of the weight bytes plus the K/V bytes read at that context (issue 19's (a)).
+pub fn decode_contexts(
+    device: &Arc<GpuDevice>,
+    model: &mut GpuModel,
+    shape: &str,
+    ceilings: Option<Ceilings>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let cfg = model.config().clone();
+    let longest = DECODE_CONTEXTS.into_iter().max().unwrap_or(0) + CONTEXT_STEPS;
+    let contexts: Vec<usize> = DECODE_CONTEXTS
+        .into_iter()
+        .filter(|&c| c + CONTEXT_STEPS / 2 <= cfg.max_positions)
+        .collect();
+    let mut kv = kv_for(
+        device,
+        model,
+        KvLayout::Interleaved,
+        1,
+        longest.min(cfg.max_positions),
+        8 << 30,
+    )?;
+    model.set_max_context(longest.min(cfg.max_positions));
+    let launch_mode = model.kernels_mut().dependent_launch;
+    configure(device, model, &DEFAULT, launch_mode)?;
+    for context in contexts {
+        let prompt_len = context - CONTEXT_STEPS / 2;
+        let times = decode_steps(model, &mut kv, prompt_len, CONTEXT_STEPS, 1)?;
+        let mean = mean_step(&times, CONTEXT_STEPS);
+        // K and V of every layer, bf16, for each token of the context.
+        let kv_bytes = 2 * cfg.layers * cfg.kv_dim() * 2 * context;
+        let note = ceilings.map_or(String::new(), |c| {
+            let floor = (model.weight_bytes_per_step() + kv_bytes) as f64 / c.copy_bytes_per_s;
+            format!(
+                "{:.1}% of roofline {:.1} tok/s ({:.2} GB of weights + {:.3} GB of K/V)",
+                100.0 * floor / mean,
+                1.0 / floor,
+                model.weight_bytes_per_step() as f64 / 1e9,
+                kv_bytes as f64 / 1e9
+            )
+        });
+        report.value(
+            "a",
+            &format!("{shape} batch-1 decode tok/s at context {context}"),
+            1.0 / mean,
+            "tok/s",
+            &note,
+        );
+    }
     kv.shutdown()?;
     Ok(())
 }
@@ -279,16 +347,16 @@ fn configure(
     Ok(())
 }
 
-/// `sequences` sequences: each a 128-token prompt, then `steps` greedy decode steps of all of
-/// them in one batch (the device picks each token, as for greedy requests); the seconds of each
+/// `sequences` sequences: each a `prompt_len`-token prompt, then `steps` greedy decode steps of
+/// all of them in one batch (the device picks each token, as for greedy requests); the seconds of each
 /// step.
 fn decode_steps(
     model: &mut GpuModel,
     kv: &mut KvManager,
+    prompt_len: usize,
     steps: usize,
     sequences: usize,
 ) -> anyhow::Result<Vec<f64>> {
-    let prompt_len = 128;
     let slots = (0..sequences)
         .map(|_| kv.admit(prompt_len + steps + 1))
         .collect::<Result<Vec<_>, _>>()?;

@@ -33,8 +33,9 @@ use report::Report;
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Comma-separated parts: check, ceilings, ops, decode, decode-batches, prefill, vattn,
-    /// offline (`fp8-checkpoint`: the one check of `check` that streams an FP8 checkpoint).
+    /// Comma-separated parts: check, ceilings, ops, decode, decode-batches, decode-contexts
+    /// (batch 1 at contexts 512, 2,048 and 4,000), prefill, vattn, offline (`fp8-checkpoint`:
+    /// the one check of `check` that streams an FP8 checkpoint).
     #[arg(
         long,
         default_value = "check,ceilings,ops,decode,decode-batches,prefill,vattn,offline"
@@ -118,6 +119,7 @@ fn main() -> anyhow::Result<()> {
         "ops",
         "decode",
         "decode-batches",
+        "decode-contexts",
         "prefill",
         "vattn",
         "offline",
@@ -155,15 +157,20 @@ fn main() -> anyhow::Result<()> {
             bench::decode_batch1(
                 &device,
                 &mut model,
+                &args.shape,
                 args.decode_steps,
                 ceilings,
                 &mut report,
             )?;
         }
+        if wants("decode-contexts") {
+            bench::decode_contexts(&device, &mut model, &args.shape, ceilings, &mut report)?;
+        }
         if wants("decode-batches") {
             bench::decode_batches(
                 &device,
                 &mut model,
+                &args.shape,
                 args.decode_steps,
                 ceilings,
                 &mut report,
