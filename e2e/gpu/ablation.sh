@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The fused-vs-normal ablation on the GPU (issue 20; docs/ABLATION.md): dummy Llama-2-7B weights
-# made on the device, the Mistral tokenizer of tok/ (a 32,000-token Llama-family tokenizer), and
-# an AdaptiVocab patch of it built from the ICD-10-CM training chapters (data/patch, made here
-# with `vocab build --swap 2000`; its new rows computed on the device by `vocab init-embeddings`
-# from an embedding-and-head checkpoint of random values). Each row serves with `fused-daemon
-# serve --device cuda` under the same KV budget and load, driven by `fused-bench` on held-out
-# ICD-10-CM chapters (data/heldout.txt):
+# The fused-vs-normal ablation on the GPU (issue 20; docs/ABLATION.md): a real-format Llama-2-7B
+# bf16 checkpoint written on the device (random values, transformers' `save_pretrained` shards,
+# load_checkpoint.py; MODEL=dummy uses weights made on the device instead), the Mistral tokenizer
+# of tok/ (a 32,000-token Llama-family tokenizer), and an AdaptiVocab patch of it built from the
+# ICD-10-CM training chapters (`vocab build --swap 2000`; its new rows computed by `vocab
+# init-embeddings` from the checkpoint's own embedding and head). Each row streams the checkpoint
+# into `fused-daemon serve --device cuda` and serves under the same KV budget and load, driven by
+# `fused-bench` on held-out ICD-10-CM chapters (data/heldout.txt):
 #   fused          patch + KV mapped on demand + Sarathi (--token-budget $BUDGET)
 #   no-patch       fused without the patch
 #   eager-kv       fused with each sequence's whole context reserved at admission
@@ -13,11 +14,11 @@
 #   all-off        no patch, eager KV, prefill-first: the "normal" model
 # Per row: a Poisson run (RATE req/s, N requests, --ignore-eos), then a capacity probe (CAP at
 # once, 16 output tokens) whose peak of vllm:num_requests_running is the most sequences the KV
-# budget holds. Prints the table last. ≈ 4 min.
+# budget holds. Prints the table last. ≈ 6 min (the checkpoint written once: ≈ 1.5 min).
 #   OUT=<dir> bash e2e/gpu/ablation.sh   (bin/ with fused-daemon and fused-bench [cuda], tok/,
 #                                          data/train.txt and data/heldout.txt beside this script)
 # Env: N (64), RATE (16), IN_LEN (512), OUT_LEN (128), CAP (64), KV_MIB (4096), CTX (2048),
-#      BUDGET (1024), MAX_SEQS (64).
+#      BUDGET (1024), MAX_SEQS (64), MODEL (checkpoint | dummy), CKPT (/tmp/llama2-7b-bf16).
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
 set +e
@@ -27,11 +28,14 @@ KV_MIB=${KV_MIB:-4096} CTX=${CTX:-2048} BUDGET=${BUDGET:-1024} MAX_SEQS=${MAX_SE
 patch="$out/patch"
 "$bin/fused-daemon" vocab build --base "$here/tok" --corpus "$here/data/train.txt" --swap 2000 \
   --out "$patch" > "$out/patch-build.txt" 2>&1 || { cat "$out/patch-build.txt"; exit 1; }
-emb="$out/embeddings"
-python3 - "$emb" "$here/tok" <<'PY' || exit 1
-import json, os, shutil, sys, torch
+if [ "${MODEL:-checkpoint}" = dummy ]; then
+  # An embedding-and-head checkpoint of random values for init-embeddings; the served weights are
+  # made on the device.
+  emb="$out/embeddings"
+  python3 - "$emb" <<'PY' || exit 1
+import json, os, sys, torch
 from safetensors.torch import save_file
-d, tok = sys.argv[1], sys.argv[2]
+d = sys.argv[1]
 os.makedirs(d, exist_ok=True)
 g = torch.Generator().manual_seed(1)
 rand = lambda: (torch.rand(32000, 4096, generator=g) * 0.16 - 0.08).to(torch.bfloat16)
@@ -40,12 +44,19 @@ json.dump({"model_type": "llama", "vocab_size": 32000, "hidden_size": 4096, "int
            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 4096,
            "tie_word_embeddings": False}, open(f"{d}/config.json", "w"))
-for f in os.listdir(tok):
-    shutil.copy(os.path.join(tok, f), d)
 PY
+  model=(--load-format dummy --model llama-2-7b)
+else
+  emb="${CKPT:-/tmp/llama2-7b-bf16}"
+  python3 "$here/load_checkpoint.py" write "$emb" > "$out/checkpoint.txt" 2>&1 \
+    || { cat "$out/checkpoint.txt"; exit 1; }
+  model=(--model "$emb")
+fi
+# init-embeddings reads the tokenizer from the model's directory.
+cp "$here"/tok/* "$emb"/
 "$bin/fused-daemon" vocab init-embeddings --patch "$patch" --model "$emb" > "$out/patch-rows.txt" 2>&1 \
   || { cat "$out/patch-rows.txt"; exit 1; }
-common=(serve --device cuda --load-format dummy --model llama-2-7b --tokenizer "$here/tok"
+common=(serve --device cuda "${model[@]}" --tokenizer "$here/tok"
         --kv-memory-mib "$KV_MIB" --max-seqs "$MAX_SEQS" --max-context "$CTX" --max-queue 4096)
 declare -A rows=(
   [fused]="--patch-tokenizer $patch --token-budget $BUDGET"
@@ -61,7 +72,7 @@ for row in "${order[@]}"; do
   # shellcheck disable=SC2086
   "$bin/fused-daemon" "${common[@]}" ${rows[$row]} --port "$port" > "$out/$row-daemon.log" 2>&1 &
   pid=$!
-  for _ in $(seq 240); do curl -sf "localhost:$port/ready" >/dev/null && break; sleep 0.5; done
+  for _ in $(seq 480); do curl -sf "localhost:$port/ready" >/dev/null && break; sleep 0.5; done
   bench=(--base-url "http://127.0.0.1:$port" --tokenizer "$here/tok/tokenizer.json" --dataset-name text
          --dataset-path "$here/data/heldout.txt" --text-input-len "$IN_LEN" --ignore-eos --disable-tqdm
          --scrape-metrics --request-timeout-s 120 --label "$row")

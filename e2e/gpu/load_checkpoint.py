@@ -2,11 +2,15 @@
 `save_pretrained` shards) written on this machine, the disk read rate of its files, then
 `fused-daemon serve --device cuda --model DIR` streaming it to the GPU: seconds to ready, load
 GB/s, peak host RSS (VmHWM), and one greedy completion over HTTP.
-Usage: load_checkpoint.py DAEMON_BINARY TOKENIZER_DIR [CHECKPOINT_DIR]"""
+Usage: load_checkpoint.py DAEMON_BINARY TOKENIZER_DIR [CHECKPOINT_DIR]
+       load_checkpoint.py write CHECKPOINT_DIR   (only writes the checkpoint, if it is not there)"""
 import glob, json, os, subprocess, sys, time, urllib.request
 
-daemon, tokenizer = sys.argv[1], sys.argv[2]
-ckpt = sys.argv[3] if len(sys.argv) > 3 else "/tmp/llama2-7b-bf16"
+if sys.argv[1] == "write":
+    daemon, tokenizer, ckpt = None, None, sys.argv[2]
+else:
+    daemon, tokenizer = sys.argv[1], sys.argv[2]
+    ckpt = sys.argv[3] if len(sys.argv) > 3 else "/tmp/llama2-7b-bf16"
 
 
 def write_checkpoint():
@@ -58,6 +62,9 @@ def call(base, path, body=None, timeout=120):
 
 
 write_s = write_checkpoint()
+if daemon is None:
+    print(f"checkpoint in {ckpt} (written in {write_s:.0f} s)")
+    sys.exit(0)
 total, disk_gbps, dropped = read_rate()
 # Cold again for the load itself when the page cache can be dropped.
 subprocess.run("sync && echo 3 > /proc/sys/vm/drop_caches", shell=True, capture_output=True)
