@@ -5,12 +5,12 @@
 //! line per check and exits non-zero if any fails (2 when there is no usable GPU).
 
 use fused_kernels::compare::rel_l2;
-use fused_kernels::cpu::{self, AttentionShape, RopeTable};
+use fused_kernels::cpu::{self, AttentionShape, BlockKind, QuantMatrix, RopeTable};
 use fused_kernels::cuda::{
-    BatchArrays, BatchShape, Blas, CudaError, DecodeSplits, DeviceBatch, DeviceBuffer, DeviceView,
-    E4M3_MAX, Element, Fp8Matrix, GEMV_MAX_ROWS, GemvBuild, GpuDevice, IndexBuffer, Kernels,
-    Linear, LinearOut, LinearShape, NormRows, PREFILL_TILE_ROWS, PositionEmbedding, RopeTables,
-    WeightView, e4m3_to_f32,
+    BatchArrays, BatchShape, Blas, BlockFormat, BlockMatrix, CudaError, DecodeSplits, DeviceBatch,
+    DeviceBuffer, DeviceView, E4M3_MAX, Element, Fp8Matrix, GEMV_MAX_ROWS, GemvBuild, GpuDevice,
+    IndexBuffer, Kernels, Linear, LinearOut, LinearShape, NormRows, PREFILL_TILE_ROWS,
+    PositionEmbedding, RopeTables, WeightView, e4m3_to_f32,
 };
 use half::bf16;
 
@@ -257,6 +257,77 @@ impl Check<'_> {
             check.kernels.linear_dense(check.blas, layer, &mut dense)
         })?;
         if Kernels::gemv_takes(&m.weights(), rows, inner) {
+            let mut act = vec![0.0; rows * out];
+            cpu::silu_mul(&want, out, &mut act);
+            let mut y_act = self.poisoned::<bf16>(rows * out)?;
+            let halves = LinearShape { out, ..shape };
+            self.kernels.gemv_swiglu(&xd, &m, &mut y_act, halves)?;
+            let got = self.read_bf16(&y_act)?;
+            self.report(&format!("{name} +SwiGLU"), rel_l2(&got, &act), BF16_TOL);
+        }
+        Ok(())
+    }
+
+    /// GGUF blocks (Q8_0, Q4_K) of random bytes with modest f16 scales: expanded on the device
+    /// as the host decodes them, and the product (the GEMV reading the blocks, or cuBLAS on the
+    /// expansion past its rows) plain, accumulating, to bf16 and with SwiGLU folded in, against
+    /// the CPU product with the decoded weights.
+    fn blocks(
+        &mut self,
+        kind: BlockKind,
+        rows: usize,
+        out: usize,
+        inner: usize,
+    ) -> Result<(), CudaError> {
+        let format = BlockFormat::of(kind).expect("a device block format");
+        let bb = kind.block_bytes();
+        let mut bytes: Vec<u8> = (0..2 * out * inner / kind.block_weights() * bb)
+            .map(|_| self.rng.next_u64() as u8)
+            .collect();
+        // d (and dmin) of each block: f16 of magnitude 1e-4..1e-2, either sign.
+        let fields: &[usize] = if kind == BlockKind::Q4_K {
+            &[0, 2]
+        } else {
+            &[0]
+        };
+        for block in bytes.chunks_exact_mut(bb) {
+            for &at in fields {
+                let v = half::f16::from_f32(
+                    self.rng.uniform(1e-4, 1e-2) * if self.rng.below(2) == 0 { 1.0 } else { -1.0 },
+                );
+                block[at..at + 2].copy_from_slice(&v.to_bits().to_le_bytes());
+            }
+        }
+        let host = QuantMatrix::new(kind, 2 * out, inner, bytes.clone())
+            .map_err(|e| CudaError::Invalid(e.to_string()))?;
+        let decoded = host.dequantize();
+        let m = BlockMatrix::upload(self.dev, format, 2 * out, inner, &bytes)?;
+        let name = format!("{kind:?} {rows}x{}x{inner}", 2 * out);
+        let mut dense = self.poisoned::<bf16>(2 * out * inner)?;
+        self.kernels.dequantize_blocks(&m, &mut dense)?;
+        let got = self.read_bf16(&dense)?;
+        self.report(
+            &format!("{name} expand"),
+            rel_l2(&got, &round_bf16(&decoded)),
+            1e-6,
+        );
+        let x = round_bf16(&self.rng.vec(rows * inner, -1.0, 1.0));
+        let xd = self.buffer(&to_bf16(&x))?;
+        let mut want = vec![0.0; rows * 2 * out];
+        cpu::linear(&x, &decoded, None, rows, 2 * out, &mut want);
+        let shape = LinearShape {
+            rows,
+            out: 2 * out,
+            inner,
+        };
+        // The GEMV sums in f32; cuBLAS multiplies the bf16 expansion (rounded weights).
+        let gemv = Kernels::gemv_takes(&m.weights(), rows, inner);
+        let tol = if gemv { FP32_TOL } else { BF16_TOL };
+        self.each_output(&name, &want, tol, |check, y| {
+            let layer = Linear::new(&xd, &m, y, shape)?;
+            check.kernels.linear_dense(check.blas, layer, &mut dense)
+        })?;
+        if gemv {
             let mut act = vec![0.0; rows * out];
             cpu::silu_mul(&want, out, &mut act);
             let mut y_act = self.poisoned::<bf16>(rows * out)?;
@@ -709,6 +780,14 @@ fn run(seed: u64) -> Result<usize, CudaError> {
         check.fp8(100, 2048, 4096)?;
     }
     check.kernels.gemv_build = GemvBuild::default();
+    // GGUF blocks: the GEMV's row counts (Llama-2-7B widths, and uneven ones), and past them.
+    for kind in [BlockKind::Q8_0, BlockKind::Q4_K] {
+        check.blocks(kind, 1, 4096, 4096)?;
+        check.blocks(kind, 3, 1000, 11008)?;
+        check.blocks(kind, 5, 300, 1024)?;
+        check.blocks(kind, 8, 2048, 4096)?;
+        check.blocks(kind, 40, 512, 4096)?;
+    }
     check.embed_and_norm(37, 4096, 1000)?;
     check.silu_and_argmax(29, 11008, 32000)?;
     // Widths off the vectorised paths.

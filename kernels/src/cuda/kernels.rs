@@ -17,12 +17,13 @@ use super::launch::{In, Kernel, Nullable, Out, Signature};
 use super::linear::{GemvBuild, OutVoid};
 
 /// The kernel sources, in the order they are concatenated for NVRTC.
-pub const SOURCES: [(&str, &str); 5] = [
+pub const SOURCES: [(&str, &str); 6] = [
     ("common.cuh", include_str!("cu/common.cuh")),
     ("elementwise.cu", include_str!("cu/elementwise.cu")),
     ("attention.cu", include_str!("cu/attention.cu")),
     ("fp8.cu", include_str!("cu/fp8.cu")),
     ("gemv.cu", include_str!("cu/gemv.cu")),
+    ("blocks.cu", include_str!("cu/blocks.cu")),
 ];
 
 // The prototypes, as `cu/` declares them (parameter names in the comments; the long ones laid out
@@ -94,6 +95,13 @@ pub(crate) type GemvFp8 = Kernel<(In<bf16>, In<u8>, In<f32>, OutVoid, i32, i32, 
 pub(crate) type QuantizeFp8 = Kernel<(In<bf16>, Out<u8>, Out<f32>, i32)>;
 /// `dequantize_fp8_rows(q, scale, w, out, in)`.
 pub(crate) type DequantizeFp8 = Kernel<(In<u8>, In<f32>, Out<bf16>, i32, i32)>;
+/// `gemv_{q8_0,q4_k}_r*_p*(x, w, scales, y, rows, out, in, mode)` (`scales`: Q8_0's, null for
+/// Q4_K).
+pub(crate) type GemvBlocks = Kernel<(In<bf16>, In<u8>, Nullable<u16>, OutVoid, i32, i32, i32, i32)>;
+/// `dequantize_q8_0_rows(codes, scales, w, out, in)`.
+pub(crate) type DequantizeQ8 = Kernel<(In<u8>, In<u16>, Out<bf16>, i32, i32)>;
+/// `dequantize_q4_k_rows(blocks, w, out, in)`.
+pub(crate) type DequantizeQ4K = Kernel<(In<u8>, Out<bf16>, i32, i32)>;
 
 /// The eight builds of a GEMV family `PREFIX_r{1,2,4,8}_p{0,1}`, at `4 pair + rows bucket`.
 macro_rules! gemv_names {
@@ -153,6 +161,12 @@ pub struct Kernels {
     pub gemv_build: GemvBuild,
     pub(crate) quantize_fp8: QuantizeFp8,
     pub(crate) dequantize_fp8: DequantizeFp8,
+    /// `gemv_q8_0_r{1,2,4,8}_p{pair}` at `4 pair + rows bucket`.
+    pub(crate) gemv_q8_0: Vec<GemvBlocks>,
+    /// `gemv_q4_k_r{1,2,4,8}_p{pair}` at `4 pair + rows bucket`.
+    pub(crate) gemv_q4_k: Vec<GemvBlocks>,
+    pub(crate) dequantize_q8_0: DequantizeQ8,
+    pub(crate) dequantize_q4_k: DequantizeQ4K,
     /// Blocks a GEMV should have: rows are split over up to 8 warps until it has as many (the
     /// default, one block per 32 threads an SM holds, keeps every SM streaming; 0 never splits).
     pub gemv_min_blocks: usize,
@@ -233,6 +247,10 @@ impl Kernels {
             gemv_build: GemvBuild::default(),
             quantize_fp8: Kernel::load(m, "quantize_fp8_rows")?,
             dequantize_fp8: Kernel::load(m, "dequantize_fp8_rows")?,
+            gemv_q8_0: load_family(m, gemv_names!("gemv_q8_0"))?,
+            gemv_q4_k: load_family(m, gemv_names!("gemv_q4_k"))?,
+            dequantize_q8_0: Kernel::load(m, "dequantize_q8_0_rows")?,
+            dequantize_q4_k: Kernel::load(m, "dequantize_q4_k_rows")?,
             gemv_min_blocks: 8 * device.multiprocessors(),
             decode: [
                 [

@@ -11,6 +11,7 @@
 use half::bf16;
 
 use super::blas::Blas;
+use super::blocks::{BlockFormat, check_q8_0};
 use super::error::{CudaError, as_i32};
 use super::fp8::Fp8Matrix;
 use super::kernels::{Kernels, grid};
@@ -40,6 +41,7 @@ const GEMV_MMA_K: usize = 32;
 const GEMV_MMA_K_FP8: usize = 64;
 
 /// A dense layer's weights as the kernels read them.
+#[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy)]
 pub enum LinearWeights<'a> {
     Bf16(DeviceSlice<'a, bf16>),
@@ -47,6 +49,15 @@ pub enum LinearWeights<'a> {
     Fp8 {
         codes: DeviceSlice<'a, u8>,
         scales: DeviceSlice<'a, f32>,
+    },
+    /// GGUF Q8_0: int8 codes `[out, inner]` and an f16 scale per 32 ([`BlockMatrix`]).
+    Q8_0 {
+        codes: DeviceSlice<'a, u8>,
+        scales: DeviceSlice<'a, u16>,
+    },
+    /// GGUF Q4_K super-blocks, row-major ([`BlockMatrix`]).
+    Q4_K {
+        blocks: DeviceSlice<'a, u8>,
     },
 }
 
@@ -58,6 +69,18 @@ impl LinearWeights<'_> {
             Self::Fp8 { codes, scales } => {
                 check_len("FP8 weight codes", codes.len(), rows * inner)?;
                 check_len("FP8 weight scales", scales.len(), rows)
+            }
+            Self::Q8_0 { codes, scales } => {
+                BlockFormat::Q8_0.check(rows, inner)?;
+                check_q8_0(*codes, *scales, rows, inner)
+            }
+            Self::Q4_K { blocks } => {
+                BlockFormat::Q4_K.check(rows, inner)?;
+                check_len(
+                    "Q4_K weight blocks",
+                    blocks.len(),
+                    BlockFormat::Q4_K.bytes(rows, inner),
+                )
             }
         }
     }
@@ -201,6 +224,8 @@ impl Kernels {
         match w {
             LinearWeights::Bf16(_) => Self::gemv_fits(rows, inner),
             LinearWeights::Fp8 { .. } => rows <= GEMV_MAX_ROWS && inner.is_multiple_of(16),
+            // Rows are whole blocks (checked with the weights).
+            LinearWeights::Q8_0 { .. } | LinearWeights::Q4_K { .. } => rows <= GEMV_MAX_ROWS,
         }
     }
 
@@ -228,6 +253,13 @@ impl Kernels {
                 if !Self::gemv_takes(&w, shape.rows, shape.inner) =>
             {
                 self.dequantize(codes, scales, shape.out, shape.inner, dense.view_mut())?;
+                let w = LinearWeights::Bf16(dense.view());
+                blas.gemm(Linear { x, w, y, shape })
+            }
+            LinearWeights::Q8_0 { .. } | LinearWeights::Q4_K { .. }
+                if !Self::gemv_takes(&w, shape.rows, shape.inner) =>
+            {
+                self.expand_blocks(w, shape.out, shape.inner, dense.view_mut())?;
                 let w = LinearWeights::Bf16(dense.view());
                 blas.gemm(Linear { x, w, y, shape })
             }
@@ -292,6 +324,30 @@ impl Kernels {
         let (mma_k, fp8) = match w {
             LinearWeights::Bf16(_) => (GEMV_MMA_K, false),
             LinearWeights::Fp8 { .. } => (GEMV_MMA_K_FP8, true),
+            // A warp per weight row, decoding the blocks in registers.
+            LinearWeights::Q8_0 { codes, scales } => {
+                let cfg = grid(out.div_ceil(8), 1, 1, 256)?;
+                let (rows, out, inner) = (
+                    rows_i32(rows)?,
+                    as_i32(out, "out")?,
+                    as_i32(inner, "inner")?,
+                );
+                let args = (x, codes, Some(scales), y, rows, out, inner, mode);
+                // SAFETY: as below; the scales are `rows × inner / 32` (checked with the weights).
+                return unsafe { self.queue(&self.gemv_q8_0[kernel], cfg, args) };
+            }
+            LinearWeights::Q4_K { blocks } => {
+                let cfg = grid(out.div_ceil(8), 1, 1, 256)?;
+                let (rows, out, inner) = (
+                    rows_i32(rows)?,
+                    as_i32(out, "out")?,
+                    as_i32(inner, "inner")?,
+                );
+                let args = (x, blocks, None, y, rows, out, inner, mode);
+                // SAFETY: as below; the super-blocks are `out × inner / 256` (checked with the
+                // weights).
+                return unsafe { self.queue(&self.gemv_q4_k[kernel], cfg, args) };
+            }
         };
         let mma = inner.is_multiple_of(mma_k)
             && match self.gemv_build {
@@ -325,6 +381,7 @@ impl Kernels {
                     let args = (x, codes, scales, y, rows, out_i, inner, mode, ksplit);
                     unsafe { self.queue(&self.gemv_mma_fp8[pair], cfg, args) }
                 }
+                LinearWeights::Q8_0 { .. } | LinearWeights::Q4_K { .. } => unreachable_blocks(),
             };
         }
         let ksplit = self.gemv_ksplit(out);
@@ -339,8 +396,20 @@ impl Kernels {
                 let args = (x, codes, scales, y, rows, out_i, inner, mode, ksplit);
                 unsafe { self.queue(&self.gemv_fp8[kernel], cfg, args) }
             }
+            LinearWeights::Q8_0 { .. } | LinearWeights::Q4_K { .. } => unreachable_blocks(),
         }
     }
+}
+
+fn rows_i32(rows: usize) -> Result<i32, CudaError> {
+    as_i32(rows, "rows")
+}
+
+/// Block weights launch their own GEMV before the bf16 and FP8 builds are chosen.
+fn unreachable_blocks() -> Result<(), CudaError> {
+    Err(CudaError::Invalid(
+        "block weights reached the bf16/FP8 GEMV dispatch".into(),
+    ))
 }
 
 #[cfg(test)]

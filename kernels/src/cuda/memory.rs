@@ -31,7 +31,7 @@ macro_rules! element {
         impl Element for $t {}
     )*};
 }
-element!(u8, u32, u64, f32, bf16);
+element!(u8, u16, u32, u64, f32, bf16);
 
 /// Device memory of `len` elements of `T`, freed on drop.
 pub struct DeviceBuffer<T> {

@@ -13,6 +13,7 @@
 //! - [`launch`]: the one launch helper (`cuLaunchKernelEx`, programmatic dependent launch on
 //!   sm_90 and later), type-checked against the prototypes;
 //! - [`fp8`]: E4M3 weights with a scale per row (quantized and expanded on the device);
+//!   [`blocks`]: GGUF's Q8_0 and Q4_K blocks, read as stored (expanded on the device for GEMMs);
 //! - [`elementwise`], [`linear`], [`attention`]: the wrappers, which check every operand's
 //!   length against the shape they are given — [`linear`] picks the GEMV or [`blas`] (cuBLAS);
 //!   [`attention`] holds [`DeviceBatch`], the one place a caller vouches for the KV region's
@@ -23,6 +24,7 @@
 
 mod attention;
 mod blas;
+mod blocks;
 mod compile;
 mod device;
 mod elementwise;
@@ -39,6 +41,7 @@ pub use attention::{
     BatchArrays, BatchShape, DecodeSplits, DeviceBatch, LayerBatch, PREFILL_TILE_ROWS, RopeTables,
 };
 pub use blas::Blas;
+pub use blocks::{BlockFormat, BlockMatrix};
 pub use compile::{CacheStatus, compile_cubin};
 pub use device::{GpuDevice, GpuTimer};
 pub use elementwise::{FillElement, NormRows, PositionEmbedding};
