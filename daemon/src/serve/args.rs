@@ -4,7 +4,7 @@
 //!
 //! Must not: read files or open devices (load.rs and device.rs do).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -49,6 +49,9 @@ pub enum Quantization {
     /// FP8 E4M3 weights with a scale per output channel, quantized at load from the bf16, f16
     /// or f32 checkpoint (GPU; the embedding and the LM head stay bf16).
     Fp8,
+    /// A GGUF file's own blocks: on the GPU its Q8_0 and Q4_K matrices stay in them (the others,
+    /// the embedding and the LM head go up as bf16); the CPU reads every GGUF's blocks anyway.
+    Gguf,
 }
 
 /// Where each token's K/V lives in the KV pages.
@@ -145,8 +148,9 @@ pub struct ServeArgs {
     /// Compute type (vLLM's `--dtype`): the CPU computes in float32, the GPU in bfloat16.
     #[arg(long, value_enum, default_value = "auto")]
     pub dtype: Dtype,
-    /// Quantize the weights at load (vLLM's `--quantization`, `-q`): `fp8` on the GPU. GGUF files
-    /// are served in their own blocks on the CPU without it.
+    /// Quantize the weights at load (vLLM's `--quantization`, `-q`): `fp8` on the GPU; `gguf`
+    /// keeps a GGUF file's Q8_0 / Q4_K blocks on the GPU. GGUF files are served in their own
+    /// blocks on the CPU without it.
     #[arg(long, value_enum)]
     pub quantization: Option<Quantization>,
     /// Run decode iterations eagerly instead of replaying CUDA graphs.
@@ -268,6 +272,7 @@ impl Quantization {
     pub fn name(self) -> &'static str {
         match self {
             Self::Fp8 => "fp8",
+            Self::Gguf => "gguf",
         }
     }
 
@@ -275,9 +280,20 @@ impl Quantization {
     pub fn check(quantization: Option<Self>, gpu: bool) -> anyhow::Result<()> {
         if quantization == Some(Self::Fp8) && !gpu {
             bail!(
-                "--quantization fp8 runs on the GPU (--device cuda); the CPU serves GGUF \
-                 Q4_0/Q4_1/Q8_0 blocks as stored"
+                "--quantization fp8 runs on the GPU (--device cuda); the CPU serves a GGUF's \
+                 blocks as stored (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K)"
             );
+        }
+        Ok(())
+    }
+
+    /// Refuses `gguf` for a model that is not a GGUF file (`model`: the model's path, or `None`
+    /// when its weights are not read from a file: `--load-format dummy`).
+    pub fn check_model(quantization: Option<Self>, model: Option<&Path>) -> anyhow::Result<()> {
+        let gguf = model.is_some_and(Path::is_file);
+        if quantization == Some(Self::Gguf) && !gguf {
+            let what = model.map_or("dummy weights".to_owned(), |p| p.display().to_string());
+            bail!("--quantization gguf keeps a GGUF file's blocks; {what} is not a GGUF file");
         }
         Ok(())
     }
@@ -419,6 +435,24 @@ mod tests {
             KvLayoutArg::PerLayer
         );
         assert!(parse(&["--dtype", "int4"]).is_err());
+    }
+
+    #[test]
+    fn quantization_gguf_is_for_gguf_files() {
+        let q = parse(&["--quantization", "gguf"]).unwrap().quantization;
+        assert_eq!(q, Some(Quantization::Gguf));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.gguf");
+        std::fs::write(&file, b"GGUF").unwrap();
+        Quantization::check_model(q, Some(&file)).unwrap();
+        Quantization::check(q, false).unwrap();
+        let error = Quantization::check_model(q, Some(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not a GGUF file"), "{error}");
+        let error = Quantization::check_model(q, None).unwrap_err().to_string();
+        assert!(error.contains("dummy weights"), "{error}");
+        Quantization::check_model(None, None).unwrap();
     }
 
     #[test]

@@ -140,6 +140,7 @@ pub fn forward_and_kv(
                 max_seqs: args.max_seqs,
                 weights: match args.quantization {
                     Some(super::args::Quantization::Fp8) => WeightFormat::Fp8,
+                    Some(super::args::Quantization::Gguf) => WeightFormat::Blocks,
                     None if checkpoint_fp8 => WeightFormat::Fp8,
                     None => WeightFormat::Bf16,
                 },

@@ -153,6 +153,13 @@ fn start(
     let gpu = device::open_gpu(args.device)?;
     args.dtype.check(gpu.is_some())?;
     Quantization::check(args.quantization, gpu.is_some())?;
+    if args.quantization == Some(Quantization::Gguf) {
+        let file = match args.load_format {
+            LoadFormat::Auto => Some(load::model_path(args.model_spec()?)?),
+            LoadFormat::Dummy => None,
+        };
+        Quantization::check_model(args.quantization, file.as_deref())?;
+    }
     let loaded = load::load(args, gpu.is_some(), &step)?;
     let max_context = args.max_context.min(loaded.config.max_positions);
     step("reserving KV memory".into());

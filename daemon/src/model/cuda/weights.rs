@@ -1,7 +1,7 @@
 //! The model's weights in GPU memory: matrices `[out, in]` (as the CPU's `f32` ones) bf16, or
 //! FP8 with a scale per row for the blocks' matrices when [`WeightFormat::Fp8`] asks (quantized
-//! on the device as each matrix arrives, so the model is never whole in bf16), norm weights and
-//! biases `f32`. Uploaded from host [`Weights`] (rounded to bf16 on the host; every architecture),
+//! on the device as each matrix arrives, so the model is never whole in bf16), or a GGUF's own
+//! Q8_0 / Q4_K blocks when [`WeightFormat::Blocks`] asks; norm weights and biases `f32`. Uploaded from host [`Weights`] (rounded to bf16 on the host; every architecture),
 //! streamed from a Llama-family safetensors checkpoint tensor by tensor through two page-locked
 //! buffers (host memory stays at the two buffers, whatever the model's size), or generated on the
 //! device from a seed (`--load-format dummy`).
@@ -11,7 +11,8 @@
 use std::time::{Duration, Instant};
 
 use fused_kernels::cuda::{
-    DeviceBuffer, Element, Fp8Matrix, GpuDevice, Kernels, LinearWeights, PinnedStaging, WeightView,
+    BlockFormat, BlockMatrix, DeviceBuffer, Element, Fp8Matrix, GpuDevice, Kernels, LinearWeights,
+    PinnedStaging, WeightView,
 };
 use half::bf16;
 use sha2::{Digest, Sha256};
@@ -34,12 +35,16 @@ pub enum WeightFormat {
     Bf16,
     /// E4M3 with a scale per output row, quantized at load (vLLM's `--quantization fp8`).
     Fp8,
+    /// A GGUF's matrices in their own Q8_0 or Q4_K blocks (vLLM's `--quantization gguf`); a
+    /// matrix of another format, or stacked from several, is bf16.
+    Blocks,
 }
 
 /// A matrix as the device holds it.
 pub enum GpuMatrix {
     Bf16(DeviceBuffer<bf16>),
     Fp8(Fp8Matrix),
+    Blocks(BlockMatrix),
 }
 
 impl GpuMatrix {
@@ -47,6 +52,7 @@ impl GpuMatrix {
         match self {
             Self::Bf16(w) => w.bytes(),
             Self::Fp8(m) => m.bytes(),
+            Self::Blocks(m) => m.bytes(),
         }
     }
 }
@@ -56,6 +62,7 @@ impl WeightView for GpuMatrix {
         match self {
             Self::Bf16(w) => w.weights(),
             Self::Fp8(m) => m.weights(),
+            Self::Blocks(m) => m.weights(),
         }
     }
 }
@@ -105,7 +112,7 @@ impl Store<'_> {
         inner: usize,
     ) -> Result<GpuLinear, ModelError> {
         let weight = match self.format {
-            WeightFormat::Bf16 => GpuMatrix::Bf16(weight),
+            WeightFormat::Bf16 | WeightFormat::Blocks => GpuMatrix::Bf16(weight),
             // The bf16 matrix is freed (a synchronising free) once its codes are made.
             WeightFormat::Fp8 => GpuMatrix::Fp8(Fp8Matrix::quantize(
                 self.device,
@@ -129,7 +136,7 @@ impl Store<'_> {
         let (out, inner) = (matrix.out(), matrix.inner());
         let weight = match self.format {
             WeightFormat::Fp8 => GpuMatrix::Fp8(matrix),
-            WeightFormat::Bf16 => {
+            WeightFormat::Bf16 | WeightFormat::Blocks => {
                 let mut dense = self.device.alloc::<bf16>(out * inner)?;
                 self.kernels.dequantize_fp8(&matrix, &mut dense)?;
                 GpuMatrix::Bf16(dense)
@@ -181,13 +188,13 @@ impl GpuWeights {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
-    /// The largest block matrix's values when the blocks are FP8 (what a GEMM of more rows than
-    /// the GEMV takes expands them into), else 0.
+    /// The largest block matrix's values when it is FP8 or GGUF blocks (what a GEMM of more rows
+    /// than the GEMV takes expands them into), else 0.
     pub fn dense_values(&self) -> usize {
         self.blocks
             .iter()
             .flat_map(GpuBlock::linears)
-            .filter(|l| matches!(l.weight, GpuMatrix::Fp8(_)))
+            .filter(|l| !matches!(l.weight, GpuMatrix::Bf16(_)))
             .map(|l| l.out * l.inner)
             .max()
             .unwrap_or(0)
@@ -223,9 +230,22 @@ impl GpuWeights {
         let linear = |l: &Linear| -> Result<GpuLinear, ModelError> {
             let inner = l.weight.len() / l.out.max(1);
             let bias = l.bias.as_deref().map(vector).transpose()?;
-            Ok(store
-                .linear(matrix(&l.weight)?, l.out, inner)?
-                .with_bias(bias))
+            let layer = match kept_blocks(format, l) {
+                Some((block_format, packed)) => GpuLinear {
+                    weight: GpuMatrix::Blocks(BlockMatrix::upload(
+                        device,
+                        block_format,
+                        l.out,
+                        inner,
+                        packed,
+                    )?),
+                    bias: None,
+                    out: l.out,
+                    inner,
+                },
+                None => store.linear(matrix(&l.weight)?, l.out, inner)?,
+            };
+            Ok(layer.with_bias(bias))
         };
         let norm = |n: &Norm| -> Result<GpuNorm, ModelError> {
             Ok(match n {
@@ -432,6 +452,19 @@ impl GpuWeights {
         };
         device.synchronize()?;
         Ok(weights)
+    }
+}
+
+/// The GGUF blocks of `l` the device keeps as they are under `format`: those of one format the
+/// device reads (a stack of several formats, or another format, goes up as bf16).
+fn kept_blocks(format: WeightFormat, l: &Linear) -> Option<(BlockFormat, &[u8])> {
+    let packed = l
+        .packed
+        .as_ref()
+        .filter(|_| format == WeightFormat::Blocks)?;
+    match packed.kinds().as_slice() {
+        [kind] => BlockFormat::of(*kind).map(|f| (f, packed.data())),
+        _ => None,
     }
 }
 
