@@ -9,11 +9,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
 use fused_daemon::kv::{KvBudget, KvConfig, KvLayout, KvManager};
 use fused_daemon::model::cuda::{GpuModel, GpuOptions, VocabMatrix, WeightFormat};
 use fused_daemon::model::dense_kv::DenseKv;
 use fused_daemon::model::weights::Weights;
 use fused_daemon::model::{Forward, Logits, LogitsWanted, Model, ModelConfig, SeqChunk};
+use fused_kernels::cpu::{BlockKind, QuantMatrix};
 use fused_kernels::cuda::{E4M3_MAX, GpuDevice, round_to_e4m3};
 use half::bf16;
 
@@ -69,6 +72,24 @@ fn fp8_round_blocks(w: &mut Weights) {
             }
         }
     }
+}
+
+/// Quantizes every block matrix into GGUF blocks of `dtype` (candle's ggml port, as llama.cpp
+/// writes them) and keeps both: the blocks (what `--quantization gguf` puts on the device, and
+/// what the CPU decodes from at a few rows) and their decoded values (what it multiplies past
+/// that), so the CPU reference computes with exactly the values the blocks hold.
+fn gguf_round_blocks(w: &mut Weights, dtype: GgmlDType, kind: BlockKind) -> anyhow::Result<()> {
+    for b in &mut w.blocks {
+        for l in b.linears_mut() {
+            let inner = l.weight.len() / l.out.max(1);
+            let tensor = Tensor::from_vec(l.weight.clone(), (l.out, inner), &Device::Cpu)?;
+            let bytes = QTensor::quantize(&tensor, dtype)?.data()?.into_owned();
+            let packed = QuantMatrix::new(kind, l.out, inner, bytes)?;
+            l.weight = packed.dequantize();
+            l.packed = Some(packed);
+        }
+    }
+    Ok(())
 }
 
 /// A small GQA shape with head_dim 128 (the 7B kernels' path) whose CPU forward is quick.
@@ -192,6 +213,27 @@ pub fn run(
             &name,
             KvLayout::Interleaved,
             WeightFormat::Fp8,
+            seed,
+            report,
+        )?;
+    }
+    // GGUF blocks kept on the device (`--quantization gguf`), every matrix of the shape in one
+    // format (its rows are whole 256-weight super-blocks).
+    for (dtype, kind) in [
+        (GgmlDType::Q8_0, BlockKind::Q8_0),
+        (GgmlDType::Q4K, BlockKind::Q4_K),
+    ] {
+        let mut host = Model::dummy(small_gqa(), seed % 1000)?;
+        round_weights(&mut host.weights);
+        gguf_round_blocks(&mut host.weights, dtype, kind)?;
+        let host = Model::new(host.config, host.weights);
+        let name = format!("gqa-d128 {kind:?} blocks");
+        scenario(
+            device,
+            &host,
+            &name,
+            KvLayout::Interleaved,
+            WeightFormat::Blocks,
             seed,
             report,
         )?;

@@ -27,7 +27,7 @@ use anyhow::Context;
 use clap::Parser;
 use fused_daemon::model::ModelConfig;
 use fused_daemon::model::cuda::{GpuModel, GpuOptions, WeightFormat};
-use fused_kernels::cuda::GpuDevice;
+use fused_kernels::cuda::{BlockFormat, GpuDevice};
 
 use report::Report;
 
@@ -71,6 +71,10 @@ struct Args {
     /// load: vLLM's `--quantization fp8`.
     #[arg(long)]
     fp8: bool,
+    /// Make the benchmark model's block matrices random GGUF blocks of this format (`q8_0`,
+    /// `q4_k`), read by the block GEMV: what `--quantization gguf` keeps of a GGUF file.
+    #[arg(long, value_parser = parse_block_format)]
+    gguf: Option<BlockFormat>,
     /// Launch kernels in stream order only (no programmatic dependent launch), to measure what
     /// it brings.
     #[arg(long)]
@@ -78,6 +82,14 @@ struct Args {
     /// Append the results as JSON lines here.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+fn parse_block_format(name: &str) -> Result<BlockFormat, String> {
+    match name {
+        "q8_0" => Ok(BlockFormat::Q8_0),
+        "q4_k" => Ok(BlockFormat::Q4_K),
+        other => Err(format!("`{other}`: q8_0 or q4_k")),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -137,7 +149,16 @@ fn main() -> anyhow::Result<()> {
             ..GpuOptions::default()
         };
         let dummy = || -> anyhow::Result<GpuModel> {
-            let mut model = GpuModel::dummy(device.clone(), config.clone(), 1, options.clone())?;
+            let mut model = match args.gguf {
+                Some(format) => GpuModel::dummy_blocks(
+                    device.clone(),
+                    config.clone(),
+                    1,
+                    options.clone(),
+                    format,
+                )?,
+                None => GpuModel::dummy(device.clone(), config.clone(), 1, options.clone())?,
+            };
             model.kernels_mut().dependent_launch &= !args.no_dependent_launch;
             Ok(model)
         };
@@ -145,7 +166,11 @@ fn main() -> anyhow::Result<()> {
         println!(
             "{}{}: dummy weights on the GPU in {:.2} s ({:.2} GB read per decode step); kernels: {:?}",
             args.shape,
-            if args.fp8 { " fp8" } else { "" },
+            match (args.fp8, args.gguf) {
+                (_, Some(format)) => format!(" {format:?}"),
+                (true, None) => " fp8".to_owned(),
+                (false, None) => String::new(),
+            },
             started.elapsed().as_secs_f64(),
             model.weight_bytes_per_step() as f64 / 1e9,
             model.kernel_cache_status()

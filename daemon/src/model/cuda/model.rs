@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use fused_kernels::cpu::{AttentionShape, RopeTable};
 use fused_kernels::cuda::{
-    BatchArrays, BatchShape, Blas, CacheStatus, CudaError, DecodeSplits, DeviceBatch, DeviceBuffer,
-    GpuDevice, Graph, Kernels, PREFILL_TILE_ROWS, RopeTables,
+    BatchArrays, BatchShape, Blas, BlockFormat, CacheStatus, CudaError, DecodeSplits, DeviceBatch,
+    DeviceBuffer, GpuDevice, Graph, Kernels, PREFILL_TILE_ROWS, RopeTables,
 };
 
 use super::pass::Pass;
@@ -167,7 +167,28 @@ impl GpuModel {
         options: GpuOptions,
     ) -> Result<Self, ModelError> {
         let (kernels, cache_status) = load_kernels(&device, &options)?;
-        let weights = GpuWeights::dummy(&device, &kernels, options.weights, &config, seed)?;
+        let weights = GpuWeights::dummy(&device, &kernels, options.weights, &config, seed, None)?;
+        Self::assemble(device, config, kernels, cache_status, weights, options)
+    }
+
+    /// [`GpuModel::dummy`] with the blocks' matrices in random GGUF blocks of `format` (what
+    /// `--quantization gguf` keeps of a GGUF file): benchmarks of the block GEMV.
+    pub fn dummy_blocks(
+        device: Arc<GpuDevice>,
+        config: ModelConfig,
+        seed: u64,
+        options: GpuOptions,
+        format: BlockFormat,
+    ) -> Result<Self, ModelError> {
+        let (kernels, cache_status) = load_kernels(&device, &options)?;
+        let weights = GpuWeights::dummy(
+            &device,
+            &kernels,
+            options.weights,
+            &config,
+            seed,
+            Some(format),
+        )?;
         Self::assemble(device, config, kernels, cache_status, weights, options)
     }
 

@@ -371,13 +371,15 @@ impl GpuWeights {
 
     /// Seeded random weights made on the device, distributed like the host's dummy weights
     /// (matrices uniform with the variance of N(0, 0.04²), norm weights uniform in [0.8, 1.2),
-    /// biases in [-0.02, 0.02)).
+    /// biases in [-0.02, 0.02)). With `blocks`, the blocks' matrices are random GGUF blocks of
+    /// that format instead (made on the host: benchmarks of the block GEMV).
     pub fn dummy(
         device: &GpuDevice,
         kernels: &Kernels,
         format: WeightFormat,
         cfg: &ModelConfig,
         seed: u64,
+        blocks: Option<BlockFormat>,
     ) -> Result<Self, ModelError> {
         let (h, q, kv, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
         let gpt2 = cfg.arch == Arch::Gpt2;
@@ -404,11 +406,22 @@ impl GpuWeights {
                 .transpose()
         };
         let linear = |name: &str, out: usize, inner: usize, biased: bool| {
-            Ok::<_, ModelError>(
-                store
-                    .linear(matrix(name, out, inner)?, out, inner)?
-                    .with_bias(bias(name, out, biased)?),
-            )
+            let layer = match blocks {
+                Some(block_format) => GpuLinear {
+                    weight: GpuMatrix::Blocks(random_blocks(
+                        device,
+                        block_format,
+                        out,
+                        inner,
+                        tensor_seed(seed, name),
+                    )?),
+                    bias: None,
+                    out,
+                    inner,
+                },
+                None => store.linear(matrix(name, out, inner)?, out, inner)?,
+            };
+            Ok::<_, ModelError>(layer.with_bias(bias(name, out, biased)?))
         };
         let norm = |name: &str| {
             Ok::<_, ModelError>(GpuNorm {
@@ -453,6 +466,43 @@ impl GpuWeights {
         device.synchronize()?;
         Ok(weights)
     }
+}
+
+/// Random GGUF blocks of an `[out, inner]` matrix: random quants, and scales (d, and Q4_K's
+/// dmin) of about 4e-4 so the weights spread like the dummy bf16 ones.
+fn random_blocks(
+    device: &GpuDevice,
+    format: BlockFormat,
+    out: usize,
+    inner: usize,
+    seed: u64,
+) -> Result<BlockMatrix, ModelError> {
+    let (block_bytes, scales): (usize, &[usize]) = match format {
+        BlockFormat::Q8_0 => (34, &[0]),
+        BlockFormat::Q4_K => (144, &[0, 2]),
+    };
+    let mut state = seed;
+    let mut next = || {
+        // SplitMix64.
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let blocks = out * inner / format.block_weights();
+    let mut bytes = vec![0u8; blocks * block_bytes];
+    for chunk in bytes.chunks_mut(8) {
+        let r = next().to_le_bytes();
+        chunk.copy_from_slice(&r[..chunk.len()]);
+    }
+    let scale = half::f16::from_f32(4e-4).to_bits().to_le_bytes();
+    for block in bytes.chunks_exact_mut(block_bytes) {
+        for &at in scales {
+            block[at..at + 2].copy_from_slice(&scale);
+        }
+    }
+    Ok(BlockMatrix::upload(device, format, out, inner, &bytes)?)
 }
 
 /// The GGUF blocks of `l` the device keeps as they are under `format`: those of one format the
