@@ -203,9 +203,8 @@ impl Check<'_> {
     /// `linear_dense`) plain, accumulating, to bf16 and with SwiGLU folded in, against the CPU
     /// product with the decoded weights.
     fn fp8(&mut self, rows: usize, out: usize, inner: usize) -> Result<(), CudaError> {
-        let x = round_bf16(&self.rng.vec(rows * inner, -1.0, 1.0));
         let w = round_bf16(&self.rng.vec(2 * out * inner, -0.1, 0.1));
-        let (xd, wd) = (self.buffer(&to_bf16(&x))?, self.buffer(&to_bf16(&w))?);
+        let wd = self.buffer(&to_bf16(&w))?;
         let m = Fp8Matrix::quantize(self.dev, &self.kernels, &wd, 2 * out, inner)?;
         let (codes, scales) = (self.read(m.codes())?, self.read(m.scales())?);
         let decoded: Vec<f32> = codes
@@ -239,29 +238,45 @@ impl Check<'_> {
             1e-6,
         );
 
+        self.quantized_products(&name, &m, &decoded, rows, out, &mut dense)
+    }
+
+    /// The products of quantized weights `m` (`[2 out, inner]`, decoding to `decoded`) with
+    /// random rows: through `linear_dense` (the GEMV, or cuBLAS on the expansion into `dense`
+    /// past its rows) plain, accumulating and to bf16, and with SwiGLU folded in where the GEMV
+    /// takes them, against the CPU product with the decoded weights.
+    fn quantized_products(
+        &mut self,
+        name: &str,
+        m: &impl WeightView,
+        decoded: &[f32],
+        rows: usize,
+        out: usize,
+        dense: &mut DeviceBuffer<bf16>,
+    ) -> Result<(), CudaError> {
+        let inner = decoded.len() / (2 * out);
+        let x = round_bf16(&self.rng.vec(rows * inner, -1.0, 1.0));
+        let xd = self.buffer(&to_bf16(&x))?;
         let mut want = vec![0.0; rows * 2 * out];
-        cpu::linear(&x, &decoded, None, rows, 2 * out, &mut want);
+        cpu::linear(&x, decoded, None, rows, 2 * out, &mut want);
         let shape = LinearShape {
             rows,
             out: 2 * out,
             inner,
         };
         // The GEMV sums in f32; cuBLAS multiplies the bf16 expansion (rounded weights).
-        let tol = if Kernels::gemv_takes(&m.weights(), rows, inner) {
-            FP32_TOL
-        } else {
-            BF16_TOL
-        };
-        self.each_output(&name, &want, tol, |check, y| {
-            let layer = Linear::new(&xd, &m, y, shape)?;
-            check.kernels.linear_dense(check.blas, layer, &mut dense)
+        let gemv = Kernels::gemv_takes(&m.weights(), rows, inner);
+        let tol = if gemv { FP32_TOL } else { BF16_TOL };
+        self.each_output(name, &want, tol, |check, y| {
+            let layer = Linear::new(&xd, m, y, shape)?;
+            check.kernels.linear_dense(check.blas, layer, &mut *dense)
         })?;
-        if Kernels::gemv_takes(&m.weights(), rows, inner) {
+        if gemv {
             let mut act = vec![0.0; rows * out];
             cpu::silu_mul(&want, out, &mut act);
             let mut y_act = self.poisoned::<bf16>(rows * out)?;
             let halves = LinearShape { out, ..shape };
-            self.kernels.gemv_swiglu(&xd, &m, &mut y_act, halves)?;
+            self.kernels.gemv_swiglu(&xd, m, &mut y_act, halves)?;
             let got = self.read_bf16(&y_act)?;
             self.report(&format!("{name} +SwiGLU"), rel_l2(&got, &act), BF16_TOL);
         }
@@ -311,32 +326,7 @@ impl Check<'_> {
             rel_l2(&got, &round_bf16(&decoded)),
             1e-6,
         );
-        let x = round_bf16(&self.rng.vec(rows * inner, -1.0, 1.0));
-        let xd = self.buffer(&to_bf16(&x))?;
-        let mut want = vec![0.0; rows * 2 * out];
-        cpu::linear(&x, &decoded, None, rows, 2 * out, &mut want);
-        let shape = LinearShape {
-            rows,
-            out: 2 * out,
-            inner,
-        };
-        // The GEMV sums in f32; cuBLAS multiplies the bf16 expansion (rounded weights).
-        let gemv = Kernels::gemv_takes(&m.weights(), rows, inner);
-        let tol = if gemv { FP32_TOL } else { BF16_TOL };
-        self.each_output(&name, &want, tol, |check, y| {
-            let layer = Linear::new(&xd, &m, y, shape)?;
-            check.kernels.linear_dense(check.blas, layer, &mut dense)
-        })?;
-        if gemv {
-            let mut act = vec![0.0; rows * out];
-            cpu::silu_mul(&want, out, &mut act);
-            let mut y_act = self.poisoned::<bf16>(rows * out)?;
-            let halves = LinearShape { out, ..shape };
-            self.kernels.gemv_swiglu(&xd, &m, &mut y_act, halves)?;
-            let got = self.read_bf16(&y_act)?;
-            self.report(&format!("{name} +SwiGLU"), rel_l2(&got, &act), BF16_TOL);
-        }
-        Ok(())
+        self.quantized_products(&name, &m, &decoded, rows, out, &mut dense)
     }
 
     /// The embedding gather alone and with learned positions, then RMSNorm and LayerNorm over
