@@ -1,10 +1,11 @@
 //! The model's weights in GPU memory: matrices `[out, in]` (as the CPU's `f32` ones) bf16, or
 //! FP8 with a scale per row for the blocks' matrices when [`WeightFormat::Fp8`] asks (quantized
 //! on the device as each matrix arrives, so the model is never whole in bf16), or a GGUF's own
-//! Q8_0 / Q4_K blocks when [`WeightFormat::Blocks`] asks; norm weights and biases `f32`. Uploaded from host [`Weights`] (rounded to bf16 on the host; every architecture),
-//! streamed from a Llama-family safetensors checkpoint tensor by tensor through two page-locked
-//! buffers (host memory stays at the two buffers, whatever the model's size), or generated on the
-//! device from a seed (`--load-format dummy`).
+//! Q8_0 / Q4_K blocks when [`WeightFormat::Blocks`] asks; norm weights and biases `f32`.
+//! Uploaded from host [`Weights`] (rounded to bf16 on the host; every architecture), streamed
+//! from a Llama-family safetensors checkpoint tensor by tensor through two page-locked buffers
+//! (host memory stays at the two buffers, whatever the model's size), or generated on the device
+//! from a seed (`--load-format dummy`).
 //!
 //! Must not: run layers (the model does).
 
