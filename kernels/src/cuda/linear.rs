@@ -14,7 +14,7 @@ use super::blas::Blas;
 use super::blocks::{BlockFormat, check_q8_0};
 use super::error::{CudaError, as_i32};
 use super::fp8::Fp8Matrix;
-use super::kernels::{Kernels, grid};
+use super::kernels::{GemvBlocks, Kernels, grid};
 use super::launch::{Param, Value};
 use super::memory::{DeviceSlice, DeviceSliceMut, DeviceView, DeviceViewMut, check_len};
 
@@ -326,27 +326,18 @@ impl Kernels {
             LinearWeights::Fp8 { .. } => (GEMV_MMA_K_FP8, true),
             // A warp per weight row, decoding the blocks in registers.
             LinearWeights::Q8_0 { codes, scales } => {
-                let cfg = grid(out.div_ceil(8), 1, 1, 256)?;
-                let (rows, out, inner) = (
-                    rows_i32(rows)?,
-                    as_i32(out, "out")?,
-                    as_i32(inner, "inner")?,
+                let layer = Linear { x, w, y, shape };
+                return self.queue_gemv_blocks(
+                    &self.gemv_q8_0[kernel],
+                    layer,
+                    codes,
+                    Some(scales),
+                    mode,
                 );
-                let args = (x, codes, Some(scales), y, rows, out, inner, mode);
-                // SAFETY: as below; the scales are `rows × inner / 32` (checked with the weights).
-                return unsafe { self.queue(&self.gemv_q8_0[kernel], cfg, args) };
             }
             LinearWeights::Q4_K { blocks } => {
-                let cfg = grid(out.div_ceil(8), 1, 1, 256)?;
-                let (rows, out, inner) = (
-                    rows_i32(rows)?,
-                    as_i32(out, "out")?,
-                    as_i32(inner, "inner")?,
-                );
-                let args = (x, blocks, None, y, rows, out, inner, mode);
-                // SAFETY: as below; the super-blocks are `out × inner / 256` (checked with the
-                // weights).
-                return unsafe { self.queue(&self.gemv_q4_k[kernel], cfg, args) };
+                let layer = Linear { x, w, y, shape };
+                return self.queue_gemv_blocks(&self.gemv_q4_k[kernel], layer, blocks, None, mode);
             }
         };
         let mma = inner.is_multiple_of(mma_k)
@@ -401,8 +392,35 @@ impl Kernels {
     }
 }
 
-fn rows_i32(rows: usize) -> Result<i32, CudaError> {
-    as_i32(rows, "rows")
+impl Kernels {
+    /// The block GEMV (a warp per weight row) of checked operands; `data` and `scales` are the
+    /// layer's weights as the kernel takes them.
+    fn queue_gemv_blocks(
+        &self,
+        kernel: &GemvBlocks,
+        layer: Linear<'_>,
+        data: DeviceSlice<'_, u8>,
+        scales: Option<DeviceSlice<'_, u16>>,
+        mode: i32,
+    ) -> Result<(), CudaError> {
+        let Linear { x, y, shape, .. } = layer;
+        let cfg = grid(shape.out.div_ceil(8), 1, 1, 256)?;
+        let args = (
+            x,
+            data,
+            scales,
+            y,
+            as_i32(shape.rows, "rows")?,
+            as_i32(shape.out, "out")?,
+            as_i32(shape.inner, "inner")?,
+            mode,
+        );
+        // SAFETY: the kernel reads `rows × inner` of `x` and `out` (SwiGLU: `2 out`) weight rows
+        // of whole blocks (Q8_0: codes and a scale per 32; Q4_K: super-blocks), and writes
+        // `rows × out` of `y` in the type `mode` names: the extents `Linear::new` or
+        // `gemv_swiglu` checked with the weights.
+        unsafe { self.queue(kernel, cfg, args) }
+    }
 }
 
 /// Block weights launch their own GEMV before the bf16 and FP8 builds are chosen.
