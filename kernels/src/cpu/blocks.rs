@@ -1,16 +1,11 @@
 //! GGUF's block formats (ggml's layouts, byte for byte): which bytes hold a block's scales,
-//! minimums and quants, and how one block decodes. Every format splits into units of 32 weights
-//! that each decode to `scale · q` plus one constant per unit (a minimum or an offset), so a dot
-//! product with activations is `Σ values · x + Σ constant · Σx` per unit: the matrix code
-//! ([`super::quant`]) needs nothing else of a format.
-
-use half::f16;
+//! minimums and quants, and how one unit of a block decodes. Every format splits into units of
+//! 32 weights that each decode to `scale · q` plus one constant per unit (a minimum or an
+//! offset), so a dot product with activations is `Σ values · x + constant · Σx` per unit: the
+//! matrix code ([`super::quant`]) needs nothing else of a format.
 
 /// Weights of one unit: a block of the 32-weight formats, a sub-block of the K formats.
 pub const UNIT: usize = 32;
-
-/// Weights of the largest block (a K-format super-block).
-pub const MAX_BLOCK: usize = 256;
 
 /// The block formats kept packed (ggml's type names).
 #[allow(non_camel_case_types)]
@@ -41,7 +36,7 @@ impl BlockKind {
     pub const fn block_weights(self) -> usize {
         match self {
             Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 => UNIT,
-            Self::Q4_K | Self::Q5_K | Self::Q6_K => MAX_BLOCK,
+            Self::Q4_K | Self::Q5_K | Self::Q6_K => 256,
         }
     }
 
@@ -59,24 +54,31 @@ impl BlockKind {
         }
     }
 
-    /// Decodes `block` into `values[..block_weights()]` (each weight less its unit's constant)
-    /// and `consts[..block_weights() / UNIT]` (the constant each unit's weights share), so that
-    /// weight `j` = `values[j] + consts[j / UNIT]`.
+    /// Units of [`UNIT`] weights in one block.
+    pub const fn units(self) -> usize {
+        self.block_weights() / UNIT
+    }
+
+    /// Decodes unit `u` of `block` into its quants `values` and returns how they scale: weight
+    /// `j` of the unit = `scale · values[j] + constant`, with the first 16 weights' scale and
+    /// the last 16's (equal but in Q6_K, whose scales cover 16 weights each) and the constant
+    /// the unit's weights share (a minimum or an offset).
     #[inline(always)]
-    pub fn decode(self, block: &[u8], values: &mut [f32; MAX_BLOCK], consts: &mut [f32; 8]) {
+    pub fn decode_unit(self, block: &[u8], u: usize, values: &mut [f32; UNIT]) -> UnitScale {
         match self {
             Self::Q4_0 | Self::Q4_1 => {
                 let d = f16_at(block, 0);
                 let qs = &block[self.block_bytes() - 16..];
                 for j in 0..16 {
-                    values[j] = d * f32::from(qs[j] & 15);
-                    values[j + 16] = d * f32::from(qs[j] >> 4);
+                    values[j] = f32::from(qs[j] & 15);
+                    values[j + 16] = f32::from(qs[j] >> 4);
                 }
-                consts[0] = if self == Self::Q4_1 {
+                let constant = if self == Self::Q4_1 {
                     f16_at(block, 2)
                 } else {
                     -8.0 * d
                 };
+                UnitScale::even(d, constant)
             }
             Self::Q5_0 | Self::Q5_1 => {
                 let d = f16_at(block, 0);
@@ -87,72 +89,88 @@ impl BlockKind {
                 for j in 0..16 {
                     let lo = (qs[j] & 15) | ((((qh >> j) << 4) & 0x10) as u8);
                     let hi = (qs[j] >> 4) | (((qh >> (j + 12)) & 0x10) as u8);
-                    values[j] = d * f32::from(lo);
-                    values[j + 16] = d * f32::from(hi);
+                    values[j] = f32::from(lo);
+                    values[j + 16] = f32::from(hi);
                 }
-                consts[0] = if self == Self::Q5_1 {
+                let constant = if self == Self::Q5_1 {
                     f16_at(block, 2)
                 } else {
                     -16.0 * d
                 };
+                UnitScale::even(d, constant)
             }
             Self::Q8_0 => {
                 let d = f16_at(block, 0);
                 for (v, &q) in values.iter_mut().zip(&block[2..34]) {
-                    *v = d * f32::from(q as i8);
+                    *v = f32::from(q as i8);
                 }
-                consts[0] = 0.0;
+                UnitScale::even(d, 0.0)
             }
             Self::Q4_K | Self::Q5_K => {
                 let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
-                let scales = &block[4..16];
-                let (qh, qs) = if self == Self::Q5_K {
-                    (Some(&block[16..48]), &block[48..176])
-                } else {
-                    (None, &block[16..144])
-                };
+                let (sc, m) = k_scale_min(&block[4..16], u);
+                let scale = d * f32::from(sc);
                 // Each 32 bytes of `qs` hold two units: the low nibbles, then the high ones.
-                for pair in 0..4 {
-                    let q = &qs[32 * pair..32 * pair + 32];
-                    for half in 0..2 {
-                        let unit = 2 * pair + half;
-                        let (sc, m) = k_scale_min(scales, unit);
-                        let scale = d * f32::from(sc);
-                        let out = &mut values[UNIT * unit..UNIT * unit + UNIT];
-                        for l in 0..UNIT {
-                            let mut v = (q[l] >> (4 * half)) & 15;
-                            if let Some(qh) = qh {
-                                v |= ((qh[l] >> unit) & 1) << 4;
-                            }
-                            out[l] = scale * f32::from(v);
-                        }
-                        consts[unit] = -dmin * f32::from(m);
+                let (pair, shift) = (u / 2, 4 * (u % 2));
+                if self == Self::Q5_K {
+                    let (qh, q) = (&block[16..48], &block[48 + 32 * pair..80 + 32 * pair]);
+                    for l in 0..UNIT {
+                        let v = ((q[l] >> shift) & 15) | (((qh[l] >> u) & 1) << 4);
+                        values[l] = f32::from(v);
+                    }
+                } else {
+                    let q = &block[16 + 32 * pair..48 + 32 * pair];
+                    for l in 0..UNIT {
+                        values[l] = f32::from((q[l] >> shift) & 15);
                     }
                 }
+                UnitScale::even(scale, -dmin * f32::from(m))
             }
             Self::Q6_K => {
-                let (ql, qh, scales) = (&block[..128], &block[128..192], &block[192..208]);
+                // Two halves of 128 weights; in a half, position `l < 32` gives weights `l`,
+                // `l + 32`, `l + 64`, `l + 96` (unit `k` of the half takes `l + 32 k`) from
+                // `ql[l]` (k = 0, 2) or `ql[l + 32]` (k = 1, 3) and bits `2 k` of `qh[l]`.
                 let d = f16_at(block, 208);
-                // Two halves of 128 weights; in each, 32 positions `l` give four weights
-                // (`l`, `l + 32`, `l + 64`, `l + 96`) from `ql[l]`, `ql[l + 32]` and `qh[l]`.
-                for half in 0..2 {
-                    let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
-                    let out = &mut values[128 * half..128 * half + 128];
-                    for l in 0..32 {
-                        let q = [
-                            (ql[l] & 15) | ((qh[l] & 3) << 4),
-                            (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4),
-                            (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
-                            (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
-                        ];
-                        for (k, q) in q.into_iter().enumerate() {
-                            let sc = scales[8 * half + l / 16 + 2 * k] as i8;
-                            out[l + 32 * k] = d * f32::from(sc) * (f32::from(q) - 32.0);
-                        }
-                    }
+                let (half, k) = (u / 4, u % 4);
+                let ql = &block[64 * half + 32 * (k % 2)..64 * half + 32 * (k % 2) + 32];
+                let qh = &block[128 + 32 * half..160 + 32 * half];
+                let scales = &block[192 + 8 * half + 2 * k..192 + 8 * half + 2 * k + 2];
+                let (s0, s1) = (
+                    d * f32::from(scales[0] as i8),
+                    d * f32::from(scales[1] as i8),
+                );
+                let shift = 4 * (k / 2);
+                for l in 0..UNIT {
+                    let q = ((ql[l] >> shift) & 15) | (((qh[l] >> (2 * k)) & 3) << 4);
+                    values[l] = f32::from(q) - 32.0;
                 }
-                consts.fill(0.0);
+                UnitScale {
+                    first: s0,
+                    last: s1,
+                    constant: 0.0,
+                }
             }
+        }
+    }
+}
+
+/// How a unit's decoded quants scale (see [`BlockKind::decode_unit`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UnitScale {
+    /// Scale of the unit's first 16 weights.
+    pub first: f32,
+    /// Scale of its last 16.
+    pub last: f32,
+    /// Added to every weight of the unit.
+    pub constant: f32,
+}
+
+impl UnitScale {
+    fn even(scale: f32, constant: f32) -> Self {
+        Self {
+            first: scale,
+            last: scale,
+            constant,
         }
     }
 }
@@ -160,7 +178,24 @@ impl BlockKind {
 /// The f16 at byte `at` of a block, as f32.
 #[inline(always)]
 pub fn f16_at(block: &[u8], at: usize) -> f32 {
-    f16::from_bits(u16::from_le_bytes([block[at], block[at + 1]])).to_f32()
+    f16_to_f32(u16::from_le_bytes([block[at], block[at + 1]]))
+}
+
+/// An f16 as f32, exactly, in a few branch-free instructions: the exponent and mantissa moved
+/// into place and rebiased by a multiply by 2^112 (which also scales subnormals right),
+/// infinities and NaNs kept. (`half`'s conversion checks the CPU's features at every call,
+/// which costs more than the rest of a block's decoding.)
+#[inline(always)]
+pub fn f16_to_f32(bits: u16) -> f32 {
+    let h = u32::from(bits);
+    let sign = (h & 0x8000) << 16;
+    let magnitude = h & 0x7fff;
+    let value = if magnitude >= 0x7c00 {
+        f32::from_bits(0x7f80_0000 | ((magnitude & 0x3ff) << 13))
+    } else {
+        f32::from_bits(magnitude << 13) * f32::from_bits(0x7780_0000)
+    };
+    f32::from_bits(value.to_bits() | sign)
 }
 
 /// The 6-bit scale and minimum of unit `j` of a Q4_K / Q5_K super-block (ggml's
@@ -175,5 +210,24 @@ fn k_scale_min(q: &[u8], j: usize) -> (u8, u8) {
             (q[j + 4] & 15) | ((q[j - 4] >> 6) << 4),
             (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+
+    use super::*;
+
+    #[test]
+    fn every_f16_converts_as_half_does() {
+        for bits in 0..=u16::MAX {
+            let want = f16::from_bits(bits).to_f32();
+            let got = f16_to_f32(bits);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{bits:#06x}: {got} vs {want}"
+            );
+        }
     }
 }

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::blocks::{BlockKind, MAX_BLOCK, UNIT};
+use super::blocks::{BlockKind, UNIT};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QuantError {
@@ -26,12 +26,14 @@ pub enum QuantError {
     Mismatch,
 }
 
-/// Rows `first..first + rows` of a matrix, all of one format, at `offset` in its bytes.
+/// Rows `first..first + rows` of a matrix, all of one format (`row_bytes` each), at `offset` in
+/// its bytes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Segment {
     kind: BlockKind,
     first: usize,
     rows: usize,
+    row_bytes: usize,
     offset: usize,
 }
 
@@ -72,6 +74,7 @@ impl QuantMatrix {
                 kind,
                 first: 0,
                 rows: out,
+                row_bytes: inner / kind.block_weights() * kind.block_bytes(),
                 offset: 0,
             }],
             data,
@@ -130,9 +133,8 @@ impl QuantMatrix {
             .iter()
             .rfind(|s| s.first <= o)
             .unwrap_or(&self.segments[0]);
-        let bytes = self.inner / s.kind.block_weights() * s.kind.block_bytes();
-        let at = s.offset + (o - s.first) * bytes;
-        (s.kind, &self.data[at..at + bytes])
+        let at = s.offset + (o - s.first) * s.row_bytes;
+        (s.kind, &self.data[at..at + s.row_bytes])
     }
 
     /// `y[r, o] = x[r, :] · W[o, :]` for `rows` rows of `x` (`[rows, inner]`) into `y`
@@ -189,18 +191,16 @@ impl QuantMatrix {
     /// The matrix as f32 (what `matmul` must equal up to summation order).
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.out * self.inner);
-        let (mut values, mut consts) = ([0.0f32; MAX_BLOCK], [0.0f32; 8]);
+        let mut values = [0.0f32; UNIT];
         for o in 0..self.out {
             let (kind, row) = self.row(o);
-            let n = kind.block_weights();
             for block in row.chunks_exact(kind.block_bytes()) {
-                kind.decode(block, &mut values, &mut consts);
-                out.extend(
-                    values[..n]
-                        .iter()
-                        .enumerate()
-                        .map(|(j, v)| v + consts[j / UNIT]),
-                );
+                for u in 0..kind.units() {
+                    let s = kind.decode_unit(block, u, &mut values);
+                    let (first, last) = values.split_at(16);
+                    out.extend(first.iter().map(|v| s.first * v + s.constant));
+                    out.extend(last.iter().map(|v| s.last * v + s.constant));
+                }
             }
         }
         out
@@ -242,9 +242,23 @@ fn row_dot_avx2(k: BlockKind, w: &[u8], x: &[f32], xs: &[f32], d: &mut [f32]) {
     row_dot(k, w, x, xs, d)
 }
 
-/// One weight row against every activation row, four rows at a time.
+/// One weight row against every activation row: [`rows_of`] built for each format (the kind a
+/// constant in each build, so its decoding folds into straight-line code).
 #[inline(always)]
 fn row_dot(kind: BlockKind, w: &[u8], x: &[f32], xsum: &[f32], dst: &mut [f32]) {
+    macro_rules! each_kind {
+        ($($k:ident),*) => {
+            match kind {
+                $(BlockKind::$k => rows_of(BlockKind::$k, w, x, xsum, dst),)*
+            }
+        };
+    }
+    each_kind!(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)
+}
+
+/// One weight row of `kind` against every activation row, four rows at a time.
+#[inline(always)]
+fn rows_of(kind: BlockKind, w: &[u8], x: &[f32], xsum: &[f32], dst: &mut [f32]) {
     let mut r0 = 0;
     while r0 < dst.len() {
         let n = (dst.len() - r0).min(4);
@@ -259,10 +273,11 @@ fn row_dot(kind: BlockKind, w: &[u8], x: &[f32], xsum: &[f32], dst: &mut [f32]) 
     }
 }
 
-/// `N` activation rows from `r0` against one weight row: each block is decoded once into its
-/// scaled values, then lane-wise arithmetic (16 lanes, no reassociation needed) that the
-/// compiler vectorises for whichever target features its caller enables. Each unit's constant
-/// (a minimum or an offset) multiplies the unit's sum of `x`.
+/// `N` activation rows from `r0` against one weight row: each unit of 32 weights is decoded once
+/// into its quants, then lane-wise arithmetic (16 lanes, no reassociation needed) that the
+/// compiler vectorises for whichever target features its caller enables; the unit's scale
+/// multiplies each row's sum (Q6_K: one scale per 16 lanes), and its constant (a minimum or an
+/// offset) the unit's sum of `x`.
 #[inline(always)]
 fn rows_dot<const N: usize>(
     kind: BlockKind,
@@ -272,25 +287,31 @@ fn rows_dot<const N: usize>(
     r0: usize,
     out: &mut [f32],
 ) {
-    let (n, bb) = (kind.block_weights(), kind.block_bytes());
-    let units = n / UNIT;
-    let inner = w.len() / bb * n;
+    let (bb, units) = (kind.block_bytes(), kind.units());
+    let row_units = w.len() / bb * units;
+    let inner = row_units * UNIT;
     let mut acc = [[0.0f32; 16]; N];
     let mut tail = [0.0f32; N];
-    let (mut values, mut consts) = ([0.0f32; MAX_BLOCK], [0.0f32; 8]);
     for (b, block) in w.chunks_exact(bb).enumerate() {
-        kind.decode(block, &mut values, &mut consts);
-        for i in 0..N {
-            let r = r0 + i;
-            let xb = &x[r * inner + b * n..r * inner + (b + 1) * n];
-            for (v, xv) in values[..n].chunks_exact(16).zip(xb.chunks_exact(16)) {
-                for j in 0..16 {
-                    acc[i][j] += v[j] * xv[j];
+        for u in 0..units {
+            let mut values = [0.0f32; UNIT];
+            let s = kind.decode_unit(block, u, &mut values);
+            let unit = b * units + u;
+            let (lo, hi) = values.split_at(16);
+            for i in 0..N {
+                let r = r0 + i;
+                let xb = &x[r * inner + unit * UNIT..r * inner + (unit + 1) * UNIT];
+                let (xl, xh) = xb.split_at(16);
+                if kind != BlockKind::Q6_K {
+                    for j in 0..16 {
+                        acc[i][j] += s.first * (lo[j] * xl[j] + hi[j] * xh[j]);
+                    }
+                } else {
+                    for j in 0..16 {
+                        acc[i][j] += s.first * lo[j] * xl[j] + s.last * hi[j] * xh[j];
+                    }
                 }
-            }
-            let sums = &xsum[(r * inner + b * n) / UNIT..][..units];
-            for (c, s) in consts[..units].iter().zip(sums) {
-                tail[i] += c * s;
+                tail[i] += s.constant * xsum[r * row_units + unit];
             }
         }
     }
