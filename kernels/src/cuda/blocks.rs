@@ -121,6 +121,43 @@ impl BlockMatrix {
         })
     }
 
+    /// Random blocks (benchmarks, dummy weights): random quants, and scales (d, and Q4_K's
+    /// dmin) of 4e-4 so the weights spread about as a small model's do.
+    pub fn random(
+        device: &GpuDevice,
+        format: BlockFormat,
+        out: usize,
+        inner: usize,
+        seed: u64,
+    ) -> Result<Self, CudaError> {
+        format.check(out, inner)?;
+        let (block_bytes, scales): (usize, &[usize]) = match format {
+            BlockFormat::Q8_0 => (34, &[0]),
+            BlockFormat::Q4_K => (144, &[0, 2]),
+        };
+        let mut state = seed;
+        let mut next = || {
+            // SplitMix64.
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let mut bytes = vec![0u8; out * inner / format.block_weights() * block_bytes];
+        for chunk in bytes.chunks_mut(8) {
+            let r = next().to_le_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
+        let scale = half::f16::from_f32(4e-4).to_bits().to_le_bytes();
+        for block in bytes.chunks_exact_mut(block_bytes) {
+            for &at in scales {
+                block[at..at + 2].copy_from_slice(&scale);
+            }
+        }
+        Self::upload(device, format, out, inner, &bytes)
+    }
+
     pub fn format(&self) -> BlockFormat {
         self.format
     }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use fused_daemon::model::ModelConfig;
 use fused_kernels::cpu::{AttentionShape, RopeTable};
 use fused_kernels::cuda::{
-    BatchArrays, BatchShape, Blas, CudaError, DecodeSplits, DeviceBatch, DeviceBuffer, Fp8Matrix,
-    GEMV_MAX_ROWS, GemvBuild, GpuDevice, Kernels, Linear, LinearOut, LinearShape, NormRows,
-    PREFILL_TILE_ROWS, RopeTables, WeightView,
+    BatchArrays, BatchShape, Blas, BlockFormat, BlockMatrix, CudaError, DecodeSplits, DeviceBatch,
+    DeviceBuffer, Fp8Matrix, GEMV_MAX_ROWS, GemvBuild, GpuDevice, Kernels, Linear, LinearOut,
+    LinearShape, NormRows, PREFILL_TILE_ROWS, RopeTables, WeightView,
 };
 use half::bf16;
 
@@ -240,6 +240,35 @@ fn gemv_builds(
                         rate(mma),
                         rate(per_row),
                     ),
+                );
+            }
+        }
+        if kind == Out::Logits {
+            continue;
+        }
+        // GGUF blocks (`--quantization gguf`): one build, a warp per weight row.
+        for format in [BlockFormat::Q8_0, BlockFormat::Q4_K] {
+            let m = BlockMatrix::random(device, format, out, inner, 9)?;
+            for rows in [1, 2, 4, 8] {
+                let t = time_us_each(device, 20, || {
+                    if kind == Out::Bf16 {
+                        let shape = LinearShape {
+                            rows,
+                            out: out / 2,
+                            inner,
+                        };
+                        kernels.gemv_swiglu(x, &m, &mut y.bf16, shape)
+                    } else {
+                        let shape = LinearShape { rows, out, inner };
+                        kernels.gemv(Linear::new(x, &m, y.get(kind), shape)?)
+                    }
+                })?;
+                report.value(
+                    "ops",
+                    &format!("decode gemv {name} {inner}->{out} {rows} rows {format:?}: blocks"),
+                    t,
+                    "us",
+                    &format!("{:.2} TB/s", m.bytes() as f64 / t / 1e6),
                 );
             }
         }

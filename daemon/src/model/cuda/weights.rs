@@ -409,7 +409,7 @@ impl GpuWeights {
         let linear = |name: &str, out: usize, inner: usize, biased: bool| {
             let layer = match blocks {
                 Some(block_format) => GpuLinear {
-                    weight: GpuMatrix::Blocks(random_blocks(
+                    weight: GpuMatrix::Blocks(BlockMatrix::random(
                         device,
                         block_format,
                         out,
@@ -467,43 +467,6 @@ impl GpuWeights {
         device.synchronize()?;
         Ok(weights)
     }
-}
-
-/// Random GGUF blocks of an `[out, inner]` matrix: random quants, and scales (d, and Q4_K's
-/// dmin) of about 4e-4 so the weights spread like the dummy bf16 ones.
-fn random_blocks(
-    device: &GpuDevice,
-    format: BlockFormat,
-    out: usize,
-    inner: usize,
-    seed: u64,
-) -> Result<BlockMatrix, ModelError> {
-    let (block_bytes, scales): (usize, &[usize]) = match format {
-        BlockFormat::Q8_0 => (34, &[0]),
-        BlockFormat::Q4_K => (144, &[0, 2]),
-    };
-    let mut state = seed;
-    let mut next = || {
-        // SplitMix64.
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    let blocks = out * inner / format.block_weights();
-    let mut bytes = vec![0u8; blocks * block_bytes];
-    for chunk in bytes.chunks_mut(8) {
-        let r = next().to_le_bytes();
-        chunk.copy_from_slice(&r[..chunk.len()]);
-    }
-    let scale = half::f16::from_f32(4e-4).to_bits().to_le_bytes();
-    for block in bytes.chunks_exact_mut(block_bytes) {
-        for &at in scales {
-            block[at..at + 2].copy_from_slice(&scale);
-        }
-    }
-    Ok(BlockMatrix::upload(device, format, out, inner, &bytes)?)
 }
 
 /// The GGUF blocks of `l` the device keeps as they are under `format`: those of one format the
