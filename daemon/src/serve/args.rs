@@ -54,6 +54,17 @@ pub enum Quantization {
     Gguf,
 }
 
+/// How a decode step of one sequence runs its layers on the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum DecodeKernel {
+    /// A kernel per operation, replayed from CUDA graphs.
+    #[default]
+    #[value(name = "per-op")]
+    PerOp,
+    /// Every layer in one persistent kernel (Llama-family bf16 models; others run per-op).
+    Persistent,
+}
+
 /// Where each token's K/V lives in the KV pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum KvLayoutArg {
@@ -153,6 +164,10 @@ pub struct ServeArgs {
     /// blocks on the CPU without it.
     #[arg(long, value_enum)]
     pub quantization: Option<Quantization>,
+    /// How one sequence's decode step runs its layers on the GPU: `per-op` kernels replayed from
+    /// CUDA graphs, or `persistent` (one kernel for every layer; not yet measured on a device).
+    #[arg(long, value_enum, default_value = "per-op")]
+    pub decode_kernel: DecodeKernel,
     /// Run decode iterations eagerly instead of replaying CUDA graphs.
     #[arg(long, visible_alias = "enforce-eager")]
     pub no_cuda_graphs: bool,
@@ -335,6 +350,9 @@ impl ServeArgs {
             Device::Cpu => {
                 self.dtype.check(false)?;
                 Quantization::check(self.quantization, false)?;
+                if self.decode_kernel == DecodeKernel::Persistent {
+                    bail!("--decode-kernel persistent runs on the GPU (--device cuda)");
+                }
             }
             Device::Cuda => self.dtype.check(true)?,
             // Checked once the device is known.
@@ -471,6 +489,10 @@ mod tests {
             "runs on the GPU",
         );
         refuse(&["--max-num-batched-tokens", "lots"], "a number or `auto`");
+        refuse(
+            &["--device", "cpu", "--decode-kernel", "persistent"],
+            "runs on the GPU",
+        );
         refuse(&["a.gguf", "--model", "b.gguf"], "given twice");
         parse(&["a.gguf", "--model", "a.gguf"])
             .unwrap()

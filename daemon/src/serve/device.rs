@@ -144,6 +144,7 @@ pub fn forward_and_kv(
                     None if checkpoint_fp8 => WeightFormat::Fp8,
                     None => WeightFormat::Bf16,
                 },
+                persistent_decode: args.decode_kernel == super::args::DecodeKernel::Persistent,
                 ..GpuOptions::default()
             };
             let started = Instant::now();

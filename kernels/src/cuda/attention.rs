@@ -174,6 +174,11 @@ impl<'a> DeviceBatch<'a> {
         }
     }
 
+    /// `[layer][chunk][K, V]` addresses in the KV region.
+    pub(crate) fn kv(&self) -> DeviceSlice<'a, u64> {
+        self.arrays.kv
+    }
+
     /// Layer `layer`'s view of the batch.
     pub fn layer(&self, layer: usize) -> Result<LayerBatch<'a>, CudaError> {
         let per_layer = 2 * self.arrays.chunk_len.len();
@@ -225,6 +230,14 @@ impl RopeTables {
             sin: device.upload_new(&sin)?,
             half,
         })
+    }
+
+    pub(crate) fn cos(&self) -> DeviceSlice<'_, f32> {
+        self.cos.view()
+    }
+
+    pub(crate) fn sin(&self) -> DeviceSlice<'_, f32> {
+        self.sin.view()
     }
 
     /// Positions the tables cover.

@@ -17,13 +17,14 @@ use super::launch::{In, Kernel, Nullable, Out, Signature};
 use super::linear::{GemvBuild, OutVoid};
 
 /// The kernel sources, in the order they are concatenated for NVRTC.
-pub const SOURCES: [(&str, &str); 6] = [
+pub const SOURCES: [(&str, &str); 7] = [
     ("common.cuh", include_str!("cu/common.cuh")),
     ("elementwise.cu", include_str!("cu/elementwise.cu")),
     ("attention.cu", include_str!("cu/attention.cu")),
     ("fp8.cu", include_str!("cu/fp8.cu")),
     ("gemv.cu", include_str!("cu/gemv.cu")),
     ("blocks.cu", include_str!("cu/blocks.cu")),
+    ("persist.cu", include_str!("cu/persist.cu")),
 ];
 
 // The prototypes, as `cu/` declares them (parameter names in the comments; the long ones laid out
@@ -102,6 +103,14 @@ pub(crate) type GemvBlocks = Kernel<(In<bf16>, In<u8>, Nullable<u16>, OutVoid, i
 pub(crate) type DequantizeQ8 = Kernel<(In<u8>, In<u16>, Out<bf16>, i32, i32)>;
 /// `dequantize_q4_k_rows(blocks, w, out, in)`.
 pub(crate) type DequantizeQ4K = Kernel<(In<u8>, Out<bf16>, i32, i32)>;
+/// `decode_persistent(table, kv, positions, dims, x, q_buf, part_o, part_ml, act, counter,
+/// cos_table, sin_table, token_stride, eps, scale_log2, base)`.
+#[rustfmt::skip]
+pub(crate) type DecodePersistent = Kernel<(
+    In<u64>, In<u64>, In<u32>, In<u32>,
+    Out<f32>, Out<bf16>, Out<f32>, Out<f32>, Out<bf16>, Out<u64>,
+    Nullable<f32>, Nullable<f32>, i64, f32, f32, u64,
+)>;
 
 /// The eight builds of a GEMV family `PREFIX_r{1,2,4,8}_p{0,1}`, at `4 pair + rows bucket`.
 macro_rules! gemv_names {
@@ -167,6 +176,7 @@ pub struct Kernels {
     pub(crate) gemv_q4_k: Vec<GemvBlocks>,
     pub(crate) dequantize_q8_0: DequantizeQ8,
     pub(crate) dequantize_q4_k: DequantizeQ4K,
+    pub(crate) decode_persistent: DecodePersistent,
     /// Blocks a GEMV should have: rows are split over up to 8 warps until it has as many (the
     /// default, one block per 32 threads an SM holds, keeps every SM streaming; 0 never splits).
     pub gemv_min_blocks: usize,
@@ -251,6 +261,7 @@ impl Kernels {
             gemv_q4_k: load_family(m, gemv_names!("gemv_q4_k"))?,
             dequantize_q8_0: Kernel::load(m, "dequantize_q8_0_rows")?,
             dequantize_q4_k: Kernel::load(m, "dequantize_q4_k_rows")?,
+            decode_persistent: Kernel::load(m, "decode_persistent")?,
             gemv_min_blocks: 8 * device.multiprocessors(),
             decode: [
                 [

@@ -116,6 +116,7 @@ signature!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8);
 signature!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11);
 signature!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12);
 signature!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13);
+signature!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13, O 14, P 15);
 
 /// A compiled kernel whose C prototype is `S`.
 pub(crate) struct Kernel<S> {
@@ -139,6 +140,15 @@ impl<S: Signature> Kernel<S> {
     }
 }
 
+/// How a kernel is launched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Launch {
+    /// As a programmatic dependent of the previous kernel, where enabled.
+    Dependent,
+    /// Cooperatively: every block resident at once, or the launch fails.
+    Cooperative,
+}
+
 impl Kernels {
     /// Queues `kernel` with `args` on the device's stream, as a programmatic dependent of the
     /// previous kernel where enabled: the launch helper every kernel wrapper goes through.
@@ -155,13 +165,51 @@ impl Kernels {
         cfg: LaunchConfig,
         args: S::Args<'_>,
     ) -> Result<(), CudaError> {
+        // SAFETY: this function's contract.
+        unsafe { self.launch(kernel, cfg, args, Launch::Dependent) }
+    }
+
+    /// [`Kernels::queue`] for a kernel whose blocks wait for each other (grid barriers): a
+    /// cooperative launch, which the driver refuses when the grid cannot be resident at once
+    /// (the barrier would never release) rather than letting it hang.
+    ///
+    /// # Safety
+    /// As [`Kernels::queue`].
+    pub(crate) unsafe fn queue_cooperative<S: Signature>(
+        &self,
+        kernel: &Kernel<S>,
+        cfg: LaunchConfig,
+        args: S::Args<'_>,
+    ) -> Result<(), CudaError> {
+        // SAFETY: this function's contract.
+        unsafe { self.launch(kernel, cfg, args, Launch::Cooperative) }
+    }
+
+    /// The launch itself (`queue`'s contract).
+    unsafe fn launch<S: Signature>(
+        &self,
+        kernel: &Kernel<S>,
+        cfg: LaunchConfig,
+        args: S::Args<'_>,
+        how: Launch,
+    ) -> Result<(), CudaError> {
         let mut values = S::values(&args);
         let mut params: Vec<*mut c_void> = values.iter_mut().map(Value::as_param).collect();
         // SAFETY: a zeroed attribute is a valid plain-data value; its id and value are set next.
         let mut attribute: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attribute.id =
-            sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attribute.value.programmaticStreamSerializationAllowed = 1;
+        let attributes = match how {
+            Launch::Dependent => {
+                attribute.id =
+                    sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+                attribute.value.programmaticStreamSerializationAllowed = 1;
+                u32::from(self.dependent_launch)
+            }
+            Launch::Cooperative => {
+                attribute.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+                attribute.value.cooperative = 1;
+                1
+            }
+        };
         let config = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -172,7 +220,7 @@ impl Kernels {
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.stream.cu_stream(),
             attrs: &mut attribute,
-            numAttrs: u32::from(self.dependent_launch),
+            numAttrs: attributes,
         };
         // SAFETY: `params` holds one pointer per parameter of the kernel's prototype, in order,
         // each to a value of that parameter's C type (`S` transcribes the prototype and `args`

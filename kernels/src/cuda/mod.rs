@@ -18,7 +18,8 @@
 //!   length against the shape they are given — [`linear`] picks the GEMV or [`blas`] (cuBLAS);
 //!   [`attention`] holds [`DeviceBatch`], the one place a caller vouches for the KV region's
 //!   addresses and for indices in device memory;
-//! - [`graph`]: CUDA graph capture and replay.
+//! - [`graph`]: CUDA graph capture and replay; [`persist`]: the persistent decode kernel (every
+//!   layer of a one-sequence decode step in one cooperative launch).
 //!
 //! Must not: know about models, sequences or the KV manager.
 
@@ -35,6 +36,7 @@ mod kernels;
 mod launch;
 mod linear;
 mod memory;
+mod persist;
 mod staging;
 
 pub use attention::{
@@ -56,4 +58,5 @@ pub use memory::{
     DeviceBuffer, DeviceSlice, DeviceSliceMut, DeviceView, DeviceViewMut, Element, IndexBuffer,
     Indices, Positions,
 };
+pub use persist::{PersistentLayer, PersistentProgram, PersistentShape};
 pub use staging::PinnedStaging;

@@ -121,6 +121,8 @@ struct DecodeVariant {
     dependent_launch: bool,
     fused_gemv: bool,
     gemv_build: GemvBuild,
+    /// The layers of a one-sequence step in the persistent kernel.
+    persistent: bool,
 }
 
 const DEFAULT: DecodeVariant = DecodeVariant {
@@ -130,6 +132,14 @@ const DEFAULT: DecodeVariant = DecodeVariant {
     dependent_launch: true,
     fused_gemv: true,
     gemv_build: GemvBuild::Auto,
+    persistent: false,
+};
+
+/// Every layer of the step in one persistent kernel (embedding and head per-op, no graph).
+const PERSISTENT: DecodeVariant = DecodeVariant {
+    name: "persistent kernel",
+    persistent: true,
+    ..DEFAULT
 };
 
 /// The GEMV a warp per weight row at every batch size (the build before the tensor-core one).
@@ -142,13 +152,14 @@ const PER_ROW: DecodeVariant = DecodeVariant {
 /// The default build first (eager, then graph), then one change at a time. The earlier sweeps
 /// of the warp-per-row GEMV's knobs (unroll, split, L1) and of a streaming build are in
 /// docs/BENCHMARKS.md.
-const DECODE_VARIANTS: [DecodeVariant; 6] = [
+const DECODE_VARIANTS: [DecodeVariant; 7] = [
     DecodeVariant {
         name: "eager",
         graphs: false,
         ..DEFAULT
     },
     DEFAULT,
+    PERSISTENT,
     DecodeVariant {
         name: "graph, no dependent launch",
         dependent_launch: false,
@@ -193,7 +204,9 @@ pub fn decode_batch1(
     // The caller's launch mode (`--no-dependent-launch`) holds for the variants and after them.
     let launch_mode = model.kernels_mut().dependent_launch;
     for v in &DECODE_VARIANTS {
-        configure(device, model, v, launch_mode)?;
+        if !configure(device, model, v, launch_mode)? {
+            continue;
+        }
         let mean = mean_step(&decode_steps(model, &mut kv, PROMPT, steps, 1)?, steps);
         let note = step_floor(model, ceilings).map_or(String::new(), |floor| {
             format!(
@@ -287,8 +300,13 @@ pub fn decode_contexts(
     )?;
     model.set_max_context(longest.min(cfg.max_positions));
     let launch_mode = model.kernels_mut().dependent_launch;
-    configure(device, model, &DEFAULT, launch_mode)?;
-    for context in contexts {
+    for (context, v) in contexts
+        .iter()
+        .flat_map(|&c| [(c, &DEFAULT), (c, &PERSISTENT)])
+    {
+        if !configure(device, model, v, launch_mode)? {
+            continue;
+        }
         let prompt_len = context - CONTEXT_STEPS / 2;
         let times = decode_steps(model, &mut kv, prompt_len, CONTEXT_STEPS, 1)?;
         let mean = mean_step(&times, CONTEXT_STEPS);
@@ -306,12 +324,16 @@ pub fn decode_contexts(
         });
         report.value(
             "a",
-            &format!("{shape} batch-1 decode tok/s at context {context}"),
+            &format!(
+                "{shape} batch-1 decode tok/s at context {context} ({})",
+                v.name
+            ),
             1.0 / mean,
             "tok/s",
             &note,
         );
     }
+    configure(device, model, &DEFAULT, launch_mode)?;
     kv.shutdown()?;
     Ok(())
 }
@@ -328,13 +350,14 @@ fn mean_step(times: &[f64], steps: usize) -> f64 {
     timed.iter().sum::<f64>() / timed.len().max(1) as f64
 }
 
-/// Sets `model` up as `v` says (kernels built with its knobs, from the model's kernel cache).
+/// Sets `model` up as `v` says (kernels built with its knobs, from the model's kernel cache);
+/// false when the model cannot run it as `v` asks (the caller skips the variant).
 fn configure(
     device: &GpuDevice,
     model: &mut GpuModel,
     v: &DecodeVariant,
     dependent_launch: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     // Graphs hold the old kernels and launch modes: drop them before anything changes.
     model.set_graphs(false);
     let cache = GpuOptions::default().kernel_cache;
@@ -344,7 +367,8 @@ fn configure(
     *model.kernels_mut() = kernels;
     model.set_fused_gemv(v.fused_gemv);
     model.set_graphs(v.graphs);
-    Ok(())
+    // The persistent kernel runs bf16 Llama-family blocks only: other models skip its variant.
+    Ok(model.set_persistent_decode(v.persistent)? == v.persistent)
 }
 
 /// `sequences` sequences: each a `prompt_len`-token prompt, then `steps` greedy decode steps of

@@ -28,6 +28,9 @@ use fused_kernels::compare::rel_l2;
 /// up (measured 1.5e-2 on 4 layers, 2.1e-2 on 30), and `e2e/gpu/hf_logits.py` measures
 /// transformers' own bf16 error on the same weights as the yardstick for it.
 const E2E_TOL: f64 = 3e-2;
+/// Two GPU paths over the same bf16 weights and the same bf16 intermediates: only the order of
+/// the f32 sums differs.
+const PATHS_TOL: f64 = 1e-2;
 
 fn round(v: &mut [f32]) {
     for x in v {
@@ -239,6 +242,15 @@ pub fn run(
         )?;
     }
     fp8_checkpoint(device, small_gqa(), seed, report)?;
+    for (name, cfg) in [
+        ("gqa-d128", small_gqa()),
+        (
+            "smollm2-135m",
+            ModelConfig::preset("smollm2-135m").expect("preset exists"),
+        ),
+    ] {
+        persistent_decode(device, name, cfg, seed, report)?;
+    }
     vocab_remap(device, seed, report)?;
     if let Some(dir) = hf_dir {
         for (name, cfg) in [
@@ -249,6 +261,83 @@ pub fn run(
             hf_export(device, &dir.join(name), cfg, seed, report)?;
         }
     }
+    Ok(())
+}
+
+/// The persistent decode kernel against the per-op path on the same weights: one prompt
+/// prefilled (per-op) into two slots, then 256 decode steps with both fed the same token (the
+/// per-op path's pick), one slot through each path; the logits of every step (rel. L2) and the
+/// steps whose picks differ. The context crosses KV pages.
+fn persistent_decode(
+    device: &Arc<GpuDevice>,
+    name: &str,
+    cfg: ModelConfig,
+    seed: u64,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let mut host = Model::dummy(cfg.clone(), seed % 1000)?;
+    round_weights(&mut host.weights);
+    let host = Model::new(host.config, host.weights);
+    let (prompt_len, steps, max_len) = (300, 256, 1024);
+    let kv_config = KvConfig {
+        max_seqs: 2,
+        max_context_len: max_len,
+        layout: KvLayout::Interleaved,
+        pool_bytes: 1 << 30,
+        ..KvConfig::for_model(cfg.layers, cfg.kv_heads, cfg.head_dim, 2)
+    };
+    let mut kv = KvManager::cuda(&kv_config, device.context().clone())?;
+    let options = GpuOptions {
+        max_context: max_len,
+        kernel_cache: Some(std::env::temp_dir().join("fused-kernel-cache")),
+        ..GpuOptions::default()
+    };
+    let mut gpu = GpuModel::from_host(device.clone(), &host, options)?;
+    let prompt = tokens(seed ^ 3, prompt_len, cfg.vocab_size);
+    let slots = [
+        kv.admit(prompt_len + steps + 1)?,
+        kv.admit(prompt_len + steps + 1)?,
+    ];
+    kv.sync()?;
+    let mut next = 0;
+    for slot in slots {
+        let logits = gpu.forward(&[chunk(slot, 0, &prompt, LogitsWanted::Last)], &kv)?;
+        next = argmax(&logits.data);
+    }
+    let (mut per_op, mut persistent) = (Vec::new(), Vec::new());
+    let mut mismatches = 0;
+    for step in 0..steps {
+        let token = [next];
+        let mut logits = [Vec::new(), Vec::new()];
+        for (i, (slot, kernel)) in slots.into_iter().zip([false, true]).enumerate() {
+            if gpu.set_persistent_decode(kernel)? != kernel {
+                anyhow::bail!("{name}: the persistent decode kernel does not run this model");
+            }
+            let chunks = [chunk(slot, prompt_len + step, &token, LogitsWanted::Last)];
+            logits[i] = gpu.forward(&chunks, &kv)?.data;
+        }
+        next = argmax(&logits[0]);
+        mismatches += usize::from(argmax(&logits[1]) != next);
+        per_op.extend_from_slice(&logits[0]);
+        persistent.extend_from_slice(&logits[1]);
+    }
+    gpu.set_persistent_decode(false)?;
+    for slot in slots {
+        kv.free(slot)?;
+    }
+    kv.shutdown()?;
+    report.check(
+        "check",
+        &format!("{name} persistent decode vs per-op ({steps} steps)"),
+        rel_l2(&persistent, &per_op),
+        PATHS_TOL,
+    );
+    report.check(
+        "check",
+        &format!("{name} persistent decode greedy picks vs per-op (mismatches)"),
+        mismatches as f64,
+        0.0,
+    );
     Ok(())
 }
 

@@ -13,13 +13,14 @@ use std::sync::Arc;
 use fused_kernels::cpu::{AttentionShape, RopeTable};
 use fused_kernels::cuda::{
     BatchArrays, BatchShape, Blas, BlockFormat, CacheStatus, CudaError, DecodeSplits, DeviceBatch,
-    DeviceBuffer, GpuDevice, Graph, Kernels, PREFILL_TILE_ROWS, RopeTables,
+    DeviceBuffer, DeviceSlice, GpuDevice, Graph, Kernels, PREFILL_TILE_ROWS, PersistentLayer,
+    PersistentProgram, PersistentShape, RopeTables,
 };
 
 use super::pass::Pass;
 use super::plan::{BatchPlan, MetaOffsets};
 use super::scratch::{Needs, Scratch};
-use super::weights::{GpuWeights, WeightFormat};
+use super::weights::{Activation, GpuLinear, GpuMatrix, GpuNorm, GpuWeights, WeightFormat};
 use crate::kv::KvAccess;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::ModelConfig;
@@ -47,6 +48,9 @@ pub struct GpuOptions {
     pub fused_gemv: bool,
     /// How the blocks' matrices are kept (`--quantization fp8`: FP8, quantized at load).
     pub weights: WeightFormat,
+    /// Run the layers of a one-sequence decode step as one persistent kernel where the model
+    /// allows it (`--decode-kernel persistent`; the per-op path otherwise).
+    pub persistent_decode: bool,
 }
 
 impl Default for GpuOptions {
@@ -60,6 +64,7 @@ impl Default for GpuOptions {
             kernel_cache: default_kernel_cache(),
             fused_gemv: true,
             weights: WeightFormat::Bf16,
+            persistent_decode: false,
         }
     }
 }
@@ -89,6 +94,10 @@ pub struct GpuModel {
     device: Arc<GpuDevice>,
     kernels: Kernels,
     blas: Blas,
+    /// The persistent decode kernel's program, when the options ask for it and the model's
+    /// blocks are ones it runs. Declared before `weights`: it holds their addresses, and is
+    /// dropped first.
+    persistent: Option<PersistentProgram>,
     weights: GpuWeights,
     /// `(cos, sin)` tables `[max_positions, head_dim / 2]` f32; `None` for learned positions.
     rope: Option<RopeTables>,
@@ -234,7 +243,12 @@ impl GpuModel {
             ))
         })?;
         let dense = device.alloc(weights.dense_values())?;
+        let persistent = match options.persistent_decode {
+            true => persistent_program(&device, &config, &weights)?,
+            false => None,
+        };
         Ok(Self {
+            persistent,
             output_ids: config.vocab_size,
             config,
             device,
@@ -325,6 +339,17 @@ impl GpuModel {
             self.options.fused_gemv = enabled;
             self.graphs.clear();
         }
+    }
+
+    /// Runs one-sequence decode steps' layers in the persistent kernel (see
+    /// [`GpuOptions::persistent_decode`]); returns whether it runs (the model may not allow it).
+    pub fn set_persistent_decode(&mut self, enabled: bool) -> Result<bool, ModelError> {
+        self.options.persistent_decode = enabled;
+        self.persistent = match enabled {
+            true => persistent_program(&self.device, &self.config, &self.weights)?,
+            false => None,
+        };
+        Ok(self.persistent.is_some())
     }
 
     /// The graph bucket of a decode-only batch, if it gets one.
@@ -463,6 +488,71 @@ impl GpuModel {
     }
 }
 
+/// The persistent decode kernel's program for `weights`, or `None` (with the reason logged)
+/// when the model's blocks are not ones it runs: Llama-family (RMSNorm, SwiGLU), bf16 matrices,
+/// no biases.
+fn persistent_program(
+    device: &GpuDevice,
+    config: &ModelConfig,
+    weights: &GpuWeights,
+) -> Result<Option<PersistentProgram>, ModelError> {
+    let shape = PersistentShape {
+        hidden: config.hidden,
+        heads: config.heads,
+        kv_heads: config.kv_heads,
+        head_dim: config.head_dim,
+        ffn: config.ffn,
+        layers: config.layers,
+        max_positions: config.max_positions,
+    };
+    let mut layers = Vec::with_capacity(weights.blocks.len());
+    let mut why = shape.unsupported();
+    for b in &weights.blocks {
+        fn bf16(l: &GpuLinear) -> Option<DeviceSlice<'_, half::bf16>> {
+            match (&l.weight, &l.bias) {
+                (GpuMatrix::Bf16(w), None) => Some(w.view()),
+                _ => None,
+            }
+        }
+        fn norm(n: &GpuNorm) -> Option<DeviceSlice<'_, f32>> {
+            n.bias.is_none().then(|| n.weight.view())
+        }
+        let layer = (b.activation == Activation::SwiGlu)
+            .then_some(())
+            .and_then(|()| {
+                Some(PersistentLayer {
+                    attn_norm: norm(&b.attn_norm)?,
+                    qkv: bf16(&b.qkv)?,
+                    o: bf16(&b.o)?,
+                    mlp_norm: norm(&b.mlp_norm)?,
+                    gate_up: bf16(&b.up)?,
+                    down: bf16(&b.down)?,
+                })
+            });
+        match layer {
+            Some(layer) => layers.push(layer),
+            None => {
+                why.get_or_insert_with(|| {
+                    "its blocks are not RMSNorm + SwiGLU with bf16 matrices and no biases".into()
+                });
+            }
+        }
+    }
+    if let Some(why) = why {
+        tracing::warn!(
+            "the persistent decode kernel does not run this model ({why}): per-op decode"
+        );
+        return Ok(None);
+    }
+    // SAFETY: the matrices and norms are the model's `weights`, which the model keeps (and
+    // never replaces block by block) for as long as it holds the program; the program is
+    // dropped before them (field order).
+    let program = unsafe { PersistentProgram::new(device, shape, &layers)? };
+    let (grid, splits) = program.grid_and_splits();
+    tracing::info!(grid, splits, "persistent decode kernel ready");
+    Ok(Some(program))
+}
+
 fn load_kernels(
     device: &GpuDevice,
     options: &GpuOptions,
@@ -498,7 +588,14 @@ impl Forward for GpuModel {
     ) -> Result<Logits, ModelError> {
         check_chunks(chunks, self.config.vocab_size, self.config.max_positions)?;
         self.device.bind()?;
-        let bucket = self.bucket(chunks);
+        // One sequence's decode step: the persistent kernel, outside graphs (each launch's
+        // barriers start where the last one's ended).
+        let persistent =
+            self.persistent.is_some() && chunks.len() == 1 && chunks[0].tokens.len() == 1;
+        let bucket = match persistent {
+            true => None,
+            false => self.bucket(chunks),
+        };
         let plan = BatchPlan::new(chunks, kv, self.config.layers, PREFILL_TILE_ROWS, bucket)?;
         let shape = self.batch_shape(&plan, bucket.is_some());
         let splits = DecodeSplits::plan(
@@ -545,6 +642,10 @@ impl Forward for GpuModel {
             output_ids: self.output_ids,
         };
         let (activations, dense) = (&mut self.scratch.act, &mut self.dense);
+        if let Some(program) = self.persistent.as_mut().filter(|_| persistent) {
+            pass.forward_persistent(activations, program)?;
+            return self.fetch_logits(chunks, &plan);
+        }
         match bucket {
             Some(bucket) => {
                 let key = GraphKey {

@@ -8,7 +8,7 @@
 
 use fused_kernels::cuda::{
     Blas, DecodeSplits, DeviceBatch, DeviceBuffer, DeviceSlice, DeviceView, Kernels, Linear,
-    LinearOut, LinearShape, NormRows, PositionEmbedding, RopeTables, WeightView,
+    LinearOut, LinearShape, NormRows, PersistentProgram, PositionEmbedding, RopeTables, WeightView,
 };
 use half::bf16;
 
@@ -52,6 +52,26 @@ impl Pass<'_> {
             let hidden = self.mlp(block, &s.normed, &mut s.mlp, dense)?;
             self.add_linear(&block.down, &hidden, &mut s.x, dense)?;
         }
+        self.head(&s.x, &mut s.normed, &mut s.head)
+    }
+
+    /// [`Pass::forward`] of a one-sequence decode step with the layers in the persistent kernel
+    /// of `program`.
+    pub fn forward_persistent(
+        &self,
+        s: &mut Activations,
+        program: &mut PersistentProgram,
+    ) -> Result<(), ModelError> {
+        self.embed(&mut s.x)?;
+        self.kernels.decode_persistent(
+            program,
+            &self.batch,
+            self.rope,
+            self.weights.eps,
+            &mut s.x,
+            &mut s.attn.q,
+            &mut s.mlp.hidden,
+        )?;
         self.head(&s.x, &mut s.normed, &mut s.head)
     }
 
