@@ -21,8 +21,9 @@ use cudarc::driver::LaunchConfig;
 const THREADS: u32 = 256;
 /// Keys of one (KV head, split) the kernel holds in shared memory (`PD_MAX_SPLIT_KEYS`).
 const MAX_SPLIT_KEYS: usize = 512;
-/// Shared memory a block may use without opting in to more.
-const MAX_SHARED: usize = 48 << 10;
+/// Dynamic shared memory a block may use without opting in to more (48 KiB less the block
+/// reductions' static arrays).
+const MAX_SHARED: usize = 47 << 10;
 /// Grid barriers of one layer (after stages A to D; E's is skipped after the last layer).
 const BARRIERS_PER_LAYER: u64 = 5;
 

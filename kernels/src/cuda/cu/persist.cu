@@ -8,7 +8,7 @@
 //   D  RMSNorm + gate and up rows in pairs + SwiGLU → `act`
 //   E  down rows, added to the residual by their owner
 // Before each barrier a block asks L2 for the first bytes of its weights of the next stage, so
-// they stream while the grid waits. Llama-family blocks with bf16 weights and no biases;
+// they stream while the grid waits; what other blocks wrote during the launch is read from L2. Llama-family blocks with bf16 weights and no biases;
 // batch 1. Launched cooperatively (the driver refuses a grid that cannot be co-resident: the
 // barrier would never release). Grid: one block per SM; block 256; dynamic shared memory
 // `persist_smem_bytes` (host side).
@@ -52,7 +52,29 @@ __device__ __forceinline__ void pd_barrier(unsigned long long* counter, unsigned
 __device__ __forceinline__ void pd_prefetch(const void* p, u64 bytes) {
     const u64 n = min(bytes, (u64)PD_PREFETCH_BYTES);
     for (u64 off = (u64)threadIdx.x * 128; off < n; off += (u64)PD_THREADS * 128)
-        asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"((const char*)p + off));
+        asm volatile("prefetch.global.L2 [%0];" ::"l"((const char*)p + off));
+}
+
+// Loads of what other blocks wrote during this launch: from L2 (`.cg`), never a line this SM's
+// L1 kept from before the barrier.
+__device__ __forceinline__ float pd_ld_f32(const float* p) {
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ float pd_ld_bf16(const bf16_t* p) {
+    unsigned short v;
+    asm volatile("ld.global.cg.u16 %0, [%1];" : "=h"(v) : "l"(p));
+    return bf2f(v);
+}
+
+__device__ __forceinline__ uint4 pd_ld_v4(const uint4* p) {
+    uint4 v;
+    asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
 }
 
 __device__ __forceinline__ uint4 pd_load(const uint4* p) {
@@ -97,9 +119,12 @@ __device__ __forceinline__ void pd_rows_dot(const bf16_t* __restrict__ w0, const
 __device__ __forceinline__ void pd_rms_norm(const float* x, const float* weight, bf16_t* out, int n,
                                             float eps) {
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < n; i += PD_THREADS) ss += x[i] * x[i];
+    for (int i = threadIdx.x; i < n; i += PD_THREADS) {
+        const float v = pd_ld_f32(x + i);
+        ss += v * v;
+    }
     const float rstd = rsqrtf(block_sum(ss) / n + eps);
-    for (int i = threadIdx.x; i < n; i += PD_THREADS) out[i] = f2bf(x[i] * rstd * weight[i]);
+    for (int i = threadIdx.x; i < n; i += PD_THREADS) out[i] = f2bf(pd_ld_f32(x + i) * rstd * weight[i]);
     __syncthreads();
 }
 
@@ -191,14 +216,14 @@ extern "C" __global__ void __launch_bounds__(PD_THREADS, 1) decode_persistent(
                 const int k0 = min(n_keys, split * split_len), k1 = min(n_keys, k0 + split_len);
                 const int nk = k1 - k0;
                 for (int i = threadIdx.x; i < group * hd; i += PD_THREADS)
-                    qs[i] = bf2f(q_buf[(u64)(kvh * group + i / hd) * hd + i % hd]) * scale_log2;
+                    qs[i] = pd_ld_bf16(q_buf + (u64)(kvh * group + i / hd) * hd + i % hd) * scale_log2;
                 __syncthreads();
                 // Scores: a warp per key; each lane takes hd / 32 elements of the row.
                 for (int k = warp; k < nk; k += PD_WARPS) {
                     const bf16_t* key = (const bf16_t*)(k_rows + (u64)(k0 + k) * token_stride) + kvh * hd;
                     for (int g = 0; g < group; ++g) {
                         float s = 0.0f;
-                        for (int e = lane; e < hd; e += 32) s += qs[g * hd + e] * bf2f(key[e]);
+                        for (int e = lane; e < hd; e += 32) s += qs[g * hd + e] * pd_ld_bf16(key + e);
                         s = warp_sum(s);
                         if (lane == 0) scores[g * PD_MAX_SPLIT_KEYS + k] = s;
                     }
@@ -226,7 +251,7 @@ extern "C" __global__ void __launch_bounds__(PD_THREADS, 1) decode_persistent(
                     const float* p = scores + g * PD_MAX_SPLIT_KEYS;
                     float o = 0.0f;
                     for (int k = 0; k < nk; ++k)
-                        o += p[k] * bf2f(((const bf16_t*)(v_rows + (u64)(k0 + k) * token_stride))[kvh * hd + e]);
+                        o += p[k] * pd_ld_bf16((const bf16_t*)(v_rows + (u64)(k0 + k) * token_stride) + kvh * hd + e);
                     const u64 part = (u64)(kvh * group + g) * d.splits + split;
                     part_o[part * hd + e] = o;
                     if (e == 0) {
@@ -247,13 +272,14 @@ extern "C" __global__ void __launch_bounds__(PD_THREADS, 1) decode_persistent(
             const u64 part = (u64)(i / hd) * d.splits;
             float mx = neg_inf();
             for (int s = 0; s < d.splits; ++s)
-                if (part_ml[2 * (part + s) + 1] > 0.0f) mx = fmaxf(mx, part_ml[2 * (part + s)]);
+                if (pd_ld_f32(part_ml + 2 * (part + s) + 1) > 0.0f)
+                    mx = fmaxf(mx, pd_ld_f32(part_ml + 2 * (part + s)));
             float num = 0.0f, den = 0.0f;
             for (int s = 0; s < d.splits; ++s) {
-                const float l = part_ml[2 * (part + s) + 1];
+                const float l = pd_ld_f32(part_ml + 2 * (part + s) + 1);
                 if (l > 0.0f) {
-                    const float w = exp2f(part_ml[2 * (part + s)] - mx);
-                    num += w * part_o[(part + s) * hd + i % hd];
+                    const float w = exp2f(pd_ld_f32(part_ml + 2 * (part + s)) - mx);
+                    num += w * pd_ld_f32(part_o + (part + s) * hd + i % hd);
                     den += w * l;
                 }
             }
@@ -263,7 +289,7 @@ extern "C" __global__ void __launch_bounds__(PD_THREADS, 1) decode_persistent(
         for (int row = first + warp; row < end; row += PD_WARPS) {
             float y, unused;
             pd_rows_dot<false>(w_o + (u64)row * q_dim, nullptr, vec, q_dim, lane, &y, &unused);
-            if (lane == 0) x[row] += y;
+            if (lane == 0) x[row] = pd_ld_f32(x + row) + y;
         }
         pd_share(d.ffn, &first, &end);
         pd_prefetch(w_gu + (u64)first * d.hidden, (u64)(end - first) * d.hidden * 2);
@@ -285,12 +311,12 @@ extern "C" __global__ void __launch_bounds__(PD_THREADS, 1) decode_persistent(
         pd_barrier(counter, barrier);
 
         // E: down rows added to the residual.
-        for (int i = threadIdx.x; i < d.ffn / 8; i += PD_THREADS) ((uint4*)vec)[i] = ((const uint4*)act)[i];
+        for (int i = threadIdx.x; i < d.ffn / 8; i += PD_THREADS) ((uint4*)vec)[i] = pd_ld_v4((const uint4*)act + i);
         __syncthreads();
         for (int row = first + warp; row < end; row += PD_WARPS) {
             float y, unused;
             pd_rows_dot<false>(w_down + (u64)row * d.ffn, nullptr, vec, d.ffn, lane, &y, &unused);
-            if (lane == 0) x[row] += y;
+            if (lane == 0) x[row] = pd_ld_f32(x + row) + y;
         }
         if (layer + 1 < d.layers) {
             pd_share(rot_pairs + kv_dim / 2, &first, &end);
