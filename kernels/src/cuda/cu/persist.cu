@@ -115,6 +115,22 @@ __device__ __forceinline__ void pd_rows_dot(const bf16_t* __restrict__ w0, const
     if (TWO) *d1 = warp_sum(a1);
 }
 
+// x[row] += w[row] · vec for this block's rows [first, end) of a weight of `n` columns: two rows
+// a warp at a time (twice the bytes in flight of one), the odd last row alone.
+__device__ __forceinline__ void pd_add_rows(const bf16_t* w, const bf16_t* vec, int n, int first,
+                                            int end, float* x, int warp, int lane) {
+    for (int row = first + 2 * warp; row < end; row += 2 * PD_WARPS) {
+        float y0, y1 = 0.0f;
+        const bool two = row + 1 < end;
+        if (two) pd_rows_dot<true>(w + (u64)row * n, w + (u64)(row + 1) * n, vec, n, lane, &y0, &y1);
+        else pd_rows_dot<false>(w + (u64)row * n, nullptr, vec, n, lane, &y0, &y1);
+        if (lane == 0) {
+            x[row] = pd_ld_f32(x + row) + y0;
+            if (two) x[row + 1] = pd_ld_f32(x + row + 1) + y1;
+        }
+    }
+}
+
 // out[i] = bf16(x[i] · rstd · weight[i]): RMSNorm of the residual into shared memory.
 __device__ __forceinline__ void pd_rms_norm(const float* x, const float* weight, bf16_t* out, int n,
                                             float eps) {
@@ -286,11 +302,7 @@ extern "C" __global__ void __launch_bounds__(PD_THREADS, 1) decode_persistent(
             vec[i] = f2bf(den > 0.0f ? num / den : 0.0f);
         }
         __syncthreads();
-        for (int row = first + warp; row < end; row += PD_WARPS) {
-            float y, unused;
-            pd_rows_dot<false>(w_o + (u64)row * q_dim, nullptr, vec, q_dim, lane, &y, &unused);
-            if (lane == 0) x[row] = pd_ld_f32(x + row) + y;
-        }
+        pd_add_rows(w_o, vec, q_dim, first, end, x, warp, lane);
         pd_share(d.ffn, &first, &end);
         pd_prefetch(w_gu + (u64)first * d.hidden, (u64)(end - first) * d.hidden * 2);
         pd_prefetch(w_gu + (u64)(d.ffn + first) * d.hidden, (u64)(end - first) * d.hidden * 2);
@@ -313,11 +325,7 @@ extern "C" __global__ void __launch_bounds__(PD_THREADS, 1) decode_persistent(
         // E: down rows added to the residual.
         for (int i = threadIdx.x; i < d.ffn / 8; i += PD_THREADS) ((uint4*)vec)[i] = pd_ld_v4((const uint4*)act + i);
         __syncthreads();
-        for (int row = first + warp; row < end; row += PD_WARPS) {
-            float y, unused;
-            pd_rows_dot<false>(w_down + (u64)row * d.ffn, nullptr, vec, d.ffn, lane, &y, &unused);
-            if (lane == 0) x[row] = pd_ld_f32(x + row) + y;
-        }
+        pd_add_rows(w_down, vec, d.ffn, first, end, x, warp, lane);
         if (layer + 1 < d.layers) {
             pd_share(rot_pairs + kv_dim / 2, &first, &end);
             const bf16_t* next_qkv = (const bf16_t*)table[(u64)(layer + 1) * 6 + 1];
