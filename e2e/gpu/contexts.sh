@@ -2,7 +2,8 @@
 # Issue 19's (a) figures beyond context 128, in one call: batch-1 decode of dummy Llama-2-7B and
 # of the Llama-3-8B shape (GQA, 128k vocabulary), bf16 and FP8, at contexts 512, 2,048 and
 # 4,000 against a roofline of the weight bytes plus the K/V bytes read at that context (the copy
-# bandwidth measured in the same process), and each shape's default (a) at context ≈ 256.
+# bandwidth measured in the same process), per-op graphs and the persistent kernel (bf16 only)
+# side by side, and each shape's (a) variants at context ≈ 256.
 # Prints a short table last; logs and JSON lines under $OUT.
 # Usage: OUT=<dir> bash e2e/gpu/contexts.sh   (bin/ holds fused-gpu-bench built with
 # --features cuda). Env: SHAPES ("llama-2-7b llama-3-8b"), FORMATS ("bf16 fp8"), STEPS (128).
@@ -20,7 +21,7 @@ for shape in ${SHAPES:-llama-2-7b llama-3-8b}; do
 done
 echo
 echo "==== batch-1 decode (graph, default build) ===="
-grep -hE "copy|batch-1 decode tok/s \((graph)\)|at context" "$out"/*.txt | cut -c1-220
+grep -hE "copy|batch-1 decode tok/s \((graph|persistent kernel)\)|at context" "$out"/*.txt | cut -c1-220
 grep -hiE "error|panicked" "$out"/*.txt | head -5
 echo "contexts.sh: $([ $status = 0 ] && echo PASSED || echo "FAILURES (see $out)") at ${SECONDS}s"
 exit $status
