@@ -13,7 +13,7 @@ use half::bf16;
 use super::compile::{CacheStatus, compile_cubin};
 use super::device::GpuDevice;
 use super::error::{CudaError, DriverResult, as_u32};
-use super::launch::{In, Kernel, Nullable, Out, Signature};
+use super::launch::{In, Kernel, Nullable, NullableOut, Out, Signature};
 use super::linear::{GemvBuild, OutVoid};
 
 /// The kernel sources, in the order they are concatenated for NVRTC.
@@ -104,12 +104,12 @@ pub(crate) type DequantizeQ8 = Kernel<(In<u8>, In<u16>, Out<bf16>, i32, i32)>;
 /// `dequantize_q4_k_rows(blocks, w, out, in)`.
 pub(crate) type DequantizeQ4K = Kernel<(In<u8>, Out<bf16>, i32, i32)>;
 /// `decode_persistent(table, kv, positions, dims, x, q_buf, part_o, part_ml, act, counter,
-/// cos_table, sin_table, token_stride, eps, scale_log2, base)`.
+/// cos_table, sin_table, token_stride, eps, scale_log2, base, timers)`.
 #[rustfmt::skip]
 pub(crate) type DecodePersistent = Kernel<(
     In<u64>, In<u64>, In<u32>, In<u32>,
     Out<f32>, Out<bf16>, Out<f32>, Out<f32>, Out<bf16>, Out<u64>,
-    Nullable<f32>, Nullable<f32>, i64, f32, f32, u64,
+    Nullable<f32>, Nullable<f32>, i64, f32, f32, u64, NullableOut<u64>,
 )>;
 
 /// The eight builds of a GEMV family `PREFIX_r{1,2,4,8}_p{0,1}`, at `4 pair + rows bucket`.

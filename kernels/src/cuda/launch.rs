@@ -1,6 +1,7 @@
 //! The one place kernels are launched. A [`Kernel<S>`] is a compiled `extern "C" __global__`
 //! function whose parameter list `S` transcribes its C prototype in Rust types — [`In<T>`] for
-//! `const T*`, [`Out<T>`] for `T*`, [`Nullable<T>`] for a `const T*` that may be null, `i32` for
+//! `const T*`, [`Out<T>`] for `T*`, [`Nullable<T>`] for a `const T*` that may be null
+//! ([`NullableOut<T>`]: a `T*`), `i32` for
 //! `int`, `i64` for `long long`, `u64` for `u64`, `f32` for `float` — so every launch is
 //! type-checked against the prototype: a wrong count, order or element type of arguments does
 //! not compile, and pointers can only come from typed views (which carry their lengths).
@@ -30,6 +31,8 @@ pub(crate) struct In<T>(PhantomData<T>);
 pub(crate) struct Out<T>(PhantomData<T>);
 /// A `const T*` parameter that may be null (the kernel then does without it).
 pub(crate) struct Nullable<T>(PhantomData<T>);
+/// A `T*` parameter that may be null (the kernel then writes nothing there).
+pub(crate) struct NullableOut<T>(PhantomData<T>);
 
 /// One parameter's value as the driver reads it: `kernelParams[i]` points at it.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +81,13 @@ impl<T: Element> Param for Nullable<T> {
     }
 }
 
+impl<T: Element> Param for NullableOut<T> {
+    type Arg<'a> = Option<DeviceSliceMut<'a, T>>;
+    fn value(arg: &Option<DeviceSliceMut<'_, T>>) -> Value {
+        Value::U64(arg.as_ref().map_or(0, DeviceSliceMut::address))
+    }
+}
+
 macro_rules! scalar_param {
     ($($t:ty => $variant:ident),*) => {$(
         impl Param for $t {
@@ -116,7 +126,7 @@ signature!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8);
 signature!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11);
 signature!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12);
 signature!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13);
-signature!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13, O 14, P 15);
+signature!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13, O 14, P 15, Q 16);
 
 /// A compiled kernel whose C prototype is `S`.
 pub(crate) struct Kernel<S> {

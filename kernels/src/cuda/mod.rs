@@ -58,5 +58,5 @@ pub use memory::{
     DeviceBuffer, DeviceSlice, DeviceSliceMut, DeviceView, DeviceViewMut, Element, IndexBuffer,
     Indices, Positions,
 };
-pub use persist::{PersistentLayer, PersistentProgram, PersistentShape};
+pub use persist::{PersistentLayer, PersistentProgram, PersistentShape, StageTime};
 pub use staging::PinnedStaging;

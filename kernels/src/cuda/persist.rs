@@ -86,6 +86,18 @@ impl PersistentShape {
     }
 }
 
+/// Stages of a layer (`PD_STAGES`): A QKV, B attention, C O, D gate/up, E down.
+const STAGES: usize = 5;
+
+/// One stage's time in a launch, averaged over the layers (see
+/// [`PersistentProgram::stage_times`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTime {
+    pub mean_work_us: f64,
+    pub max_work_us: f64,
+    pub mean_wait_us: f64,
+}
+
 /// One layer's weights, as the per-op path holds them.
 #[derive(Debug, Clone, Copy)]
 pub struct PersistentLayer<'a> {
@@ -116,6 +128,8 @@ pub struct PersistentProgram {
     part_ml: DeviceBuffer<f32>,
     splits: usize,
     grid: usize,
+    /// `[layers][STAGES][blocks][work ns, wait ns]` of the last launch, when asked for.
+    timers: Option<DeviceBuffer<u64>>,
 }
 
 impl std::fmt::Debug for PersistentProgram {
@@ -203,7 +217,49 @@ impl PersistentProgram {
             splits,
             grid,
             shape,
+            timers: None,
         })
+    }
+
+    /// Makes every later launch record each block's work and wait per stage (see
+    /// [`PersistentProgram::stage_times`]).
+    pub fn enable_timers(&mut self, device: &GpuDevice) -> Result<(), CudaError> {
+        let n = self.shape.layers * STAGES * self.grid * 2;
+        self.timers = Some(device.alloc(n)?);
+        Ok(())
+    }
+
+    /// The last launch's time per stage (A to E) in µs, averaged over the layers: the blocks'
+    /// mean and longest work, and their mean wait at the barrier after it. `None` without
+    /// [`PersistentProgram::enable_timers`].
+    pub fn stage_times(&self, device: &GpuDevice) -> Result<Option<Vec<StageTime>>, CudaError> {
+        let Some(timers) = &self.timers else {
+            return Ok(None);
+        };
+        let mut ns = vec![0u64; timers.len()];
+        device.download(timers, &mut ns)?;
+        let (layers, grid) = (self.shape.layers, self.grid);
+        let times = (0..STAGES)
+            .map(|stage| {
+                let mut t = StageTime::default();
+                for layer in 0..layers {
+                    let at = |block: usize, i: usize| {
+                        ns[2 * ((layer * STAGES + stage) * grid + block) + i] as f64 / 1e3
+                    };
+                    let work: Vec<f64> = (0..grid).map(|b| at(b, 0)).collect();
+                    t.mean_work_us += work.iter().sum::<f64>() / grid as f64;
+                    t.max_work_us += work.iter().copied().fold(0.0, f64::max);
+                    t.mean_wait_us += (0..grid).map(|b| at(b, 1)).sum::<f64>() / grid as f64;
+                }
+                let n = layers as f64;
+                StageTime {
+                    mean_work_us: t.mean_work_us / n,
+                    max_work_us: t.max_work_us / n,
+                    mean_wait_us: t.mean_wait_us / n,
+                }
+            })
+            .collect();
+        Ok(Some(times))
     }
 
     pub fn shape(&self) -> &PersistentShape {
@@ -297,6 +353,7 @@ impl Kernels {
             eps,
             std::f32::consts::LOG2_E / (s.head_dim as f32).sqrt(),
             base,
+            program.timers.as_mut().map(DeviceBuffer::view_mut),
         );
         // SAFETY: the grid is one block per SM and the launch is cooperative (all resident or
         // refused). The kernel reads the program's table (six matrices per layer whose lengths
@@ -305,7 +362,8 @@ impl Kernels {
         // for by its constructor: position `pos` and every key below it are mapped; the tables
         // cover its positions, checked above); it writes `hidden` of `x`, `q_dim` of `q`, `ffn`
         // of `act` (checked above), `heads × splits × head_dim` and `× 2` partials (allocated
-        // so), the counter, and K and V of the row's position (inside the batch's KV rows).
+        // so), the counter, the timers (`layers × STAGES × blocks × 2`, allocated so) and K
+        // and V of the row's position (inside the batch's KV rows).
         unsafe { self.queue_cooperative(&self.decode_persistent, cfg, args)? };
         program.arrivals = base + barriers * program.grid as u64;
         Ok(())

@@ -207,6 +207,9 @@ pub fn decode_batch1(
         if !configure(device, model, v, launch_mode)? {
             continue;
         }
+        if v.persistent {
+            persistent_stages(device, model, &mut kv, shape, report)?;
+        }
         let mean = mean_step(&decode_steps(model, &mut kv, PROMPT, steps, 1)?, steps);
         let note = step_floor(model, ceilings).map_or(String::new(), |floor| {
             format!(
@@ -225,6 +228,45 @@ pub fn decode_batch1(
     }
     configure(device, model, &DEFAULT, launch_mode)?;
     kv.shutdown()?;
+    Ok(())
+}
+
+/// Where the persistent kernel's step goes: a few steps with its timers on, then each stage's
+/// work (the blocks' mean and the longest) and wait at the barrier after it, averaged over the
+/// layers, from the last step. The timers themselves cost a little; the timed runs go without.
+fn persistent_stages(
+    device: &Arc<GpuDevice>,
+    model: &mut GpuModel,
+    kv: &mut KvManager,
+    shape: &str,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let Some(program) = model.persistent_program() else {
+        return Ok(());
+    };
+    program.enable_timers(device)?;
+    decode_steps(model, kv, PROMPT, 16, 1)?;
+    let Some(program) = model.persistent_program() else {
+        return Ok(());
+    };
+    let times = program.stage_times(device)?.unwrap_or_default();
+    for (stage, t) in ["A qkv", "B attention", "C o", "D gate/up", "E down"]
+        .into_iter()
+        .zip(times)
+    {
+        report.value(
+            "a",
+            &format!("{shape} persistent stage {stage}: mean work"),
+            t.mean_work_us,
+            "us",
+            &format!(
+                "longest block {:.1} us; mean wait at the barrier {:.1} us",
+                t.max_work_us, t.mean_wait_us
+            ),
+        );
+    }
+    // Rebuilt without timers for the timed runs.
+    model.set_persistent_decode(true)?;
     Ok(())
 }
 

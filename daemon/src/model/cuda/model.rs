@@ -352,6 +352,11 @@ impl GpuModel {
         Ok(self.persistent.is_some())
     }
 
+    /// The persistent decode kernel's program, while it runs (benchmarks read its timers).
+    pub fn persistent_program(&mut self) -> Option<&mut PersistentProgram> {
+        self.persistent.as_mut()
+    }
+
     /// The graph bucket of a decode-only batch, if it gets one.
     fn bucket(&self, chunks: &[SeqChunk<'_>]) -> Option<usize> {
         let decode_only = chunks.iter().all(|c| {

@@ -18,7 +18,8 @@
 // rows), down (bf16 [hidden, ffn]). `kv[layer * per_layer + 0 / 1]`: the sequence's K / V rows of
 // the layer (bytes; row `pos` at `pos * token_stride`). `dims`: hidden, heads, kv_heads,
 // head_dim, ffn, layers, per_layer, splits. `counter`: arrivals at the grid barriers, never reset;
-// the k-th barrier of this launch releases at `base + k * gridDim.x`.
+// the k-th barrier of this launch releases at `base + k * gridDim.x`. `timers` (may be null):
+// `[layers][PD_STAGES][blocks][2]` ns of each block's work and wait per stage.
 
 #define PD_THREADS 256
 #define PD_WARPS (PD_THREADS / 32)
@@ -26,10 +27,18 @@
 #define PD_MAX_SPLIT_KEYS 512
 // Bytes of the next stage's weights each block asks L2 for before a barrier.
 #define PD_PREFETCH_BYTES (64 * 1024)
+// Stages of a layer (A to E).
+#define PD_STAGES 5
 
 struct PdDims {
     int hidden, heads, kv_heads, head_dim, ffn, layers, per_layer, splits;
 };
+
+__device__ __forceinline__ unsigned long long pd_now() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
 
 __device__ __forceinline__ void pd_barrier(unsigned long long* counter, unsigned long long target) {
     __syncthreads();
@@ -46,6 +55,27 @@ __device__ __forceinline__ void pd_barrier(unsigned long long* counter, unsigned
         asm volatile("fence.acq_rel.gpu;" ::: "memory");
     }
     __syncthreads();
+}
+
+// Ends stage `stage` of `layer`: the block's threads meet, then (`wait`) the grid's blocks. With
+// `timers`, thread 0 records the block's work (from `*stage_start` to the block's meeting) and
+// its wait for the grid, in ns, at (layer, stage, block).
+__device__ __forceinline__ void pd_end_stage(unsigned long long* counter, unsigned long long* barrier,
+                                             unsigned long long* timers, int layer, int stage,
+                                             unsigned long long* stage_start, bool wait) {
+    __syncthreads();
+    const unsigned long long worked = pd_now();
+    if (wait) {
+        *barrier += gridDim.x;
+        pd_barrier(counter, *barrier);
+    }
+    if (timers && threadIdx.x == 0) {
+        const unsigned long long released = pd_now();
+        u64* t = timers + 2 * (((u64)layer * PD_STAGES + stage) * gridDim.x + blockIdx.x);
+        t[0] = worked - *stage_start;
+        t[1] = released - worked;
+        *stage_start = released;
+    }
 }
 
 // Asks L2 for up to PD_PREFETCH_BYTES of [p, p + bytes).
@@ -154,7 +184,7 @@ extern "C" __global__ void __launch_bounds__(PD_THREADS, 1) decode_persistent(
     const u64* table, const u64* kv, const unsigned* positions, const unsigned* dims_in, float* x,
     bf16_t* q_buf, float* part_o, float* part_ml, bf16_t* act, unsigned long long* counter,
     const float* cos_table, const float* sin_table, long long token_stride, float eps,
-    float scale_log2, unsigned long long base) {
+    float scale_log2, unsigned long long base, unsigned long long* timers) {
     extern __shared__ __align__(16) unsigned char pd_smem[];
     const PdDims d = *(const PdDims*)dims_in;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -165,7 +195,8 @@ extern "C" __global__ void __launch_bounds__(PD_THREADS, 1) decode_persistent(
     const int n_keys = (int)pos + 1;
     unsigned long long barrier = base;
     bf16_t* vec = (bf16_t*)pd_smem;  // the stage's input vector (normed x, attention, act)
-
+    // With `timers`: per (layer, stage, block), ns of own work and of waiting at the barrier.
+    unsigned long long stage_start = pd_now();
     for (int layer = 0; layer < d.layers; ++layer) {
         const u64* t = table + (u64)layer * 6;
         const float* attn_norm = (const float*)t[0];
@@ -217,8 +248,7 @@ extern "C" __global__ void __launch_bounds__(PD_THREADS, 1) decode_persistent(
                 v[r1 - q_dim - kv_dim] = f2bf(y1);
             }
         }
-        barrier += gridDim.x;
-        pd_barrier(counter, barrier);
+        pd_end_stage(counter, &barrier, timers, layer, 0, &stage_start, true);
 
         // B: attention of each (KV head, split) over its keys.
         {
@@ -280,8 +310,7 @@ extern "C" __global__ void __launch_bounds__(PD_THREADS, 1) decode_persistent(
         }
         pd_share(d.hidden, &first, &end);
         pd_prefetch(w_o + (u64)first * q_dim, (u64)(end - first) * q_dim * 2);
-        barrier += gridDim.x;
-        pd_barrier(counter, barrier);
+        pd_end_stage(counter, &barrier, timers, layer, 1, &stage_start, true);
 
         // C: merge the splits of every head (each block), O rows added to the residual.
         for (int i = threadIdx.x; i < q_dim; i += PD_THREADS) {
@@ -306,8 +335,7 @@ extern "C" __global__ void __launch_bounds__(PD_THREADS, 1) decode_persistent(
         pd_share(d.ffn, &first, &end);
         pd_prefetch(w_gu + (u64)first * d.hidden, (u64)(end - first) * d.hidden * 2);
         pd_prefetch(w_gu + (u64)(d.ffn + first) * d.hidden, (u64)(end - first) * d.hidden * 2);
-        barrier += gridDim.x;
-        pd_barrier(counter, barrier);
+        pd_end_stage(counter, &barrier, timers, layer, 2, &stage_start, true);
 
         // D: gate and up rows in pairs, SwiGLU.
         pd_rms_norm(x, mlp_norm, vec, d.hidden, eps);
@@ -319,20 +347,19 @@ extern "C" __global__ void __launch_bounds__(PD_THREADS, 1) decode_persistent(
         }
         pd_share(d.hidden, &first, &end);
         pd_prefetch(w_down + (u64)first * d.ffn, (u64)(end - first) * d.ffn * 2);
-        barrier += gridDim.x;
-        pd_barrier(counter, barrier);
+        pd_end_stage(counter, &barrier, timers, layer, 3, &stage_start, true);
 
         // E: down rows added to the residual.
         for (int i = threadIdx.x; i < d.ffn / 8; i += PD_THREADS) ((uint4*)vec)[i] = pd_ld_v4((const uint4*)act + i);
         __syncthreads();
         pd_add_rows(w_down, vec, d.ffn, first, end, x, warp, lane);
-        if (layer + 1 < d.layers) {
+        const bool more = layer + 1 < d.layers;
+        if (more) {
             pd_share(rot_pairs + kv_dim / 2, &first, &end);
             const bf16_t* next_qkv = (const bf16_t*)table[(u64)(layer + 1) * 6 + 1];
             pd_prefetch(next_qkv + (u64)((first / half) * hd + first % half) * d.hidden,
                         (u64)d.hidden * 2 * 16);
-            barrier += gridDim.x;
-            pd_barrier(counter, barrier);
         }
+        pd_end_stage(counter, &barrier, timers, layer, 4, &stage_start, more);
     }
 }
