@@ -8,6 +8,7 @@
 //! Must not: run anything but the layers (the embedding, final norm and head stay the per-op
 //! kernels) or batches other than one decode row.
 
+use cudarc::driver::LaunchConfig;
 use half::bf16;
 
 use super::attention::{DeviceBatch, RopeTables};
@@ -15,7 +16,6 @@ use super::device::GpuDevice;
 use super::error::{CudaError, as_u32};
 use super::kernels::Kernels;
 use super::memory::{DeviceBuffer, DeviceSlice, DeviceViewMut, check_len};
-use cudarc::driver::LaunchConfig;
 
 /// Threads of a block (`PD_THREADS`).
 const THREADS: u32 = 256;
@@ -24,7 +24,7 @@ const MAX_SPLIT_KEYS: usize = 512;
 /// Dynamic shared memory a block may use without opting in to more (48 KiB less the block
 /// reductions' static arrays).
 const MAX_SHARED: usize = 47 << 10;
-/// Grid barriers of one layer (after stages A to D; E's is skipped after the last layer).
+/// Grid barriers of one layer (one after each stage, A to E; none after the last layer's E).
 const BARRIERS_PER_LAYER: u64 = 5;
 
 /// The model shape the kernel runs: Llama-family blocks (RMSNorm, rotary or no positions in the
@@ -367,5 +367,55 @@ impl Kernels {
         unsafe { self.queue_cooperative(&self.decode_persistent, cfg, args)? };
         program.arrivals = base + barriers * program.grid as u64;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn llama(hidden: usize, heads: usize, kv_heads: usize, ffn: usize) -> PersistentShape {
+        PersistentShape {
+            hidden,
+            heads,
+            kv_heads,
+            head_dim: hidden / heads,
+            ffn,
+            layers: 32,
+            max_positions: 4096,
+        }
+    }
+
+    #[test]
+    fn the_served_llama_shapes_fit_and_others_say_why_not() {
+        for shape in [
+            llama(4096, 32, 32, 11008),
+            llama(4096, 32, 8, 14336),
+            llama(576, 9, 3, 1536),
+        ] {
+            assert_eq!(shape.unsupported(), None, "{shape:?}");
+            assert!(shape.shared_bytes() <= MAX_SHARED);
+        }
+        // Llama-3-8B: the 14,336-wide activation is the largest stage input (28 KiB).
+        assert_eq!(llama(4096, 32, 8, 14336).shared_bytes(), 2 * 14336);
+        let odd = llama(4096, 32, 32, 11001);
+        assert!(
+            odd.unsupported()
+                .is_some_and(|why| why.contains("multiples of 8"))
+        );
+        let wide = llama(4096, 32, 32, 40960);
+        assert!(
+            wide.unsupported()
+                .is_some_and(|why| why.contains("shared memory"))
+        );
+        let heads = PersistentShape {
+            head_dim: 96,
+            ..llama(4096, 32, 32, 11008)
+        };
+        assert!(
+            heads
+                .unsupported()
+                .is_some_and(|why| why.contains("head_dim 96"))
+        );
     }
 }
