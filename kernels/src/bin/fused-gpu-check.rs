@@ -231,20 +231,14 @@ impl Check<'_> {
         self.report(&format!("{name} scales"), worst_scale, 1e-6);
         let mut dense = self.poisoned::<bf16>(2 * out * inner)?;
         self.kernels.dequantize_fp8(&m, &mut dense)?;
-        let got = self.read_bf16(&dense)?;
-        self.report(
-            &format!("{name} expand"),
-            rel_l2(&got, &round_bf16(&decoded)),
-            1e-6,
-        );
-
         self.quantized_products(&name, &m, &decoded, rows, out, &mut dense)
     }
 
-    /// The products of quantized weights `m` (`[2 out, inner]`, decoding to `decoded`) with
-    /// random rows: through `linear_dense` (the GEMV, or cuBLAS on the expansion into `dense`
-    /// past its rows) plain, accumulating and to bf16, and with SwiGLU folded in where the GEMV
-    /// takes them, against the CPU product with the decoded weights.
+    /// Quantized weights `m` (`[2 out, inner]`, decoding to `decoded`): their expansion already
+    /// in `dense` against the decoded values, then their products with random rows through
+    /// `linear_dense` (the GEMV, or cuBLAS on the expansion into `dense` past its rows) plain,
+    /// accumulating and to bf16, and with SwiGLU folded in where the GEMV takes them, against the
+    /// CPU product with the decoded weights.
     fn quantized_products(
         &mut self,
         name: &str,
@@ -255,6 +249,12 @@ impl Check<'_> {
         dense: &mut DeviceBuffer<bf16>,
     ) -> Result<(), CudaError> {
         let inner = decoded.len() / (2 * out);
+        let got = self.read_bf16(&*dense)?;
+        self.report(
+            &format!("{name} expand"),
+            rel_l2(&got, &round_bf16(decoded)),
+            1e-6,
+        );
         let x = round_bf16(&self.rng.vec(rows * inner, -1.0, 1.0));
         let xd = self.buffer(&to_bf16(&x))?;
         let mut want = vec![0.0; rows * 2 * out];
@@ -320,12 +320,6 @@ impl Check<'_> {
         let name = format!("{kind:?} {rows}x{}x{inner}", 2 * out);
         let mut dense = self.poisoned::<bf16>(2 * out * inner)?;
         self.kernels.dequantize_blocks(&m, &mut dense)?;
-        let got = self.read_bf16(&dense)?;
-        self.report(
-            &format!("{name} expand"),
-            rel_l2(&got, &round_bf16(&decoded)),
-            1e-6,
-        );
         self.quantized_products(&name, &m, &decoded, rows, out, &mut dense)
     }
 

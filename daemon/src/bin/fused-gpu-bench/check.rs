@@ -264,6 +264,33 @@ pub fn run(
     Ok(())
 }
 
+/// A GPU KV region of `seqs` sequences of `max_len` tokens in `layout` (1 GiB) and `host`'s
+/// weights on the device in `weights`: what each forward check runs.
+fn checked_model(
+    device: &Arc<GpuDevice>,
+    host: &Model,
+    (seqs, max_len): (usize, usize),
+    layout: KvLayout,
+    weights: WeightFormat,
+) -> anyhow::Result<(KvManager, GpuModel)> {
+    let cfg = &host.config;
+    let kv_config = KvConfig {
+        max_seqs: seqs,
+        max_context_len: max_len,
+        layout,
+        pool_bytes: 1 << 30,
+        ..KvConfig::for_model(cfg.layers, cfg.kv_heads, cfg.head_dim, 2)
+    };
+    let kv = KvManager::cuda(&kv_config, device.context().clone())?;
+    let options = GpuOptions {
+        max_context: max_len,
+        kernel_cache: Some(std::env::temp_dir().join("fused-kernel-cache")),
+        weights,
+        ..GpuOptions::default()
+    };
+    Ok((kv, GpuModel::from_host(device.clone(), host, options)?))
+}
+
 /// The persistent decode kernel against the per-op path on the same weights: one prompt
 /// prefilled (per-op) into two slots, then 256 decode steps with both fed the same token (the
 /// per-op path's pick), one slot through each path; the logits of every step (rel. L2) and the
@@ -279,20 +306,13 @@ fn persistent_decode(
     round_weights(&mut host.weights);
     let host = Model::new(host.config, host.weights);
     let (prompt_len, steps, max_len) = (300, 256, 1024);
-    let kv_config = KvConfig {
-        max_seqs: 2,
-        max_context_len: max_len,
-        layout: KvLayout::Interleaved,
-        pool_bytes: 1 << 30,
-        ..KvConfig::for_model(cfg.layers, cfg.kv_heads, cfg.head_dim, 2)
-    };
-    let mut kv = KvManager::cuda(&kv_config, device.context().clone())?;
-    let options = GpuOptions {
-        max_context: max_len,
-        kernel_cache: Some(std::env::temp_dir().join("fused-kernel-cache")),
-        ..GpuOptions::default()
-    };
-    let mut gpu = GpuModel::from_host(device.clone(), &host, options)?;
+    let (mut kv, mut gpu) = checked_model(
+        device,
+        &host,
+        (2, max_len),
+        KvLayout::Interleaved,
+        WeightFormat::Bf16,
+    )?;
     let prompt = tokens(seed ^ 3, prompt_len, cfg.vocab_size);
     let slots = [
         kv.admit(prompt_len + steps + 1)?,
@@ -352,21 +372,7 @@ fn scenario(
 ) -> anyhow::Result<()> {
     let cfg = &host.config;
     let max_len = 512;
-    let kv_config = KvConfig {
-        max_seqs: 4,
-        max_context_len: max_len,
-        layout,
-        pool_bytes: 1 << 30,
-        ..KvConfig::for_model(cfg.layers, cfg.kv_heads, cfg.head_dim, 2)
-    };
-    let mut kv = KvManager::cuda(&kv_config, device.context().clone())?;
-    let options = GpuOptions {
-        max_context: max_len,
-        kernel_cache: Some(std::env::temp_dir().join("fused-kernel-cache")),
-        weights,
-        ..GpuOptions::default()
-    };
-    let mut gpu = GpuModel::from_host(device.clone(), host, options)?;
+    let (mut kv, mut gpu) = checked_model(device, host, (4, max_len), layout, weights)?;
     let dense = DenseKv::new(cfg, 4, max_len);
     let a = tokens(seed ^ 1, 300, cfg.vocab_size);
     let b = tokens(seed ^ 2, 70, cfg.vocab_size);
