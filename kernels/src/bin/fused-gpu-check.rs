@@ -295,24 +295,7 @@ impl Check<'_> {
         inner: usize,
     ) -> Result<(), CudaError> {
         let format = BlockFormat::of(kind).expect("a device block format");
-        let bb = kind.block_bytes();
-        let mut bytes: Vec<u8> = (0..2 * out * inner / kind.block_weights() * bb)
-            .map(|_| self.rng.next_u64() as u8)
-            .collect();
-        // d (and dmin) of each block: f16 of magnitude 1e-4..1e-2, either sign.
-        let fields: &[usize] = if kind == BlockKind::Q4_K {
-            &[0, 2]
-        } else {
-            &[0]
-        };
-        for block in bytes.chunks_exact_mut(bb) {
-            for &at in fields {
-                let v = half::f16::from_f32(
-                    self.rng.uniform(1e-4, 1e-2) * if self.rng.below(2) == 0 { 1.0 } else { -1.0 },
-                );
-                block[at..at + 2].copy_from_slice(&v.to_bits().to_le_bytes());
-            }
-        }
+        let bytes = self.random_blocks(kind, 2 * out, inner);
         let host = QuantMatrix::new(kind, 2 * out, inner, bytes.clone())
             .map_err(|e| CudaError::Invalid(e.to_string()))?;
         let decoded = host.dequantize();
@@ -321,6 +304,44 @@ impl Check<'_> {
         let mut dense = self.poisoned::<bf16>(2 * out * inner)?;
         self.kernels.dequantize_blocks(&m, &mut dense)?;
         self.quantized_products(&name, &m, &decoded, rows, out, &mut dense)
+    }
+
+    /// Random blocks of `kind` for an `[out, inner]` matrix, their f16 scales (and minimums) of
+    /// magnitude 1e-4..1e-2, either sign.
+    fn random_blocks(&mut self, kind: BlockKind, out: usize, inner: usize) -> Vec<u8> {
+        let bb = kind.block_bytes();
+        let mut bytes: Vec<u8> = (0..out * inner / kind.block_weights() * bb)
+            .map(|_| self.rng.next_u64() as u8)
+            .collect();
+        for block in bytes.chunks_exact_mut(bb) {
+            for &at in kind.f16_fields() {
+                let v = half::f16::from_f32(
+                    self.rng.uniform(1e-4, 1e-2) * if self.rng.below(2) == 0 { 1.0 } else { -1.0 },
+                );
+                block[at..at + 2].copy_from_slice(&v.to_bits().to_le_bytes());
+            }
+        }
+        bytes
+    }
+
+    /// Each GGUF format the host reads, expanded to bf16 on the device (`expand_gguf`): the
+    /// host's dequantisation of the same blocks rounded to bf16, bit for bit (tolerance 0).
+    fn expand_gguf(&mut self, out: usize, inner: usize) -> Result<(), CudaError> {
+        use BlockKind::*;
+        for kind in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K] {
+            let bytes = self.random_blocks(kind, out, inner);
+            let host = QuantMatrix::new(kind, out, inner, bytes.clone())
+                .map_err(|e| CudaError::Invalid(e.to_string()))?;
+            let want = round_bf16(&host.dequantize());
+            let blocks = self.buffer(&bytes)?;
+            let mut dense = self.poisoned::<bf16>(out * inner)?;
+            self.kernels
+                .expand_gguf(kind, blocks.view(), dense.view_mut())?;
+            let got = self.read_bf16(&dense)?;
+            let name = format!("expand {kind:?} {out}x{inner} (exact)");
+            self.report(&name, rel_l2(&got, &want), 0.0);
+        }
+        Ok(())
     }
 
     /// The embedding gather alone and with learned positions, then RMSNorm and LayerNorm over
@@ -772,6 +793,8 @@ fn run(seed: u64) -> Result<usize, CudaError> {
         check.blocks(kind, 8, 2048, 4096)?;
         check.blocks(kind, 40, 512, 4096)?;
     }
+    check.expand_gguf(37, 512)?;
+    check.expand_gguf(3, 4096)?;
     check.embed_and_norm(37, 4096, 1000)?;
     check.silu_and_argmax(29, 11008, 32000)?;
     // Widths off the vectorised paths.

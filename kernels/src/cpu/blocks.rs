@@ -54,6 +54,15 @@ impl BlockKind {
         }
     }
 
+    /// Byte offsets of a block's f16 fields (its scale, and its minimum where it has one).
+    pub const fn f16_fields(self) -> &'static [usize] {
+        match self {
+            Self::Q4_0 | Self::Q5_0 | Self::Q8_0 => &[0],
+            Self::Q4_1 | Self::Q5_1 | Self::Q4_K | Self::Q5_K => &[0, 2],
+            Self::Q6_K => &[208],
+        }
+    }
+
     /// Units of [`UNIT`] weights in one block.
     pub const fn units(self) -> usize {
         self.block_weights() / UNIT

@@ -12,7 +12,7 @@ mod rope;
 
 pub use activation::{gelu_tanh_inplace, silu_mul};
 pub use attention::{AttentionShape, attend_causal};
-pub use blocks::BlockKind;
+pub use blocks::{BlockKind, UNIT};
 pub use fp8::{E4M3_MAX, e4m3_to_f32, round_to_e4m3};
 pub use matmul::{add_bias, linear};
 pub use norm::{layer_norm, rms_norm};

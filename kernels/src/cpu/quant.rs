@@ -99,6 +99,17 @@ impl QuantMatrix {
         &self.data
     }
 
+    /// The rows' blocks in row order, a run of one format at a time: each format and its bytes
+    /// (consecutive slices of [`QuantMatrix::data`]).
+    pub fn segments(&self) -> impl Iterator<Item = (BlockKind, &[u8])> + '_ {
+        (self.segments.iter()).map(|s| {
+            (
+                s.kind,
+                &self.data[s.offset..s.offset + s.rows * s.row_bytes],
+            )
+        })
+    }
+
     /// The rows of `parts` one after the other (e.g. Q, K and V into one QKV matrix), each part
     /// keeping its format.
     pub fn stack(parts: Vec<Self>) -> Result<Self, QuantError> {
@@ -339,15 +350,6 @@ mod tests {
         BlockKind::Q6_K,
     ];
 
-    /// Byte offsets of a block's f16 fields (scales and minimums).
-    fn f16_fields(kind: BlockKind) -> &'static [usize] {
-        match kind {
-            BlockKind::Q4_0 | BlockKind::Q5_0 | BlockKind::Q8_0 => &[0],
-            BlockKind::Q4_1 | BlockKind::Q5_1 | BlockKind::Q4_K | BlockKind::Q5_K => &[0, 2],
-            BlockKind::Q6_K => &[208],
-        }
-    }
-
     fn matrix(kind: BlockKind, out: usize, inner: usize, bytes: &[u8]) -> QuantMatrix {
         let bb = kind.block_bytes();
         let mut data: Vec<u8> = bytes
@@ -364,7 +366,7 @@ mod tests {
                 );
                 v.to_bits().to_le_bytes()
             };
-            for &at in f16_fields(kind) {
+            for &at in kind.f16_fields() {
                 let v = fix(block[at], block[at + 1]);
                 block[at..at + 2].copy_from_slice(&v);
             }
@@ -480,6 +482,13 @@ mod tests {
             let m = QuantMatrix::stack(parts.clone()).expect("same row length");
             let want: Vec<f32> = parts.iter().flat_map(QuantMatrix::dequantize).collect();
             prop_assert_eq!(m.dequantize(), want);
+            // Its segments: runs of one format, in row order, that together are its bytes.
+            let segments: Vec<(BlockKind, &[u8])> = m.segments().collect();
+            prop_assert_eq!(segments.iter().flat_map(|s| s.1.iter().copied()).collect::<Vec<u8>>(), m.data().to_vec());
+            prop_assert!(segments.windows(2).all(|w| w[0].0 != w[1].0));
+            let mut runs: Vec<BlockKind> = parts.iter().flat_map(QuantMatrix::kinds).collect();
+            runs.dedup();
+            prop_assert_eq!(segments.iter().map(|s| s.0).collect::<Vec<_>>(), runs);
             let x: Vec<f32> = xs.iter().cycle().take(rows * inner).copied().collect();
             let mut y = vec![f32::NAN; rows * m.out()];
             m.matmul(&x, rows, &mut y);

@@ -7,7 +7,7 @@
 
 use half::bf16;
 
-use crate::cpu::BlockKind;
+use crate::cpu::{BlockKind, UNIT};
 
 use super::device::GpuDevice;
 use super::error::{CudaError, as_i32};
@@ -255,6 +255,65 @@ impl Kernels {
                 "dequantize_blocks takes Q8_0 or Q4_K weights, not {other:?}"
             ))),
         }
+    }
+}
+
+/// `dequantize_gguf_units`' code of a host block format.
+fn kind_code(kind: BlockKind) -> i32 {
+    match kind {
+        BlockKind::Q4_0 => 0,
+        BlockKind::Q4_1 => 1,
+        BlockKind::Q5_0 => 2,
+        BlockKind::Q5_1 => 3,
+        BlockKind::Q8_0 => 4,
+        BlockKind::Q4_K => 5,
+        BlockKind::Q5_K => 6,
+        BlockKind::Q6_K => 7,
+    }
+}
+
+impl Kernels {
+    /// GGUF blocks of any format the host reads (`kind`, a whole number of blocks) expanded to
+    /// bf16 into `w`, which takes exactly the weights they hold: the values of the host's
+    /// [`QuantMatrix::dequantize`](crate::cpu::QuantMatrix::dequantize) of the same bytes, bit for bit, rounded
+    /// to bf16. What a GGUF matrix that the device does not keep in its blocks goes through on
+    /// its way to a bf16 or FP8 layer: the blocks cross PCIe, not bf16.
+    pub fn expand_gguf(
+        &self,
+        kind: BlockKind,
+        blocks: DeviceSlice<'_, u8>,
+        w: DeviceSliceMut<'_, bf16>,
+    ) -> Result<(), CudaError> {
+        let block_bytes = kind.block_bytes();
+        if !blocks.len().is_multiple_of(block_bytes) {
+            return Err(CudaError::Invalid(format!(
+                "{kind:?} data is whole {block_bytes}-byte blocks, not {} bytes",
+                blocks.len()
+            )));
+        }
+        let units = blocks.len() / block_bytes * kind.units();
+        if w.len() != units * UNIT {
+            return Err(CudaError::Invalid(format!(
+                "{units} units of {kind:?} expand into {} weights, not {}",
+                units * UNIT,
+                w.len()
+            )));
+        }
+        if units == 0 {
+            return Ok(());
+        }
+        let cfg = grid(self.stride_blocks(units, 256), 1, 1, 256)?;
+        let args = (
+            blocks,
+            w,
+            kind_code(kind),
+            as_i32(block_bytes, "block bytes")?,
+            as_i32(kind.units(), "units per block")?,
+            i64::try_from(units).map_err(|_| CudaError::Invalid("too many units".into()))?,
+        );
+        // SAFETY: the kernel reads `units / block_units` blocks of `block_bytes` (the length of
+        // `blocks`) and writes `32 units` values (the length of `w`), both checked above.
+        unsafe { self.queue(&self.dequantize_gguf, cfg, args) }
     }
 }
 

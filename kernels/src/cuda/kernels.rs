@@ -103,6 +103,8 @@ pub(crate) type GemvBlocks = Kernel<(In<bf16>, In<u8>, Nullable<u16>, OutVoid, i
 pub(crate) type DequantizeQ8 = Kernel<(In<u8>, In<u16>, Out<bf16>, i32, i32)>;
 /// `dequantize_q4_k_rows(blocks, w, out, in)`.
 pub(crate) type DequantizeQ4K = Kernel<(In<u8>, Out<bf16>, i32, i32)>;
+/// `dequantize_gguf_units(blocks, w, kind, block_bytes, block_units, units)`.
+pub(crate) type DequantizeGguf = Kernel<(In<u8>, Out<bf16>, i32, i32, i32, i64)>;
 /// `decode_persistent(table, kv, positions, dims, x, q_buf, part_o, part_ml, act, counter,
 /// cos_table, sin_table, token_stride, eps, scale_log2, base, timers)`.
 #[rustfmt::skip]
@@ -176,6 +178,7 @@ pub struct Kernels {
     pub(crate) gemv_q4_k: Vec<GemvBlocks>,
     pub(crate) dequantize_q8_0: DequantizeQ8,
     pub(crate) dequantize_q4_k: DequantizeQ4K,
+    pub(crate) dequantize_gguf: DequantizeGguf,
     pub(crate) decode_persistent: DecodePersistent,
     /// Blocks a GEMV should have: rows are split over up to 8 warps until it has as many (the
     /// default, one block per 32 threads an SM holds, keeps every SM streaming; 0 never splits).
@@ -261,6 +264,7 @@ impl Kernels {
             gemv_q4_k: load_family(m, gemv_names!("gemv_q4_k"))?,
             dequantize_q8_0: Kernel::load(m, "dequantize_q8_0_rows")?,
             dequantize_q4_k: Kernel::load(m, "dequantize_q4_k_rows")?,
+            dequantize_gguf: Kernel::load(m, "dequantize_gguf_units")?,
             decode_persistent: Kernel::load(m, "decode_persistent")?,
             gemv_min_blocks: 8 * device.multiprocessors(),
             decode: [
@@ -295,12 +299,21 @@ impl Kernels {
 mod tests {
     use super::*;
 
-    /// Compiles the real sources with the real NVRTC when the library is on this machine (it
-    /// needs no GPU); CI machines without it skip loudly.
+    /// Compiles the real sources with the real NVRTC (it needs no GPU: `scripts/test.sh` installs
+    /// the library, so CI compiles every kernel on each run) and checks that every entry point
+    /// [`Kernels::load_with`] looks up is in the cubin with the parameters its Rust prototype
+    /// passes (count and byte size of each, from the cubin's `EIATTR_KPARAM_INFO`): a kernel
+    /// renamed, or a parameter added, on one side only fails here rather than at a device's
+    /// start or as a launch that reads garbage. Elsewhere, without the library, it skips loudly.
     #[test]
-    fn kernel_sources_compile_with_nvrtc() {
+    fn kernel_sources_compile_with_nvrtc_and_match_their_rust_prototypes() {
         // SAFETY: only tries to open the library.
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "libnvrtc is not on the library path: CI compiles the kernels with it \
+                 (scripts/setup-nvrtc.sh prints the directory to put on LD_LIBRARY_PATH)"
+            );
             eprintln!("SKIPPED kernel_sources_compile_with_nvrtc: libnvrtc is not installed here");
             return;
         }
@@ -308,8 +321,173 @@ mod tests {
         let (cubin, status) = compile_cubin(&source, "sm_90", None).expect("sources compile");
         assert_eq!(status, CacheStatus::Disabled);
         assert_eq!(&cubin[..4], b"\x7fELF", "a cubin is an ELF image");
+        let loaded = prototypes::loaded(include_str!("kernels.rs"));
+        assert!(loaded.len() > 40, "the loads were read: {loaded:?}");
+        let mut wrong = Vec::new();
+        for (name, rust) in &loaded {
+            match prototypes::in_cubin(&cubin, name) {
+                Some(cubin) if cubin == *rust => {}
+                found => wrong.push(format!(
+                    "{name}: Rust passes {rust:?}, the cubin has {found:?}"
+                )),
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "parameter bytes differ:\n{}",
+            wrong.join("\n")
+        );
+        assert_eq!(prototypes::in_cubin(&cubin, "no_such_kernel"), None);
         let broken = format!("{source}\nextern \"C\" __global__ void broken() {{ undefined(); }}");
         let error = compile_cubin(&broken, "sm_90", None).expect_err("broken source");
         assert!(error.to_string().contains("undefined"), "{error}");
+    }
+
+    /// The two sides of a kernel's prototype: what this file's Rust passes, and what a cubin's
+    /// entry point takes (bytes of each parameter, in order).
+    mod prototypes {
+        use std::collections::HashMap;
+
+        /// Each entry point `load_with` (in `text`, this file) looks up, with the bytes of the
+        /// parameters of the `Kernel<(…)>` alias typing the field it fills: the names of
+        /// `Kernel::load(m, "…")`, of `load_family(m, [...])` and of each `gemv_names!("…")`
+        /// family (expanded with the suffixes the macro's `concat!`s add).
+        pub fn loaded(text: &str) -> Vec<(String, Vec<usize>)> {
+            let aliases = aliases(text);
+            let fields = fields(text);
+            let suffixes: Vec<String> = (section(text, "macro_rules! gemv_names", "\n}\n").lines())
+                .filter_map(|l| l.trim().strip_prefix("concat!($prefix, "))
+                .flat_map(quoted)
+                .collect();
+            assert_eq!(suffixes.len(), 8, "{suffixes:?}");
+            let mut loaded = Vec::new();
+            let mut field = "";
+            for line in section(text, "pub fn load_with(", "\n    }\n").lines() {
+                let line = line.trim();
+                if let Some((name, _)) = line.split_once(": ")
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                {
+                    field = name;
+                }
+                let mut names = Vec::new();
+                if let Some((_, rest)) = line.split_once("Kernel::load(m, ") {
+                    names.extend(quoted(rest).into_iter().take(1));
+                } else if let Some((_, rest)) = line.split_once("load_family(m, gemv_names!(") {
+                    let prefix = &quoted(rest)[0];
+                    names.extend(suffixes.iter().map(|s| format!("{prefix}{s}")));
+                } else if let Some((_, rest)) = line.split_once("load_family(m, ") {
+                    names.extend(quoted(rest));
+                }
+                for name in names {
+                    let alias = fields.get(field).unwrap_or_else(|| panic!("field {field}"));
+                    let params = aliases
+                        .get(*alias)
+                        .unwrap_or_else(|| panic!("type {alias}"));
+                    loaded.push((name, params.clone()));
+                }
+            }
+            loaded
+        }
+
+        /// Bytes of each parameter of `name` in `cubin` (its `.nv.info.NAME` section's
+        /// `EIATTR_KPARAM_INFO` records, by ordinal), or `None` without such a section.
+        pub fn in_cubin(cubin: &[u8], name: &str) -> Option<Vec<usize>> {
+            let u16_at = |at: usize| usize::from(u16::from_le_bytes([cubin[at], cubin[at + 1]]));
+            let u32_at = |at: usize| u32::from_le_bytes(cubin[at..at + 4].try_into().expect("4"));
+            let u64_at = |at: usize| {
+                usize::try_from(u64::from_le_bytes(cubin[at..at + 8].try_into().expect("8")))
+                    .expect("an offset")
+            };
+            let (table, entry, count, names) =
+                (u64_at(0x28), u16_at(0x3a), u16_at(0x3c), u16_at(0x3e));
+            let header = |i: usize| table + i * entry;
+            let strings = u64_at(header(names) + 0x18);
+            let wanted = format!(".nv.info.{name}\0");
+            let info = (0..count).map(header).find(|&h| {
+                let at = strings + u32_at(h) as usize;
+                cubin[at..].starts_with(wanted.as_bytes())
+            })?;
+            let (start, len) = (u64_at(info + 0x18), u64_at(info + 0x20));
+            let mut params = Vec::new();
+            let mut at = start;
+            while at < start + len {
+                let (format, attribute) = (cubin[at], cubin[at + 1]);
+                // EIFMT_SVAL: a u16 size and that many bytes; the others: two bytes.
+                let size = if format == 4 { u16_at(at + 2) } else { 0 };
+                if format == 4 && attribute == 0x17 {
+                    // EIATTR_KPARAM_INFO: index u32, ordinal u16, offset u16, flags u32 (size
+                    // in bits 18..32).
+                    let ordinal = u16_at(at + 8);
+                    let bytes = (u32_at(at + 12) >> 18) as usize;
+                    params.push((ordinal, bytes));
+                }
+                at += 4 + size;
+            }
+            params.sort_unstable();
+            Some(params.into_iter().map(|(_, bytes)| bytes).collect())
+        }
+
+        /// `Kernel<(…)>` aliases: name → bytes of each parameter.
+        fn aliases(text: &str) -> HashMap<String, Vec<usize>> {
+            let mut aliases = HashMap::new();
+            let code = &text[..text.find("#[cfg(test)]").expect("the tests")];
+            for piece in code.split("pub(crate) type ").skip(1) {
+                let name: String = piece.chars().take_while(|c| c.is_alphanumeric()).collect();
+                let Some((_, tuple)) = piece.split_once("Kernel<(") else {
+                    continue;
+                };
+                let tuple = &tuple[..tuple.find(")>;").expect("the alias ends")];
+                let mut depth = 0;
+                let params: Vec<usize> = (tuple.split(|c| {
+                    depth += match c {
+                        '<' => 1,
+                        '>' => -1,
+                        _ => 0,
+                    };
+                    c == ',' && depth == 0
+                }))
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(param_bytes)
+                .collect();
+                aliases.insert(name, params);
+            }
+            aliases
+        }
+
+        /// `Kernels`' fields: name → the alias naming its kernels' type.
+        fn fields(text: &str) -> HashMap<&str, &str> {
+            (section(text, "pub struct Kernels {", "\n}\n").lines())
+                .filter_map(|l| l.trim().strip_prefix("pub(crate) ")?.split_once(": "))
+                .map(|(name, ty)| {
+                    let ty = ty.trim_start_matches("Vec<").trim_start_matches('[');
+                    let end = ty.find(|c: char| !c.is_alphanumeric()).unwrap_or(ty.len());
+                    (name, &ty[..end])
+                })
+                .collect()
+        }
+
+        fn param_bytes(param: &str) -> usize {
+            let pointer = ["In<", "Out<", "Nullable<", "NullableOut<"];
+            match param {
+                "OutVoid" | "i64" | "u64" => 8,
+                "i32" | "f32" => 4,
+                p if pointer.iter().any(|k| p.starts_with(k)) => 8,
+                other => panic!("a parameter type this check does not know: {other}"),
+            }
+        }
+
+        /// `text` from `start` to the first `end` after it.
+        fn section<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+            let from = &text[text.find(start).unwrap_or_else(|| panic!("{start}"))..];
+            &from[..from
+                .find(end)
+                .unwrap_or_else(|| panic!("the end of {start}"))]
+        }
+
+        /// The "…" strings of `s`.
+        fn quoted(s: &str) -> Vec<String> {
+            s.split('"').skip(1).step_by(2).map(str::to_owned).collect()
+        }
     }
 }

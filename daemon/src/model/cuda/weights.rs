@@ -2,7 +2,8 @@
 //! FP8 with a scale per row for the blocks' matrices when [`WeightFormat::Fp8`] asks (quantized
 //! on the device as each matrix arrives, so the model is never whole in bf16), or a GGUF's own
 //! Q8_0 / Q4_K blocks when [`WeightFormat::Blocks`] asks; norm weights and biases `f32`.
-//! Uploaded from host [`Weights`] (rounded to bf16 on the host; every architecture), streamed
+//! Uploaded from host [`Weights`] (every architecture; a GGUF's matrices go up in their blocks
+//! and are expanded on the device, the others are rounded to bf16 on the host), streamed
 //! from a Llama-family safetensors checkpoint tensor by tensor through two page-locked buffers
 //! (host memory stays at the two buffers, whatever the model's size), or generated on the device
 //! from a seed (`--load-format dummy`).
@@ -11,6 +12,7 @@
 
 use std::time::{Duration, Instant};
 
+use fused_kernels::cpu::QuantMatrix;
 use fused_kernels::cuda::{
     BlockFormat, BlockMatrix, DeviceBuffer, Element, Fp8Matrix, GpuDevice, Kernels, LinearWeights,
     PinnedStaging, WeightView,
@@ -201,6 +203,24 @@ impl GpuWeights {
             .unwrap_or(0)
     }
 
+    /// vLLM's name of how the block matrices are held: `fp8`, `gguf` (some in GGUF blocks) or
+    /// `none`.
+    pub fn quantization(&self) -> &'static str {
+        let matrices = || {
+            self.blocks
+                .iter()
+                .flat_map(GpuBlock::linears)
+                .map(|l| &l.weight)
+        };
+        if matrices().any(|w| matches!(w, GpuMatrix::Fp8(_))) {
+            "fp8"
+        } else if matrices().any(|w| matches!(w, GpuMatrix::Blocks(_))) {
+            "gguf"
+        } else {
+            "none"
+        }
+    }
+
     /// Bytes a decode step reads: every block's matrices and the LM head (one embedding row).
     pub fn bytes_per_step(&self) -> usize {
         let blocks: usize = self
@@ -226,6 +246,7 @@ impl GpuWeights {
             format,
         };
         let matrix = |m: &[f32]| upload_bf16(device, m);
+        let expand = |p: &QuantMatrix| expand_on_device(device, kernels, p);
         let vector =
             |v: &[f32]| -> Result<DeviceBuffer<f32>, ModelError> { Ok(device.upload_new(v)?) };
         let linear = |l: &Linear| -> Result<GpuLinear, ModelError> {
@@ -244,7 +265,13 @@ impl GpuWeights {
                     out: l.out,
                     inner,
                 },
-                None => store.linear(matrix(&l.weight)?, l.out, inner)?,
+                None => {
+                    let dense = match &l.packed {
+                        Some(packed) => expand(packed)?,
+                        None => matrix(&l.weight)?,
+                    };
+                    store.linear(dense, l.out, inner)?
+                }
             };
             Ok(layer.with_bias(bias))
         };
@@ -282,12 +309,19 @@ impl GpuWeights {
                 down: linear(down)?,
             });
         }
+        // The head's blocks are the embedding's when the two are tied.
+        let (embed, lm_head) = match (&w.lm_head, w.lm_head_packed()) {
+            (None, Some(tied)) => (expand(tied)?, None),
+            (None, None) => (matrix(&w.embed)?, None),
+            (Some(_), Some(head)) => (matrix(&w.embed)?, Some(expand(head)?)),
+            (Some(head), None) => (matrix(&w.embed)?, Some(matrix(head)?)),
+        };
         Ok(Self {
-            embed: matrix(&w.embed)?,
+            embed,
             positions: w.positions.as_deref().map(matrix).transpose()?,
             blocks,
             final_norm: norm(&w.final_norm)?,
-            lm_head: w.lm_head.as_deref().map(matrix).transpose()?,
+            lm_head,
             eps: cfg.norm_eps,
         })
     }
@@ -490,6 +524,31 @@ fn tensor_seed(seed: u64, name: &str) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     u64::from_le_bytes(first)
+}
+
+/// A GGUF matrix as bf16, from its blocks: they cross to the device as they are (4.5–8.5 bits a
+/// weight) and are expanded there, a run of rows of one format at a time.
+fn expand_on_device(
+    device: &GpuDevice,
+    kernels: &Kernels,
+    packed: &QuantMatrix,
+) -> Result<DeviceBuffer<bf16>, ModelError> {
+    let blocks = device.upload_new(packed.data())?;
+    let mut dense = device.alloc::<bf16>(packed.out() * packed.inner())?;
+    let (mut byte, mut value) = (0, 0);
+    for (kind, bytes) in packed.segments() {
+        let values = bytes.len() / kind.block_bytes() * kind.block_weights();
+        kernels.expand_gguf(
+            kind,
+            blocks.slice(byte..byte + bytes.len())?,
+            dense.slice_mut(value..value + values)?,
+        )?;
+        byte += bytes.len();
+        value += values;
+    }
+    // The blocks' buffer is freed on return; the expansion must have read it.
+    device.synchronize()?;
+    Ok(dense)
 }
 
 fn upload_bf16(device: &GpuDevice, values: &[f32]) -> Result<DeviceBuffer<bf16>, ModelError> {

@@ -21,14 +21,16 @@ __device__ __forceinline__ void x8(const bf16_t* p, float* f) {
     for (int j = 0; j < 8; ++j) f[j] = bf2f(e[j]);
 }
 
-// The 6-bit scale and minimum of unit j (0..7) of a Q4_K super-block (ggml's get_scale_min_k4).
-__device__ __forceinline__ void q4k_scale_min(const unsigned char* s, int j, float* sc, float* m) {
+// The 6-bit scale and minimum of unit j (0..7) of a Q4_K super-block (ggml's get_scale_min_k4),
+// from its twelve scale bytes: `byte(k)` is byte k of them.
+template <typename Byte>
+__device__ __forceinline__ void q4k_scale_min(Byte byte, int j, float* sc, float* m) {
     if (j < 4) {
-        *sc = (float)(s[j] & 63);
-        *m = (float)(s[j + 4] & 63);
+        *sc = (float)(byte(j) & 63);
+        *m = (float)(byte(j + 4) & 63);
     } else {
-        *sc = (float)((s[j + 4] & 15) | ((s[j - 4] >> 6) << 4));
-        *m = (float)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+        *sc = (float)((byte(j + 4) & 15) | ((byte(j - 4) >> 6) << 4));
+        *m = (float)((byte(j + 4) >> 4) | ((byte(j) >> 6) << 4));
     }
 }
 
@@ -40,13 +42,18 @@ __device__ __forceinline__ void q4k_part(const unsigned char* sb, int part, cons
                                          int rows, int col, float* acc) {
     const uint4 head = *(const uint4*)sb;
     const uint4 qv = *(const uint4*)(sb + 16 + 16 * part);
-    const unsigned short* hw = (const unsigned short*)&head;
-    const float d = f16_to_f32(hw[0]), dmin = f16_to_f32(hw[1]);
-    const unsigned char* scales = (const unsigned char*)&head + 4;
+    const float d = f16_to_f32((unsigned short)(head.x & 0xffff));
+    const float dmin = f16_to_f32((unsigned short)(head.x >> 16));
+    // Scale byte k is byte 4 + k of the head: picked from its words by value (a runtime index
+    // into the head's bytes would put the head in local memory).
+    const auto scale_byte = [&](int k) -> unsigned {
+        const unsigned word = k < 4 ? head.y : (k < 8 ? head.z : head.w);
+        return (word >> (8 * (k & 3))) & 0xffu;
+    };
     const int unit = 2 * (part / 2);
     float sc_lo, m_lo, sc_hi, m_hi;
-    q4k_scale_min(scales, unit, &sc_lo, &m_lo);
-    q4k_scale_min(scales, unit + 1, &sc_hi, &m_hi);
+    q4k_scale_min(scale_byte, unit, &sc_lo, &m_lo);
+    q4k_scale_min(scale_byte, unit + 1, &sc_hi, &m_hi);
     const unsigned char* q = (const unsigned char*)&qv;
     float lo[16], hi[16];
 #pragma unroll
@@ -193,10 +200,11 @@ extern "C" __global__ void dequantize_q4_k_rows(const unsigned char* blocks, bf1
         const unsigned char* b = blocks + sb * 144;
         const unsigned short* hw = (const unsigned short*)b;
         const float d = f16_to_f32(hw[0]), dmin = f16_to_f32(hw[1]);
+        const auto scale_byte = [b](int k) -> unsigned { return b[4 + k]; };
         const int unit = 2 * (part / 2);
         float sc_lo, m_lo, sc_hi, m_hi;
-        q4k_scale_min(b + 4, unit, &sc_lo, &m_lo);
-        q4k_scale_min(b + 4, unit + 1, &sc_hi, &m_hi);
+        q4k_scale_min(scale_byte, unit, &sc_lo, &m_lo);
+        q4k_scale_min(scale_byte, unit + 1, &sc_hi, &m_hi);
         const uint4 qv = *(const uint4*)(b + 16 + 16 * part);
         const unsigned char* q = (const unsigned char*)&qv;
         // Super-block `sb` starts at weight 256 sb of the matrix (rows are whole super-blocks).
@@ -214,5 +222,92 @@ extern "C" __global__ void dequantize_q4_k_rows(const unsigned char* blocks, bf1
         }
         ((uint4*)lo)[0] = out_lo[0], ((uint4*)lo)[1] = out_lo[1];
         ((uint4*)hi)[0] = out_hi[0], ((uint4*)hi)[1] = out_hi[1];
+    }
+}
+
+// Any GGUF block format the host reads, expanded to bf16 on the device (`blocks.rs`,
+// `Kernels::expand_gguf`): what a GGUF's matrices become on the way to a bf16 or FP8 layer, so
+// the blocks cross PCIe instead of bf16. A thread per unit of 32 weights, decoded as the host's
+// `BlockKind::decode_unit` and `QuantMatrix::dequantize` decode it, with the same roundings (no
+// FMA contraction: the expansion equals the host's bit for bit). `kind`: 0 Q4_0, 1 Q4_1, 2 Q5_0,
+// 3 Q5_1, 4 Q8_0, 5 Q4_K, 6 Q5_K, 7 Q6_K (`kind_code` in blocks.rs); `block_bytes` and
+// `block_units` are the format's (host's `BlockKind`); `units` = out × in / 32.
+__device__ __forceinline__ float gguf_f16(const unsigned char* p) {
+    return f16_to_f32((unsigned short)(p[0] | (p[1] << 8)));
+}
+
+extern "C" __global__ void dequantize_gguf_units(const unsigned char* blocks, bf16_t* w, int kind,
+                                                 int block_bytes, int block_units, long long units) {
+    pdl_enter();
+    for (long long u = (long long)blockIdx.x * blockDim.x + threadIdx.x; u < units;
+         u += (long long)gridDim.x * blockDim.x) {
+        const unsigned char* b = blocks + (u / block_units) * block_bytes;
+        const int j = (int)(u % block_units);
+        float v[32];
+        float first, last, constant = 0.0f;
+        if (kind <= 1) {  // Q4_0, Q4_1
+            const float d = gguf_f16(b);
+            const unsigned char* qs = b + block_bytes - 16;
+#pragma unroll
+            for (int l = 0; l < 16; ++l) v[l] = (float)(qs[l] & 15), v[l + 16] = (float)(qs[l] >> 4);
+            first = last = d;
+            constant = kind == 1 ? gguf_f16(b + 2) : -8.0f * d;
+        } else if (kind <= 3) {  // Q5_0, Q5_1
+            const float d = gguf_f16(b);
+            const int at = kind == 3 ? 4 : 2;
+            const unsigned qh = b[at] | (b[at + 1] << 8) | (b[at + 2] << 16) | ((unsigned)b[at + 3] << 24);
+            const unsigned char* qs = b + at + 4;
+#pragma unroll
+            for (int l = 0; l < 16; ++l) {
+                v[l] = (float)((qs[l] & 15) | (((qh >> l) << 4) & 0x10));
+                v[l + 16] = (float)((qs[l] >> 4) | ((qh >> (l + 12)) & 0x10));
+            }
+            first = last = d;
+            constant = kind == 3 ? gguf_f16(b + 2) : -16.0f * d;
+        } else if (kind == 4) {  // Q8_0
+            first = last = gguf_f16(b);
+#pragma unroll
+            for (int l = 0; l < 32; ++l) v[l] = (float)(signed char)b[2 + l];
+        } else if (kind <= 6) {  // Q4_K, Q5_K
+            const float d = gguf_f16(b), dmin = gguf_f16(b + 2);
+            float sc, m;
+            q4k_scale_min([b](int k) -> unsigned { return b[4 + k]; }, j, &sc, &m);
+            first = last = __fmul_rn(d, sc);
+            constant = -__fmul_rn(dmin, m);
+            const int pair = j / 2, shift = 4 * (j % 2);
+            if (kind == 6) {
+                const unsigned char* qh = b + 16;
+                const unsigned char* q = b + 48 + 32 * pair;
+#pragma unroll
+                for (int l = 0; l < 32; ++l) v[l] = (float)(((q[l] >> shift) & 15) | (((qh[l] >> j) & 1) << 4));
+            } else {
+                const unsigned char* q = b + 16 + 32 * pair;
+#pragma unroll
+                for (int l = 0; l < 32; ++l) v[l] = (float)((q[l] >> shift) & 15);
+            }
+        } else {  // Q6_K: two halves of 128 weights, unit k of a half from ql, qh bits 2k, two scales
+            const float d = gguf_f16(b + 208);
+            const int half = j / 4, k = j % 4;
+            const unsigned char* ql = b + 64 * half + 32 * (k % 2);
+            const unsigned char* qh = b + 128 + 32 * half;
+            const signed char* scales = (const signed char*)(b + 192 + 8 * half + 2 * k);
+            first = __fmul_rn(d, (float)scales[0]);
+            last = __fmul_rn(d, (float)scales[1]);
+            const int shift = 4 * (k / 2);
+#pragma unroll
+            for (int l = 0; l < 32; ++l)
+                v[l] = (float)(((ql[l] >> shift) & 15) | (((qh[l] >> (2 * k)) & 3) << 4)) - 32.0f;
+        }
+        unsigned packed[16];
+#pragma unroll
+        for (int l = 0; l < 16; ++l) {
+            const float s = l < 8 ? first : last;
+            packed[l] = pack_bf2(__fadd_rn(__fmul_rn(s, v[2 * l]), constant),
+                                 __fadd_rn(__fmul_rn(s, v[2 * l + 1]), constant));
+        }
+        uint4* out = (uint4*)(w + u * 32);
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+            out[q] = make_uint4(packed[4 * q], packed[4 * q + 1], packed[4 * q + 2], packed[4 * q + 3]);
     }
 }
