@@ -98,8 +98,10 @@ pub const SHA256_PATTERN: &str = "^[0-9a-f]{64}$";
 pub struct FusedModelSpec {
     /// The base model weights.
     pub base_model: BaseModel,
-    /// How the daemon keeps the weights on the GPU (vLLM's `--quantization`): `none` (bf16) or
-    /// `fp8` (E4M3 with a scale per output channel, quantized at load; needs `resources.gpus`).
+    /// How the daemon keeps the weights (vLLM's `--quantization`): `none` (bf16 on the GPU; a
+    /// GGUF's own blocks on the CPU), `fp8` (E4M3 with a scale per output channel, quantized at
+    /// load; needs `resources.gpus`) or `gguf` (a GGUF's Q8_0 / Q4_K matrices stay in their
+    /// blocks on the GPU too; needs `baseModel.format: gguf`).
     #[serde(default)]
     pub quantization: Quantization,
     /// The AdaptiVocab patch tokenizer; absent means the plain base tokenizer.
@@ -169,6 +171,8 @@ pub enum Quantization {
     None,
     /// FP8 E4M3 weights, quantized at load (GPU only).
     Fp8,
+    /// A GGUF checkpoint's blocks, kept as stored (on the CPU a GGUF is always served so).
+    Gguf,
 }
 
 /// A key of a Secret in the FusedModel's namespace.

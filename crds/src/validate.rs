@@ -6,7 +6,7 @@
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use thiserror::Error;
 
-use crate::spec::{FusedModelSpec, MetricSource, Quantization};
+use crate::spec::{FusedModelSpec, MetricSource, Quantization, WeightsFormat};
 
 /// A cross-field rule the spec breaks; the message names the fields involved.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -59,6 +59,11 @@ pub enum SpecError {
         "spec.quantization fp8 needs spec.resources.gpus: 1 (FP8 weights run on the GPU; the CPU serves the checkpoint's own format)"
     )]
     QuantizationNeedsGpu,
+    /// GGUF blocks asked for on weights that are not a GGUF file.
+    #[error(
+        "spec.quantization gguf keeps a GGUF file's blocks; spec.baseModel.format is safetensors (use none or fp8)"
+    )]
+    GgufQuantizationNeedsGgufWeights,
     /// `disruptionBudget.minAvailable` is neither a count nor a percentage.
     #[error(
         "spec.disruptionBudget.minAvailable ({value}) must be a count of at least 0 or a percentage from \"0%\" to \"100%\""
@@ -119,6 +124,10 @@ impl FusedModelSpec {
         if self.quantization == Quantization::Fp8 && self.resources.gpus == 0 {
             errors.push(SpecError::QuantizationNeedsGpu);
         }
+        if self.quantization == Quantization::Gguf && self.base_model.format != WeightsFormat::Gguf
+        {
+            errors.push(SpecError::GgufQuantizationNeedsGgufWeights);
+        }
         if let Some(budget) = &self.disruption_budget
             && !min_available_is_valid(&budget.min_available)
         {
@@ -140,7 +149,7 @@ impl FusedModelSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{AutoscalingSpec, BaseModel, WeightsFormat};
+    use crate::spec::{AutoscalingSpec, BaseModel};
     use serde_json::json;
 
     fn spec_from_json(value: serde_json::Value) -> FusedModelSpec {
@@ -302,5 +311,24 @@ mod tests {
         assert!(errors[0].to_string().contains("spec.quantization fp8"));
         spec.resources.gpus = 1;
         assert_eq!(spec.validate(), Ok(()));
+    }
+
+    #[test]
+    fn gguf_blocks_need_gguf_weights_and_run_on_either_device() {
+        let mut spec = minimal();
+        spec.quantization = Quantization::Gguf;
+        for gpus in [0, 1] {
+            spec.resources.gpus = gpus;
+            spec.base_model.format = WeightsFormat::Gguf;
+            assert_eq!(spec.validate(), Ok(()), "gguf weights, {gpus} GPUs");
+            spec.base_model.format = WeightsFormat::Safetensors;
+            let errors = spec.validate().expect_err("gguf blocks of safetensors");
+            assert_eq!(errors, [SpecError::GgufQuantizationNeedsGgufWeights]);
+            assert!(
+                errors[0]
+                    .to_string()
+                    .contains("baseModel.format is safetensors")
+            );
+        }
     }
 }

@@ -188,7 +188,8 @@ pub struct Metrics {
 
 impl Metrics {
     /// Sets `fused_model_info` (one series, 1): the weights' compute `dtype` (`float32` on the
-    /// CPU, `bfloat16` on the GPU), their `quantization` (`none`, `fp8`) and the architecture.
+    /// CPU, `bfloat16` on the GPU), their `quantization` as vLLM names it (`none`, `fp8`,
+    /// `gguf`) and the architecture.
     pub fn set_model_info(&self, dtype: &str, quantization: &str, architecture: &str) {
         self.model_info.reset();
         self.model_info

@@ -55,6 +55,10 @@ impl Forward for Faulty {
         self.model.limit_output_ids(ids);
     }
 
+    fn quantization(&self) -> &'static str {
+        self.model.quantization()
+    }
+
     fn forward(
         &mut self,
         chunks: &[SeqChunk<'_>],

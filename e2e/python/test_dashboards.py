@@ -672,10 +672,11 @@ def test_vllm_labels_and_units_on_the_scrape(stack):
         assert blocks == scraped_value(daemon, "fused_kv_pages_total"), "interleaved: one block per page"
         # SmolLM2-135M: 30 layers x 3 KV heads x 64 dims x K and V x 4 bytes = 46,080 bytes a token.
         assert block_size == page_bytes // (30 * 3 * 64 * 2 * 4)
-        # The weights the replica serves: SmolLM2 on the CPU, unquantized.
+        # The weights the replica serves: SmolLM2 on the CPU, from the GGUF's Q4_1 blocks (vLLM
+        # names a GGUF model's method `gguf`), computing in float32.
         model = [s for f in families for s in f.samples if s.name == "fused_model_info"]
         assert [(s.labels["dtype"], s.labels["quantization"], s.labels["architecture"], s.value)
-                for s in model] == [("float32", "none", "llama", 1.0)], model
+                for s in model] == [("float32", "gguf", "llama", 1.0)], model
         n = scraped_value(daemon, "vllm:request_params_n_count")
         if name == "replica-a":
             assert scraped_value(daemon, "vllm:request_params_n_bucket", le="1.0") < n, "an n=2 request"

@@ -138,6 +138,21 @@ fn every_spec_field_reaches_the_daemon_setting_of_the_same_meaning() {
 }
 
 #[test]
+fn gguf_quantization_keeps_the_blocks_on_either_device() {
+    for gpus in [0, 1] {
+        let fm = model(serde_json::json!({
+            "baseModel": {"uri": "file:///models/m.gguf", "format": "gguf"},
+            "quantization": "gguf",
+            "resources": {"gpus": gpus}
+        }));
+        let serve = parse_serve(&containers(&fm).0);
+        assert_eq!(serve.quantization, Some(Quantization::Gguf), "{gpus} GPUs");
+        // The daemon's own check of the flag against its device passes.
+        Quantization::check(serve.quantization, gpus == 1).expect("gguf runs on either device");
+    }
+}
+
+#[test]
 fn defaults_parse_and_match_the_daemons_own_defaults() {
     let fm = model(serde_json::json!({
         "baseModel": {"uri": "file:///models/m.gguf", "format": "gguf"},

@@ -285,8 +285,10 @@ pub fn daemon_args(spec: &FusedModelSpec, name: &str) -> Vec<String> {
     if spec.patch_tokenizer.is_some() {
         args.extend(["--patch-tokenizer".into(), PATCH_TOKENIZER_PATH.into()]);
     }
-    if spec.quantization == Quantization::Fp8 {
-        args.extend(["--quantization".into(), "fp8".into()]);
+    match spec.quantization {
+        Quantization::None => {}
+        Quantization::Fp8 => args.extend(["--quantization".into(), "fp8".into()]),
+        Quantization::Gguf => args.extend(["--quantization".into(), "gguf".into()]),
     }
     if device == "cuda" {
         args.extend([

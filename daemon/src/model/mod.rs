@@ -65,6 +65,9 @@ pub trait Forward: Send {
     /// model has more rows (a padded vocabulary). Rows of logits are then `ids` wide and a
     /// greedy pick ([`LogitsWanted::Greedy`]) is among them: the engine samples what it gets.
     fn limit_output_ids(&mut self, ids: usize);
+    /// How the served weights are held, named as vLLM names the method: `none`, `fp8` or
+    /// `gguf` (`fused_model_info`'s `quantization` label).
+    fn quantization(&self) -> &'static str;
     /// One batched varlen pass; see [`Model::forward`] for the contract.
     fn forward(
         &mut self,
@@ -86,6 +89,14 @@ impl Forward for Model {
     /// The head's product covers the first `ids` rows only (a prefix of its matrix).
     fn limit_output_ids(&mut self, ids: usize) {
         self.output_ids = ids.clamp(1, self.config.vocab_size);
+    }
+
+    /// `gguf` when the matrices are served from a GGUF's blocks (the CPU decode reads them).
+    fn quantization(&self) -> &'static str {
+        let packed = (self.weights.blocks.iter())
+            .flat_map(weights::Block::linears)
+            .any(|l| l.packed.is_some());
+        if packed { "gguf" } else { "none" }
     }
 
     fn forward(

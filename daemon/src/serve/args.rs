@@ -283,14 +283,6 @@ impl Dtype {
 }
 
 impl Quantization {
-    /// The method's name, as vLLM spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Fp8 => "fp8",
-            Self::Gguf => "gguf",
-        }
-    }
-
     /// Refuses quantizing for a device that does not run it (`gpu`: the GPU path runs).
     pub fn check(quantization: Option<Self>, gpu: bool) -> anyhow::Result<()> {
         if quantization == Some(Self::Fp8) && !gpu {

@@ -201,7 +201,7 @@ fn start(
     let metrics = Arc::new(Metrics::new(&served_model_name, max_context, &cache)?);
     metrics.set_model_info(
         cache.cache_dtype,
-        args.quantization.map_or("none", Quantization::name),
+        model.quantization(),
         loaded.config.arch.name(),
     );
     let codec = Arc::new(loaded.codec);

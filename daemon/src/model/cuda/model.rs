@@ -586,6 +586,10 @@ impl Forward for GpuModel {
         }
     }
 
+    fn quantization(&self) -> &'static str {
+        self.weights.quantization()
+    }
+
     fn forward(
         &mut self,
         chunks: &[SeqChunk<'_>],
