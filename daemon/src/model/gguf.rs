@@ -182,6 +182,8 @@ pub struct GgufSource {
     /// llama.cpp's converter permutes Q/K rows for `llama` (its RoPE pairs adjacent values)
     /// and leaves `qwen2`'s in HF order (NeoX RoPE, as HF's).
     permuted: bool,
+    /// See [`GgufSource::blocks_only`].
+    blocks_only: bool,
 }
 
 impl GgufSource {
@@ -191,6 +193,18 @@ impl GgufSource {
             heads: cfg.heads,
             kv_heads: cfg.kv_heads,
             permuted: cfg.arch == Arch::Llama,
+            blocks_only: false,
+        }
+    }
+
+    /// For a model the GPU serves: a block's matrix stored in a block format comes back as its
+    /// blocks alone, with no f32 copy (the device expands the blocks itself), so the host holds
+    /// the file's bytes rather than four bytes a weight. The embedding and the head keep their
+    /// f32 values (a vocabulary patch rewrites them on the host).
+    pub fn blocks_only(self) -> Self {
+        Self {
+            blocks_only: true,
+            ..self
         }
     }
 }
@@ -252,13 +266,14 @@ impl TensorSource for GgufSource {
         shape: &[usize],
     ) -> Result<(Vec<f32>, Option<QuantMatrix>), ModelError> {
         let (gguf, q) = self.load(name, shape)?;
-        let values = self.dequantized(name, &gguf, &q)?;
-        let Some(kind) = block_kind(q.dtype()) else {
-            return Ok((values, None));
+        let (Some(kind), [out, inner]) = (block_kind(q.dtype()), shape) else {
+            return Ok((self.dequantized(name, &gguf, &q)?, None));
         };
-        let (out, inner) = match shape {
-            [out, inner] => (*out, *inner),
-            _ => return Ok((values, None)),
+        let (out, inner) = (*out, *inner);
+        let values = if self.blocks_only && name.starts_with("model.layers.") {
+            Vec::new()
+        } else {
+            self.dequantized(name, &gguf, &q)?
         };
         let raw = q
             .data()

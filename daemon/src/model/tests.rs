@@ -156,6 +156,61 @@ fn gguf_blocks_decode_like_the_f32_matrices() {
     assert_blocks_decode_like_f32(&packed, &plain, &[1, 3, 8, 10]);
 }
 
+/// For the GPU, SmolLM2's GGUF loads its block matrices as blocks alone: no f32 copy of any
+/// layer matrix (the host holds the file's 4.5–8.5 bits a weight instead of 32), the same blocks
+/// as a full load, and the embedding (tied to the head) still in f32 for a vocabulary patch.
+#[test]
+fn a_gguf_loaded_for_the_gpu_keeps_its_layer_blocks_without_f32_copies() {
+    let Some(path) = crate::tokenizer::fixtures::smollm2_gguf() else {
+        return;
+    };
+    let full = Model::load_gguf(gguf::GgufFile::open(&path).unwrap()).unwrap();
+    let file = gguf::GgufFile::open(&path).unwrap();
+    let config = file.config().unwrap();
+    let mut source = gguf::GgufSource::new(file, &config).blocks_only();
+    let lean = Model::load(config, &mut source).unwrap();
+    let f32_bytes = |m: &Model| -> usize {
+        let layers: usize = (m.weights.blocks.iter())
+            .flat_map(weights::Block::linears)
+            .map(|l| l.weight.len())
+            .sum();
+        4 * (layers + m.weights.embed.len())
+    };
+    let layers = lean.weights.blocks.iter().flat_map(weights::Block::linears);
+    let full_layers = full.weights.blocks.iter().flat_map(weights::Block::linears);
+    for (l, f) in layers.zip(full_layers) {
+        assert!(l.weight.is_empty(), "no f32 copy");
+        assert_eq!(l.packed, f.packed, "the same blocks");
+        assert_eq!(l.out, f.out);
+    }
+    assert_eq!(
+        lean.weights.embed, full.weights.embed,
+        "the embedding stays f32"
+    );
+    assert!(lean.weights.lm_head_packed().is_some());
+    let (before, after) = (f32_bytes(&full), f32_bytes(&lean));
+    eprintln!("SmolLM2 Q4_1 host f32 weights: {before} bytes in full, {after} for the GPU");
+    assert!(after * 3 < before, "{after} of {before}");
+}
+
+/// A stack whose parts came as blocks alone but cannot keep blocks (one part has none) decodes
+/// those parts: every row has its f32 values.
+#[test]
+fn a_stack_that_cannot_keep_blocks_decodes_the_parts_that_came_as_blocks() {
+    use fused_kernels::cpu::{BlockKind, QuantMatrix};
+    let mut block = half::f16::from_f32(0.5).to_bits().to_le_bytes().to_vec();
+    block.extend([0x9a; 16]);
+    let q = QuantMatrix::new(BlockKind::Q4_0, 1, 32, block).unwrap();
+    let plain = vec![0.25f32; 32];
+    let l = weights::Linear::stacked(
+        2,
+        vec![(Vec::new(), Some(q.clone())), (plain.clone(), None)],
+    );
+    assert!(l.packed.is_none());
+    assert_eq!(l.weight[..32], q.dequantize()[..]);
+    assert_eq!(l.weight[32..], plain[..]);
+}
+
 /// Decode steps of `packed` (its blocks) and `plain` (the same model's f32 matrices) after one
 /// prompt, `rows` sequences at a time: the same greedy tokens, logits within 1e-4 of the largest.
 pub(crate) fn assert_blocks_decode_like_f32(packed: &Model, plain: &Model, rows_list: &[usize]) {

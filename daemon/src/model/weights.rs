@@ -38,14 +38,29 @@ pub struct Linear {
 
 impl Linear {
     /// A layer without bias from `(f32, blocks)` parts stacked row-wise (Q, K and V into one
-    /// QKV layer); the blocks are kept only if every part has them in one format.
-    fn stacked(out: usize, parts: Vec<(Vec<f32>, Option<QuantMatrix>)>) -> Self {
-        let (weights, packed): (Vec<Vec<f32>>, Vec<Option<QuantMatrix>>) =
-            parts.into_iter().unzip();
-        let packed: Option<Vec<QuantMatrix>> = packed.into_iter().collect();
+    /// QKV layer); the blocks are kept only if every part has them (each part keeps its
+    /// format). A part that came as blocks alone (an empty f32 matrix: a source that leaves the
+    /// expansion to the device) is decoded here when the stack cannot keep blocks.
+    pub(crate) fn stacked(out: usize, parts: Vec<(Vec<f32>, Option<QuantMatrix>)>) -> Self {
+        let all: Option<Vec<QuantMatrix>> = parts.iter().map(|(_, p)| p.clone()).collect();
+        if let Some(packed) = all.and_then(|p| QuantMatrix::stack(p).ok()) {
+            let weights: Vec<Vec<f32>> = parts.into_iter().map(|(w, _)| w).collect();
+            return Self {
+                weight: weights.concat(),
+                packed: Some(packed),
+                bias: None,
+                out,
+            };
+        }
+        let weight = (parts.into_iter())
+            .flat_map(|(w, p)| match p {
+                Some(p) if w.is_empty() => p.dequantize(),
+                _ => w,
+            })
+            .collect();
         Self {
-            weight: weights.concat(),
-            packed: packed.and_then(|p| QuantMatrix::stack(p).ok()),
+            weight,
+            packed: None,
             bias: None,
             out,
         }

@@ -146,7 +146,8 @@ pub fn load(args: &ServeArgs, on_gpu: bool, step: &dyn Fn(String)) -> anyhow::Re
                 let codec = Codec::from_path(args.tokenizer.as_deref().unwrap_or(&path))?;
                 (None, config, codec, name)
             } else {
-                let (model, codec) = open_model_reporting(&path, args.tokenizer.as_deref(), step)?;
+                let (model, codec) =
+                    open_model_reporting(&path, args.tokenizer.as_deref(), on_gpu, step)?;
                 let config = model.config.clone();
                 (Some(model), config, codec, name)
             }
@@ -223,14 +224,16 @@ fn chat_template_source(value: &str) -> anyhow::Result<String> {
 
 /// A model and its tokenizer (its own, or `tokenizer`) from a GGUF file or an HF directory.
 pub fn open_model(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<(Model, Codec)> {
-    open_model_reporting(path, tokenizer, &|_| {})
+    open_model_reporting(path, tokenizer, false, &|_| {})
 }
 
 /// [`open_model`], logging the load's progress (and telling `step`) every few seconds and its
-/// rate at the end.
+/// rate at the end. `for_gpu`: the model is only uploaded, so a GGUF's block matrices come
+/// without their f32 values (the device expands the blocks).
 fn open_model_reporting(
     path: &Path,
     tokenizer: Option<&Path>,
+    for_gpu: bool,
     step: &dyn Fn(String),
 ) -> anyhow::Result<(Model, Codec)> {
     let bytes_total = checkpoint_bytes(path);
@@ -262,6 +265,9 @@ fn open_model_reporting(
         };
         let config = file.config()?;
         let mut source = GgufSource::new(file, &config);
+        if for_gpu {
+            source = source.blocks_only();
+        }
         let (model, progress) = load_reporting(config, &mut source, bytes_total, &mut report)?;
         (model, codec, progress)
     };

@@ -250,7 +250,9 @@ impl GpuWeights {
         let vector =
             |v: &[f32]| -> Result<DeviceBuffer<f32>, ModelError> { Ok(device.upload_new(v)?) };
         let linear = |l: &Linear| -> Result<GpuLinear, ModelError> {
-            let inner = l.weight.len() / l.out.max(1);
+            // A GGUF's blocks may come without their f32 values (`GgufSource::blocks_only`).
+            let inner =
+                (l.packed.as_ref()).map_or(l.weight.len() / l.out.max(1), QuantMatrix::inner);
             let bias = l.bias.as_deref().map(vector).transpose()?;
             let layer = match kept_blocks(format, l) {
                 Some((block_format, packed)) => GpuLinear {
